@@ -1,0 +1,193 @@
+"""The model bundle: a folder of ONNX parts, tokenizer files and a bundle.json that describes and hashes them.
+
+Layout of an "sd-inpaint" bundle::
+
+    bundle.json
+    text_encoder/model.onnx
+    tokenizer/tokenizer.json
+    unet/model.onnx (+ unet/model.onnx_data for weights over 2 GB)
+    vae_encoder/model.onnx
+    vae_decoder/model.onnx
+
+``read_bundle`` checks that the manifest is well formed and that every file it lists exists with the sha256
+it records; the ONNX signatures are checked when the sessions are created (engine.runtime).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.bundle.hashing import HashCache
+from engine.errors import BundleError
+
+MANIFEST_NAME = "bundle.json"
+FORMAT_NAME = "polypforge-bundle"
+FORMAT_VERSION = 1
+KNOWN_KINDS = ("sd-inpaint",)
+
+# Files every bundle of a kind must list, and the role each plays.
+REQUIRED_FILES: dict[str, dict[str, str]] = {
+    "sd-inpaint": {
+        "text_encoder": "text_encoder/model.onnx",
+        "unet": "unet/model.onnx",
+        "vae_encoder": "vae_encoder/model.onnx",
+        "vae_decoder": "vae_decoder/model.onnx",
+        "tokenizer": "tokenizer/tokenizer.json",
+    }
+}
+
+REQUIRED_KEYS = (
+    "format",
+    "format_version",
+    "kind",
+    "name",
+    "precision",
+    "image_size",
+    "size_multiple",
+    "vae_scale_factor",
+    "vae_scaling_factor",
+    "latent_channels",
+    "unet_in_channels",
+    "text_hidden_size",
+    "tokenizer",
+    "scheduler",
+    "sampling",
+    "prompts",
+    "files",
+    "source",
+)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle on disk: its folder and the parsed bundle.json."""
+
+    root: Path
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def bundle_id(self) -> str:
+        """sha256 over the per-file hashes: one id that changes whenever any file of the bundle changes."""
+        return bundle_digest(self.manifest["files"])
+
+    def path_of(self, role: str) -> Path:
+        return self.root / REQUIRED_FILES[self.kind][role]
+
+    def size_bytes(self) -> int:
+        return sum((self.root / rel).stat().st_size for rel in self.manifest["files"])
+
+    def describe(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "name": m["name"],
+            "kind": m["kind"],
+            "path": str(self.root),
+            "precision": m["precision"],
+            "image_size": m["image_size"],
+            "size_bytes": self.size_bytes(),
+            "bundle_id": self.bundle_id,
+            "source": m["source"],
+            "description": m.get("description", ""),
+        }
+
+
+def bundle_digest(files: dict[str, str]) -> str:
+    text = "\n".join(f"{name} {digest}" for name, digest in sorted(files.items()))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _load_manifest(root: Path) -> dict[str, Any]:
+    manifest_path = root / MANIFEST_NAME
+    if not root.exists():
+        raise BundleError(root, "no such folder")
+    if not root.is_dir():
+        raise BundleError(root, "not a folder: a model bundle is a folder holding bundle.json")
+    if not manifest_path.is_file():
+        raise BundleError(
+            manifest_path, "missing: this folder is not a PolypForge model bundle (make one with `main.py export`)"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BundleError(manifest_path, f"not UTF-8 text ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise BundleError(manifest_path, f"not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(manifest_path, "must hold a JSON object")
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise BundleError(manifest_path, f"lacks the key(s) {', '.join(missing)}")
+    if manifest["format"] != FORMAT_NAME:
+        raise BundleError(manifest_path, f"format is {manifest['format']!r}, expected {FORMAT_NAME!r}")
+    if not isinstance(manifest["format_version"], int) or manifest["format_version"] > FORMAT_VERSION:
+        raise BundleError(
+            manifest_path,
+            f"format_version {manifest['format_version']!r} is newer than this PolypForge reads "
+            f"({FORMAT_VERSION}): update PolypForge",
+        )
+    if manifest["kind"] not in KNOWN_KINDS:
+        raise BundleError(manifest_path, f"kind {manifest['kind']!r} is not one of {', '.join(KNOWN_KINDS)}")
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise BundleError(manifest_path, "'files' must map relative paths to sha256 hex digests")
+    for role, rel in REQUIRED_FILES[manifest["kind"]].items():
+        if rel not in files:
+            raise BundleError(manifest_path, f"does not list {rel} (the {role}), which a {manifest['kind']} bundle needs")
+    return manifest
+
+
+def read_bundle(path: str | os.PathLike[str], verify_hashes: bool = True) -> Bundle:
+    """Read and check a bundle folder; raise BundleError naming the first file that is missing or altered."""
+    root = Path(path).expanduser().resolve()
+    manifest = _load_manifest(root)
+    cache = HashCache() if verify_hashes else None
+    for rel, expected in manifest["files"].items():
+        file_path = root / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise BundleError(root / MANIFEST_NAME, f"file entry {rel!r} points outside the bundle")
+        if not file_path.is_file():
+            raise BundleError(file_path, "missing from the bundle (bundle.json lists it)")
+        if cache is not None:
+            actual = cache.sha256(file_path)
+            if actual != expected:
+                raise BundleError(
+                    file_path,
+                    f"sha256 mismatch: bundle.json records {expected[:12]}…, the file has {actual[:12]}… "
+                    "(the file was altered or only partly copied)",
+                )
+    if cache is not None:
+        cache.save()
+    return Bundle(root=root, manifest=manifest)
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    """Hash every file under root (but bundle.json) into manifest['files'] and write bundle.json atomically."""
+    files: dict[str, str] = {}
+    cache = HashCache()
+    for file_path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = file_path.relative_to(root).as_posix()
+        if rel == MANIFEST_NAME or rel.startswith(".") or "/." in rel:
+            continue
+        files[rel] = cache.sha256(file_path)
+    cache.save()
+    manifest = dict(manifest)
+    manifest["files"] = files
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".bundle-", suffix=".json.tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+    os.replace(tmp, root / MANIFEST_NAME)

@@ -1,0 +1,72 @@
+"""Atomic writes: a temp file in the destination folder, flushed, then renamed over the target.
+
+A run killed at any moment leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return target
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 (H, W) or (H, W, 3) array, with no metadata chunks."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def save_png_atomic(path: str | os.PathLike[str], image: np.ndarray) -> Path:
+    return atomic_write_bytes(path, encode_png(image))
+
+
+def load_frame(path: str | os.PathLike[str]) -> np.ndarray:
+    """An RGB uint8 frame with EXIF orientation applied; InputError naming the file if it cannot be read."""
+    from PIL import ImageOps, UnidentifiedImageError
+
+    from engine.errors import InputError
+
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(image, dtype=np.float64)
+                peak = 65535.0 if array.max() > 255 else 255.0
+                gray = np.clip(np.rint(array / peak * 255.0), 0, 255).astype(np.uint8)
+                return np.repeat(gray[:, :, None], 3, axis=2)
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable image ({exc})") from None
+
+
+def load_mask(path: str | os.PathLike[str]) -> np.ndarray:
+    """A mask image as a boolean array (foreground > 127, JPEG noise tolerated)."""
+    from engine.masks.geometry import binarize
+
+    return binarize(np.asarray(Image.fromarray(load_frame(path)).convert("L")))

@@ -1,0 +1,1 @@
+"""Mask sources and mask geometry."""

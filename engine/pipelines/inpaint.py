@@ -1,0 +1,379 @@
+"""Polyp-Gen inpainting on onnxruntime: a Stable-Diffusion-2-inpainting bundle (9-channel U-Net), no torch.
+
+A call reads top to bottom: check inputs → encode prompt (cached per prompt pair) → prepare the frame once
+(resize to working size, mask to latent size, VAE-encode the masked frame) → per batch of variants: draw
+initial noise from each variant's seed, denoise (progress and cancel each step) → decode → paste the masked
+region back into the original frame.
+
+The maths is diffusers' StableDiffusionInpaintPipeline with ``strength=1``: masked image = image · (mask < ½),
+its latents are a sample of the VAE posterior times the scaling factor, the mask is resized to latent size by
+nearest neighbour, and the U-Net input is [noisy latents, mask, masked-image latents] on the channel axis;
+classifier-free guidance runs the unconditional and conditional halves as one batch of 2·N.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from engine.bundle import Bundle, read_bundle
+from engine.errors import BundleError, Cancelled, InputError
+from engine.masks.geometry import binarize, nearest_resize_like_torch, resize_mask
+from engine.pipelines.framing import (
+    check_frame,
+    choose_working_size,
+    decoded_to_image,
+    default_feather_px,
+    frame_to_model_input,
+    paste_back,
+)
+from engine.runtime.providers import plan_providers
+from engine.runtime.session import OnnxPart
+from engine.schedulers import SCHEDULER_NAMES, make_scheduler
+from engine.text.clip_tokenizer import PromptTokenizer
+
+ProgressCallback = Callable[[int, int], None]  # (steps done, steps in total)
+CancelCheck = Callable[[], bool]
+
+STAGES = ("text_encoder", "vae_encoder", "unet", "vae_decoder")
+
+
+@dataclass
+class PreparedFrame:
+    """A frame and its mask made ready once, for any number of variants."""
+
+    frame: np.ndarray  # uint8 (H, W, 3), original resolution
+    mask: np.ndarray  # bool (H, W), original resolution
+    working_size: tuple[int, int]  # (w, h) the model sees
+    latent_mask: np.ndarray  # float32 (1, 1, h/8, w/8)
+    posterior_mean: np.ndarray  # float32 (1, 4, h/8, w/8): VAE posterior of the masked frame
+    posterior_std: np.ndarray  # float32 (1, 4, h/8, w/8)
+
+
+@dataclass
+class InpaintResult:
+    image: np.ndarray  # uint8 (H, W, 3): the frame with the masked region generated
+    raw: np.ndarray  # float32 (h, w, 3) in [0, 1]: the decoded image at working size (what diffusers returns)
+    seed: int | None
+    settings: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class InpaintPipeline:
+    """Load with ``from_bundle``; call with a frame and mask; ``generate_variants`` for several seeds."""
+
+    def __init__(self, bundle: Bundle, parts: dict[str, OnnxPart], tokenizer: PromptTokenizer):
+        self.bundle = bundle
+        self.parts = parts
+        self.tokenizer = tokenizer
+        manifest = bundle.manifest
+        self.image_size = int(manifest["image_size"])
+        self.size_multiple = int(manifest["size_multiple"])
+        self.vae_scale_factor = int(manifest["vae_scale_factor"])
+        self.vae_scaling_factor = float(manifest["vae_scaling_factor"])
+        self.latent_channels = int(manifest["latent_channels"])
+        self.scheduler_config = dict(manifest["scheduler"])
+        self.defaults = dict(manifest["sampling"])
+        self.prompts = dict(manifest["prompts"])
+        self.provider = parts["unet"].active_provider
+        notes = {p.provider_note for p in parts.values() if p.provider_note}
+        self.provider_note = "; ".join(sorted(notes)) or None
+        self.stage_seconds = dict.fromkeys(STAGES, 0.0)
+        self._prompt_cache: OrderedDict[tuple[str, str, bool], np.ndarray] = OrderedDict()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | Path,
+        provider: str = "auto",
+        threads: int | None = None,
+        verify_hashes: bool = True,
+    ) -> "InpaintPipeline":
+        bundle = read_bundle(path, verify_hashes=verify_hashes)
+        if bundle.kind != "sd-inpaint":
+            raise BundleError(bundle.root / "bundle.json", f"kind {bundle.kind!r} is not an inpainting bundle")
+        manifest = bundle.manifest
+        plan = plan_providers(provider, fp16=manifest["precision"] == "fp16")
+        parts = {
+            role: OnnxPart(bundle.path_of(role), plan, threads=threads, role=role.replace("_", " "))
+            for role in ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+        }
+        _check_signatures(bundle, parts)
+        tok = manifest["tokenizer"]
+        tokenizer = PromptTokenizer(
+            bundle.path_of("tokenizer"), tok["max_length"], tok["pad_token_id"], tok["eos_token_id"]
+        )
+        return cls(bundle, parts, tokenizer)
+
+    def describe(self) -> dict:
+        return {**self.bundle.describe(), "provider": self.provider, "provider_note": self.provider_note}
+
+    def reset_stage_seconds(self) -> None:
+        self.stage_seconds = dict.fromkeys(STAGES, 0.0)
+
+    # ------------------------------------------------------------------ prompt
+    def encode_prompt(self, prompt: str, negative_prompt: str = "", guided: bool = True) -> np.ndarray:
+        """Text embeddings (2, L, D) = [negative, prompt] when guided, else (1, L, D); cached per prompt pair."""
+        key = (prompt, negative_prompt, guided)
+        cached = self._prompt_cache.get(key)
+        if cached is not None:
+            self._prompt_cache.move_to_end(key)
+            return cached
+        texts = [negative_prompt, prompt] if guided else [prompt]
+        ids = self.tokenizer(texts)
+        started = time.perf_counter()
+        (embeddings,) = self.parts["text_encoder"].run(["last_hidden_state"], {"input_ids": ids})
+        self.stage_seconds["text_encoder"] += time.perf_counter() - started
+        embeddings = embeddings.astype(np.float32)
+        self._prompt_cache[key] = embeddings
+        while len(self._prompt_cache) > 16:
+            self._prompt_cache.popitem(last=False)
+        return embeddings
+
+    # ------------------------------------------------------------------ frame
+    def prepare_frame(
+        self, frame: np.ndarray, mask: np.ndarray, working_size: tuple[int, int] | None = None
+    ) -> PreparedFrame:
+        frame = check_frame(frame)
+        mask = binarize(mask)
+        height, width = frame.shape[:2]
+        if mask.shape != (height, width):
+            raise InputError(f"mask is {mask.shape[1]}×{mask.shape[0]} but the frame is {width}×{height}")
+        if not mask.any():
+            raise InputError("mask is empty: nothing to inpaint")
+        if working_size is None:
+            working_size = choose_working_size(width, height, self.image_size, self.size_multiple)
+        work_w, work_h = working_size
+        if work_w % self.size_multiple or work_h % self.size_multiple:
+            raise InputError(f"working size {work_w}×{work_h} is not a multiple of {self.size_multiple}")
+        image = frame_to_model_input(frame, work_w, work_h)
+        work_mask = resize_mask(mask, work_w, work_h)
+        masked_image = image * (~work_mask)[None, None].astype(np.float32)
+        latent_h, latent_w = work_h // self.vae_scale_factor, work_w // self.vae_scale_factor
+        latent_mask = nearest_resize_like_torch(work_mask.astype(np.float32)[None, None], latent_h, latent_w)
+        started = time.perf_counter()
+        (parameters,) = self.parts["vae_encoder"].run(["latent_parameters"], {"sample": masked_image})
+        self.stage_seconds["vae_encoder"] += time.perf_counter() - started
+        parameters = parameters.astype(np.float32)
+        mean, logvar = np.split(parameters, 2, axis=1)
+        std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
+        return PreparedFrame(
+            frame=frame,
+            mask=mask,
+            working_size=(work_w, work_h),
+            latent_mask=np.ascontiguousarray(latent_mask, dtype=np.float32),
+            posterior_mean=mean,
+            posterior_std=std.astype(np.float32),
+        )
+
+    # ------------------------------------------------------------------ generation
+    def __call__(
+        self,
+        frame: np.ndarray,
+        mask: np.ndarray,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        scheduler: str | None = None,
+        seed: int | None = 0,
+        latents: np.ndarray | None = None,
+        masked_image_noise: np.ndarray | None = None,
+        working_size: tuple[int, int] | None = None,
+        feather_px: int | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> InpaintResult:
+        """One image. ``latents`` / ``masked_image_noise`` (float32, latent shape) replace the noise drawn
+        from ``seed`` for the initial latents / the VAE posterior sample, to reproduce diffusers exactly."""
+        prepared = self.prepare_frame(frame, mask, working_size)
+        return self.generate_variants(
+            prepared,
+            seeds=[seed],
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            scheduler=scheduler,
+            latents=None if latents is None else [latents],
+            masked_image_noise=None if masked_image_noise is None else [masked_image_noise],
+            feather_px=feather_px,
+            progress=progress,
+            cancel=cancel,
+        )[0]
+
+    def generate_variants(
+        self,
+        prepared: PreparedFrame,
+        seeds: Sequence[int | None],
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        scheduler: str | None = None,
+        latents: Sequence[np.ndarray] | None = None,
+        masked_image_noise: Sequence[np.ndarray] | None = None,
+        feather_px: int | None = None,
+        batch_size: int = 1,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> list[InpaintResult]:
+        """Variants of one prepared frame, one per seed, `batch_size` of them per U-Net call.
+
+        Each variant's noise comes from its own seed, so a variant's bytes do not depend on the batch size.
+        """
+        prompt = self.prompts["add"] if prompt is None else prompt
+        negative_prompt = self.prompts.get("negative", "") if negative_prompt is None else negative_prompt
+        steps = int(self.defaults["steps"] if steps is None else steps)
+        guidance_scale = float(self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
+        scheduler = self.defaults["scheduler"] if scheduler is None else scheduler
+        if scheduler not in SCHEDULER_NAMES:
+            raise InputError(f"scheduler {scheduler!r} is not one of {', '.join(SCHEDULER_NAMES)}")
+        if steps < 1:
+            raise InputError(f"steps must be at least 1, got {steps}")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        work_w, work_h = prepared.working_size
+        if feather_px is None:
+            feather_px = default_feather_px(prepared.frame.shape[1], prepared.frame.shape[0])
+        guided = guidance_scale > 1.0
+        embeddings = self.encode_prompt(prompt, negative_prompt, guided)
+        latent_shape = (1, self.latent_channels, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
+        settings = {
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "steps": steps,
+            "guidance_scale": guidance_scale,
+            "scheduler": scheduler,
+            "working_size": [work_w, work_h],
+            "feather_px": feather_px,
+        }
+
+        results: list[InpaintResult] = []
+        for start in range(0, len(seeds), batch_size):
+            chunk = range(start, min(start + batch_size, len(seeds)))
+            started = time.perf_counter()
+            initial, posterior_noise = [], []
+            for index in chunk:
+                rng = np.random.default_rng(seeds[index])
+                initial.append(_given_or_drawn(latents, index, rng, latent_shape, "latents"))
+                posterior_noise.append(_given_or_drawn(masked_image_noise, index, rng, latent_shape, "masked_image_noise"))
+            final_latents = self._denoise(
+                prepared,
+                embeddings,
+                np.concatenate(initial),
+                np.concatenate(posterior_noise),
+                steps,
+                guidance_scale,
+                scheduler,
+                progress,
+                cancel,
+            )
+            decoded = self._decode(final_latents)
+            per_image = (time.perf_counter() - started) / len(chunk)
+            for offset, index in enumerate(chunk):
+                raw = decoded[offset]
+                image = paste_back(prepared.frame, raw, prepared.mask, feather_px)
+                results.append(
+                    InpaintResult(image=image, raw=raw, seed=seeds[index], settings=dict(settings), seconds=per_image)
+                )
+        return results
+
+    def _denoise(
+        self,
+        prepared: PreparedFrame,
+        embeddings: np.ndarray,
+        latents: np.ndarray,
+        posterior_noise: np.ndarray,
+        steps: int,
+        guidance_scale: float,
+        scheduler_name: str,
+        progress: ProgressCallback | None,
+        cancel: CancelCheck | None,
+    ) -> np.ndarray:
+        count = latents.shape[0]
+        guided = embeddings.shape[0] == 2
+        copies = 2 if guided else 1
+        masked_latents = (prepared.posterior_mean + prepared.posterior_std * posterior_noise) * self.vae_scaling_factor
+        # Conditioning channels are fixed through the loop: [mask, masked-image latents], uncond half first.
+        mask_part = np.repeat(prepared.latent_mask, count * copies, axis=0)
+        condition = np.concatenate([mask_part, np.concatenate([masked_latents] * copies)], axis=1).astype(np.float32)
+        text = np.repeat(embeddings, count, axis=0)  # [neg × count, pos × count]
+        scheduler = make_scheduler(scheduler_name, self.scheduler_config)
+        scheduler.set_timesteps(steps)
+        latents = (latents * scheduler.init_noise_sigma).astype(np.float32)
+        unet = self.parts["unet"]
+        timestep_shape = unet.inputs["timestep"].shape
+        total = len(scheduler.timesteps)
+        for step_index, t in enumerate(scheduler.timesteps):
+            if cancel is not None and cancel():
+                raise Cancelled(f"cancelled at step {step_index} of {total}")
+            model_input = np.concatenate([latents] * copies)
+            model_input = scheduler.scale_model_input(model_input, t)
+            model_input = np.concatenate([model_input, condition], axis=1)
+            timestep = np.full(() if len(timestep_shape) == 0 else (model_input.shape[0],), t)
+            started = time.perf_counter()
+            (noise_pred,) = unet.run(
+                ["out_sample"], {"sample": model_input, "timestep": timestep, "encoder_hidden_states": text}
+            )
+            self.stage_seconds["unet"] += time.perf_counter() - started
+            noise_pred = noise_pred.astype(np.float32)
+            if guided:
+                uncond, cond = np.split(noise_pred, 2)
+                noise_pred = uncond + guidance_scale * (cond - uncond)
+            latents = scheduler.step(noise_pred, t, latents).astype(np.float32)
+            if progress is not None:
+                progress(step_index + 1, total)
+        return latents
+
+    def _decode(self, latents: np.ndarray) -> np.ndarray:
+        """Decode one latent at a time: the VAE decoder's activations dominate peak memory at full size."""
+        images = []
+        for row in range(latents.shape[0]):
+            started = time.perf_counter()
+            (decoded,) = self.parts["vae_decoder"].run(
+                ["sample"], {"latent_sample": latents[row : row + 1] / self.vae_scaling_factor}
+            )
+            self.stage_seconds["vae_decoder"] += time.perf_counter() - started
+            images.append(decoded_to_image(decoded.astype(np.float32))[0])
+        return np.stack(images)
+
+
+def _given_or_drawn(given, index, rng, shape, name) -> np.ndarray:
+    """Explicit noise when the caller passes it (checked for shape), else drawn from the variant's seed."""
+    drawn = rng.standard_normal(shape, dtype=np.float32)
+    if given is None:
+        return drawn
+    array = np.asarray(given[index], dtype=np.float32)
+    if array.shape != shape:
+        raise InputError(f"{name} must have shape {shape}, got {array.shape}")
+    return array
+
+
+def _check_signatures(bundle: Bundle, parts: dict[str, OnnxPart]) -> None:
+    manifest = bundle.manifest
+    channels = int(manifest["latent_channels"])
+    hidden = int(manifest["text_hidden_size"])
+    unet = parts["unet"]
+    unet.expect({"sample": (None, None, None, None), "timestep": None, "encoder_hidden_states": (None, None, None)}, ("out_sample",))
+    unet_channels = unet.dim("sample", 1)
+    expected_channels = 2 * channels + 1
+    if isinstance(unet_channels, int) and unet_channels != expected_channels:
+        kind = "a text-to-image U-Net" if unet_channels == channels else f"a U-Net with {unet_channels} input channels"
+        raise BundleError(
+            unet.path,
+            f"{kind}; an inpainting bundle needs the {expected_channels}-channel U-Net "
+            f"({channels} noisy latents + {channels} masked-image latents + 1 mask)",
+        )
+    unet_hidden = unet.dim("encoder_hidden_states", 2)
+    if isinstance(unet_hidden, int) and unet_hidden != hidden:
+        raise BundleError(unet.path, f"the U-Net takes text embeddings of width {unet_hidden}, bundle.json says {hidden}")
+    parts["text_encoder"].expect({"input_ids": (None, None)}, ("last_hidden_state",))
+    parts["vae_encoder"].expect({"sample": (None, 3, None, None)}, ("latent_parameters",))
+    parts["vae_decoder"].expect({"latent_sample": (None, channels, None, None)}, ("sample",))

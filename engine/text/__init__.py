@@ -1,0 +1,1 @@
+"""Prompt tokenisation from local tokenizer files."""
