@@ -236,11 +236,23 @@ def _consolidate_external_data(model_path: Path) -> None:
 def _convert_to_fp16(model_path: Path) -> None:
     """fp16 weights and activations with fp32 inputs/outputs (onnxruntime's float16 converter)."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     had_external_data = (model_path.parent / "model.onnx_data").exists()
     model = onnx.load(str(model_path), load_external_data=True)
-    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    # Resize takes its roi/scales as float32 only: keep Resize, and the Constant nodes feeding those inputs,
+    # in fp32 (the converter would otherwise turn those constants into fp16 and the graph becomes invalid).
+    resize_params = {name for node in model.graph.node if node.op_type == "Resize" for name in node.input[1:]}
+    constant_names = [
+        node.name for node in model.graph.node if node.op_type == "Constant" and set(node.output) & resize_params
+    ]
+    converted = convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        disable_shape_infer=True,
+        op_block_list=DEFAULT_OP_BLOCK_LIST + ["Resize"],
+        node_block_list=constant_names,
+    )
     del model
     for path in model_path.parent.glob("model.onnx*"):
         path.unlink()
@@ -307,8 +319,11 @@ def export_inpaint_bundle(
     description: str = "",
     sampling: dict | None = None,
     overwrite: bool = False,
+    source_label: str | None = None,
     log: Log = print,
 ) -> ExportReport:
+    """Export `source` to a bundle at `destination`; `source_label` replaces the source path in provenance
+    (e.g. for a bundle built from a temporary folder)."""
     import time
 
     started = time.perf_counter()
@@ -343,7 +358,7 @@ def export_inpaint_bundle(
                 log(f"optimum's exporter failed ({type(exc).__name__}: {exc}); falling back to torch.onnx")
                 shutil.rmtree(raw, ignore_errors=True)
         if used is None:
-            used = _export_with_torch(source, raw, configs, opset, log, pixels=size_multiple)
+            used = _export_with_torch(source, raw, configs, opset, log, pixels=4 * size_multiple)
 
         bundle = work / "bundle"
         for part in PARTS:
@@ -356,7 +371,7 @@ def export_inpaint_bundle(
                 log(f"converting {part} to fp16")
                 _convert_to_fp16(bundle / part / "model.onnx")
         tokenizer_info = _write_tokenizer(source, bundle / "tokenizer")
-        parity = check_parity(source, bundle, configs, precision, pixels=size_multiple, log=log)
+        parity = check_parity(source, bundle, configs, precision, pixels=4 * size_multiple, log=log)
 
         from importlib.metadata import version
 
@@ -379,7 +394,7 @@ def export_inpaint_bundle(
             "sampling": sampling or {"scheduler": "ddim", "steps": 50, "guidance_scale": 7.5},
             "prompts": {"add": "Polyp", "remove": "Normal", "negative": ""},
             "source": {
-                "path": str(source),
+                "path": source_label or str(source),
                 "pipeline_class": configs["index"].get("_class_name"),
                 "diffusers_version": configs["index"].get("_diffusers_version"),
                 "exporter": used,

@@ -1,0 +1,38 @@
+# PolypForge: `make demo` and `make test` work from a fresh clone with python3 and the package registries.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is pinned and installed before anything that depends on it, so pip takes the CPU build instead of
+# pulling a multi-GB CUDA one.
+TORCH  ?= torch==2.13.0
+
+.PHONY: demo test bench demo-bundle clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Runtime only (what a curator's PC needs): onnxruntime, numpy, pillow, tokenizers.
+$(VENV)/.runtime-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[cpu]"
+	touch $@
+
+# Everything a developer needs: export (torch, diffusers, optimum), desktop (PySide6), tests.
+$(VENV)/.dev-installed: pyproject.toml $(VENV)/.runtime-installed
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[cpu,export,desktop,dev]"
+	touch $@
+
+demo: $(VENV)/.runtime-installed
+	$(BIN)/python main.py demo
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python tests/benchmarks/bench_inpaint.py $(BENCH_ARGS)
+
+demo-bundle: $(VENV)/.dev-installed
+	$(BIN)/python exported_models/make_demo_bundle.py
+
+clean:
+	rm -rf $(VENV) demo_output samples .pytest_cache

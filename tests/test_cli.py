@@ -1,0 +1,68 @@
+"""main.py as a curator meets it: --version/--help fast, export, inpaint, demo, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+from conftest import REPO_ROOT
+
+
+def _main(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "main.py"), *map(str, args)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_version_and_help_answer_before_heavy_imports():
+    started = time.perf_counter()
+    version = _main("--version")
+    assert version.returncode == 0 and version.stdout.startswith("PolypForge ")
+    help_text = _main("--help")
+    assert help_text.returncode == 0 and "export" in help_text.stdout and "inpaint" in help_text.stdout
+    assert time.perf_counter() - started < 10
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, main; main.build_parser(); print('onnxruntime' in sys.modules, 'numpy' in sys.modules)"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )
+    assert probe.stdout.strip() == "False False"
+
+
+def test_inpaint_command_writes_a_png(tmp_path):
+    frame = np.full((100, 140, 3), 150, np.uint8)
+    mask = np.zeros((100, 140), np.uint8)
+    mask[30:70, 50:100] = 255
+    Image.fromarray(frame).save(tmp_path / "frame.jpg")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out" / "result.png"
+    completed = _main("inpaint", tmp_path / "frame.jpg", "--mask", tmp_path / "mask.png", "--out", out, "--steps", "3")
+    assert completed.returncode == 0, completed.stderr
+    result = np.asarray(Image.open(out))
+    source = np.asarray(Image.open(tmp_path / "frame.jpg"))
+    assert result.shape == (100, 140, 3)
+    assert np.array_equal(result[mask == 0], source[mask == 0])
+
+
+def test_errors_are_one_clear_line(tmp_path):
+    (tmp_path / "bad.jpg").write_text("not an image")
+    completed = _main("inpaint", tmp_path / "bad.jpg", "--mask", tmp_path / "bad.jpg", "--out", tmp_path / "o.png")
+    assert completed.returncode == 2
+    assert completed.stderr.startswith("error: ") and "bad.jpg: not a readable image" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    missing_model = _main("inpaint", tmp_path / "bad.jpg", "--mask", tmp_path / "bad.jpg", "--out", tmp_path / "o.png",
+                          "--model", tmp_path / "nowhere")
+    assert missing_model.returncode == 2 and "Traceback" not in missing_model.stderr
+
+
+def test_demo_command_writes_images_and_manifest(tmp_path):
+    completed = _main("demo", "--samples", tmp_path / "samples", "--output", tmp_path / "out", "--variants", "1")
+    assert completed.returncode == 0, completed.stderr
+    images = sorted((tmp_path / "out" / "images").glob("*.png"))
+    lines = (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
+    assert len(images) == len(lines) == 6
+    assert any("__add__" in p.name for p in images) and any("__remove__" in p.name for p in images)
