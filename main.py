@@ -46,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", default=None, help="bundle name (default: the folder name)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
 
+    quantize = commands.add_parser(
+        "quantize",
+        help="make an int8-U-Net copy of a bundle (faster on CPU, not exact)",
+        description="Copy an fp32 bundle with its U-Net's MatMul/Gemm weights dynamically quantised to int8. "
+        "Faster on CPU; its images deviate from fp32 (see `make bench` for speed-up and PSNR). Opt-in only.",
+    )
+    quantize.add_argument("--from", dest="source", required=True, type=Path, help="fp32 bundle folder")
+    quantize.add_argument("--to", dest="destination", required=True, type=Path, help="bundle folder to write")
+    quantize.add_argument("--overwrite", action="store_true")
+
     inpaint = commands.add_parser(
         "inpaint",
         help="inpaint one frame at a mask",
@@ -94,6 +104,13 @@ def _run_export(args) -> int:
     return EXIT_OK
 
 
+def _run_quantize(args) -> int:
+    from engine.export.quantize import quantize_unet_int8
+
+    quantize_unet_int8(args.source, args.destination, overwrite=args.overwrite)
+    return EXIT_OK
+
+
 def _run_inpaint(args) -> int:
     from engine.fileio import load_frame, load_mask, save_png_atomic
     from engine.pipelines.inpaint import InpaintPipeline
@@ -133,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CANNOT_START
     from engine.errors import PolypForgeError
 
-    handlers = {"export": _run_export, "inpaint": _run_inpaint, "demo": _run_demo}
+    handlers = {"export": _run_export, "quantize": _run_quantize, "inpaint": _run_inpaint, "demo": _run_demo}
     try:
         return handlers[args.command](args)
     except PolypForgeError as exc:

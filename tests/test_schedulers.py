@@ -374,6 +374,15 @@ def test_private_and_foreign_keys_are_ignored():
     run_and_compare("ddim", cfg, 10)
 
 
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+def test_step_returns_float32_for_float16_inputs(name):
+    sch = make_scheduler(name, SD2_INPAINT_CONFIG)
+    sch.set_timesteps(5)
+    half = _INITIAL_SAMPLE.astype(np.float16)
+    out = sch.step(half, sch.timesteps[0], half)
+    assert out.dtype == np.float32 and out.shape == SHAPE and np.isfinite(out).all()
+
+
 def test_import_does_not_load_torch():
     code = "import engine.schedulers, sys; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)

@@ -307,6 +307,7 @@ class InpaintPipeline:
         text = np.repeat(embeddings, count, axis=0)  # [neg × count, pos × count]
         scheduler = make_scheduler(scheduler_name, self.scheduler_config)
         scheduler.set_timesteps(steps)
+        scheduler.set_begin_index(0)  # as diffusers' inpaint pipeline does at strength 1 (matters for repeated timesteps)
         latents = (latents * scheduler.init_noise_sigma).astype(np.float32)
         unet = self.parts["unet"]
         timestep_shape = unet.inputs["timestep"].shape

@@ -52,7 +52,9 @@ class DDIMScheduler(SchedulerBase):
     own defaults are ``clip_sample=True``, ``set_alpha_to_one=True``, ``timestep_spacing="leading"``),
     and keys of other scheduler classes are ignored.
 
-    Not supported (``ValueError``): ``thresholding=True``; ``step(eta>0)`` does not exist here.
+    Not supported (``ValueError``): ``thresholding=True``; there is no ``eta`` (DDPM-like noise),
+    ``use_clipped_model_output`` or ``variance_noise``.  ``dynamic_thresholding_ratio`` and
+    ``sample_max_value`` only matter with thresholding and are ignored.
     """
 
     def __init__(self, config: Mapping[str, Any] | None = None):

@@ -108,6 +108,14 @@ class DPMSolverMultistepScheduler(SchedulerBase):
     Not supported (``ValueError`` naming the option): the stochastic ``sde-dpmsolver(++)``
     algorithms, ``thresholding``, learned ``variance_type``, ``use_exponential_sigmas``,
     ``use_beta_sigmas``, ``use_lu_lambdas``, ``use_flow_sigmas`` and ``prediction_type="flow_prediction"``.
+    Accepted but without effect here, as in diffusers when the options above are off:
+    ``flow_shift``, ``use_dynamic_shifting``, ``time_shift_type`` (only used with flow sigmas / a
+    ``mu`` argument), ``dynamic_thresholding_ratio`` and ``sample_max_value`` (thresholding only),
+    and a ``variance_type`` other than learned/learned_range.
+
+    Degenerate diffusers configs are reproduced, not repaired: ``use_karras_sigmas`` with
+    ``final_sigmas_type="sigma_min"`` repeats the last sigma, so a final Heun or third-order step
+    divides 0 by 0 and yields NaN in diffusers and here alike.
 
     State: the last ``solver_order`` converted model outputs, a counter of lower-order warm-up
     steps and the step index; all are reset by :meth:`set_timesteps`.  As in diffusers the step
@@ -133,20 +141,21 @@ class DPMSolverMultistepScheduler(SchedulerBase):
                 f"unsupported scheduler option variance_type={params['variance_type']!r}: "
                 "models predicting their variance are not supported"
             )
+        if params["algorithm_type"] in ("sde-dpmsolver", "sde-dpmsolver++"):
+            raise ValueError(
+                f"unsupported scheduler option algorithm_type={params['algorithm_type']!r}: "
+                "the stochastic (SDE) DPM-Solver needs injected noise; use 'dpmsolver++'"
+            )
+        require_choice("algorithm_type", params["algorithm_type"], ALGORITHM_TYPES + ("deis",))
+        require_choice("final_sigmas_type", params["final_sigmas_type"], FINAL_SIGMAS_TYPES)
         # diffusers checks the *given* algorithm_type here, so "deis" needs final_sigmas_type="sigma_min".
-        if params["algorithm_type"] not in ("dpmsolver++", "sde-dpmsolver++") and params["final_sigmas_type"] == "zero":
+        if params["algorithm_type"] != "dpmsolver++" and params["final_sigmas_type"] == "zero":
             raise ValueError(
                 f"unsupported scheduler option final_sigmas_type='zero' with algorithm_type="
                 f"{params['algorithm_type']!r} (diffusers rejects it too); use final_sigmas_type='sigma_min'"
             )
         if params["algorithm_type"] == "deis":  # diffusers re-registers this as dpmsolver++
             params["algorithm_type"] = "dpmsolver++"
-        if params["algorithm_type"] in ("sde-dpmsolver", "sde-dpmsolver++"):
-            raise ValueError(
-                f"unsupported scheduler option algorithm_type={params['algorithm_type']!r}: "
-                "the stochastic (SDE) DPM-Solver needs injected noise; use 'dpmsolver++'"
-            )
-        require_choice("algorithm_type", params["algorithm_type"], ALGORITHM_TYPES)
         if params["solver_type"] in ("logrho", "bh1", "bh2"):  # diffusers maps these to midpoint
             params["solver_type"] = "midpoint"
         require_choice("solver_type", params["solver_type"], SOLVER_TYPES)
@@ -154,7 +163,6 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         require_choice("solver_order", params["solver_order"], (1, 2, 3))
         require_choice("prediction_type", params["prediction_type"], PREDICTION_TYPES)
         require_choice("timestep_spacing", params["timestep_spacing"], TIMESTEP_SPACINGS)
-        require_choice("final_sigmas_type", params["final_sigmas_type"], FINAL_SIGMAS_TYPES)
         params["lambda_min_clipped"] = float(params["lambda_min_clipped"])
         self.config = params
         # diffusers' Karras conversion reads config.sigma_min / config.sigma_max when a config
