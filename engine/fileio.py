@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +72,32 @@ def load_mask(path: str | os.PathLike[str]) -> np.ndarray:
     from engine.masks.geometry import binarize
 
     return binarize(np.asarray(Image.fromarray(load_frame(path)).convert("L")))
+
+
+class StagedFolder:
+    """Paths of a folder being built beside its destination: scratch space and the result to install."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.result = work / "result"
+
+
+@contextmanager
+def staged_folder(destination: str | os.PathLike[str]):
+    """Build a folder under a temporary name beside `destination`, then swap it in by renames.
+
+    Whatever the caller put in ``.result`` replaces `destination` only when the block ends without an
+    exception; on any failure (or a kill) nothing under the destination name changes and the scratch
+    folder is removed.
+    """
+    target = Path(destination)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        staged = StagedFolder(work)
+        yield staged
+        if target.exists():
+            os.replace(target, work / "previous")
+        os.replace(staged.result, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -19,6 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+from engine.export.random_pipeline import SD2_INPAINT_SCHEDULER
 from engine.schedulers import SCHEDULER_NAMES, make_scheduler  # noqa: E402
 
 pytestmark = [
@@ -30,20 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 SHAPE = (2, 4, 8, 8)
 
-SD2_INPAINT_CONFIG = {
-    "_class_name": "DDIMScheduler",
-    "_diffusers_version": "0.8.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "clip_sample": False,
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-}
+SD2_INPAINT_CONFIG = {**SD2_INPAINT_SCHEDULER, "_diffusers_version": "0.8.0"}
 
 _REFERENCE_CLASSES = {
     "ddim": diffusers.DDIMScheduler,

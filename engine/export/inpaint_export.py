@@ -18,7 +18,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,6 +25,7 @@ from typing import Callable
 from engine import __version__ as engine_version
 from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION, REQUIRED_FILES, write_manifest
 from engine.errors import ExportError
+from engine.fileio import staged_folder
 
 PARTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 EXPORTERS = ("auto", "optimum", "torch")
@@ -344,10 +344,8 @@ def export_inpaint_bundle(
     if precision == "fp16":
         log("fp16 bundles are for GPUs (CUDA/TensorRT): on a CPU they run slower than fp32, not faster")
 
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
-    try:
-        raw = work / "onnx"
+    with staged_folder(destination) as staging:
+        raw = staging.work / "onnx"
         used = None
         if exporter in ("auto", "optimum"):
             try:
@@ -360,7 +358,7 @@ def export_inpaint_bundle(
         if used is None:
             used = _export_with_torch(source, raw, configs, opset, log, pixels=4 * size_multiple)
 
-        bundle = work / "bundle"
+        bundle = staging.result
         for part in PARTS:
             (bundle / part).mkdir(parents=True)
             for file in (raw / part).iterdir():
@@ -410,11 +408,6 @@ def export_inpaint_bundle(
             if not (bundle / rel).is_file():
                 raise ExportError(f"{bundle / rel}: the exporter did not produce it")
         write_manifest(bundle, manifest)
-        if destination.exists():
-            shutil.rmtree(destination)
-        os.replace(bundle, destination)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     seconds = time.perf_counter() - started
     log(f"bundle written to {destination} in {seconds:.1f} s")
     return ExportReport(destination, used, precision, parity, seconds)

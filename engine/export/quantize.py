@@ -8,14 +8,13 @@ The text encoder and VAE stay fp32 (they run once per prompt/frame and the VAE i
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 from engine.bundle import read_bundle, write_manifest
 from engine.errors import ExportError
+from engine.fileio import staged_folder
 
 QUANTISED_OPS = ("MatMul", "Gemm")
 
@@ -35,10 +34,8 @@ def quantize_unet_int8(
     destination = Path(destination).expanduser().resolve()
     if destination.exists() and not overwrite:
         raise ExportError(f"{destination}: already exists (pass --overwrite to replace it)")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
-    try:
-        staged = work / "bundle"
+    with staged_folder(destination) as staging:
+        staged = staging.result
         shutil.copytree(bundle.root, staged, ignore=shutil.ignore_patterns("unet"))
         (staged / "unet").mkdir()
         unet_source = bundle.root / "unet" / "model.onnx"
@@ -69,10 +66,5 @@ def quantize_unet_int8(
         }}
         manifest.pop("parity", None)
         write_manifest(staged, manifest)
-        if destination.exists():
-            shutil.rmtree(destination)
-        os.replace(staged, destination)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     log(f"int8 bundle written to {destination}")
     return destination

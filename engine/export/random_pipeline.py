@@ -40,6 +40,39 @@ SD2_INPAINT_SCHEDULER = {
 }
 
 
+# The parts' shapes per size; what they share is passed in build_random_inpaint_pipeline.
+ARCHITECTURES = {
+    "tiny": {
+        "unet": {
+            "sample_size": 32,
+            "block_out_channels": (32, 64),
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "cross_attention_dim": 32,
+            "attention_head_dim": (2, 4),
+        },
+        "vae": {"block_out_channels": (8, 16, 32, 32), "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 256},
+        "text_encoder": {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 3,
+                         "projection_dim": 32},
+        "min_vocab_size": 0,
+    },
+    "full": {  # Stable-Diffusion-2-inpainting
+        "unet": {
+            "sample_size": 64,
+            "block_out_channels": (320, 640, 1280, 1280),
+            "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            "cross_attention_dim": 1024,
+            "attention_head_dim": (5, 10, 20, 20),
+        },
+        "vae": {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "sample_size": 512},
+        "text_encoder": {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
+                         "num_hidden_layers": 23, "projection_dim": 512},
+        "min_vocab_size": 49408,
+    },
+}
+
+
 def byte_symbols() -> list[str]:
     """The 256 printable stand-ins byte-level BPE uses for bytes (printable Latin-1 stays itself), in vocab order."""
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAC + 1)) + list(range(0xAE, 0xFF + 1))
@@ -111,82 +144,27 @@ def build_random_inpaint_pipeline(out_dir: str | Path, size: str = "tiny", seed:
     ids = write_clip_tokenizer_files(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
 
+    arch = ARCHITECTURES[size]
     torch.manual_seed(seed)
-    if size == "tiny":
-        unet = UNet2DConditionModel(
-            sample_size=32,
-            in_channels=9,
-            out_channels=4,
-            layers_per_block=2,
-            block_out_channels=(32, 64),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(8, 16, 32, 32),
-            layers_per_block=1,
-            norm_num_groups=8,
-            latent_channels=4,
-            sample_size=256,
-        )
-        text_config = CLIPTextConfig(
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=3,
-            projection_dim=32,
-            max_position_embeddings=77,
-            hidden_act="gelu",
-            layer_norm_eps=1e-5,
-            vocab_size=ids["vocab_size"],
-            bos_token_id=ids["bos_token_id"],
-            eos_token_id=ids["eos_token_id"],
-            pad_token_id=ids["pad_token_id"],
-        )
-    else:
-        unet = UNet2DConditionModel(
-            sample_size=64,
-            in_channels=9,
-            out_channels=4,
-            layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-            cross_attention_dim=1024,
-            attention_head_dim=(5, 10, 20, 20),
-            use_linear_projection=True,
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=512,
-        )
-        text_config = CLIPTextConfig(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_attention_heads=16,
-            num_hidden_layers=23,
-            projection_dim=512,
-            max_position_embeddings=77,
-            hidden_act="gelu",
-            layer_norm_eps=1e-5,
-            vocab_size=max(ids["vocab_size"], 49408),
-            bos_token_id=ids["bos_token_id"],
-            eos_token_id=ids["eos_token_id"],
-            pad_token_id=ids["pad_token_id"],
-        )
+    unet = UNet2DConditionModel(in_channels=9, out_channels=4, layers_per_block=2, use_linear_projection=True, **arch["unet"])
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        **arch["vae"],
+    )
+    text_config = CLIPTextConfig(
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        vocab_size=max(ids["vocab_size"], arch["min_vocab_size"]),
+        bos_token_id=ids["bos_token_id"],
+        eos_token_id=ids["eos_token_id"],
+        pad_token_id=ids["pad_token_id"],
+        **arch["text_encoder"],
+    )
     text_encoder = CLIPTextModel(text_config)
     for module in (unet, vae, text_encoder):
         module.eval()

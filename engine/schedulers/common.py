@@ -161,6 +161,20 @@ def make_betas(
     return betas_for_alpha_bar(num_train_timesteps)
 
 
+def betas_from_config(params: Mapping[str, Any]) -> np.ndarray:
+    """The training beta schedule a resolved config describes, zero-terminal-SNR rescaled when asked."""
+    betas = make_betas(
+        params["num_train_timesteps"],
+        params["beta_start"],
+        params["beta_end"],
+        params["beta_schedule"],
+        params["trained_betas"],
+    )
+    if params["rescale_betas_zero_snr"]:
+        betas = rescale_zero_terminal_snr(betas)
+    return betas
+
+
 def cumprod_float32(values: np.ndarray) -> np.ndarray:
     """``torch.cumprod`` of a float32 CPU tensor: float64 running product, each entry rounded to float32."""
     return np.cumprod(np.asarray(values, dtype=np.float32).astype(np.float64)).astype(np.float32)

@@ -13,11 +13,10 @@ from .common import (
     SchedulerBase,
     alphas_cumprod_from_betas,
     as_int,
+    betas_from_config,
     check_num_inference_steps,
-    make_betas,
     reject_truthy,
     require_choice,
-    rescale_zero_terminal_snr,
     resolve_config,
     sqrt32,
     timestep_as_int,
@@ -68,15 +67,7 @@ class DDIMScheduler(SchedulerBase):
         reject_truthy("thresholding", params["thresholding"], "dynamic thresholding")
         self.config = params
 
-        betas = make_betas(
-            params["num_train_timesteps"],
-            params["beta_start"],
-            params["beta_end"],
-            params["beta_schedule"],
-            params["trained_betas"],
-        )
-        if params["rescale_betas_zero_snr"]:
-            betas = rescale_zero_terminal_snr(betas)
+        betas = betas_from_config(params)
         self.betas = betas
         self.alphas = F32(1.0) - betas
         self.alphas_cumprod = alphas_cumprod_from_betas(betas)

@@ -13,13 +13,12 @@ from .common import (
     SchedulerBase,
     alphas_cumprod_from_betas,
     as_int,
+    betas_from_config,
     check_num_inference_steps,
     exp32,
     log32,
-    make_betas,
     reject_truthy,
     require_choice,
-    rescale_zero_terminal_snr,
     resolve_config,
     sqrt32,
     timestep_as_int,
@@ -170,15 +169,7 @@ class DPMSolverMultistepScheduler(SchedulerBase):
         self._karras_sigma_min = hidden.get("sigma_min")
         self._karras_sigma_max = hidden.get("sigma_max")
 
-        betas = make_betas(
-            params["num_train_timesteps"],
-            params["beta_start"],
-            params["beta_end"],
-            params["beta_schedule"],
-            params["trained_betas"],
-        )
-        if params["rescale_betas_zero_snr"]:
-            betas = rescale_zero_terminal_snr(betas)
+        betas = betas_from_config(params)
         self.betas = betas
         self.alphas = F32(1.0) - betas
         alphas_cumprod = alphas_cumprod_from_betas(betas)
