@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent
-EXIT_OK, EXIT_FAILURES, EXIT_CANNOT_START = 0, 1, 2
+EXIT_OK, EXIT_FAILURES, EXIT_CANNOT_START, EXIT_CANCELLED = 0, 1, 2, 130
 
 
 def _version() -> str:
@@ -24,10 +24,13 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py",
+        allow_abbrev=False,
         description="PolypForge: inpaint synthetic polyps into colonoscopy frames and write annotated datasets.",
     )
     parser.add_argument("--version", action="version", version=_version())
-    parser.add_argument("--batch", action="store_true", help="run a batch job headless (arrives with the batch issue)")
+    parser.add_argument("--batch", action="store_true",
+                        help="run a batch job headless: a folder of frames → an annotated, resumable dataset")
+    _add_batch_options(parser.add_argument_group("batch job (with --batch; each may also be a key of --job FILE)"))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     export = commands.add_parser(
@@ -75,6 +78,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_batch_options(group) -> None:
+    # Defaults are None so that a job file's values stand unless a flag is given.
+    group.add_argument("--job", type=Path, help="TOML job file (keys as the flags, with _ for -)")
+    group.add_argument("--input", type=Path, help="folder of frames (Kvasir-SEG images/+masks/ found by itself)")
+    group.add_argument("--output", type=Path, help="dataset folder to write (resumed if it holds this job)")
+    group.add_argument("--model", type=Path, help="model bundle (default: the embedded random-weight demo bundle)")
+    group.add_argument("--provider", choices=("auto", "cpu", "cuda", "tensorrt"))
+    group.add_argument("--threads", type=int)
+    group.add_argument("--masks", type=Path, help="masks folder, paired with frames by file name")
+    group.add_argument("--labels", type=Path, help="labels file (COCO json or kavsir_bboxes.json)")
+    group.add_argument("--split-file", type=Path, help="lines 'PATH_OR_STEM SPLIT'; unlisted frames are left out")
+    group.add_argument("--from-splits", help="splits to derive variants from (default train; written to their own split)")
+    group.add_argument("--mask-source", choices=("user", "box", "random", "retrieved"))
+    group.add_argument("--box-pad", type=int, help="pixels added around boxes (default 15, as Polyp-Gen)")
+    group.add_argument("--mode", choices=("add", "remove"),
+                       help='add: generate a polyp in the mask ("Polyp"); remove: generate mucosa ("Normal")')
+    group.add_argument("--prompt", help="override the mode's prompt")
+    group.add_argument("--negative-prompt")
+    group.add_argument("--variants", type=int, help="variants per frame (default 1)")
+    group.add_argument("--seed", type=int, help="job seed (default 0); each variant's seed derives from it")
+    group.add_argument("--steps", type=int)
+    group.add_argument("--scheduler", choices=("ddim", "dpm++"))
+    group.add_argument("--guidance", type=float)
+    group.add_argument("--formats", help="comma list of coco, yolo, yolo-seg (default all)")
+    group.add_argument("--batch-size", type=int, help="variants per U-Net call (GPU)")
+    resume = group.add_mutually_exclusive_group()
+    resume.add_argument("--resume", dest="resume", action="store_true", default=None,
+                        help="continue an interrupted job in --output (default)")
+    resume.add_argument("--fresh", dest="resume", action="store_false", help="discard what --output holds of an earlier job")
+    group.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
+    group.add_argument("--json-summary", type=Path, help="write the job summary as JSON here too")
+
+
+BATCH_KEYS = ("input", "output", "model", "provider", "threads", "masks", "labels", "split_file", "from_splits",
+              "mask_source", "box_pad", "mode", "prompt", "negative_prompt", "variants", "seed", "steps",
+              "scheduler", "guidance", "formats", "batch_size", "resume")
+
+
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=REPO_ROOT / "exported_models" / "demo-sd-inpaint",
                         help="model bundle folder (default: the embedded random-weight demo bundle)")
@@ -112,11 +153,12 @@ def _run_quantize(args) -> int:
 
 
 def _run_inpaint(args) -> int:
-    from engine.fileio import load_frame, load_mask, save_png_atomic
+    from engine.dataset.image_reader import read_frame, read_mask
+    from engine.fileio import save_png_atomic
     from engine.pipelines.inpaint import InpaintPipeline
 
-    frame = load_frame(args.frame)
-    mask = load_mask(args.mask)
+    frame = read_frame(args.frame)
+    mask = read_mask(args.mask)
     pipeline = InpaintPipeline.from_bundle(args.model, provider=args.provider, threads=args.threads)
     if pipeline.provider_note:
         print(pipeline.provider_note, file=sys.stderr)
@@ -130,26 +172,67 @@ def _run_inpaint(args) -> int:
     return EXIT_OK
 
 
-def _run_demo(args) -> int:
-    from engine.demo import run_demo
+def _run_batch(args) -> int:
+    from engine.jobs import build_spec, read_job_file
 
-    run_demo(args.samples, args.output, variants=args.variants, seed=args.seed, provider=args.provider)
-    return EXIT_OK
+    values = read_job_file(args.job) if args.job else {}
+    for key in BATCH_KEYS:
+        value = getattr(args, key, None)
+        if value is not None:
+            values[key] = value
+    spec = build_spec(values, str(args.job) if args.job else "command line")
+    return _run_job_in_terminal(spec, quiet=args.quiet, json_summary=args.json_summary)
+
+
+def _run_job_in_terminal(spec, quiet: bool = False, json_summary: Path | None = None) -> int:
+    from engine.jobs import JobCannotStart, run_job
+    from engine.jobs.terminal_progress import BatchProgress
+
+    progress = BatchProgress(quiet=quiet)
+    try:
+        summary = run_job(spec, on_event=progress.on_event, cancel=progress.cancel_requested)
+    except JobCannotStart as exc:
+        progress.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    finally:
+        progress.close()
+    progress.print_summary(summary)
+    if json_summary:
+        import json
+
+        from engine.fileio import atomic_write_bytes
+
+        atomic_write_bytes(json_summary, (json.dumps(summary.to_json(), indent=1, ensure_ascii=False) + "\n").encode())
+    return {"ok": EXIT_OK, "failures": EXIT_FAILURES, "cancelled": EXIT_CANCELLED}[summary.status]
+
+
+def _run_demo(args) -> int:
+    from engine.demo import demo_spec
+
+    spec = demo_spec(args.samples, args.output, variants=args.variants, seed=args.seed, provider=args.provider)
+    print(f"sample frames (generated, no patient data): {args.samples.resolve()}", file=sys.stderr)
+    print("model: the embedded demo bundle — RANDOM weights, its 'polyps' are noise by design", file=sys.stderr)
+    return _run_job_in_terminal(spec)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from engine.errors import PolypForgeError
+
     if args.batch:
-        print("main.py --batch: the batch job is not built yet (see the batch issue); use `main.py demo` "
-              "or `main.py inpaint`.", file=sys.stderr)
-        return EXIT_CANNOT_START
+        if args.command is not None:
+            parser.error("--batch takes no subcommand")
+        try:
+            return _run_batch(args)
+        except PolypForgeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_START
     if args.command is None:
         print("The desktop app is not built yet (see the desktop issue). Headless commands: "
               "`main.py --help`.", file=sys.stderr)
         return EXIT_CANNOT_START
-    from engine.errors import PolypForgeError
-
     handlers = {"export": _run_export, "quantize": _run_quantize, "inpaint": _run_inpaint, "demo": _run_demo}
     try:
         return handlers[args.command](args)

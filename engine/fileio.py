@@ -46,34 +46,6 @@ def save_png_atomic(path: str | os.PathLike[str], image: np.ndarray) -> Path:
     return atomic_write_bytes(path, encode_png(image))
 
 
-def load_frame(path: str | os.PathLike[str]) -> np.ndarray:
-    """An RGB uint8 frame with EXIF orientation applied; InputError naming the file if it cannot be read."""
-    from PIL import ImageOps, UnidentifiedImageError
-
-    from engine.errors import InputError
-
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, dtype=np.float64)
-                peak = 65535.0 if array.max() > 255 else 255.0
-                gray = np.clip(np.rint(array / peak * 255.0), 0, 255).astype(np.uint8)
-                return np.repeat(gray[:, :, None], 3, axis=2)
-            return np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable image ({exc})") from None
-
-
-def load_mask(path: str | os.PathLike[str]) -> np.ndarray:
-    """A mask image as a boolean array (foreground > 127, JPEG noise tolerated)."""
-    from engine.masks.geometry import binarize
-
-    return binarize(np.asarray(Image.fromarray(load_frame(path)).convert("L")))
-
-
 class StagedFolder:
     """Paths of a folder being built beside its destination: scratch space and the result to install."""
 

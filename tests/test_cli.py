@@ -52,17 +52,19 @@ def test_errors_are_one_clear_line(tmp_path):
     (tmp_path / "bad.jpg").write_text("not an image")
     completed = _main("inpaint", tmp_path / "bad.jpg", "--mask", tmp_path / "bad.jpg", "--out", tmp_path / "o.png")
     assert completed.returncode == 2
-    assert completed.stderr.startswith("error: ") and "bad.jpg: not a readable image" in completed.stderr
+    assert completed.stderr.startswith("error: ") and "bad.jpg: not an image file" in completed.stderr
     assert "Traceback" not in completed.stderr
     missing_model = _main("inpaint", tmp_path / "bad.jpg", "--mask", tmp_path / "bad.jpg", "--out", tmp_path / "o.png",
                           "--model", tmp_path / "nowhere")
     assert missing_model.returncode == 2 and "Traceback" not in missing_model.stderr
 
 
-def test_demo_command_writes_images_and_manifest(tmp_path):
+def test_demo_command_runs_the_batch_job(tmp_path):
     completed = _main("demo", "--samples", tmp_path / "samples", "--output", tmp_path / "out", "--variants", "1")
     assert completed.returncode == 0, completed.stderr
-    images = sorted((tmp_path / "out" / "images").glob("*.png"))
+    images = sorted((tmp_path / "out" / "images" / "train").glob("*.png"))
     lines = (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
     assert len(images) == len(lines) == 6
-    assert any("__add__" in p.name for p in images) and any("__remove__" in p.name for p in images)
+    assert all("__add-random-v00" in p.name for p in images)
+    assert (tmp_path / "out" / "annotations" / "instances.json").is_file()
+    assert "RANDOM weights" in completed.stderr and "dataset: " in completed.stderr

@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from conftest import shared_data_or_skip
-from engine.demo import DEMO_BUNDLE, padded_box_mask
-from engine.fileio import load_frame, load_mask
+from engine.demo import DEMO_BUNDLE
+from engine.dataset.image_reader import read_frame, read_mask
+from engine.masks.instances import bbox_of, padded_box_mask
 from engine.pipelines.inpaint import InpaintPipeline
 
 
@@ -28,12 +29,12 @@ def _real_pairs(count: int):
 
 def test_real_frames_keep_every_pixel_outside_the_mask(demo_pipeline):
     for image_path, mask_path in _real_pairs(3):
-        frame = load_frame(image_path)
+        frame = read_frame(image_path)
         raw_mask = np.asarray(Image.open(mask_path))
         assert raw_mask.ndim == 3 and len(np.unique(raw_mask)) > 2  # really a noisy 3-channel JPEG mask
-        mask = load_mask(mask_path)
+        mask = read_mask(mask_path)
         assert mask.shape == frame.shape[:2] and 0.01 < mask.mean() < 0.8
-        region = padded_box_mask(mask, pad=15)
+        region = padded_box_mask(bbox_of(mask), 15, *mask.shape)
         result = demo_pipeline(frame, region, prompt="Normal", steps=3, seed=0)
         assert result.image.shape == frame.shape
         assert np.array_equal(result.image[~region], frame[~region]), image_path.name

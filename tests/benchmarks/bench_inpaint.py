@@ -169,12 +169,14 @@ def worker_engine(args) -> dict:
     started = time.perf_counter()
     pipe = InpaintPipeline.from_bundle(args.bundle, provider="cpu", threads=args.threads)
     load = time.perf_counter() - started
-    pipe(frame, mask, steps=1, scheduler="dpm++", guidance_scale=7.5, prompt=PROMPT, latents=latents)  # warm-up
+    size = (args.px, args.px)  # the size diffusers and optimum run at
+    pipe(frame, mask, steps=1, scheduler="dpm++", guidance_scale=7.5, prompt=PROMPT, latents=latents,
+         working_size=size)  # warm-up
     pipe._prompt_cache.clear()
     pipe.reset_stage_seconds()
     started = time.perf_counter()
     result = pipe(frame, mask, steps=args.steps, scheduler="dpm++", guidance_scale=7.5, prompt=PROMPT, latents=latents,
-                  masked_image_noise=posterior_noise)
+                  masked_image_noise=posterior_noise, working_size=size)
     per_image = time.perf_counter() - started
     stages = dict(pipe.stage_seconds)
     np.save(Path(args.out) / f"{args.label}.npy", result.raw)
@@ -182,7 +184,7 @@ def worker_engine(args) -> dict:
     if args.variants > 1:
         pipe._prompt_cache.clear()
         started = time.perf_counter()
-        prepared = pipe.prepare_frame(frame, mask)
+        prepared = pipe.prepare_frame(frame, mask, working_size=size)
         pipe.generate_variants(prepared, seeds=list(range(1, args.variants + 1)), steps=args.steps,
                                scheduler="dpm++", guidance_scale=7.5, prompt=PROMPT, batch_size=args.batch)
         out["variants_per_image_s"] = (time.perf_counter() - started) / args.variants
@@ -256,12 +258,18 @@ def run_worker(kind: str, label: str, args, paths, extra=()) -> dict:
     ]
     if args.threads:
         command += ["--threads", str(args.threads)]
+    cached = Path(args.out) / f"{label}.json"
+    if args.reuse and cached.exists():
+        print(f"reusing {cached}", flush=True)
+        return json.loads(cached.read_text())
     print(f"running {label} …", flush=True)
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
         print(completed.stderr[-4000:], file=sys.stderr)
         raise SystemExit(f"{label} failed")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    cached.write_text(json.dumps(result))
+    return result
 
 
 def psnr(a, b) -> float:
@@ -326,6 +334,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=1, help="engine variants per U-Net call")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--workdir", type=Path, default=REPO_ROOT / ".bench")
+    parser.add_argument("--reuse", action="store_true", help="reuse contenders' results saved by an earlier run")
     parser.add_argument("--skip", default="", help="comma list of: diffusers,optimum,int8,flops")
     # worker-only arguments
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)

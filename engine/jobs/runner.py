@@ -1,0 +1,333 @@
+"""run_job(spec, on_event, cancel): a folder of frames → an annotated, resumable dataset.
+
+Order of work: discover the input → check the output folder and the bundle (anything wrong here stops the
+job before it starts, with one line) → plan (frame × variant, each with a seed derived from the job seed,
+the frame's path and the variant number, so a variant's seed never depends on the other frames) → skip what
+the manifest already records as done → per frame: read it once, resolve the region, VAE-encode it once for
+all its variants (the prompt is encoded once per job) → per variant: generate, write image and instance
+mask atomically, append a manifest line → rebuild COCO, YOLO, data.yaml and the contact sheet from the
+manifest. One bad frame is a failed manifest line, never a stopped job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engine import __version__
+from engine.dataset.coco_writer import write_coco
+from engine.dataset.contact_sheet import write_contact_sheet
+from engine.dataset.discovery import SourceFrame, discover
+from engine.dataset.image_reader import read_frame, read_mask
+from engine.dataset.labels import read_yolo
+from engine.dataset.manifest import Manifest
+from engine.dataset.yolo_writer import write_yolo_detect, write_yolo_segment
+from engine.errors import Cancelled, InputError, PolypForgeError
+from engine.fileio import atomic_write_bytes, save_png_atomic
+from engine.jobs.events import JobEvent
+from engine.masks.sources import Skip, resolve_region
+from engine.pipelines.inpaint import STAGES, InpaintPipeline
+
+OWNED_OUTPUTS = ("images", "masks", "labels", "yolo-seg", "annotations")
+JOB_RECORD = "job.json"
+
+
+class JobCannotStart(PolypForgeError):
+    """Missing input, unwritable output, bad bundle, settings that contradict an earlier run."""
+
+
+@dataclass
+class WorkItem:
+    frame: SourceFrame
+    variant: int
+    seed: int
+    image: str  # output path relative to the output folder
+
+    @property
+    def key(self) -> str:
+        return f"{self.frame.rel}#{self.variant}"
+
+
+@dataclass
+class JobSummary:
+    status: str  # "ok", "failures", "cancelled"
+    output: Path
+    planned: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    reused: int = 0  # done by an earlier, interrupted run
+    failures: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    provider: str = ""
+
+    def to_json(self) -> dict:
+        return {**self.__dict__, "output": str(self.output)}
+
+
+def variant_seed(job_seed: int, frame_rel: str, variant: int) -> int:
+    digest = hashlib.sha256(f"{job_seed}:{frame_rel}:{variant}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _flat_name(rel: str) -> str:
+    """A frame's relative path as one file name: folders joined by '__', extension dropped."""
+    stem = Path(rel).with_suffix("").as_posix()
+    parts = stem.split("/")
+    if len(parts) > 1 and parts[0].lower() in ("train", "val", "valid", "validation", "test", "training"):
+        parts = parts[1:]
+    return "__".join(parts)
+
+
+def plan(frames: list[SourceFrame], spec) -> list[WorkItem]:
+    items = []
+    for frame in frames:
+        if frame.split not in spec.from_splits:
+            continue
+        out_split = frame.split if frame.split != "train" else "train"
+        for variant in range(spec.variants):
+            name = f"{_flat_name(frame.rel)}__{spec.mode}-{spec.mask_source}-v{variant:02d}.png"
+            items.append(WorkItem(frame, variant, variant_seed(spec.seed, frame.rel, variant), f"images/{out_split}/{name}"))
+    return items
+
+
+def _prepare_output(spec, settings: dict) -> None:
+    output = spec.output
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".polypforge-write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise JobCannotStart(f"{output}: output folder is not writable ({exc.strerror or exc})") from None
+    record_path = output / JOB_RECORD
+    if record_path.exists() and spec.resume:
+        try:
+            previous = json.loads(record_path.read_text(encoding="utf-8"))["settings"]
+        except (ValueError, KeyError, OSError):
+            previous = None
+        if previous is not None and previous != settings:
+            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            raise JobCannotStart(
+                f"{output}: holds a job made with other settings ({', '.join(changed)}); "
+                "use --fresh to start over there, or another output folder"
+            )
+    if not spec.resume:
+        import shutil
+
+        for name in OWNED_OUTPUTS:
+            shutil.rmtree(output / name, ignore_errors=True)
+        for name in ("manifest.jsonl", "data.yaml", "contact_sheet.jpg", JOB_RECORD, "summary.json"):
+            (output / name).unlink(missing_ok=True)
+    for leftover in output.rglob(".*.tmp"):  # temp files of a run killed mid-write
+        leftover.unlink(missing_ok=True)
+    atomic_write_bytes(record_path, (json.dumps({"settings": settings}, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def _frame_instances(frame: SourceFrame, width: int, height: int):
+    if frame.label_instances is not None:
+        return list(frame.label_instances)
+    if frame.yolo_path is not None:
+        return read_yolo(frame.yolo_path, width, height)
+    return []
+
+
+def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Callable[[], bool] | None = None) -> JobSummary:
+    emit = on_event or (lambda event: None)
+    cancelled = cancel or (lambda: False)
+    started = time.perf_counter()
+    try:
+        sources = discover(spec.input, spec.masks, spec.labels, spec.split_file)
+    except InputError as exc:
+        raise JobCannotStart(str(exc)) from None
+    if not sources.frames:
+        raise JobCannotStart(f"{sources.frames_dir}: no frames found (jpg, jpeg, png, bmp, tif, tiff)")
+    settings = spec.settings_that_shape_output()
+    try:
+        pipeline = InpaintPipeline.from_bundle(spec.model, provider=spec.provider, threads=spec.threads)
+    except PolypForgeError as exc:
+        raise JobCannotStart(str(exc)) from None
+    settings["bundle_id"] = pipeline.bundle.bundle_id
+    _prepare_output(spec, settings)
+
+    summary = JobSummary(status="ok", output=spec.output, notes=list(sources.notes), provider=pipeline.provider)
+    if pipeline.provider_note:
+        summary.notes.append(pipeline.provider_note)
+    items = plan(sources.frames, spec)
+    summary.planned = len(items)
+    skipped_splits = sum(1 for f in sources.frames if f.split not in spec.from_splits)
+    if skipped_splits:
+        summary.notes.append(f"{skipped_splits} frames of splits other than {', '.join(spec.from_splits)} were not used")
+    manifest = Manifest(spec.output)
+    previous, damaged = manifest.load()
+    if damaged:
+        summary.notes.append(f"{damaged} damaged manifest line(s) from an interrupted run were dropped")
+    done = {}
+    for record in previous:
+        finished = record.get("status") in ("ok", "skipped")
+        files_present = record.get("status") != "ok" or (spec.output / record["image"]).is_file()
+        if finished and files_present:
+            done[record["key"]] = record
+    prompt = spec.prompt or pipeline.prompts["add" if spec.mode == "add" else "remove"]
+    emit(JobEvent("started", total=len(items), message=f"{len(items)} variants of {len({i.frame.rel for i in items})} frames on {pipeline.provider.upper()}"))
+
+    completed = 0
+    by_frame: dict[str, list[WorkItem]] = {}
+    for item in items:
+        by_frame.setdefault(item.frame.rel, []).append(item)
+    try:
+        for frame_items in by_frame.values():
+            pending = [item for item in frame_items if item.key not in done]
+            completed += len(frame_items) - len(pending)
+            summary.reused += len(frame_items) - len(pending)
+            if not pending:
+                continue
+            if cancelled():
+                raise Cancelled("cancelled between frames")
+            frame = frame_items[0].frame
+            emit(JobEvent("frame", done=completed, total=len(items), frame=frame.rel))
+            try:
+                pixels = read_frame(frame.path)
+                user_mask = None
+                if frame.mask_path is not None:
+                    user_mask = read_mask(frame.mask_path)
+                labels = _frame_instances(frame, pixels.shape[1], pixels.shape[0])
+            except InputError as exc:
+                for item in pending:
+                    completed += 1
+                    _record_failure(manifest, summary, item, spec, pipeline, str(exc), emit, completed, len(items))
+                continue
+            prepared_for = None
+            prepared = None
+            for item in pending:
+                if cancelled():
+                    raise Cancelled("cancelled between variants")
+                t0 = time.perf_counter()
+                try:
+                    region = resolve_region(spec.mode, spec.mask_source, pixels, user_mask, labels, spec.box_pad, item.seed)
+                    region_key = region.mask.tobytes() if spec.mask_source == "random" else "fixed"
+                    if prepared is None or prepared_for != region_key:
+                        prepared = pipeline.prepare_frame(pixels, region.mask)
+                        prepared_for = region_key
+
+                    def on_step(done_steps, total_steps, _item=item, _completed=completed):
+                        emit(JobEvent("step", done=_completed, total=len(items), frame=frame.rel,
+                                      variant=_item.variant, step=done_steps, steps=total_steps))
+
+                    (result,) = pipeline.generate_variants(
+                        prepared, [item.seed], prompt=prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
+                        guidance_scale=spec.guidance, scheduler=spec.scheduler, progress=on_step, cancel=cancelled,
+                    )
+                except Skip as reason:
+                    completed += 1
+                    record = _base_record(item, spec, pipeline) | {"status": "skipped", "reason": str(reason)}
+                    manifest.append(record)
+                    summary.skipped += 1
+                    emit(JobEvent("skipped", done=completed, total=len(items), frame=frame.rel, message=str(reason)))
+                    continue
+                except InputError as exc:
+                    completed += 1
+                    _record_failure(manifest, summary, item, spec, pipeline, str(exc), emit, completed, len(items))
+                    continue
+                instances = region.kept + region.generated
+                save_png_atomic(spec.output / item.image, result.image)
+                instance_map = np.zeros(region.mask.shape, np.uint8)
+                for index, instance in enumerate(region.generated, start=1):
+                    instance_map[instance.raster(*region.mask.shape) & region.mask] = index
+                save_png_atomic(spec.output / item.image.replace("images/", "masks/", 1), instance_map)
+                seconds = time.perf_counter() - t0
+                record = _base_record(item, spec, pipeline) | {
+                    "status": "ok",
+                    "mask": item.image.replace("images/", "masks/", 1),
+                    "width": int(pixels.shape[1]),
+                    "height": int(pixels.shape[0]),
+                    "instances": [i.to_json() for i in instances],
+                    "removed": [i.to_json() for i in region.removed],
+                    "prompt": result.settings["prompt"],
+                    "negative_prompt": result.settings["negative_prompt"],
+                    "steps": result.settings["steps"],
+                    "scheduler": result.settings["scheduler"],
+                    "guidance": result.settings["guidance_scale"],
+                    "working_size": result.settings["working_size"],
+                    "feather_px": result.settings["feather_px"],
+                    "provider": pipeline.provider,
+                    "seconds": round(seconds, 3),
+                }
+                manifest.append(record)
+                summary.ok += 1
+                completed += 1
+                emit(JobEvent("variant", done=completed, total=len(items), frame=frame.rel, variant=item.variant,
+                              seconds=seconds, path=str(spec.output / item.image)))
+    except Cancelled:
+        summary.status = "cancelled"
+    finally:
+        records = _finish(spec, manifest, items, sources)
+        summary.ok = sum(1 for r in records if r["status"] == "ok")
+        summary.failed = sum(1 for r in records if r["status"] == "failed")
+        summary.skipped = sum(1 for r in records if r["status"] == "skipped")
+        summary.failures = [{"frame": r["source_frame"], "reason": r["reason"]} for r in records if r["status"] == "failed"]
+        summary.stage_seconds = {k: round(v, 3) for k, v in pipeline.stage_seconds.items() if k in STAGES}
+        summary.seconds = round(time.perf_counter() - started, 3)
+        if summary.status != "cancelled" and summary.failed:
+            summary.status = "failures"
+        atomic_write_bytes(spec.output / "summary.json", (json.dumps(summary.to_json(), indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    emit(JobEvent("finished", done=completed, total=len(items), message=summary.status))
+    return summary
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _base_record(item: WorkItem, spec, pipeline) -> dict:
+    frame = item.frame
+    return {
+        "key": item.key,
+        "image": item.image,
+        "source_frame": frame.rel,
+        "split": item.image.split("/")[1],
+        "variant": item.variant,
+        "seed": item.seed,
+        "mode": spec.mode,
+        "mask_source": spec.mask_source,
+        "source_sha256": _file_sha256(frame.path),
+        "mask_file": frame.mask_path.relative_to(spec.input).as_posix() if frame.mask_path is not None and frame.mask_path.is_relative_to(spec.input) else (str(frame.mask_path) if frame.mask_path else None),
+        "label_source": frame.label_source,
+        "bundle": pipeline.bundle.name,
+        "bundle_id": pipeline.bundle.bundle_id,
+        "engine_version": __version__,
+    }
+
+
+def _record_failure(manifest, summary, item, spec, pipeline, reason, emit, completed, total) -> None:
+    manifest.append(_base_record(item, spec, pipeline) | {"status": "failed", "reason": reason})
+    summary.failed += 1
+    emit(JobEvent("failed", done=completed, total=total, frame=item.frame.rel, message=reason))
+
+
+def _finish(spec, manifest: Manifest, items: list[WorkItem], sources) -> list[dict]:
+    """Rewrite the manifest in plan order and rebuild every annotation file from it."""
+    records, _ = manifest.load()
+    latest = {r["key"]: r for r in records}  # later lines win (a retried failure, a redone variant)
+    ordered = [latest[item.key] for item in items if item.key in latest]
+    manifest.rewrite(ordered)
+    ok = [r for r in ordered if r["status"] == "ok" and (spec.output / r["image"]).is_file()]
+    if "coco" in spec.formats:
+        write_coco(spec.output / "annotations" / "instances.json", ok)
+    if "yolo" in spec.formats:
+        write_yolo_detect(spec.output, ok)
+    if "yolo-seg" in spec.formats:
+        write_yolo_segment(spec.output, ok)
+    write_contact_sheet(spec.output, ok, {f.rel: f.path for f in sources.frames})
+    return ordered

@@ -1,0 +1,158 @@
+"""JobSpec: everything a batch job needs, typed and validated; readable from a TOML job file.
+
+The desktop app and ``main.py --batch`` build the same JobSpec. Unknown keys are an error (a typo in a job
+file must not silently fall back to a default), and so is a value of the wrong type or out of range.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from engine.errors import InputError
+from engine.masks.sources import MASK_SOURCES, MODES
+from engine.schedulers import SCHEDULER_NAMES
+
+FORMATS = ("coco", "yolo", "yolo-seg")
+PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
+SPLITS = ("train", "val", "test")
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "exported_models" / "demo-sd-inpaint"
+
+
+@dataclass
+class JobSpec:
+    input: Path
+    output: Path
+    model: Path = DEFAULT_MODEL
+    provider: str = "auto"
+    threads: int | None = None
+    masks: Path | None = None
+    labels: Path | None = None
+    split_file: Path | None = None
+    from_splits: list[str] = field(default_factory=lambda: ["train"])
+    mask_source: str = "user"
+    box_pad: int = 15
+    mode: str = "add"
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    variants: int = 1
+    seed: int = 0
+    steps: int | None = None
+    scheduler: str | None = None
+    guidance: float | None = None
+    formats: list[str] = field(default_factory=lambda: ["coco", "yolo", "yolo-seg"])
+    resume: bool = True
+    batch_size: int = 1
+
+    def validate(self) -> "JobSpec":
+        _choice("mode", self.mode, MODES)
+        _choice("mask_source", self.mask_source, MASK_SOURCES)
+        _choice("provider", self.provider, PROVIDERS)
+        if self.scheduler is not None:
+            _choice("scheduler", self.scheduler, SCHEDULER_NAMES)
+        for value in self.formats:
+            _choice("formats", value, FORMATS)
+        for value in self.from_splits:
+            _choice("from_splits", value, SPLITS)
+        if not self.from_splits:
+            raise InputError("from_splits is empty: name at least one split to derive from (usually train)")
+        _at_least("variants", self.variants, 1)
+        _at_least("box_pad", self.box_pad, 0)
+        _at_least("batch_size", self.batch_size, 1)
+        if self.steps is not None:
+            _at_least("steps", self.steps, 1)
+        if self.threads is not None:
+            _at_least("threads", self.threads, 1)
+        if self.guidance is not None and not 0.0 <= self.guidance <= 50.0:
+            raise InputError(f"guidance must be between 0 and 50, got {self.guidance}")
+        if self.mode == "remove" and self.mask_source == "random":
+            raise InputError("mode remove needs to know where the polyp is: use mask_source user or box, not random")
+        if self.mask_source == "retrieved":
+            raise InputError(
+                "mask_source retrieved needs the retrieval proposer, which is not built yet: use user, box or random"
+            )
+        return self
+
+    def settings_that_shape_output(self) -> dict[str, Any]:
+        """What must match for a resumed run to continue an earlier one (paths and speed knobs excluded)."""
+        data = asdict(self)
+        for key in ("output", "provider", "threads", "resume", "batch_size", "formats"):
+            data.pop(key)
+        return {k: (str(v.resolve()) if isinstance(v, Path) else v) for k, v in data.items()}
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise InputError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+
+
+def _at_least(name: str, value, minimum) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InputError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+
+
+PATH_FIELDS = {"input", "output", "model", "masks", "labels", "split_file"}
+LIST_FIELDS = {"formats", "from_splits"}
+
+
+def _coerce(name: str, value, source: str):
+    if value is None:
+        return None
+    if name in PATH_FIELDS:
+        if not isinstance(value, (str, Path)):
+            raise InputError(f"{source}: {name} must be a path (text), got {type(value).__name__}")
+        return Path(value).expanduser()
+    if name in LIST_FIELDS:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InputError(f"{source}: {name} must be a list of names")
+        return value
+    expected = {f.name: f.type for f in fields(JobSpec)}[name]
+    if "bool" in str(expected):
+        if not isinstance(value, bool):
+            raise InputError(f"{source}: {name} must be true or false, got {value!r}")
+        return value
+    if "float" in str(expected):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{source}: {name} must be a number, got {value!r}")
+        return float(value)
+    if "int" in str(expected):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(f"{source}: {name} must be an integer, got {value!r}")
+        return value
+    if not isinstance(value, str):
+        raise InputError(f"{source}: {name} must be text, got {value!r}")
+    return value
+
+
+def build_spec(values: dict[str, Any], source: str = "job settings") -> JobSpec:
+    """A validated JobSpec from a mapping (TOML file contents merged with command-line flags)."""
+    known = {f.name for f in fields(JobSpec)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"{source}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    for required in ("input", "output"):
+        if values.get(required) is None:
+            raise InputError(f"{source}: '{required}' is required")
+    coerced = {name: _coerce(name, value, source) for name, value in values.items() if value is not None}
+    return JobSpec(**coerced).validate()
+
+
+def read_job_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise InputError(f"{path}: job file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML ({exc})") from None
+    data = {key.replace("-", "_"): value for key, value in data.items()}
+    # Relative paths in a job file are relative to the file, not to where the command runs.
+    for key in PATH_FIELDS & set(data):
+        if isinstance(data[key], str) and not Path(data[key]).expanduser().is_absolute():
+            data[key] = str((path.parent / data[key]).resolve())
+    return data
