@@ -124,25 +124,39 @@ def test_variants_do_not_depend_on_batch_size(engine):
 def test_prompt_is_encoded_once_and_frame_once_for_all_variants(engine):
     frame, mask = _frame_and_mask()
     calls = {"text_encoder": 0, "vae_encoder": 0}
-    originals = {}
-    for role in calls:
-        part = engine.parts[role]
-        originals[role] = part.run
+    run_text, vae = engine._run_text_encoder, engine.parts["vae_encoder"]
+    run_vae = vae.run
 
-        def counting(names, feeds, _role=role, _run=part.run):
-            calls[_role] += 1
-            return _run(names, feeds)
+    def count_text(ids):
+        calls["text_encoder"] += 1
+        return run_text(ids)
 
-        part.run = counting
+    def count_vae(names, feeds):
+        calls["vae_encoder"] += 1
+        return run_vae(names, feeds)
+
+    engine._run_text_encoder, vae.run = count_text, count_vae
     try:
-        engine._prompt_cache.clear()
         prepared = engine.prepare_frame(frame, mask)
-        engine.generate_variants(prepared, seeds=[1, 2, 3, 4], steps=2, prompt="Polyp")
-        engine.generate_variants(prepared, seeds=[5], steps=2, prompt="Polyp")
+        engine.generate_variants(prepared, seeds=[1, 2, 3, 4], steps=2, prompt="a pale polyp")
+        engine.generate_variants(prepared, seeds=[5], steps=2, prompt="a pale polyp")
+        engine.generate_variants(prepared, seeds=[6], steps=2)  # the default prompt was encoded at load
     finally:
-        for role, run in originals.items():
-            engine.parts[role].run = run
+        del engine._run_text_encoder
+        vae.run = run_vae
     assert calls == {"text_encoder": 1, "vae_encoder": 1}
+
+
+def test_text_encoder_is_released_after_use_unless_kept(tiny_bundle):
+    released = InpaintPipeline.from_bundle(tiny_bundle, provider="cpu")
+    assert "text_encoder" not in released.parts
+    frame, mask = _frame_and_mask()
+    a = released(frame, mask, steps=2, prompt="another prompt", seed=1).raw  # loads it again, briefly
+    assert "text_encoder" not in released.parts
+    kept = InpaintPipeline.from_bundle(tiny_bundle, provider="cpu", keep_text_encoder=True)
+    assert "text_encoder" in kept.parts
+    b = kept(frame, mask, steps=2, prompt="another prompt", seed=1).raw
+    assert np.array_equal(a, b)
 
 
 def test_progress_and_cancel(engine):

@@ -67,10 +67,19 @@ class InpaintResult:
 class InpaintPipeline:
     """Load with ``from_bundle``; call with a frame and mask; ``generate_variants`` for several seeds."""
 
-    def __init__(self, bundle: Bundle, parts: dict[str, OnnxPart], tokenizer: PromptTokenizer):
+    def __init__(
+        self,
+        bundle: Bundle,
+        parts: dict[str, OnnxPart],
+        tokenizer: PromptTokenizer,
+        load_text_encoder: Callable[[], OnnxPart],
+        keep_text_encoder: bool = False,
+    ):
         self.bundle = bundle
         self.parts = parts
         self.tokenizer = tokenizer
+        self._load_text_encoder = load_text_encoder
+        self.keep_text_encoder = keep_text_encoder
         manifest = bundle.manifest
         self.image_size = int(manifest["image_size"])
         self.size_multiple = int(manifest["size_multiple"])
@@ -80,9 +89,8 @@ class InpaintPipeline:
         self.scheduler_config = dict(manifest["scheduler"])
         self.defaults = dict(manifest["sampling"])
         self.prompts = dict(manifest["prompts"])
-        self.provider = parts["unet"].active_provider
-        notes = {p.provider_note for p in parts.values() if p.provider_note}
-        self.provider_note = "; ".join(sorted(notes)) or None
+        self.provider = next(iter(parts.values())).active_provider
+        self.provider_note: str | None = None
         self.stage_seconds = dict.fromkeys(STAGES, 0.0)
         self._prompt_cache: OrderedDict[tuple[str, str, bool], np.ndarray] = OrderedDict()
 
@@ -94,22 +102,42 @@ class InpaintPipeline:
         provider: str = "auto",
         threads: int | None = None,
         verify_hashes: bool = True,
+        keep_text_encoder: bool = False,
     ) -> "InpaintPipeline":
+        """Verify and load a bundle. The text encoder runs first, encodes the bundle's default prompts, and is
+        released before the U-Net loads (unless ``keep_text_encoder``): a job needs it once, and at full size
+        it is 1.4 GB of weights that would otherwise sit beside the U-Net for the whole job. Another prompt
+        loads it again for as long as it takes to encode it."""
         bundle = read_bundle(path, verify_hashes=verify_hashes)
         if bundle.kind != "sd-inpaint":
             raise BundleError(bundle.root / "bundle.json", f"kind {bundle.kind!r} is not an inpainting bundle")
         manifest = bundle.manifest
         plan = plan_providers(provider, fp16=manifest["precision"] == "fp16")
-        parts = {
-            role: OnnxPart(bundle.path_of(role), plan, threads=threads, role=role.replace("_", " "))
-            for role in ("text_encoder", "unet", "vae_encoder", "vae_decoder")
-        }
-        _check_signatures(bundle, parts)
         tok = manifest["tokenizer"]
         tokenizer = PromptTokenizer(
             bundle.path_of("tokenizer"), tok["max_length"], tok["pad_token_id"], tok["eos_token_id"]
         )
-        return cls(bundle, parts, tokenizer)
+
+        def load(role: str) -> OnnxPart:
+            part = OnnxPart(bundle.path_of(role), plan, threads=threads, role=role.replace("_", " "))
+            _check_signature(bundle, role, part)
+            return part
+
+        text_encoder = load("text_encoder")
+        parts = {"text_encoder": text_encoder}
+        pipeline = cls(bundle, parts, tokenizer, lambda: load("text_encoder"), keep_text_encoder=True)
+        negative = pipeline.prompts.get("negative", "")
+        for mode_prompt in (pipeline.prompts["add"], pipeline.prompts["remove"]):
+            pipeline.encode_prompt(mode_prompt, negative, guided=True)
+        pipeline.keep_text_encoder = keep_text_encoder
+        if not keep_text_encoder:
+            del parts["text_encoder"], text_encoder
+        for role in ("unet", "vae_encoder", "vae_decoder"):
+            parts[role] = load(role)
+        pipeline.provider = parts["unet"].active_provider
+        notes = {p.provider_note for p in parts.values() if p.provider_note}
+        pipeline.provider_note = "; ".join(sorted(notes)) or None
+        return pipeline
 
     def describe(self) -> dict:
         return {**self.bundle.describe(), "provider": self.provider, "provider_note": self.provider_note}
@@ -126,15 +154,22 @@ class InpaintPipeline:
             self._prompt_cache.move_to_end(key)
             return cached
         texts = [negative_prompt, prompt] if guided else [prompt]
-        ids = self.tokenizer(texts)
-        started = time.perf_counter()
-        (embeddings,) = self.parts["text_encoder"].run(["last_hidden_state"], {"input_ids": ids})
-        self.stage_seconds["text_encoder"] += time.perf_counter() - started
-        embeddings = embeddings.astype(np.float32)
+        embeddings = self._run_text_encoder(self.tokenizer(texts))
         self._prompt_cache[key] = embeddings
         while len(self._prompt_cache) > 16:
             self._prompt_cache.popitem(last=False)
         return embeddings
+
+    def _run_text_encoder(self, ids: np.ndarray) -> np.ndarray:
+        part = self.parts.get("text_encoder") or self._load_text_encoder()
+        started = time.perf_counter()
+        (embeddings,) = part.run(["last_hidden_state"], {"input_ids": ids})
+        self.stage_seconds["text_encoder"] += time.perf_counter() - started
+        if self.keep_text_encoder:
+            self.parts["text_encoder"] = part
+        else:
+            self.parts.pop("text_encoder", None)
+        return embeddings.astype(np.float32)
 
     # ------------------------------------------------------------------ frame
     def prepare_frame(
@@ -357,24 +392,30 @@ def _given_or_drawn(given, index, rng, shape, name) -> np.ndarray:
     return array
 
 
-def _check_signatures(bundle: Bundle, parts: dict[str, OnnxPart]) -> None:
+def _check_signature(bundle: Bundle, role: str, part: OnnxPart) -> None:
     manifest = bundle.manifest
     channels = int(manifest["latent_channels"])
     hidden = int(manifest["text_hidden_size"])
-    unet = parts["unet"]
-    unet.expect({"sample": (None, None, None, None), "timestep": None, "encoder_hidden_states": (None, None, None)}, ("out_sample",))
-    unet_channels = unet.dim("sample", 1)
-    expected_channels = 2 * channels + 1
-    if isinstance(unet_channels, int) and unet_channels != expected_channels:
-        kind = "a text-to-image U-Net" if unet_channels == channels else f"a U-Net with {unet_channels} input channels"
-        raise BundleError(
-            unet.path,
-            f"{kind}; an inpainting bundle needs the {expected_channels}-channel U-Net "
-            f"({channels} noisy latents + {channels} masked-image latents + 1 mask)",
+    if role == "text_encoder":
+        part.expect({"input_ids": (None, None)}, ("last_hidden_state",))
+    elif role == "vae_encoder":
+        part.expect({"sample": (None, 3, None, None)}, ("latent_parameters",))
+    elif role == "vae_decoder":
+        part.expect({"latent_sample": (None, channels, None, None)}, ("sample",))
+    elif role == "unet":
+        part.expect(
+            {"sample": (None, None, None, None), "timestep": None, "encoder_hidden_states": (None, None, None)},
+            ("out_sample",),
         )
-    unet_hidden = unet.dim("encoder_hidden_states", 2)
-    if isinstance(unet_hidden, int) and unet_hidden != hidden:
-        raise BundleError(unet.path, f"the U-Net takes text embeddings of width {unet_hidden}, bundle.json says {hidden}")
-    parts["text_encoder"].expect({"input_ids": (None, None)}, ("last_hidden_state",))
-    parts["vae_encoder"].expect({"sample": (None, 3, None, None)}, ("latent_parameters",))
-    parts["vae_decoder"].expect({"latent_sample": (None, channels, None, None)}, ("sample",))
+        unet_channels = part.dim("sample", 1)
+        expected_channels = 2 * channels + 1
+        if isinstance(unet_channels, int) and unet_channels != expected_channels:
+            kind = "a text-to-image U-Net" if unet_channels == channels else f"a U-Net with {unet_channels} input channels"
+            raise BundleError(
+                part.path,
+                f"{kind}; an inpainting bundle needs the {expected_channels}-channel U-Net "
+                f"({channels} noisy latents + {channels} masked-image latents + 1 mask)",
+            )
+        unet_hidden = part.dim("encoder_hidden_states", 2)
+        if isinstance(unet_hidden, int) and unet_hidden != hidden:
+            raise BundleError(part.path, f"the U-Net takes text embeddings of width {unet_hidden}, bundle.json says {hidden}")
