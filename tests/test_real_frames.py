@@ -3,6 +3,8 @@ masks, paste-back exactness, removal at the padded box as Polyp-Gen samples it."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -42,3 +44,66 @@ def test_real_frames_keep_every_pixel_outside_the_mask(demo_pipeline):
         work_w, work_h = result.settings["working_size"]
         assert work_w % demo_pipeline.size_multiple == 0 and work_h % demo_pipeline.size_multiple == 0
         assert abs(np.log((work_w / work_h) / (frame.shape[1] / frame.shape[0]))) < 0.15
+
+
+def _kvasir_subset(tmp_path, count: int):
+    """A Kvasir-SEG layout (images/, masks/, kavsir_bboxes.json) of `count` real frames, multi-polyp ones first."""
+    import csv
+    import json
+    import os
+
+    root = shared_data_or_skip() / "polyps"
+    with open(root / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    polyps_per_frame = {Path(row["image"]).name: int(row["n_bboxes"]) for row in rows}
+    names = sorted(polyps_per_frame, key=lambda name: (-polyps_per_frame[name], name))
+    picked = names[:count]
+    subset = tmp_path / "kvasir"
+    for folder in ("images", "masks"):
+        (subset / folder).mkdir(parents=True)
+        for name in picked:
+            os.symlink(root / folder / name, subset / folder / name)
+    boxes = json.loads((root / "kavsir_bboxes.json").read_text())
+    (subset / "kavsir_bboxes.json").write_text(json.dumps({Path(n).stem: boxes[Path(n).stem] for n in picked}))
+    return subset, picked
+
+
+def test_batch_job_on_real_kvasir_frames(tmp_path):
+    from test_batch_job import check_dataset
+
+    import main
+
+    subset, picked = _kvasir_subset(tmp_path, 4)
+    output = tmp_path / "out"
+    code = main.main(["--batch", "--quiet", "--input", str(subset), "--output", str(output), "--mode", "remove",
+                      "--mask-source", "box", "--steps", "2"])
+    assert code == 0
+    data = check_dataset(output)
+    ok = [r for r in data["manifest"] if r["status"] == "ok"]
+    assert len(ok) == len(picked)
+    for record in ok:
+        mask = read_mask(subset / "masks" / record["source_frame"])
+        from engine.masks.instances import split_instances
+
+        assert len(record["removed"]) == len(split_instances(mask))  # every polyp in the frame was removed
+        assert record["instances"] == []
+        assert record["width"] == Image.open(subset / "images" / record["source_frame"]).width
+
+
+def test_add_at_real_masks_labels_follow_the_mask(tmp_path):
+    from test_batch_job import check_dataset
+
+    import main
+
+    subset, picked = _kvasir_subset(tmp_path, 2)
+    output = tmp_path / "out"
+    assert main.main(["--batch", "--quiet", "--input", str(subset), "--output", str(output), "--steps", "2"]) == 0
+    data = check_dataset(output)
+    coco = data["coco"]
+    for image in coco.loadImgs(coco.getImgIds()):
+        mask = read_mask(subset / "masks" / Path(image["source_frame"]).name)
+        painted = np.zeros_like(mask)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]])):
+            painted |= coco.annToMask(ann).astype(bool)
+        iou = (painted & mask).sum() / (painted | mask).sum()
+        assert iou > 0.9, iou  # the polygons written are the mask's outline
