@@ -105,6 +105,25 @@ class Bundle:
         }
 
 
+def bundles_folder() -> Path:
+    """Where named bundles live: $POLYPFORGE_MODELS, else exported_models/ beside the engine."""
+    override = os.environ.get("POLYPFORGE_MODELS")
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "exported_models"
+
+
+def find_bundle(name_or_path: str | os.PathLike[str]) -> Path:
+    """A bundle given by path, or by name (a folder of the bundles folder); BundleError listing what exists."""
+    path = Path(name_or_path).expanduser()
+    if path.exists() or path.is_absolute() or len(path.parts) > 1:
+        return path
+    candidate = bundles_folder() / path
+    if candidate.exists():
+        return candidate
+    known = sorted(p.parent.name for p in bundles_folder().glob("*/bundle.json"))
+    raise BundleError(path, f"no such bundle folder, and no bundle of that name in {bundles_folder()} "
+                            f"(there: {', '.join(known) or 'none'})")
+
+
 def bundle_digest(files: dict[str, str]) -> str:
     text = "\n".join(f"{name} {digest}" for name, digest in sorted(files.items()))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -152,7 +171,7 @@ def _load_manifest(root: Path) -> dict[str, Any]:
 
 def read_bundle(path: str | os.PathLike[str], verify_hashes: bool = True) -> Bundle:
     """Read and check a bundle folder; raise BundleError naming the first file that is missing or altered."""
-    root = Path(path).expanduser().resolve()
+    root = find_bundle(path).resolve()
     manifest = _load_manifest(root)
     cache = HashCache() if verify_hashes else None
     for rel, expected in manifest["files"].items():
