@@ -129,7 +129,8 @@ def _prepare_output(spec, settings: dict) -> None:
             (output / name).unlink(missing_ok=True)
     for leftover in output.rglob(".*.tmp"):  # temp files of a run killed mid-write
         leftover.unlink(missing_ok=True)
-    atomic_write_bytes(record_path, (json.dumps({"settings": settings}, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    record = {"settings": settings, "formats": list(spec.formats)}
+    atomic_write_bytes(record_path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def _frame_instances(frame: SourceFrame, width: int, height: int):
@@ -172,7 +173,7 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
         summary.notes.append(f"{damaged} damaged manifest line(s) from an interrupted run were dropped")
     done = {}
     for record in previous:
-        finished = record.get("status") in ("ok", "skipped")
+        finished = record.get("status") in ("ok", "skipped", "rejected")
         files_present = record.get("status") != "ok" or (spec.output / record["image"]).is_file()
         if finished and files_present:
             done[record["key"]] = record
@@ -322,12 +323,17 @@ def _finish(spec, manifest: Manifest, items: list[WorkItem], sources) -> list[di
     latest = {r["key"]: r for r in records}  # later lines win (a retried failure, a redone variant)
     ordered = [latest[item.key] for item in items if item.key in latest]
     manifest.rewrite(ordered)
-    ok = [r for r in ordered if r["status"] == "ok" and (spec.output / r["image"]).is_file()]
-    if "coco" in spec.formats:
-        write_coco(spec.output / "annotations" / "instances.json", ok)
-    if "yolo" in spec.formats:
-        write_yolo_detect(spec.output, ok)
-    if "yolo-seg" in spec.formats:
-        write_yolo_segment(spec.output, ok)
-    write_contact_sheet(spec.output, ok, {f.rel: f.path for f in sources.frames})
+    rebuild_outputs(spec.output, ordered, spec.formats, {f.rel: f.path for f in sources.frames})
     return ordered
+
+
+def rebuild_outputs(output: Path, records: list[dict], formats, source_paths: dict[str, Path]) -> None:
+    """COCO, YOLO (detect, segment), data.yaml and the contact sheet from the manifest's accepted variants."""
+    ok = [r for r in records if r["status"] == "ok" and (output / r["image"]).is_file()]
+    if "coco" in formats:
+        write_coco(output / "annotations" / "instances.json", ok)
+    if "yolo" in formats:
+        write_yolo_detect(output, ok)
+    if "yolo-seg" in formats:
+        write_yolo_segment(output, ok)
+    write_contact_sheet(output, ok, source_paths)
