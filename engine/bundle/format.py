@@ -9,6 +9,9 @@ Layout of an "sd-inpaint" bundle::
     vae_encoder/model.onnx
     vae_decoder/model.onnx
 
+A "dinov2" bundle (the retrieval proposer's feature extractor, engine.retrieval) is ``bundle.json`` +
+``model.onnx``: pixel_values (B, 3, rows·P, cols·P) → patch tokens (B, rows·cols, dim).
+
 ``read_bundle`` checks that the manifest is well formed and that every file it lists exists with the sha256
 it records; the ONNX signatures are checked when the sessions are created (engine.runtime).
 """
@@ -29,7 +32,7 @@ from engine.errors import BundleError
 MANIFEST_NAME = "bundle.json"
 FORMAT_NAME = "polypforge-bundle"
 FORMAT_VERSION = 1
-KNOWN_KINDS = ("sd-inpaint",)
+KNOWN_KINDS = ("sd-inpaint", "dinov2")
 
 # Files every bundle of a kind must list, and the role each plays.
 REQUIRED_FILES: dict[str, dict[str, str]] = {
@@ -39,7 +42,12 @@ REQUIRED_FILES: dict[str, dict[str, str]] = {
         "vae_encoder": "vae_encoder/model.onnx",
         "vae_decoder": "vae_decoder/model.onnx",
         "tokenizer": "tokenizer/tokenizer.json",
-    }
+    },
+    # A DINOv2 feature extractor for the retrieval proposer (engine.retrieval): one ONNX model that maps
+    # pixel_values (B, 3, rows·P, cols·P) to patch tokens (B, rows·cols, dim), class token dropped.
+    "dinov2": {
+        "model": "model.onnx",
+    },
 }
 
 REQUIRED_KEYS = (
@@ -62,6 +70,26 @@ REQUIRED_KEYS = (
     "files",
     "source",
 )
+
+# Keys each kind needs; a kind not listed here is checked against REQUIRED_KEYS (the "sd-inpaint" set).
+REQUIRED_KEYS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "sd-inpaint": REQUIRED_KEYS,
+    "dinov2": (
+        "format",
+        "format_version",
+        "kind",
+        "name",
+        "precision",
+        "image_size",
+        "patch_size",
+        "grid",
+        "hidden_size",
+        "image_mean",
+        "image_std",
+        "files",
+        "source",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -147,7 +175,8 @@ def _load_manifest(root: Path) -> dict[str, Any]:
         raise BundleError(manifest_path, f"not valid JSON: {exc.msg} at line {exc.lineno}") from None
     if not isinstance(manifest, dict):
         raise BundleError(manifest_path, "must hold a JSON object")
-    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    required = REQUIRED_KEYS_BY_KIND.get(manifest.get("kind"), REQUIRED_KEYS)
+    missing = [key for key in required if key not in manifest]
     if missing:
         raise BundleError(manifest_path, f"lacks the key(s) {', '.join(missing)}")
     if manifest["format"] != FORMAT_NAME:

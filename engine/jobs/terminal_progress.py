@@ -48,13 +48,12 @@ class BatchProgress:
                                 smoothing=0.1)
             return
         if event.kind == "step" and self.bar is not None:
+            # Shown at the bar's next redraw (tqdm limits redraws to a few per second).
             self.bar.set_postfix_str(f"{event.frame[-40:]} v{event.variant} step {event.step}/{event.steps}", refresh=False)
-            self.bar.refresh()
             return
         if event.kind in ("variant", "failed", "skipped"):
             if self.bar is not None:
-                self.bar.n = event.done
-                self.bar.refresh()
+                self.bar.update(event.done - self.bar.n)
             if event.kind == "failed":
                 self._log(f"failed: {event.frame}: {event.message}")
             elif self.quiet:

@@ -84,7 +84,8 @@ def random_polygon_mask(frame: np.ndarray, avoid: list[Instance], seed: int, att
         mask = np.zeros((height, width), np.uint8)
         cv2.fillPoly(mask, [hull], 1)
         mask = mask.astype(bool)
-        if mask.sum() < 64 or (mask & ~visible).any() or (mask & blocked).any():
+        # Random angles can bunch up into a sliver: keep shapes that fill most of their ellipse.
+        if mask.sum() < max(64, 0.5 * np.pi / 4 * box_w * box_h) or (mask & ~visible).any() or (mask & blocked).any():
             continue
         return mask
     raise Skip("no free, visible place for a polyp on this frame")
