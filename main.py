@@ -91,6 +91,8 @@ def _add_batch_options(group) -> None:
     group.add_argument("--split-file", type=Path, help="lines 'PATH_OR_STEM SPLIT'; unlisted frames are left out")
     group.add_argument("--from-splits", help="splits to derive variants from (default train; written to their own split)")
     group.add_argument("--mask-source", choices=("user", "box", "random", "retrieved"))
+    group.add_argument("--db", type=Path, help="retrieval database (for --mask-source retrieved)")
+    group.add_argument("--top-k", type=int, help="retrieval candidates per frame (default 5)")
     group.add_argument("--box-pad", type=int, help="pixels added around boxes (default 15, as Polyp-Gen)")
     group.add_argument("--mode", choices=("add", "remove"),
                        help='add: generate a polyp in the mask ("Polyp"); remove: generate mucosa ("Normal")')
@@ -112,7 +114,7 @@ def _add_batch_options(group) -> None:
 
 
 BATCH_KEYS = ("input", "output", "model", "provider", "threads", "masks", "labels", "split_file", "from_splits",
-              "mask_source", "box_pad", "mode", "prompt", "negative_prompt", "variants", "seed", "steps",
+              "mask_source", "db", "top_k", "box_pad", "mode", "prompt", "negative_prompt", "variants", "seed", "steps",
               "scheduler", "guidance", "formats", "batch_size", "resume")
 
 

@@ -165,7 +165,7 @@ def test_job_file_with_flag_override_and_unknown_keys(kvasir_like, tmp_path, cap
         (["--input", "{tmp}/missing", "--output", "{tmp}/o"], "input folder not found"),
         (["--input", "{data}", "--output", "{tmp}/file/o"], "not writable"),
         (["--input", "{data}", "--output", "{tmp}/o", "--model", "{tmp}"], "bundle.json: missing"),
-        (["--input", "{data}", "--output", "{tmp}/o", "--mask-source", "retrieved"], "retrieval proposer"),
+        (["--input", "{data}", "--output", "{tmp}/o", "--mask-source", "retrieved"], "needs a retrieval database"),
         (["--input", "{data}", "--output", "{tmp}/o", "--mode", "remove", "--mask-source", "random"], "remove needs"),
         (["--input", "{data}", "--output", "{tmp}/o", "--variants", "0"], "variants must be"),
     ],

@@ -157,6 +157,15 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
     except PolypForgeError as exc:
         raise JobCannotStart(str(exc)) from None
     settings["bundle_id"] = pipeline.bundle.bundle_id
+    proposer = None
+    if spec.mask_source == "retrieved":
+        try:
+            from engine.retrieval import RetrievalProposer
+
+            proposer = RetrievalProposer.open(spec.db, provider=spec.provider, threads=spec.threads)
+        except PolypForgeError as exc:
+            raise JobCannotStart(str(exc)) from None
+        settings["retrieval_db_id"] = proposer.describe()["db_id"]
     _prepare_output(spec, settings)
 
     summary = JobSummary(status="ok", output=spec.output, notes=list(sources.notes), provider=pipeline.provider)
@@ -201,6 +210,7 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
                 if frame.mask_path is not None:
                     user_mask = read_mask(frame.mask_path)
                 labels = _frame_instances(frame, pixels.shape[1], pixels.shape[0])
+                proposals = proposer.propose(pixels, spec.top_k) if proposer is not None else []
             except InputError as exc:
                 for item in pending:
                     completed += 1
@@ -212,9 +222,12 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
                 if cancelled():
                     raise Cancelled("cancelled between variants")
                 t0 = time.perf_counter()
+                # Variants of a frame take the proposals in turn: diversity across variants.
+                proposal = proposals[item.variant % len(proposals)] if proposals else None
                 try:
-                    region = resolve_region(spec.mode, spec.mask_source, pixels, user_mask, labels, spec.box_pad, item.seed)
-                    region_key = region.mask.tobytes() if spec.mask_source == "random" else "fixed"
+                    region = resolve_region(spec.mode, spec.mask_source, pixels, user_mask, labels, spec.box_pad,
+                                            item.seed, proposal.box if proposal is not None else None)
+                    region_key = region.mask.tobytes() if spec.mask_source in ("random", "retrieved") else "fixed"
                     if prepared is None or prepared_for != region_key:
                         prepared = pipeline.prepare_frame(pixels, region.mask)
                         prepared_for = region_key
@@ -262,6 +275,9 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
                     "provider": pipeline.provider,
                     "seconds": round(seconds, 3),
                 }
+                if proposal is not None:
+                    record["retrieval"] = {"db": str(spec.db), "db_id": settings["retrieval_db_id"],
+                                           "proposal": proposal.to_json()}
                 manifest.append(record)
                 summary.ok += 1
                 completed += 1

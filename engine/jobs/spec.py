@@ -33,6 +33,8 @@ class JobSpec:
     split_file: Path | None = None
     from_splits: list[str] = field(default_factory=lambda: ["train"])
     mask_source: str = "user"
+    db: Path | None = None  # retrieval database, for mask_source "retrieved"
+    top_k: int = 5  # retrieval candidates per frame
     box_pad: int = 15
     mode: str = "add"
     prompt: str | None = None
@@ -69,10 +71,9 @@ class JobSpec:
             raise InputError(f"guidance must be between 0 and 50, got {self.guidance}")
         if self.mode == "remove" and self.mask_source == "random":
             raise InputError("mode remove needs to know where the polyp is: use mask_source user or box, not random")
-        if self.mask_source == "retrieved":
-            raise InputError(
-                "mask_source retrieved needs the retrieval proposer, which is not built yet: use user, box or random"
-            )
+        _at_least("top_k", self.top_k, 1)
+        if self.mask_source == "retrieved" and self.db is None:
+            raise InputError("mask_source retrieved needs a retrieval database: --db DB (make one with `main.py db build`)")
         return self
 
     def settings_that_shape_output(self) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def _at_least(name: str, value, minimum) -> None:
         raise InputError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
 
 
-PATH_FIELDS = {"input", "output", "model", "masks", "labels", "split_file"}
+PATH_FIELDS = {"input", "output", "model", "masks", "labels", "split_file", "db"}
 LIST_FIELDS = {"formats", "from_splits"}
 
 

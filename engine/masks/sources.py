@@ -5,7 +5,8 @@
   of a box-masked generation is that box, flagged ``shape="box"`` (its outline is unknown);
 - ``random``: a random convex polygon of 5–12 vertices in a free, visible part of the frame (Polyp-Gen's
   training masks are such polygons); add mode only;
-- ``retrieved``: the retrieval proposer (its own issue) — refused until it exists.
+- ``retrieved``: a box proposed by the retrieval proposer (engine.retrieval) from a database of frames whose
+  polyps were removed: where similar frames had theirs. The label is that box (``shape="box"``).
 
 Existing polyps (from the mask file when there is one, else from label files) that the region covers by
 more than half are replaced (add) or removed (remove); the others are carried into the variant's labels.
@@ -99,6 +100,7 @@ def resolve_region(
     label_instances: list[Instance],
     box_pad: int,
     seed: int,
+    proposal_box: tuple[float, float, float, float] | None = None,
 ) -> Region:
     """The region to inpaint and the resulting labels, for one frame (and, for `random`, one variant seed)."""
     height, width = frame.shape[:2]
@@ -142,5 +144,11 @@ def resolve_region(
         return Region(region, generated=[instance_from_mask(region, "generated")], kept=existing)
 
     if mask_source == "retrieved":
-        raise InputError("the retrieved mask source needs the retrieval proposer, which is not built yet")
+        if proposal_box is None:
+            raise Skip("the retrieval proposer found no acceptable place in this frame")
+        region = padded_box_mask(proposal_box, 0, height, width)
+        _check_coverage(region, "the proposal")
+        covered, kept = _split_existing(existing, region)
+        generated = [box_instance(instance_from_mask(region, "generated").bbox, "generated")] if mode == "add" else []
+        return Region(region, generated=generated, removed=covered, kept=kept)
     raise InputError(f"mask source {mask_source!r} is not one of {', '.join(MASK_SOURCES)}")
