@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # pulling a multi-GB CUDA one.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test bench demo-bundle clean
+.PHONY: demo test bench bench-retrieval demo-bundle demo-features clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,14 @@ test: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python tests/benchmarks/bench_inpaint.py $(BENCH_ARGS)
 
+bench-retrieval: $(VENV)/.dev-installed
+	$(BIN)/python tests/benchmarks/bench_retrieval.py $(BENCH_ARGS)
+
 demo-bundle: $(VENV)/.dev-installed
 	$(BIN)/python exported_models/make_demo_bundle.py
+
+demo-features: $(VENV)/.dev-installed
+	$(BIN)/python exported_models/make_demo_features.py
 
 clean:
 	rm -rf $(VENV) demo_output samples .pytest_cache

@@ -13,6 +13,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent
 EXIT_OK, EXIT_FAILURES, EXIT_CANNOT_START, EXIT_CANCELLED = 0, 1, 2, 130
+RETRIEVAL_HANDLERS: dict = {}  # export-features, db, propose: registered by engine.retrieval.cli
 
 
 def _version() -> str:
@@ -75,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--variants", type=int, default=2)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--provider", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto")
+
+    from engine.retrieval.cli import register_commands  # argparse only: keeps --help instant
+
+    RETRIEVAL_HANDLERS.update(register_commands(commands))
     return parser
 
 
@@ -235,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         print("The desktop app is not built yet (see the desktop issue). Headless commands: "
               "`main.py --help`.", file=sys.stderr)
         return EXIT_CANNOT_START
-    handlers = {"export": _run_export, "quantize": _run_quantize, "inpaint": _run_inpaint, "demo": _run_demo}
+    handlers = {"export": _run_export, "quantize": _run_quantize, "inpaint": _run_inpaint, "demo": _run_demo,
+                **RETRIEVAL_HANDLERS}
     try:
         return handlers[args.command](args)
     except PolypForgeError as exc:

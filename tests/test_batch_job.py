@@ -190,3 +190,23 @@ def test_job_api_cancel_then_resume(kvasir_like, tmp_path):
     assert len(json.loads((tmp_path / "out" / "annotations" / "instances.json").read_text())["images"]) == 3
     resumed = run_job(spec)
     assert resumed.status == "ok" and resumed.reused == 3 and resumed.ok == 12
+
+
+def test_retrieved_masks_from_a_database(kvasir_like, tmp_path):
+    db = tmp_path / "polyps.db"
+    assert main.main(["db", "build", "--polyps", str(kvasir_like), "--to", str(db)]) == 0
+    output = tmp_path / "out"
+    normals = tmp_path / "normals"
+    generate_sample_set(normals, count=3, seed=11, with_polyps_every=0)
+    assert run_batch("--input", normals, "--output", output, "--mask-source", "retrieved", "--db", db,
+                     "--variants", 2) == 0
+    data = check_dataset(output)
+    ok = [r for r in data["manifest"] if r["status"] == "ok"]
+    assert ok, data["manifest"]
+    for record in ok:
+        retrieval = record["retrieval"]
+        assert retrieval["db_id"] and retrieval["proposal"]["candidate"]["source"]
+        generated = [i for i in record["instances"] if i["origin"] == "generated"]
+        assert len(generated) == 1 and generated[0]["shape"] == "box"
+        x, y, w, h = generated[0]["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= record["width"] and y + h <= record["height"]

@@ -211,7 +211,7 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
                     user_mask = read_mask(frame.mask_path)
                 labels = _frame_instances(frame, pixels.shape[1], pixels.shape[0])
                 proposals = proposer.propose(pixels, spec.top_k) if proposer is not None else []
-            except InputError as exc:
+            except PolypForgeError as exc:  # unreadable frame, mask or labels; a retrieval failure on this frame
                 for item in pending:
                     completed += 1
                     _record_failure(manifest, summary, item, spec, pipeline, str(exc), emit, completed, len(items))
