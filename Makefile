@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # pulling a multi-GB CUDA one.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test bench bench-retrieval demo-bundle demo-features clean
+.PHONY: demo test screenshots bench bench-retrieval demo-bundle demo-features clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ demo: $(VENV)/.runtime-installed
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q
+
+screenshots: $(VENV)/.dev-installed
+	$(BIN)/python -m desktop.screenshots screenshots
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python tests/benchmarks/bench_inpaint.py $(BENCH_ARGS)

@@ -237,9 +237,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_CANNOT_START
     if args.command is None:
-        print("The desktop app is not built yet (see the desktop issue). Headless commands: "
-              "`main.py --help`.", file=sys.stderr)
-        return EXIT_CANNOT_START
+        try:
+            from desktop.app import run_app
+        except ImportError as exc:  # a runtime-only install (make demo) has no PySide6
+            print(f"The desktop app needs PySide6: pip install -e '.[desktop]' ({exc})", file=sys.stderr)
+            return EXIT_CANNOT_START
+        return run_app([])
     handlers = {"export": _run_export, "quantize": _run_quantize, "inpaint": _run_inpaint, "demo": _run_demo,
                 **RETRIEVAL_HANDLERS}
     try:

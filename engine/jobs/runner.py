@@ -152,6 +152,9 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
     if not sources.frames:
         raise JobCannotStart(f"{sources.frames_dir}: no frames found (jpg, jpeg, png, bmp, tif, tiff)")
     settings = spec.settings_that_shape_output()
+    # The masks folder actually used, whether given or found (images/ + masks/): the app passes it, the CLI
+    # may not, and a resume from either must see the same settings.
+    settings["masks"] = str(sources.masks_dir.resolve()) if sources.masks_dir is not None else None
     try:
         pipeline = InpaintPipeline.from_bundle(spec.model, provider=spec.provider, threads=spec.threads)
     except PolypForgeError as exc:

@@ -1,0 +1,132 @@
+"""Where the app remembers things between sessions (QSettings), and the job settings it remembers.
+
+``open_settings()`` uses ``$POLYPFORGE_SETTINGS`` (an .ini file) when set — the tests and the screenshot
+script point it at a temporary file, so they never touch the real curator's settings — and the per-user
+INI location otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from PySide6.QtCore import QSettings
+
+ORGANISATION = "PolypForge"
+APPLICATION = "PolypForge"
+SETTINGS_ENV = "POLYPFORGE_SETTINGS"
+
+MASK_SOURCES = ("user", "box", "random", "retrieved")
+MODES = ("add", "remove")
+SCHEDULERS = ("", "ddim", "dpm++")  # "" = the bundle's default
+FORMATS = ("coco", "yolo", "yolo-seg")
+PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
+
+
+def open_settings() -> QSettings:
+    override = os.environ.get(SETTINGS_ENV)
+    if override:
+        return QSettings(override, QSettings.Format.IniFormat)
+    return QSettings(QSettings.Format.IniFormat, QSettings.Scope.UserScope, ORGANISATION, APPLICATION)
+
+
+@dataclass
+class JobSettings:
+    """The job settings the curator picks in the window; None/"" means "the bundle's default"."""
+
+    output: str = ""
+    model: str = ""
+    provider: str = "auto"
+    mask_source: str = "user"
+    box_pad: int = 15
+    mode: str = "add"
+    variants: int = 1
+    seed: int = 0
+    steps: int | None = None
+    scheduler: str = ""
+    guidance: float | None = None
+    formats: list[str] = field(default_factory=lambda: list(FORMATS))
+    resume: bool = True
+
+    def spec_values(self, input_dir: Path, masks_dir: Path | None) -> dict:
+        """Keys for engine.jobs.build_spec (validation, with clear messages, is the engine's)."""
+        values = {
+            "input": str(input_dir),
+            "output": self.output.strip() or None,
+            "provider": self.provider,
+            "mask_source": self.mask_source,
+            "box_pad": self.box_pad,
+            "mode": self.mode,
+            "variants": self.variants,
+            "seed": self.seed,
+            "steps": self.steps,
+            "scheduler": self.scheduler or None,
+            "guidance": self.guidance,
+            "formats": list(self.formats),
+            "resume": self.resume,
+        }
+        if self.model:
+            values["model"] = self.model
+        if masks_dir is not None:
+            values["masks"] = str(masks_dir)
+        return values
+
+    # ------------------------------------------------------------------ QSettings
+    def save(self, settings: QSettings) -> None:
+        settings.beginGroup("job")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                settings.remove(f.name)
+            elif isinstance(value, list):
+                settings.setValue(f.name, ",".join(value))
+            elif isinstance(value, bool):
+                settings.setValue(f.name, "true" if value else "false")
+            else:
+                settings.setValue(f.name, value)
+        settings.endGroup()
+        settings.sync()
+
+    @classmethod
+    def load(cls, settings: QSettings) -> JobSettings:
+        """What was saved, each value checked; anything unreadable falls back to its default."""
+        result = cls()
+        settings.beginGroup("job")
+        try:
+            for f in fields(result):
+                if not settings.contains(f.name):
+                    continue
+                raw = settings.value(f.name)
+                default = getattr(result, f.name)
+                try:
+                    setattr(result, f.name, _parse(f.name, raw, default))
+                except (TypeError, ValueError):
+                    pass
+        finally:
+            settings.endGroup()
+        return result
+
+
+def _parse(name: str, raw, default):
+    text = "" if raw is None else str(raw)
+    if name in ("steps",):
+        value = int(text)
+        return value if value >= 1 else None
+    if name == "guidance":
+        value = float(text)
+        return value if 0.0 <= value <= 50.0 else None
+    if name in ("variants", "seed", "box_pad"):
+        value = int(text)
+        if value < (1 if name == "variants" else 0):
+            raise ValueError(name)
+        return value
+    if name == "resume":
+        return text.lower() in ("true", "1", "yes")
+    if name == "formats":
+        values = [v for v in (raw if isinstance(raw, list) else text.split(",")) if v in FORMATS]
+        return values or default
+    choices = {"mask_source": MASK_SOURCES, "mode": MODES, "scheduler": SCHEDULERS, "provider": PROVIDERS}
+    if name in choices and text not in choices[name]:
+        raise ValueError(name)
+    return text

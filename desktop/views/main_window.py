@@ -1,0 +1,435 @@
+"""The main window: tabs (Frames, Editor, Run, Review) beside the job settings; menus and a toolbar.
+
+It creates the view-models, connects them to the views and turns every failure into a message box
+naming the file (desktop.errors). It holds no engine logic: the job is engine.jobs' (via JobController),
+the review is engine.jobs.review's (via ReviewController)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, Qt, QUrl
+from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.errors import RESUME_HINT, describe_error, show_error, show_exception
+from desktop.imaging import frame_labels
+from desktop.settings import JobSettings, open_settings
+from desktop.viewmodels.bundles import BundleListModel
+from desktop.viewmodels.dataset import DatasetController, FrameItem
+from desktop.viewmodels.job import JobController
+from desktop.viewmodels.mask_editor import MaskEditor
+from desktop.viewmodels.retrieval import RetrievalController
+from desktop.viewmodels.review import ReviewController
+from desktop.views.browser import FrameBrowser
+from desktop.views.editor import EditorPage
+from desktop.views.gallery import ReviewPage
+from desktop.views.run_page import RunPage
+from desktop.views.settings_panel import SettingsPanel
+from engine.dataset.image_reader import read_frame, read_mask
+from engine.errors import InputError
+from engine.jobs import JobSpec, build_spec
+
+TAB_FRAMES, TAB_EDITOR, TAB_RUN, TAB_REVIEW = range(4)
+# JobSpec fields for mask source "retrieved" (the retrieval database and candidates per frame).
+RETRIEVAL_DB_KEY, RETRIEVAL_TOP_K_KEY = "db", "top_k"
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, settings: QSettings | None = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWindowTitle("PolypForge")
+        self.settings = settings if settings is not None else open_settings()
+        self.dataset = DatasetController(self)
+        self.editor = MaskEditor(self)
+        self.job = JobController(self)
+        self.review = ReviewController(self)
+        self.bundles = BundleListModel(self)
+        self.retrieval = RetrievalController(self)
+        self.current_item: FrameItem | None = None
+
+        self.browser = FrameBrowser(self.dataset)
+        self.editor_page = EditorPage(self.editor, self.retrieval)
+        self.run_page = RunPage(self.job)
+        self.review_page = ReviewPage(self.review)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.browser, "Frames")
+        self.tabs.addTab(self.editor_page, "Editor")
+        self.tabs.addTab(self.run_page, "Run")
+        self.tabs.addTab(self.review_page, "Review")
+
+        self.panel = SettingsPanel(self.bundles)
+        self.run_button = QPushButton("Run job")
+        self.run_button.setDefault(True)
+        self.run_button.setMinimumHeight(34)
+        self.run_button.clicked.connect(self.run_job)
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.setContentsMargins(0, 0, 0, 0)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.panel)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        side_layout.addWidget(scroll, 1)
+        side_layout.addWidget(self.run_button)
+        side.setMinimumWidth(420)
+        side.setMaximumWidth(520)
+
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.addWidget(self.tabs)
+        splitter.addWidget(side)
+        splitter.setStretchFactor(0, 1)
+        splitter.setStretchFactor(1, 0)
+        splitter.setChildrenCollapsible(False)
+        self.setCentralWidget(splitter)
+        self._build_actions()
+        self._connect()
+        self._restore()
+
+    # ------------------------------------------------------------------ construction
+    def _build_actions(self) -> None:
+        def action(text, slot, shortcut=None, tip=""):
+            a = QAction(text, self)
+            a.triggered.connect(lambda checked=False: slot())
+            if shortcut is not None:
+                a.setShortcut(shortcut)
+            a.setToolTip(tip or text)
+            return a
+
+        self.open_action = action("Open frames folder…", self.choose_folder, QKeySequence.StandardKey.Open)
+        self.review_open_action = action("Review a job's output…", self.choose_review_folder)
+        self.add_bundle_action = action("Add model bundle folder…", self.choose_bundle)
+        self.run_action = action("Run", self.run_job, QKeySequence("Ctrl+R"), "Run the job on the opened folder")
+        self.cancel_action = action("Cancel", self.job.cancel, QKeySequence("Ctrl+."), "Stop within a denoising step")
+        self.cancel_action.setEnabled(False)
+        self.output_action = action("Open output folder", self.open_output_folder)
+        quit_action = action("Quit", self.close, QKeySequence.StandardKey.Quit)
+        menu = self.menuBar().addMenu("&File")
+        for a in (self.open_action, self.review_open_action, self.add_bundle_action, self.output_action):
+            menu.addAction(a)
+        menu.addSeparator()
+        menu.addAction(quit_action)
+        job_menu = self.menuBar().addMenu("&Job")
+        job_menu.addAction(self.run_action)
+        job_menu.addAction(self.cancel_action)
+        toolbar = self.addToolBar("Main")
+        toolbar.setObjectName("main-toolbar")
+        toolbar.setMovable(False)
+        toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        for a in (self.open_action, self.run_action, self.cancel_action, self.review_open_action, self.output_action):
+            toolbar.addAction(a)
+
+    def _connect(self) -> None:
+        self.browser.openRequested.connect(self.open_frame)
+        self.browser.openFolderRequested.connect(self.choose_folder)
+        self.dataset.loaded.connect(self._dataset_loaded)
+        self.dataset.failed.connect(self._dataset_failed)
+        self.editor_page.navigate.connect(self.step_frame)
+        self.editor_page.saveRequested.connect(self.save_mask)
+        self.editor_page.databaseChosen.connect(self.retrieval.open_database)
+        self.retrieval.opened.connect(self._database_opened)
+        self.retrieval.failed.connect(lambda exc: show_exception(self, exc))
+        self.job.stateChanged.connect(self._job_state)
+        self.job.jobDone.connect(self._job_done)
+        self.job.cannotStart.connect(self._job_cannot_start)
+        self.job.crashed.connect(self._job_crashed)
+        self.run_page.cancelRequested.connect(self.job.cancel)
+        self.run_page.openOutputRequested.connect(self.open_output_folder)
+        self.run_page.reviewRequested.connect(lambda: self.tabs.setCurrentIndex(TAB_REVIEW))
+        self.review_page.openOutputRequested.connect(self.open_output_folder)
+        self.review.failed.connect(lambda exc: show_exception(self, exc))
+        self.panel.changed.connect(self._settings_changed)
+        self.panel.addBundleRequested.connect(self.choose_bundle)
+        self.tabs.currentChanged.connect(self._tab_changed)
+
+    def _restore(self) -> None:
+        s = self.settings
+        self.panel.set_settings(JobSettings.load(s))
+        self.bundles.scan(self._extra_bundles(), self.panel.provider.currentData())
+        geometry = s.value("window/geometry")
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        else:
+            self.resize(1360, 860)
+        last = s.value("paths/input", "")
+        if last and Path(str(last)).is_dir():
+            self.open_folder(str(last))
+        db = s.value("retrieval/db", "")
+        if db and self.retrieval.available and Path(str(db)).is_dir():
+            self.retrieval.open_database(str(db))
+        self.statusBar().showMessage("Ready")
+
+    def _extra_bundles(self) -> list[str]:
+        value = self.settings.value("bundles/extra", "")
+        return [v for v in str(value or "").split("\n") if v]
+
+    # ------------------------------------------------------------------ dataset and editor
+    def choose_folder(self) -> None:
+        start = str(self.settings.value("paths/input", "") or Path.home())
+        folder = QFileDialog.getExistingDirectory(self, "Folder of frames", start)
+        if folder:
+            self.open_folder(folder)
+
+    def open_folder(self, folder: str | Path) -> None:
+        """Discover the frames (on a worker thread); failures show as a message box."""
+        if not self._leave_frame():
+            return
+        self.statusBar().showMessage(f"Opening {folder}…")
+        self.dataset.open(folder)
+
+    def _dataset_loaded(self, sources) -> None:
+        self.editor.unload()
+        self.current_item = None
+        self.settings.setValue("paths/input", str(sources.input_dir))
+        if not self.panel.output.text().strip():
+            self.panel.output.setText(str(sources.input_dir.parent / f"{sources.input_dir.name}-generated"))
+            self._settings_changed()
+        counts = sources.counts_by_split()
+        self.statusBar().showMessage(
+            f"{len(sources.frames)} frames in {sources.input_dir} "
+            f"(train {counts['train']}, val {counts['val']}, test {counts['test']})")
+        self.tabs.setCurrentIndex(TAB_FRAMES)
+
+    def _dataset_failed(self, exc: BaseException) -> None:
+        self.statusBar().showMessage("Could not open that folder" + (
+            f"; still showing {self.dataset.input_dir}" if self.dataset.input_dir else ""))
+        show_exception(self, exc)
+
+    def open_frame(self, item: FrameItem) -> bool:
+        """Show a frame in the editor with its mask and labels; a bad file is a message naming it."""
+        if not self._leave_frame():
+            return False
+        try:
+            frame = read_frame(item.frame.path)
+        except InputError as exc:
+            show_exception(self, exc)
+            return False
+        mask = None
+        if item.frame.mask_path is not None:
+            try:
+                mask = read_mask(item.frame.mask_path)
+            except InputError as exc:
+                show_error(self, "The frame's mask cannot be read",
+                           f"{exc}\n\nThe editor starts with an empty mask; saving replaces the file.")
+        try:
+            labels = frame_labels(item.frame.label_instances, item.frame.yolo_path, frame.shape[1], frame.shape[0])
+        except InputError as exc:
+            show_exception(self, exc)
+            labels = []
+        self.current_item = item
+        self.editor.load(frame, mask, self.dataset.mask_target(item), item, item.frame.mask_path)
+        self.editor_page.canvas.labels = labels
+        self.tabs.setCurrentIndex(TAB_EDITOR)
+        self.editor_page.canvas.setFocus()
+        self.retrieval.propose(frame)
+        return True
+
+    def step_frame(self, delta: int) -> None:
+        items = self.browser.visible_items()
+        if not items:
+            return
+        keys = [item.key for item in items]
+        current = keys.index(self.current_item.key) if self.current_item and self.current_item.key in keys else -delta
+        row = current + delta
+        if 0 <= row < len(items):
+            self.open_frame(items[row])
+
+    def save_mask(self) -> Path | None:
+        if not self.editor.active:
+            return None
+        try:
+            path = self.editor.save()
+        except OSError as exc:
+            show_exception(self, exc)
+            return None
+        if self.current_item is not None:
+            self.dataset.mask_saved(self.current_item, path)
+        self.statusBar().showMessage(f"Mask saved to {path}", 5000)
+        return path
+
+    def _leave_frame(self) -> bool:
+        """Save the drawn mask before the editor shows something else (False if saving failed)."""
+        if self.editor.active and self.editor.dirty:
+            return self.save_mask() is not None
+        return True
+
+    def _database_opened(self, folder: str) -> None:
+        self.settings.setValue("retrieval/db", folder)
+        self.retrieval.propose(self.editor.frame if self.editor.active else None)
+
+    # ------------------------------------------------------------------ the job
+    def job_values(self) -> dict:
+        s = self.panel.settings()
+        values = s.spec_values(self.dataset.input_dir, self.dataset.masks_dir)
+        if s.mask_source == "retrieved" and self.retrieval.db_path is not None:
+            known = {f.name for f in fields(JobSpec)}
+            if RETRIEVAL_DB_KEY in known:
+                values[RETRIEVAL_DB_KEY] = str(self.retrieval.db_path)
+            if RETRIEVAL_TOP_K_KEY in known:
+                values[RETRIEVAL_TOP_K_KEY] = self.retrieval.top_k
+        return values
+
+    def run_job(self) -> bool:
+        """Build the job from the settings and start it on a worker thread; False (with a message) if not."""
+        if self.job.running:
+            return False
+        if self.dataset.sources is None:
+            show_error(self, "No frames folder", "Open a folder of frames first (File ▸ Open frames folder…).")
+            return False
+        if not self._leave_frame():
+            return False
+        s = self.panel.settings()
+        if not s.output:
+            show_error(self, "No output folder", "Choose the folder the dataset is written to (Output ▸ Folder).")
+            return False
+        row = self.bundles.row_for(s.model) if s.model else -1
+        if row >= 0 and self.bundles.rows[row].state == "broken":
+            show_error(self, "Model bundle cannot be used", self.bundles.rows[row].problem)
+            return False
+        if s.mask_source == "retrieved" and self.retrieval.db_path is None:
+            show_error(self, "No retrieval database", self.retrieval.note if not self.retrieval.available else
+                       "Mask source “retrieved” needs a retrieval database: choose one in the Editor tab "
+                       "(Retrieval proposals ▸ Choose database folder…). Make one with `main.py db build`.")
+            return False
+        output = Path(s.output).expanduser()
+        if not s.resume and (output / "manifest.jsonl").exists():
+            answer = QMessageBox.question(
+                self, "Start over?", f"{output} holds an earlier job. Starting over deletes its generated images, "
+                "masks, labels and manifest. Continue?")
+            if answer != QMessageBox.StandardButton.Yes:
+                return False
+        try:
+            spec = build_spec(self.job_values(), source="job settings")
+        except InputError as exc:
+            show_exception(self, exc)
+            return False
+        self.job.start(spec)
+        self.tabs.setCurrentIndex(TAB_RUN)
+        return True
+
+    def _job_state(self, state: str) -> None:
+        running = state in ("starting", "running", "cancelling")
+        self.run_action.setEnabled(not running)
+        self.run_button.setEnabled(not running)
+        self.run_button.setText({"starting": "Starting…", "running": "Running…", "cancelling": "Cancelling…"}
+                                .get(state, "Run job"))
+        self.cancel_action.setEnabled(state in ("starting", "running"))
+        self.panel.setEnabled(not running)
+        self.open_action.setEnabled(not running)
+
+    def _job_done(self, summary) -> None:
+        if self.job.spec is not None:
+            self.bundles.confirm_provider(Path(self.job.spec.model), summary.provider)
+        self.statusBar().showMessage(f"Job {summary.status}: {summary.ok} written, {summary.failed} failed, "
+                                     f"{summary.skipped} skipped", 10000)
+        try:
+            self.review.load(summary.output)
+        except InputError as exc:
+            show_exception(self, exc)
+
+    def _job_cannot_start(self, message: str) -> None:
+        if "--fresh" in message:
+            message += RESUME_HINT
+        show_error(self, "The job could not start", message)
+
+    def _job_crashed(self, exc: BaseException, details: str) -> None:
+        title, text, extra = describe_error(exc)
+        show_error(self, f"The job stopped: {title.lower()}", text, details or extra)
+
+    # ------------------------------------------------------------------ review and output
+    def choose_review_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Output folder of a job", self.panel.output.text())
+        if folder:
+            self.load_review(folder)
+
+    def load_review(self, folder: str | Path) -> bool:
+        try:
+            self.review.load(folder)
+        except InputError as exc:
+            show_exception(self, exc)
+            return False
+        self.tabs.setCurrentIndex(TAB_REVIEW)
+        return True
+
+    def output_folder(self) -> Path | None:
+        if self.job.summary is not None:
+            return Path(self.job.summary.output)
+        if self.review.output is not None:
+            return self.review.output
+        text = self.panel.output.text().strip()
+        return Path(text).expanduser() if text else None
+
+    def open_output_folder(self) -> bool:
+        folder = self.output_folder()
+        if folder is None or not folder.is_dir():
+            show_error(self, "No output folder yet", f"{folder or 'The output folder'}: does not exist yet — run a job first.")
+            return False
+        if not QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder))):
+            show_error(self, "Cannot open the folder", f"{folder}: no file manager answered. Open it by hand.")
+            return False
+        return True
+
+    def choose_bundle(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Model bundle folder (holds bundle.json)")
+        if folder:
+            self.add_bundle(folder)
+
+    def add_bundle(self, folder: str | Path) -> None:
+        """Add a bundle folder to the list (remembered); it is verified on a worker thread."""
+        folder = str(Path(folder).expanduser())
+        extra = self._extra_bundles()
+        if folder not in extra:
+            self.settings.setValue("bundles/extra", "\n".join(extra + [folder]))
+        self.bundles.add(Path(folder))
+        self.panel.select_bundle(folder)
+        self._settings_changed()
+
+    # ------------------------------------------------------------------ settings, closing
+    def _settings_changed(self) -> None:
+        self.panel.settings().save(self.settings)
+        provider = self.panel.provider.currentData()
+        if provider != self.bundles.provider:
+            self.bundles.scan(self._extra_bundles(), provider)
+
+    def _tab_changed(self, index: int) -> None:
+        if index == TAB_REVIEW:
+            self.review_page.list.setFocus()
+
+    def shutdown(self) -> None:
+        """Stop the job (keeps what it wrote) and wait for every worker thread."""
+        if self.job.running:
+            self.job.cancel()
+            self.job.wait(120_000)
+        for runner in (self.dataset._tasks, self.review._tasks, self.bundles._tasks, self.retrieval._tasks):
+            runner.wait(30_000)
+        for loader in (self.dataset.loader, self.review.loader):
+            loader.wait(30_000)
+
+    def closeEvent(self, event) -> None:
+        if self.job.running:
+            answer = QMessageBox.question(self, "A job is running",
+                                          "Cancel the job and quit? What it has written is kept.")
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+        if self.editor.active and self.editor.dirty:
+            self.save_mask()
+        self.settings.setValue("window/geometry", self.saveGeometry())
+        self.panel.settings().save(self.settings)
+        self.settings.sync()
+        self.shutdown()
+        super().closeEvent(event)
+
+

@@ -1,0 +1,248 @@
+"""The job settings: output folder, mask source, model bundle (table with kind, size, provider, integrity),
+mode, variants, steps, scheduler, guidance, seed, formats, resume. Reads and fills a JobSettings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QTableView,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.settings import FORMATS, PROVIDERS, JobSettings
+from desktop.viewmodels.bundles import PATH_ROLE, BundleListModel
+
+MASK_SOURCE_TEXT = (
+    ("user", "Drawn / mask file (user)"),
+    ("box", "Box around each polyp"),
+    ("random", "Random place on free mucosa"),
+    ("retrieved", "Retrieved proposal"),
+)
+MODE_TEXT = (("add", "Add a polyp"), ("remove", "Remove the polyp"))
+SCHEDULER_TEXT = (("", "Bundle default"), ("dpm++", "DPM-Solver++"), ("ddim", "DDIM"))
+
+
+class SettingsPanel(QWidget):
+    changed = Signal()
+    addBundleRequested = Signal()
+
+    def __init__(self, bundles: BundleListModel, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.bundles = bundles
+        self._selected_model = ""
+
+        # output
+        self.output = QLineEdit()
+        self.output.setPlaceholderText("folder for the generated dataset")
+        browse = QToolButton()
+        browse.setText("…")
+        browse.setToolTip("Choose the output folder")
+        browse.clicked.connect(self._browse_output)
+        output_row = QHBoxLayout()
+        output_row.addWidget(self.output, 1)
+        output_row.addWidget(browse)
+        self.resume = QCheckBox("Continue the job in the output folder")
+        self.resume.setToolTip("On: a rerun continues (and keeps) what an earlier run with the same settings wrote.\n"
+                               "Off: start over — the output folder's generated files are deleted first.")
+
+        # bundle table
+        self.bundle_view = QTableView()
+        self.bundle_view.setModel(bundles)
+        self.bundle_view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.bundle_view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.bundle_view.verticalHeader().hide()
+        self.bundle_view.setWordWrap(False)
+        self.bundle_view.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.bundle_view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        header = self.bundle_view.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.bundle_view.setMinimumHeight(90)
+        self.bundle_view.setMaximumHeight(130)
+        self.bundle_view.selectionModel().selectionChanged.connect(self._bundle_selected)
+        bundles.modelReset.connect(self._reselect_bundle)
+        bundles.rowsInserted.connect(lambda *_: self._reselect_bundle())
+        add_bundle = QPushButton("Add bundle…")
+        add_bundle.setToolTip("Add a model bundle folder (one holding bundle.json) to the list")
+        add_bundle.clicked.connect(self.addBundleRequested)
+        self.provider = QComboBox()
+        for name in PROVIDERS:
+            self.provider.addItem(name.upper() if name != "auto" else "auto: GPU if it loads, else CPU", name)
+        self.provider.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.provider.setMinimumContentsLength(8)
+        bundle_row = QHBoxLayout()
+        bundle_row.addWidget(QLabel("Provider"))
+        bundle_row.addWidget(self.provider, 1)
+        bundle_row.addWidget(add_bundle)
+
+        # generation
+        self.mask_source = QComboBox()
+        for value, text in MASK_SOURCE_TEXT:
+            self.mask_source.addItem(text, value)
+        self.box_pad = QSpinBox()
+        self.box_pad.setRange(0, 500)
+        self.box_pad.setSuffix(" px")
+        self.mode = QComboBox()
+        for value, text in MODE_TEXT:
+            self.mode.addItem(text, value)
+        self.variants = QSpinBox()
+        self.variants.setRange(1, 100)
+        self.steps = QSpinBox()
+        self.steps.setRange(0, 200)
+        self.steps.setSpecialValueText("bundle default")
+        self.scheduler = QComboBox()
+        for value, text in SCHEDULER_TEXT:
+            self.scheduler.addItem(text, value)
+        self.guidance = QDoubleSpinBox()
+        self.guidance.setRange(-0.5, 50.0)
+        self.guidance.setSingleStep(0.5)
+        self.guidance.setDecimals(1)
+        self.guidance.setSpecialValueText("bundle default")
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.formats = {name: QCheckBox(name) for name in FORMATS}
+        formats_row = QHBoxLayout()
+        for box in self.formats.values():
+            formats_row.addWidget(box)
+        formats_row.addStretch(1)
+
+        output_box = QGroupBox("Output")
+        output_form = QFormLayout(output_box)
+        output_form.addRow("Folder", output_row)
+        output_form.addRow("", self.resume)
+        output_form.addRow("Formats", formats_row)
+
+        model_box = QGroupBox("Model bundle")
+        model_layout = QVBoxLayout(model_box)
+        model_layout.addWidget(self.bundle_view)
+        model_layout.addLayout(bundle_row)
+
+        job_box = QGroupBox("Generation")
+        form = QFormLayout(job_box)
+        form.addRow("Mode", self.mode)
+        form.addRow("Mask source", self.mask_source)
+        form.addRow("Box padding", self.box_pad)
+        form.addRow("Variants per frame", self.variants)
+        form.addRow("Steps", self.steps)
+        form.addRow("Scheduler", self.scheduler)
+        form.addRow("Guidance", self.guidance)
+        form.addRow("Seed", self.seed)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(job_box)
+        layout.addWidget(model_box)
+        layout.addWidget(output_box)
+        layout.addStretch(1)
+
+        for widget in (self.mask_source, self.mode, self.scheduler, self.provider):
+            widget.currentIndexChanged.connect(self._changed)
+        for widget in (self.box_pad, self.variants, self.steps, self.seed, self.guidance):
+            widget.valueChanged.connect(self._changed)
+        for box in (self.resume, *self.formats.values()):
+            box.toggled.connect(self._changed)
+        self.output.editingFinished.connect(self._changed)
+
+    # ------------------------------------------------------------------ JobSettings
+    def set_settings(self, s: JobSettings) -> None:
+        blockers = [w.blockSignals(True) for w in self._inputs()]
+        try:
+            _select(self.mask_source, s.mask_source)
+            _select(self.mode, s.mode)
+            _select(self.scheduler, s.scheduler)
+            _select(self.provider, s.provider)
+            self.box_pad.setValue(s.box_pad)
+            self.variants.setValue(s.variants)
+            self.steps.setValue(s.steps or 0)
+            self.guidance.setValue(-0.5 if s.guidance is None else s.guidance)
+            self.seed.setValue(s.seed)
+            self.output.setText(s.output)
+            self.resume.setChecked(s.resume)
+            for name, box in self.formats.items():
+                box.setChecked(name in s.formats)
+            self._selected_model = s.model
+        finally:
+            for widget, was in zip(self._inputs(), blockers):
+                widget.blockSignals(was)
+        self._update_enabled()
+        self._reselect_bundle()
+
+    def settings(self) -> JobSettings:
+        return JobSettings(
+            output=self.output.text().strip(),
+            model=self.selected_bundle(),
+            provider=self.provider.currentData(),
+            mask_source=self.mask_source.currentData(),
+            box_pad=self.box_pad.value(),
+            mode=self.mode.currentData(),
+            variants=self.variants.value(),
+            seed=self.seed.value(),
+            steps=self.steps.value() or None,
+            scheduler=self.scheduler.currentData(),
+            guidance=None if self.guidance.value() < 0 else self.guidance.value(),
+            formats=[name for name, box in self.formats.items() if box.isChecked()],
+            resume=self.resume.isChecked(),
+        )
+
+    def selected_bundle(self) -> str:
+        rows = self.bundle_view.selectionModel().selectedRows()
+        if rows:
+            return rows[0].data(PATH_ROLE)
+        return self._selected_model
+
+    def select_bundle(self, path: str) -> None:
+        self._selected_model = str(path)
+        self._reselect_bundle()
+
+    def _reselect_bundle(self) -> None:
+        row = self.bundles.row_for(self._selected_model) if self._selected_model else -1
+        if row < 0 and self.bundles.rows:
+            row = 0  # the remembered bundle is gone (or not an inpainting one): the default, listed first
+        if row >= 0:
+            self.bundle_view.selectRow(row)
+
+    def _bundle_selected(self) -> None:
+        rows = self.bundle_view.selectionModel().selectedRows()
+        if rows:
+            self._selected_model = rows[0].data(PATH_ROLE)
+            self._changed()
+
+    def _inputs(self):
+        return [self.mask_source, self.mode, self.scheduler, self.provider, self.box_pad, self.variants, self.steps,
+                self.guidance, self.seed, self.output, self.resume, *self.formats.values()]
+
+    def _browse_output(self) -> None:
+        start = self.output.text() or str(Path.home())
+        folder = QFileDialog.getExistingDirectory(self, "Output folder for the dataset", start)
+        if folder:
+            self.output.setText(folder)
+            self._changed()
+
+    def _update_enabled(self) -> None:
+        self.box_pad.setEnabled(self.mask_source.currentData() == "box")
+
+    def _changed(self, *args) -> None:
+        self._update_enabled()
+        self.changed.emit()
+
+
+def _select(combo: QComboBox, value) -> None:
+    index = combo.findData(value)
+    if index >= 0:
+        combo.setCurrentIndex(index)

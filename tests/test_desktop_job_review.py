@@ -1,0 +1,262 @@
+"""Desktop app: run a job on the demo bundle from the window, cancel one mid-run (the output stays
+consistent), accept/reject results in the gallery with the keyboard (files and COCO follow), and errors
+(bad bundle, full disk, an unexpected exception) are message boxes naming the file."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import sys
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("PySide6")
+pytest.importorskip("pytestqt")
+
+from PySide6.QtCore import Qt
+
+from desktop.testing import MessageLog, temporary_settings, wait_until
+from engine.jobs.spec import DEFAULT_MODEL
+from engine.samples import generate_sample_set
+
+JOB_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture()
+def messages(monkeypatch):
+    return MessageLog().install(monkeypatch)
+
+
+@pytest.fixture()
+def window(qtbot, tmp_path, monkeypatch, messages):
+    monkeypatch.setenv("POLYPFORGE_SETTINGS", str(tmp_path / "settings.ini"))
+    from desktop.views.main_window import MainWindow
+
+    generate_sample_set(tmp_path / "frames", count=4, seed=5)
+    win = MainWindow(temporary_settings(tmp_path))
+    qtbot.addWidget(win)
+    win.resize(1280, 800)
+    win.show()
+    win.open_folder(str(tmp_path / "frames"))
+    assert wait_until(lambda: win.dataset.sources is not None and not win.bundles.busy(), 30)
+    panel = win.panel
+    panel.output.setText(str(tmp_path / "out"))
+    panel.mask_source.setCurrentIndex(panel.mask_source.findData("random"))
+    panel.variants.setValue(2)
+    panel.steps.setValue(2)
+    assert panel.selected_bundle() == str(DEFAULT_MODEL.resolve())
+    yield win
+    win.shutdown()
+
+
+def manifest(output):
+    return [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines() if line.strip()]
+
+
+def coco_files(output):
+    return {image["file_name"] for image in json.loads((output / "annotations" / "instances.json").read_text())["images"]}
+
+
+def test_run_job_on_the_demo_bundle_writes_the_dataset_and_fills_the_gallery(window, qtbot, tmp_path, messages):
+    progress = []
+    window.job.progressChanged.connect(lambda: progress.append((window.job.state, window.job.progress.fraction)))
+    with qtbot.waitSignal(window.job.jobDone, timeout=JOB_TIMEOUT_MS) as done:
+        assert window.run_job()
+        assert window.tabs.currentWidget() is window.run_page
+        assert not window.run_button.isEnabled() and window.cancel_action.isEnabled()
+    summary = done.args[0]
+    output = tmp_path / "out"
+    assert summary.status == "ok" and summary.ok == 8 and summary.provider == "cpu", summary
+    records = manifest(output)
+    assert len(records) == 8 and all(r["status"] == "ok" and r["steps"] == 2 for r in records)
+    assert len(list((output / "images" / "train").glob("*.png"))) == 8
+    assert coco_files(output) == {r["image"] for r in records}
+    assert len(list((output / "labels" / "train").glob("*.txt"))) == 8
+    assert (output / "summary.json").is_file() and (output / "contact_sheet.jpg").is_file()
+    # what the window showed
+    assert any(state == "running" and 0 < fraction < 1 for state, fraction in progress)
+    assert window.run_page.bar.value() == 1000 and "Finished" in window.run_page.status.text()
+    assert window.job.latest_preview is not None and not window.job.latest_preview[1].isNull()
+    assert window.run_page.review_button.isEnabled() and window.run_button.isEnabled()
+    assert window.review.model.rowCount() == 8
+    row = window.bundles.row_for(DEFAULT_MODEL.resolve())
+    assert window.bundles.rows[row].provider_confirmed
+    assert messages.messages == []
+
+    # open output folder goes through QDesktopServices
+    opened = []
+    from PySide6.QtGui import QDesktopServices
+
+    qtbot_monkey = pytest.MonkeyPatch()
+    qtbot_monkey.setattr(QDesktopServices, "openUrl", staticmethod(lambda url: opened.append(url.toLocalFile()) or True))
+    try:
+        assert window.open_output_folder()
+    finally:
+        qtbot_monkey.undo()
+    assert opened == [str(output)]
+
+
+def test_cancel_mid_run_stops_within_a_step_and_leaves_a_consistent_dataset(window, qtbot, tmp_path):
+    window.panel.steps.setValue(60)
+    window.panel.variants.setValue(3)
+    cancelled_at = []
+
+    def on_progress():
+        p = window.job.progress
+        if not cancelled_at and p.ok >= 1 and p.step >= 2:
+            cancelled_at.append(time.monotonic())
+            window.job.cancel()
+
+    window.job.progressChanged.connect(on_progress)
+    with qtbot.waitSignal(window.job.jobDone, timeout=JOB_TIMEOUT_MS) as done:
+        assert window.run_job()
+    stopped = time.monotonic() - cancelled_at[0]
+    summary = done.args[0]
+    assert summary.status == "cancelled" and 1 <= summary.ok < 12, summary
+    assert stopped < 5, f"cancel took {stopped:.1f} s"
+    output = tmp_path / "out"
+    records = manifest(output)
+    images = sorted(p.relative_to(output).as_posix() for p in (output / "images").rglob("*.png"))
+    assert sorted(r["image"] for r in records if r["status"] == "ok") == images
+    assert len(records) == len(images) == summary.ok
+    assert coco_files(output) == set(images)
+    assert not list(output.rglob(".*.tmp"))
+    assert "Cancelled" in window.run_page.status.text()
+    assert window.run_button.isEnabled()
+
+
+def test_gallery_accept_reject_with_the_keyboard_updates_files_and_coco(window, qtbot, tmp_path):
+    with qtbot.waitSignal(window.job.jobDone, timeout=JOB_TIMEOUT_MS):
+        assert window.run_job()
+    output = tmp_path / "out"
+    page, review = window.review_page, window.review
+    window.tabs.setCurrentWidget(page)
+    window.activateWindow()
+    page.list.setFocus()
+    qtbot.waitUntil(lambda: page.current() is not None)
+    first = page.current()
+    assert first.status == "ok" and page.comparison.result is not None and not page.comparison.result.isNull()
+    assert page.comparison.source is not None and not page.comparison.source.isNull()
+
+    with qtbot.waitSignal(review.applied, timeout=20_000):
+        qtbot.keyClick(page.list, Qt.Key.Key_R)
+    assert not (output / first.record["image"]).exists()
+    assert (output / "rejected" / first.record["image"]).exists()
+    assert first.record["image"] not in coco_files(output) and len(coco_files(output)) == 7
+    assert {r["key"]: r["status"] for r in manifest(output)}[first.key] == "rejected"
+    assert page.current().key != first.key  # moved on to the next variant
+
+    qtbot.keyClick(page.list, Qt.Key.Key_Left)
+    assert page.current().key == first.key and page.current().status == "rejected"
+    with qtbot.waitSignal(review.applied, timeout=20_000):
+        qtbot.keyClick(page.list, Qt.Key.Key_A)
+    assert (output / first.record["image"]).exists() and len(coco_files(output)) == 8
+    assert all(r["status"] == "ok" for r in manifest(output))
+
+    # a second window reviewing the same output folder sees the same statuses
+    with qtbot.waitSignal(review.applied, timeout=20_000):
+        review.set_status([i.key for i in review.model.items[:3]], accepted=False)
+    assert window.load_review(output)
+    assert [i.status for i in review.model.items].count("rejected") == 3
+    assert len(list((output / "labels" / "train").glob("*.txt"))) == 5
+
+
+def test_bad_bundle_is_a_message_naming_the_file(window, qtbot, tmp_path, messages):
+    broken = tmp_path / "broken-bundle"
+    broken.mkdir()
+    (broken / "bundle.json").write_text("{ not json")
+    window.add_bundle(broken)
+    assert wait_until(lambda: not window.bundles.busy(), 20)
+    row = window.bundles.rows[window.bundles.row_for(broken)]
+    assert row.state == "broken" and "bundle.json" in row.problem
+    assert window.panel.selected_bundle() == str(broken)
+    assert window.run_job() is False
+    assert "bundle.json" in messages.texts()[-1] and "not valid JSON" in messages.texts()[-1]
+
+    # verified when listed, altered afterwards: the job refuses to start, and says which file
+    altered = tmp_path / "altered-bundle"
+    shutil.copytree(DEFAULT_MODEL, altered)
+    window.add_bundle(altered)
+    assert wait_until(lambda: not window.bundles.busy(), 20)
+    assert window.bundles.rows[window.bundles.row_for(altered.resolve())].state == "ok"
+    with open(altered / "vae_decoder" / "model.onnx", "ab") as handle:
+        handle.write(b"tampered")
+    with qtbot.waitSignal(window.job.cannotStart, timeout=JOB_TIMEOUT_MS):
+        assert window.run_job()
+    assert "vae_decoder/model.onnx" in messages.texts()[-1] and "sha256 mismatch" in messages.texts()[-1]
+    assert window.run_button.isEnabled() and window.job.state == "idle"
+
+
+def test_full_disk_during_a_job_is_a_message_not_a_crash(window, qtbot, monkeypatch, messages):
+    from engine.jobs import runner
+
+    def full(path, image):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(runner, "save_png_atomic", full)
+    with qtbot.waitSignal(window.job.crashed, timeout=JOB_TIMEOUT_MS):
+        assert window.run_job()
+    text = messages.texts()[-1]
+    assert "no space left" in text.lower() and ".png" in text and "Traceback" not in text
+    assert window.run_button.isEnabled()
+
+
+def test_excepthook_shows_uncaught_errors_in_a_dialog(qtbot, monkeypatch, messages, capsys, tmp_path):
+    from desktop.errors import error_log_path, install_excepthook
+
+    monkeypatch.setenv("POLYPFORGE_CACHE_DIR", str(tmp_path / "cache"))
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)
+    install_excepthook()
+    try:
+        raise ValueError("something odd")
+    except ValueError:
+        sys.excepthook(*sys.exc_info())
+    assert wait_until(lambda: messages.texts(), 5)
+    assert "ValueError: something odd" in messages.texts()[-1]
+    assert str(error_log_path()) in messages.texts()[-1]
+    assert "Traceback" in error_log_path().read_text() and "something odd" in error_log_path().read_text()
+    thread = threading.Thread(target=lambda: (_ for _ in ()).throw(OSError(errno.EACCES, "Permission denied", "/x/y")))
+    thread.start()
+    thread.join()
+    assert wait_until(lambda: len(messages.texts()) == 2, 5)
+    assert "/x/y" in messages.texts()[-1]
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_retrieved_mask_source_runs_with_the_chosen_database(window, qtbot, tmp_path, messages):
+    from dataclasses import fields
+
+    from engine.jobs import JobSpec
+
+    if "db" not in {f.name for f in fields(JobSpec)} or not window.retrieval.available:
+        pytest.skip("the job does not take a retrieval database yet")
+    panel = window.panel
+    panel.mask_source.setCurrentIndex(panel.mask_source.findData("retrieved"))
+    assert window.run_job() is False and "retrieval database" in messages.texts()[-1]
+    import argparse
+
+    try:
+        from engine.retrieval.cli import register_commands
+
+        generate_sample_set(tmp_path / "polyps", count=4, seed=1, with_polyps_every=1)
+        parser = argparse.ArgumentParser()
+        handlers = register_commands(parser.add_subparsers(dest="command"))
+        args = parser.parse_args(["db", "build", "--polyps", str(tmp_path / "polyps"), "--to", str(tmp_path / "db")])
+        assert handlers["db"](args) == 0
+    except Exception as exc:  # noqa: BLE001 - the retrieval issue is built in parallel: its CLI may still move
+        pytest.skip(f"cannot build a retrieval database with this engine.retrieval: {exc}")
+    with qtbot.waitSignal(window.retrieval.opened, timeout=20_000):
+        window.retrieval.open_database(tmp_path / "db")
+    window.editor_page.top_k.setValue(3)
+    with qtbot.waitSignal(window.job.jobDone, timeout=JOB_TIMEOUT_MS) as done:
+        assert window.run_job()
+    assert window.job.spec.db == tmp_path / "db" and window.job.spec.top_k == 3
+    summary = done.args[0]
+    assert summary.status in ("ok", "failures") and summary.ok + summary.skipped + summary.failed == 8, summary
+    records = manifest(tmp_path / "out")
+    assert {r["mask_source"] for r in records} == {"retrieved"}
