@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import (
-    QAbstractListModel,
     QModelIndex,
     QObject,
     QSize,
@@ -18,6 +17,7 @@ from PySide6.QtCore import (
 
 from desktop.imaging import frame_thumbnail
 from desktop.workers.tasks import TaskRunner
+from desktop.viewmodels.thumbnail_list import ThumbnailListModel
 from desktop.workers.thumbnails import ThumbnailLoader
 from engine.dataset.discovery import SourceFrame, SourceSet, discover
 from engine.errors import InputError
@@ -60,24 +60,7 @@ def mask_target(sources: SourceSet, frame: SourceFrame) -> Path:
     return masks_dir / Path(frame.rel).with_suffix(".png")
 
 
-class FrameListModel(QAbstractListModel):
-    def __init__(self, loader: ThumbnailLoader, parent: QObject | None = None):
-        super().__init__(parent)
-        self.items: list[FrameItem] = []
-        self._rows: dict[str, int] = {}
-        self.loader = loader
-        loader.ready.connect(self._thumbnail_ready)
-
-    def set_items(self, items: list[FrameItem]) -> None:
-        self.beginResetModel()
-        self.loader.clear()
-        self.items = items
-        self._rows = {item.key: row for row, item in enumerate(items)}
-        self.endResetModel()
-
-    def rowCount(self, parent: QModelIndex | None = None) -> int:
-        return 0 if parent is not None and parent.isValid() else len(self.items)
-
+class FrameListModel(ThumbnailListModel):
     def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
             return None

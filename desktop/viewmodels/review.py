@@ -4,18 +4,17 @@ order, off the GUI thread — so the dataset on disk (images, labels, COCO) alwa
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QObject, QSize, Qt, Signal
+from PySide6.QtCore import QModelIndex, QObject, QSize, Qt, Signal
 
 from desktop.imaging import variant_picture
 from desktop.workers.tasks import TaskRunner
+from desktop.viewmodels.thumbnail_list import ThumbnailListModel
 from desktop.workers.thumbnails import ThumbnailLoader
-from engine.dataset.discovery import discover
 from engine.errors import InputError
-from engine.jobs.review import REJECTED_DIR, load_records, set_review
+from engine.jobs.review import REJECTED_DIR, job_formats_and_sources, load_records, set_review
 
 THUMB_SIZE = QSize(150, 120)
 ITEM_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -54,34 +53,12 @@ class ReviewItem:
 def source_paths(output: Path) -> dict[str, Path]:
     """{source frame (relative) → its path} from the job's record; {} when the input has moved."""
     try:
-        settings = json.loads((output / "job.json").read_text(encoding="utf-8"))["settings"]
-        sources = discover(settings["input"], settings.get("masks"), settings.get("labels"), settings.get("split_file"))
-    except (OSError, ValueError, KeyError, TypeError, InputError):
+        return job_formats_and_sources(output)[1]
+    except InputError:
         return {}
-    return {frame.rel: frame.path for frame in sources.frames}
 
 
-class ReviewModel(QAbstractListModel):
-    def __init__(self, loader: ThumbnailLoader, parent: QObject | None = None):
-        super().__init__(parent)
-        self.items: list[ReviewItem] = []
-        self._rows: dict[str, int] = {}
-        self.loader = loader
-        loader.ready.connect(self._thumbnail_ready)
-
-    def set_items(self, items: list[ReviewItem]) -> None:
-        self.beginResetModel()
-        self.loader.clear()
-        self.items = items
-        self._rows = {item.key: row for row, item in enumerate(items)}
-        self.endResetModel()
-
-    def row_of(self, key: str) -> int:
-        return self._rows.get(key, -1)
-
-    def rowCount(self, parent: QModelIndex | None = None) -> int:
-        return 0 if parent is not None and parent.isValid() else len(self.items)
-
+class ReviewModel(ThumbnailListModel):
     def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole):
         if not index.isValid():
             return None

@@ -24,7 +24,8 @@ def load_records(output: Path) -> list[dict]:
     return records
 
 
-def _job_formats_and_sources(output: Path) -> tuple[list[str], dict[str, Path]]:
+def job_formats_and_sources(output: Path) -> tuple[list[str], dict[str, Path]]:
+    """The job's output formats and {source frame (relative) → path}; {} when the input folder has moved."""
     try:
         record = json.loads((output / JOB_RECORD).read_text(encoding="utf-8"))
         settings = record["settings"]
@@ -70,6 +71,6 @@ def set_review(output: str | Path, keys: list[str], accepted: bool) -> list[dict
                 _move(output, relative, to_rejected=not accepted)
         record["status"] = wanted
     manifest.rewrite(records)
-    formats, source_paths = _job_formats_and_sources(output)
+    formats, source_paths = job_formats_and_sources(output)
     rebuild_outputs(output, records, formats, source_paths)
     return records

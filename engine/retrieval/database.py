@@ -43,7 +43,7 @@ import numpy as np
 
 from engine import __version__ as engine_version
 from engine.errors import InputError, PolypForgeError
-from engine.fileio import atomic_write_bytes, encode_png
+from engine.fileio import atomic_write, atomic_write_bytes, encode_png
 from engine.retrieval.features import PatchGrid
 
 DB_FORMAT = "polypforge-retrieval-db"
@@ -105,19 +105,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _write_npy_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda handle: np.lib.format.write_array(handle, np.ascontiguousarray(array), allow_pickle=False))
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
