@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # pulling a multi-GB CUDA one.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test screenshots bench bench-retrieval demo-bundle demo-features clean
+.PHONY: demo test screenshots installer installer-test bench bench-retrieval demo-bundle demo-features clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ test: $(VENV)/.dev-installed
 
 screenshots: $(VENV)/.dev-installed
 	$(BIN)/python -m desktop.screenshots screenshots
+
+# The offline app (installer/README.md): dist/PolypForge/ + dist/PolypForge-<ver>-linux-<arch>-cpu.tar.gz
+installer: $(VENV)/.dev-installed
+	BUILD_PYTHON=$(BIN)/python installer/build.sh cpu --archive
+
+# Runs the BUILT app: --version, doctor, an offline --batch job (dataset checked), the window offscreen
+installer-test: installer
+	$(BIN)/python installer/smoke_test.py
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python tests/benchmarks/bench_inpaint.py $(BENCH_ARGS)

@@ -14,6 +14,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent
 EXIT_OK, EXIT_FAILURES, EXIT_CANNOT_START, EXIT_CANCELLED = 0, 1, 2, 130
 RETRIEVAL_HANDLERS: dict = {}  # export-features, db, propose: registered by engine.retrieval.cli
+DOCTOR_HANDLERS: dict = {}  # doctor: registered by engine.doctor_cli
 
 
 def _version() -> str:
@@ -71,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_options(inpaint)
 
     demo = commands.add_parser("demo", help="run the demo bundle on generated sample frames")
-    demo.add_argument("--samples", type=Path, default=REPO_ROOT / "samples")
-    demo.add_argument("--output", type=Path, default=REPO_ROOT / "demo_output")
+    # From a source checkout the demo writes beside main.py; from the built app, in the current folder.
+    demo_root = Path.cwd() if getattr(sys, "frozen", False) else REPO_ROOT
+    demo.add_argument("--samples", type=Path, default=demo_root / "samples")
+    demo.add_argument("--output", type=Path, default=demo_root / "demo_output")
     demo.add_argument("--variants", type=int, default=2)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--provider", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto")
@@ -80,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.retrieval.cli import register_commands  # argparse only: keeps --help instant
 
     RETRIEVAL_HANDLERS.update(register_commands(commands))
+    from engine.doctor_cli import register_commands as register_doctor_commands
+
+    DOCTOR_HANDLERS.update(register_doctor_commands(commands))
     return parser
 
 
@@ -124,8 +130,8 @@ BATCH_KEYS = ("input", "output", "model", "provider", "threads", "masks", "label
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, default=REPO_ROOT / "exported_models" / "demo-sd-inpaint",
-                        help="model bundle folder (default: the embedded random-weight demo bundle)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="model bundle folder or name (default: the embedded random-weight demo bundle)")
     parser.add_argument("--provider", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto")
     parser.add_argument("--prompt", default=None, help='default: the bundle\'s "add" prompt ("Polyp")')
     parser.add_argument("--mode", choices=("add", "remove"), default="add",
@@ -164,9 +170,11 @@ def _run_inpaint(args) -> int:
     from engine.fileio import save_png_atomic
     from engine.pipelines.inpaint import InpaintPipeline
 
+    from engine.jobs.spec import DEFAULT_MODEL
+
     frame = read_frame(args.frame)
     mask = read_mask(args.mask)
-    pipeline = InpaintPipeline.from_bundle(args.model, provider=args.provider, threads=args.threads)
+    pipeline = InpaintPipeline.from_bundle(args.model or DEFAULT_MODEL, provider=args.provider, threads=args.threads)
     if pipeline.provider_note:
         print(pipeline.provider_note, file=sys.stderr)
     prompt = args.prompt or pipeline.prompts[args.mode]
@@ -244,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_CANNOT_START
         return run_app([])
     handlers = {"export": _run_export, "quantize": _run_quantize, "inpaint": _run_inpaint, "demo": _run_demo,
-                **RETRIEVAL_HANDLERS}
+                **RETRIEVAL_HANDLERS, **DOCTOR_HANDLERS}
     try:
         return handlers[args.command](args)
     except PolypForgeError as exc:

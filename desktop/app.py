@@ -43,7 +43,22 @@ def run_app(argv: list[str] | None = None) -> int:
 
     window = MainWindow()
     window.show()
+    _quit_after_env(app, window)
     return app.exec()
+
+
+def _quit_after_env(app: QApplication, window) -> None:
+    """Test hook (installer smoke test): $POLYPFORGE_QUIT_AFTER_MS closes the window after that many ms."""
+    text = os.environ.get("POLYPFORGE_QUIT_AFTER_MS", "").strip()
+    if not text.isdigit():
+        return
+    from PySide6.QtCore import QTimer
+
+    def close() -> None:
+        window.close()
+        app.quit()
+
+    QTimer.singleShot(int(text), close)
 
 
 if __name__ == "__main__":

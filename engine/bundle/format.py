@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,22 +134,55 @@ class Bundle:
         }
 
 
+def frozen_app_dir() -> Path | None:
+    """The folder holding the built app's executable (PyInstaller, sys.frozen), or None in a source tree."""
+    if getattr(sys, "frozen", False):
+        return Path(sys.executable).resolve().parent
+    return None
+
+
+def shipped_bundles_folder() -> Path:
+    """Where the demo bundles ship: exported_models/ in the source tree; in a built app the ``models`` folder
+    next to the executable (where real bundles are installed too, so they survive an app update)."""
+    app_dir = frozen_app_dir()
+    return app_dir / "models" if app_dir else Path(__file__).resolve().parents[2] / "exported_models"
+
+
 def bundles_folder() -> Path:
-    """Where named bundles live: $POLYPFORGE_MODELS, else exported_models/ beside the engine."""
+    """Where named bundles live: $POLYPFORGE_MODELS, else exported_models/ beside the engine (in a built
+    app: <app dir>/models)."""
     override = os.environ.get("POLYPFORGE_MODELS")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "exported_models"
+    return Path(override) if override else shipped_bundles_folder()
+
+
+def bundle_search_folders() -> list[Path]:
+    """Every folder a bundle name is looked up in, first match wins: bundles_folder(); in a built app also
+    <app dir>/models (when $POLYPFORGE_MODELS points elsewhere) and exported_models/ inside the app."""
+    folders = [bundles_folder()]
+    if frozen_app_dir() is not None:
+        folders.append(shipped_bundles_folder())
+        if getattr(sys, "_MEIPASS", None):
+            folders.append(Path(sys._MEIPASS) / "exported_models")
+    unique: list[Path] = []
+    for folder in folders:
+        if folder not in unique:
+            unique.append(folder)
+    return unique
 
 
 def find_bundle(name_or_path: str | os.PathLike[str]) -> Path:
-    """A bundle given by path, or by name (a folder of the bundles folder); BundleError listing what exists."""
+    """A bundle given by path, or by name (a folder of the bundles folders); BundleError listing what exists."""
     path = Path(name_or_path).expanduser()
     if path.exists() or path.is_absolute() or len(path.parts) > 1:
         return path
-    candidate = bundles_folder() / path
-    if candidate.exists():
-        return candidate
-    known = sorted(p.parent.name for p in bundles_folder().glob("*/bundle.json"))
-    raise BundleError(path, f"no such bundle folder, and no bundle of that name in {bundles_folder()} "
+    folders = bundle_search_folders()
+    for folder in folders:
+        candidate = folder / path
+        if candidate.exists():
+            return candidate
+    known = sorted({p.parent.name for folder in folders for p in folder.glob("*/bundle.json")})
+    where = ", ".join(str(folder) for folder in folders)
+    raise BundleError(path, f"no such bundle folder, and no bundle of that name in {where} "
                             f"(there: {', '.join(known) or 'none'})")
 
 

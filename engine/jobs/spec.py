@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine.bundle.format import shipped_bundles_folder
 from engine.errors import InputError
 from engine.masks.sources import MASK_SOURCES, MODES
 from engine.schedulers import SCHEDULER_NAMES
@@ -18,7 +19,8 @@ from engine.schedulers import SCHEDULER_NAMES
 FORMATS = ("coco", "yolo", "yolo-seg")
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 SPLITS = ("train", "val", "test")
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "exported_models" / "demo-sd-inpaint"
+# exported_models/demo-sd-inpaint in the source tree; <app dir>/models/demo-sd-inpaint in a built app.
+DEFAULT_MODEL = shipped_bundles_folder() / "demo-sd-inpaint"
 
 
 @dataclass
