@@ -15,6 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parent
 EXIT_OK, EXIT_FAILURES, EXIT_CANNOT_START, EXIT_CANCELLED = 0, 1, 2, 130
 RETRIEVAL_HANDLERS: dict = {}  # export-features, db, propose: registered by engine.retrieval.cli
 DOCTOR_HANDLERS: dict = {}  # doctor: registered by engine.doctor_cli
+REPORT_HANDLERS: dict = {}  # report: registered by engine.metrics.cli
 
 
 def _version() -> str:
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.doctor_cli import register_commands as register_doctor_commands
 
     DOCTOR_HANDLERS.update(register_doctor_commands(commands))
+    from engine.metrics.cli import register_commands as register_report_commands
+
+    REPORT_HANDLERS.update(register_report_commands(commands))
     return parser
 
 
@@ -252,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_CANNOT_START
         return run_app([])
     handlers = {"export": _run_export, "quantize": _run_quantize, "inpaint": _run_inpaint, "demo": _run_demo,
-                **RETRIEVAL_HANDLERS, **DOCTOR_HANDLERS}
+                **RETRIEVAL_HANDLERS, **DOCTOR_HANDLERS,
+                **REPORT_HANDLERS}
     try:
         return handlers[args.command](args)
     except PolypForgeError as exc:

@@ -412,7 +412,8 @@ class MainWindow(QMainWindow):
         if self.job.running:
             self.job.cancel()
             self.job.wait(120_000)
-        for runner in (self.dataset._tasks, self.review._tasks, self.bundles._tasks, self.retrieval._tasks):
+        for runner in (self.dataset._tasks, self.review._tasks, self.bundles._tasks, self.retrieval._tasks,
+                       self.run_page.report_tasks):
             runner.wait(30_000)
         for loader in (self.dataset.loader, self.review.loader):
             loader.wait(30_000)

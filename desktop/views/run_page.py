@@ -1,16 +1,21 @@
 """The running job: progress bar with the current frame and step, ETA, a live preview of the latest
-result, the failures (and skips) with their reasons as they happen, Cancel; then the summary."""
+result, the failures (and skips) with their reasons as they happen, Cancel; then the summary, and the
+"Quality report" button (engine.metrics: FD/KID/t-SNE/memorisation of the output against the job's input
+frames, made on a worker thread, then opened in the browser)."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QImage, QPixmap
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QColor, QDesktopServices, QImage, QPixmap
 from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QSizePolicy,
@@ -20,6 +25,9 @@ from PySide6.QtWidgets import (
 
 from desktop.viewmodels.job import JobController, format_seconds
 from desktop.views.widgets import ElidedLabel
+from desktop.workers.tasks import TaskRunner
+
+REPORT_FOLDER = "quality_report"
 
 
 class PreviewLabel(QLabel):
@@ -53,6 +61,8 @@ class RunPage(QWidget):
     cancelRequested = Signal()
     openOutputRequested = Signal()
     reviewRequested = Signal()
+    reportReady = Signal(str)  # the report.html path
+    reportFailed = Signal(str)
 
     def __init__(self, job: JobController, parent: QWidget | None = None):
         super().__init__(parent)
@@ -76,7 +86,14 @@ class RunPage(QWidget):
         self.open_button.clicked.connect(self.openOutputRequested)
         self.review_button = QPushButton("Review results →")
         self.review_button.clicked.connect(self.reviewRequested)
-        for button in (self.open_button, self.review_button):
+        self.report_button = QPushButton("Quality report")
+        self.report_button.setToolTip("FD, KID, t-SNE and a memorisation check of the generated frames against "
+                                      "the input frames; opens in the browser")
+        self.report_button.clicked.connect(self.make_report)
+        self.report_tasks = TaskRunner(self, serial=True)
+        self.report_path: Path | None = None
+        self.open_url = QDesktopServices.openUrl  # replaceable (tests)
+        for button in (self.open_button, self.review_button, self.report_button):
             button.setEnabled(False)
 
         self.preview = PreviewLabel("The latest result appears here while the job runs.")
@@ -107,6 +124,7 @@ class RunPage(QWidget):
         buttons.addWidget(self.cancel_button)
         buttons.addStretch(1)
         buttons.addWidget(self.open_button)
+        buttons.addWidget(self.report_button)
         buttons.addWidget(self.review_button)
         body = QHBoxLayout()
         body.addWidget(preview_box, 3)
@@ -137,6 +155,7 @@ class RunPage(QWidget):
             self.preview.setText("The latest result appears here while the job runs.")
             self.preview_caption.setText(" ")
             self.review_button.setEnabled(False)
+            self.report_button.setEnabled(False)
             self.open_button.setEnabled(True)
         if state == "cancelling":
             self.cancel_button.setText("Cancelling…")
@@ -203,6 +222,7 @@ class RunPage(QWidget):
         self.summary.setText("<br>".join(lines))
         self.open_button.setEnabled(True)
         self.review_button.setEnabled(summary.ok > 0 or summary.reused > 0)
+        self.report_button.setEnabled((summary.ok > 0 or summary.reused > 0) and not self.report_tasks.busy())
         listed = {(frame, reason) for kind, frame, reason in self.job.progress.problems if kind == "failed"}
         for failure in summary.failures:  # failures an earlier, resumed run recorded
             if (failure["frame"], failure["reason"]) not in listed:
@@ -210,3 +230,43 @@ class RunPage(QWidget):
                 self._problem("failed", failure["frame"], f"{failure['reason']} (earlier run)")
         if self.problems.count() == 0:
             self.problems.addItem("None.")
+
+    # ------------------------------------------------------------------------------------------ quality report
+    def make_report(self) -> bool:
+        """Start the quality report of the last job (input frames vs output) on a worker thread."""
+        summary, spec = self.job.summary, self.job.spec
+        if summary is None or spec is None or self.report_tasks.busy():
+            return False
+        real, synthetic = Path(spec.input), Path(summary.output)
+        out = synthetic / REPORT_FOLDER
+        self.report_button.setEnabled(False)
+        self.report_button.setText("Making the quality report…")
+
+        def work():
+            from engine.metrics.report import run_report
+
+            return run_report(real, synthetic, out, provider=getattr(spec, "provider", "auto")).html
+
+        self.report_tasks.submit(work, self._report_done, self._report_failed)
+        return True
+
+    def _report_finished(self) -> None:
+        self.report_button.setText("Quality report")
+        self.report_button.setEnabled(self.job.summary is not None and not self.job.running)
+
+    def _report_done(self, html) -> None:
+        self._report_finished()
+        self.report_path = Path(html)
+        self.detail.setText(f"Quality report: {self.report_path}")
+        if not self.open_url(QUrl.fromLocalFile(str(self.report_path))):
+            QMessageBox.information(self, "Quality report", f"The report is at {self.report_path} (no browser "
+                                    "could be opened).")
+        self.reportReady.emit(str(self.report_path))
+
+    def _report_failed(self, exc: BaseException) -> None:
+        from desktop.errors import describe_error, show_error
+
+        self._report_finished()
+        title, text, details = describe_error(exc)
+        show_error(self, f"Quality report: {title.lower()}", text, details)  # unexpected ones are logged
+        self.reportFailed.emit(text)
