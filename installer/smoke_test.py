@@ -163,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
         manifest = json.loads((dataset / "manifest.jsonl").read_text().splitlines()[0])
         results["manifest_bundle"] = manifest.get("bundle_id") or manifest.get("bundle")
 
+        # The quality report (scipy, scikit-learn, the demo DINOv2 bundle) from the built app, offline.
+        runner.run("report", ["report", "--real", str(work / "frames"), "--synthetic", str(dataset),
+                              "--out", str(work / "report")], expect=(0, 1))
+        report_json = json.loads((work / "report" / "report.json").read_text())
+        check((work / "report" / "report.html").is_file(), "report wrote no report.html")
+        results["report_keys"] = sorted(report_json)[:8]
+
         out = runner.run("window (offscreen)", [], env={"QT_QPA_PLATFORM": "offscreen", "POLYPFORGE_QUIT_AFTER_MS": "1500"},
                          timeout=120)
         results["window_stderr_tail"] = out.stderr[-500:]
