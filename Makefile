@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # pulling a multi-GB CUDA one.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test screenshots installer installer-test bench bench-retrieval demo-bundle demo-features clean
+.PHONY: demo test screenshots installer installer-test bench bench-retrieval demo-bundle demo-features demo-controlnet clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ demo-bundle: $(VENV)/.dev-installed
 
 demo-features: $(VENV)/.dev-installed
 	$(BIN)/python exported_models/make_demo_features.py
+
+demo-controlnet: $(VENV)/.dev-installed
+	$(BIN)/python exported_models/make_demo_controlnet.py
 
 clean:
 	rm -rf $(VENV) demo_output samples .pytest_cache

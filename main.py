@@ -16,6 +16,7 @@ EXIT_OK, EXIT_FAILURES, EXIT_CANNOT_START, EXIT_CANCELLED = 0, 1, 2, 130
 RETRIEVAL_HANDLERS: dict = {}  # export-features, db, propose: registered by engine.retrieval.cli
 DOCTOR_HANDLERS: dict = {}  # doctor: registered by engine.doctor_cli
 REPORT_HANDLERS: dict = {}  # report: registered by engine.metrics.cli
+CONTROLNET_HANDLERS: dict = {}  # generate: registered by engine.controlnet.cli
 
 
 def _version() -> str:
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export",
-        help="export a local diffusers inpainting folder to a model bundle",
+        help="export a local diffusers inpainting folder (or SD-1.5 + --controlnet) to a model bundle",
         description="Export a local diffusers StableDiffusionInpaintPipeline folder (e.g. the Polyp-Gen "
         "checkpoint) to an ONNX model bundle, checking every part against torch. Needs the export extra "
         "(pip install .[export]).",
@@ -51,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: optimum, falling back to torch.onnx if optimum fails")
     export.add_argument("--name", default=None, help="bundle name (default: the folder name)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    from engine.controlnet.cli import add_export_options
+    from engine.controlnet.cli import register_commands as register_controlnet_commands
+
+    add_export_options(export)  # --controlnet DIR: an SD-1.5 folder + a CCIS ControlNet → "sd-controlnet" bundle
 
     quantize = commands.add_parser(
         "quantize",
@@ -90,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.metrics.cli import register_commands as register_report_commands
 
     REPORT_HANDLERS.update(register_report_commands(commands))
+    CONTROLNET_HANDLERS.update(register_controlnet_commands(commands))
     return parser
 
 
@@ -113,6 +119,8 @@ def _add_batch_options(group) -> None:
                        help='add: generate a polyp in the mask ("Polyp"); remove: generate mucosa ("Normal")')
     group.add_argument("--prompt", help="override the mode's prompt")
     group.add_argument("--negative-prompt")
+    group.add_argument("--captions", type=Path,
+                       help="per-frame prompts for an sd-controlnet bundle: CSV (frame,text) or JSONL, keyed by frame stem")
     group.add_argument("--variants", type=int, help="variants per frame (default 1)")
     group.add_argument("--seed", type=int, help="job seed (default 0); each variant's seed derives from it")
     group.add_argument("--steps", type=int)
@@ -129,7 +137,7 @@ def _add_batch_options(group) -> None:
 
 
 BATCH_KEYS = ("input", "output", "model", "provider", "threads", "masks", "labels", "split_file", "from_splits",
-              "mask_source", "db", "top_k", "box_pad", "mode", "prompt", "negative_prompt", "variants", "seed", "steps",
+              "mask_source", "db", "top_k", "box_pad", "mode", "prompt", "negative_prompt", "captions", "variants", "seed", "steps",
               "scheduler", "guidance", "formats", "batch_size", "resume")
 
 
@@ -148,6 +156,10 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args) -> int:
+    if getattr(args, "controlnet", None) is not None:
+        from engine.controlnet.cli import run_export
+
+        return run_export(args)
     from engine.export.inpaint_export import export_inpaint_bundle
 
     export_inpaint_bundle(
@@ -257,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_app([])
     handlers = {"export": _run_export, "quantize": _run_quantize, "inpaint": _run_inpaint, "demo": _run_demo,
                 **RETRIEVAL_HANDLERS, **DOCTOR_HANDLERS,
-                **REPORT_HANDLERS}
+                **REPORT_HANDLERS, **CONTROLNET_HANDLERS}
     try:
         return handlers[args.command](args)
     except PolypForgeError as exc:

@@ -39,7 +39,7 @@ def test_built_app_smoke(built_app, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out_json.read_text())
     assert result["passed"] and result["dataset"]["ok_variants"] == 4
-    assert set(result["times_s"]) == {"--version", "doctor --json", "doctor", "--batch", "window (offscreen)"}
+    assert set(result["times_s"]) == {"--version", "doctor --json", "doctor", "--batch", "report", "window (offscreen)"}
 
 
 def test_built_app_holds_no_export_stack(built_app):

@@ -9,6 +9,10 @@ Layout of an "sd-inpaint" bundle::
     vae_encoder/model.onnx
     vae_decoder/model.onnx
 
+An "sd-controlnet" bundle (CCIS-Diff, engine.pipelines.controlnet) holds text_encoder/, tokenizer/, unet/
+(an SD-1.5 text-to-image U-Net taking the ControlNet residuals as inputs), controlnet/ (with its mask
+branches) and vae_decoder/; its bundle.json adds a "controlnet" section.
+
 A "dinov2" bundle (the retrieval proposer's feature extractor, engine.retrieval) is ``bundle.json`` +
 ``model.onnx``: pixel_values (B, 3, rows·P, cols·P) → patch tokens (B, rows·cols, dim).
 
@@ -33,7 +37,7 @@ from engine.errors import BundleError
 MANIFEST_NAME = "bundle.json"
 FORMAT_NAME = "polypforge-bundle"
 FORMAT_VERSION = 1
-KNOWN_KINDS = ("sd-inpaint", "dinov2")
+KNOWN_KINDS = ("sd-inpaint", "dinov2", "sd-controlnet")
 
 # Files every bundle of a kind must list, and the role each plays.
 REQUIRED_FILES: dict[str, dict[str, str]] = {
@@ -48,6 +52,15 @@ REQUIRED_FILES: dict[str, dict[str, str]] = {
     # pixel_values (B, 3, rows·P, cols·P) to patch tokens (B, rows·cols, dim), class token dropped.
     "dinov2": {
         "model": "model.onnx",
+    },
+    # A ControlNet text-to-image bundle (CCIS-Diff, engine.pipelines.controlnet): the U-Net takes the
+    # ControlNet's residuals as inputs; no VAE encoder (nothing is encoded from pixels).
+    "sd-controlnet": {
+        "text_encoder": "text_encoder/model.onnx",
+        "controlnet": "controlnet/model.onnx",
+        "unet": "unet/model.onnx",
+        "vae_decoder": "vae_decoder/model.onnx",
+        "tokenizer": "tokenizer/tokenizer.json",
     },
 }
 
@@ -75,6 +88,8 @@ REQUIRED_KEYS = (
 # Keys each kind needs; a kind not listed here is checked against REQUIRED_KEYS (the "sd-inpaint" set).
 REQUIRED_KEYS_BY_KIND: dict[str, tuple[str, ...]] = {
     "sd-inpaint": REQUIRED_KEYS,
+    # + "controlnet": residual output names, conditioning channels, which CCIS-Diff additions are inside
+    "sd-controlnet": REQUIRED_KEYS + ("controlnet",),
     "dinov2": (
         "format",
         "format_version",

@@ -32,7 +32,7 @@ from engine.errors import Cancelled, InputError, PolypForgeError
 from engine.fileio import atomic_write_bytes, save_png_atomic
 from engine.jobs.events import JobEvent
 from engine.masks.sources import Skip, resolve_region
-from engine.pipelines.inpaint import STAGES, InpaintPipeline
+from engine.pipelines.inpaint import InpaintPipeline
 
 OWNED_OUTPUTS = ("images", "masks", "labels", "yolo-seg", "annotations")
 JOB_RECORD = "job.json"
@@ -155,8 +155,14 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
     # The masks folder actually used, whether given or found (images/ + masks/): the app passes it, the CLI
     # may not, and a resume from either must see the same settings.
     settings["masks"] = str(sources.masks_dir.resolve()) if sources.masks_dir is not None else None
+    captions: dict[str, str] = {}
     try:
-        pipeline = InpaintPipeline.from_bundle(spec.model, provider=spec.provider, threads=spec.threads)
+        pipeline = _open_pipeline(spec)
+        if getattr(spec, "captions", None) is not None:
+            from engine.pipelines.controlnet import read_captions
+
+            captions = read_captions(spec.captions)
+            settings["captions_sha256"] = _file_sha256(spec.captions)
     except PolypForgeError as exc:
         raise JobCannotStart(str(exc)) from None
     settings["bundle_id"] = pipeline.bundle.bundle_id
@@ -190,6 +196,12 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
         if finished and files_present:
             done[record["key"]] = record
     prompt = spec.prompt or pipeline.prompts["add" if spec.mode == "add" else "remove"]
+    if captions:
+        from engine.pipelines.controlnet import caption_for
+
+        captioned = sum(1 for rel in {i.frame.rel for i in items} if caption_for(captions, rel) is not None)
+        summary.notes.append(f"captions for {captioned} of {len({i.frame.rel for i in items})} frames "
+                             f"from {spec.captions}; the others use the prompt {prompt!r}")
     emit(JobEvent("started", total=len(items), message=f"{len(items)} variants of {len({i.frame.rel for i in items})} frames on {pipeline.provider.upper()}"))
 
     completed = 0
@@ -206,6 +218,8 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
             if cancelled():
                 raise Cancelled("cancelled between frames")
             frame = frame_items[0].frame
+            caption = caption_for(captions, frame.rel) if captions else None
+            frame_prompt = caption if caption is not None else prompt
             emit(JobEvent("frame", done=completed, total=len(items), frame=frame.rel))
             try:
                 pixels = read_frame(frame.path)
@@ -240,7 +254,7 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
                                       variant=_item.variant, step=done_steps, steps=total_steps))
 
                     (result,) = pipeline.generate_variants(
-                        prepared, [item.seed], prompt=prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
+                        prepared, [item.seed], prompt=frame_prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
                         guidance_scale=spec.guidance, scheduler=spec.scheduler, progress=on_step, cancel=cancelled,
                     )
                 except Skip as reason:
@@ -269,6 +283,7 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
                     "instances": [i.to_json() for i in instances],
                     "removed": [i.to_json() for i in region.removed],
                     "prompt": result.settings["prompt"],
+                    "prompt_source": "captions" if caption is not None else ("job" if spec.prompt else "bundle"),
                     "negative_prompt": result.settings["negative_prompt"],
                     "steps": result.settings["steps"],
                     "scheduler": result.settings["scheduler"],
@@ -278,6 +293,11 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
                     "provider": pipeline.provider,
                     "seconds": round(seconds, 3),
                 }
+                if pipeline.bundle.kind == "sd-controlnet":
+                    record["bundle_kind"] = "sd-controlnet"
+                    record["conditioning_scale"] = result.settings["conditioning_scale"]
+                    if captions:
+                        record["captions"] = str(spec.captions)
                 if proposal is not None:
                     record["retrieval"] = {"db": str(spec.db), "db_id": settings["retrieval_db_id"],
                                            "proposal": proposal.to_json()}
@@ -294,13 +314,30 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
         summary.failed = sum(1 for r in records if r["status"] == "failed")
         summary.skipped = sum(1 for r in records if r["status"] == "skipped")
         summary.failures = [{"frame": r["source_frame"], "reason": r["reason"]} for r in records if r["status"] == "failed"]
-        summary.stage_seconds = {k: round(v, 3) for k, v in pipeline.stage_seconds.items() if k in STAGES}
+        summary.stage_seconds = {k: round(v, 3) for k, v in pipeline.stage_seconds.items()}
         summary.seconds = round(time.perf_counter() - started, 3)
         if summary.status != "cancelled" and summary.failed:
             summary.status = "failures"
         atomic_write_bytes(spec.output / "summary.json", (json.dumps(summary.to_json(), indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     emit(JobEvent("finished", done=completed, total=len(items), message=summary.status))
     return summary
+
+
+def _open_pipeline(spec):
+    """The pipeline of the bundle's kind: sd-inpaint → InpaintPipeline, sd-controlnet → ControlNetPipeline."""
+    from engine.bundle import read_bundle
+
+    kind = read_bundle(spec.model, verify_hashes=False).kind
+    if kind == "sd-controlnet":
+        if spec.mode != "add":
+            raise InputError(f"{spec.model}: an sd-controlnet bundle generates polyps at a mask (mode add); "
+                             "mode remove needs an sd-inpaint bundle")
+        from engine.pipelines.controlnet import ControlNetPipeline
+
+        return ControlNetPipeline.from_bundle(spec.model, provider=spec.provider, threads=spec.threads)
+    if getattr(spec, "captions", None) is not None:
+        raise InputError(f"{spec.captions}: per-frame captions need an sd-controlnet bundle; {spec.model} is {kind}")
+    return InpaintPipeline.from_bundle(spec.model, provider=spec.provider, threads=spec.threads)
 
 
 def _file_sha256(path: Path) -> str | None:

@@ -41,6 +41,7 @@ class JobSpec:
     mode: str = "add"
     prompt: str | None = None
     negative_prompt: str | None = None
+    captions: Path | None = None  # per-frame prompts (CSV or JSONL: frame stem → text), sd-controlnet bundles
     variants: int = 1
     seed: int = 0
     steps: int | None = None
@@ -83,6 +84,8 @@ class JobSpec:
         data = asdict(self)
         for key in ("output", "provider", "threads", "resume", "batch_size", "formats"):
             data.pop(key)
+        if data["captions"] is None:  # absent, as in jobs written before captions existed: they still resume
+            data.pop("captions")
         return {k: (str(v.resolve()) if isinstance(v, Path) else v) for k, v in data.items()}
 
 
@@ -96,7 +99,7 @@ def _at_least(name: str, value, minimum) -> None:
         raise InputError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
 
 
-PATH_FIELDS = {"input", "output", "model", "masks", "labels", "split_file", "db"}
+PATH_FIELDS = {"input", "output", "model", "masks", "labels", "split_file", "db", "captions"}
 LIST_FIELDS = {"formats", "from_splits"}
 
 

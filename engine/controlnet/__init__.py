@@ -1,0 +1,1 @@
+"""CCIS-Diff's ControlNet (PyTorch; export and training only — never imported by the inference path)."""

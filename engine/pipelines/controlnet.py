@@ -1,0 +1,430 @@
+"""CCIS-Diff controlled generation on onnxruntime: mask + clinical text → image, through an "sd-controlnet"
+bundle (SD-1.5 text-to-image U-Net taking a ControlNet's residuals as inputs). No torch.
+
+A call reads top to bottom: check inputs → encode prompt (cached per prompt pair) → prepare the mask once
+(working size, the control image: the mask as a 0/1 image of the ControlNet's conditioning channels) → per
+batch of variants: draw initial noise from each variant's seed, denoise (ControlNet then U-Net each step;
+progress and cancel each step) → decode → either the whole generated image at the mask's resolution, or,
+when a frame is given, only the masked region pasted back into it (engine.pipelines.framing.paste_back:
+every pixel outside the mask is the frame's own byte).
+
+The maths is diffusers' StableDiffusionControlNetPipeline (guess_mode off, guidance window 0–1): classifier-
+free guidance runs [negative, prompt] as one batch with the control image repeated for both halves, the
+ControlNet sees the same (scaled) latents as the U-Net, its residuals are multiplied by the conditioning
+scale and added inside the U-Net. The bundle's defaults are the paper's: DDIM, 20 steps, CFG 7.0.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from engine.bundle import Bundle, read_bundle
+from engine.errors import BundleError, Cancelled, InputError
+from engine.masks.geometry import binarize, resize_mask
+from engine.pipelines.framing import (
+    check_frame,
+    choose_working_size,
+    decoded_to_image,
+    default_feather_px,
+    paste_back,
+)
+from engine.pipelines.inpaint import _given_or_drawn
+from engine.runtime.providers import plan_providers
+from engine.runtime.session import OnnxPart
+from engine.schedulers import SCHEDULER_NAMES, make_scheduler
+from engine.text.clip_tokenizer import PromptTokenizer
+
+ProgressCallback = Callable[[int, int], None]  # (steps done, steps in total)
+CancelCheck = Callable[[], bool]
+
+KIND = "sd-controlnet"
+STAGES = ("text_encoder", "controlnet", "unet", "vae_decoder")
+
+
+@dataclass
+class PreparedMask:
+    """A mask (and optionally the frame to paste into) made ready once, for any number of variants."""
+
+    mask: np.ndarray  # bool (H, W), original resolution
+    frame: np.ndarray | None  # uint8 (H, W, 3) to paste the masked region into, or None: the whole image
+    working_size: tuple[int, int]  # (w, h) the model sees
+    control: np.ndarray  # float32 (1, C, h, w) in {0, 1}: the ControlNet's condition
+
+
+@dataclass
+class ControlNetResult:
+    image: np.ndarray  # uint8 (H, W, 3): the generated image at the mask's resolution, or the composited frame
+    raw: np.ndarray  # float32 (h, w, 3) in [0, 1]: the decoded image at working size (what diffusers returns)
+    seed: int | None
+    settings: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class ControlNetPipeline:
+    """Load with ``from_bundle``; call with a mask and a prompt; ``generate_variants`` for several seeds."""
+
+    def __init__(self, bundle: Bundle, parts: dict[str, OnnxPart], tokenizer: PromptTokenizer):
+        self.bundle = bundle
+        self.parts = parts
+        self.tokenizer = tokenizer
+        manifest = bundle.manifest
+        self.image_size = int(manifest["image_size"])
+        self.size_multiple = int(manifest["size_multiple"])
+        self.vae_scale_factor = int(manifest["vae_scale_factor"])
+        self.vae_scaling_factor = float(manifest["vae_scaling_factor"])
+        self.latent_channels = int(manifest["latent_channels"])
+        self.scheduler_config = dict(manifest["scheduler"])
+        self.defaults = dict(manifest["sampling"])
+        self.prompts = dict(manifest["prompts"])
+        self.residual_names = list(manifest["controlnet"]["residuals"])
+        self.conditioning_channels = int(manifest["controlnet"].get("conditioning_channels", 3))
+        self.provider = parts["unet"].active_provider
+        notes = {p.provider_note for p in parts.values() if p.provider_note}
+        self.provider_note = "; ".join(sorted(notes)) or None
+        self.stage_seconds = dict.fromkeys(STAGES, 0.0)
+        self._prompt_cache: OrderedDict[tuple[str, str, bool], np.ndarray] = OrderedDict()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_bundle(
+        cls, path: str | Path, provider: str = "auto", threads: int | None = None, verify_hashes: bool = True
+    ) -> ControlNetPipeline:
+        """Verify and load an sd-controlnet bundle. The text encoder stays loaded: prompts change per frame
+        (captions), and SD-1.5's text encoder is small beside its U-Net."""
+        bundle = read_bundle(path, verify_hashes=verify_hashes)
+        if bundle.kind != KIND:
+            raise BundleError(bundle.root / "bundle.json", f"kind {bundle.kind!r} is not an {KIND} bundle")
+        manifest = bundle.manifest
+        if not isinstance(manifest.get("controlnet"), dict) or not manifest["controlnet"].get("residuals"):
+            raise BundleError(bundle.root / "bundle.json", "lacks controlnet.residuals, which an sd-controlnet bundle needs")
+        plan = plan_providers(provider, fp16=manifest["precision"] == "fp16")
+        tok = manifest["tokenizer"]
+        tokenizer = PromptTokenizer(bundle.path_of("tokenizer"), tok["max_length"], tok["pad_token_id"], tok["eos_token_id"])
+        parts = {}
+        for role in STAGES:
+            part = OnnxPart(bundle.path_of(role), plan, threads=threads, role=role.replace("_", " "))
+            _check_signature(bundle, role, part)
+            parts[role] = part
+        return cls(bundle, parts, tokenizer)
+
+    def describe(self) -> dict:
+        return {**self.bundle.describe(), "provider": self.provider, "provider_note": self.provider_note}
+
+    def reset_stage_seconds(self) -> None:
+        self.stage_seconds = dict.fromkeys(STAGES, 0.0)
+
+    # ------------------------------------------------------------------ prompt
+    def encode_prompt(self, prompt: str, negative_prompt: str = "", guided: bool = True) -> np.ndarray:
+        """Text embeddings (2, L, D) = [negative, prompt] when guided, else (1, L, D); cached per prompt pair."""
+        key = (prompt, negative_prompt, guided)
+        cached = self._prompt_cache.get(key)
+        if cached is not None:
+            self._prompt_cache.move_to_end(key)
+            return cached
+        ids = self.tokenizer([negative_prompt, prompt] if guided else [prompt])
+        started = time.perf_counter()
+        (embeddings,) = self.parts["text_encoder"].run(["last_hidden_state"], {"input_ids": ids})
+        self.stage_seconds["text_encoder"] += time.perf_counter() - started
+        embeddings = embeddings.astype(np.float32)
+        self._prompt_cache[key] = embeddings
+        while len(self._prompt_cache) > 64:
+            self._prompt_cache.popitem(last=False)
+        return embeddings
+
+    # ------------------------------------------------------------------ mask
+    def prepare(
+        self, mask: np.ndarray, frame: np.ndarray | None = None, working_size: tuple[int, int] | None = None
+    ) -> PreparedMask:
+        """The control image at working size; with `frame`, results are pasted into it inside the mask."""
+        mask = binarize(mask)
+        height, width = mask.shape
+        if frame is not None:
+            frame = check_frame(frame)
+            if frame.shape[:2] != mask.shape:
+                raise InputError(f"mask is {width}×{height} but the frame is {frame.shape[1]}×{frame.shape[0]}")
+        if not mask.any():
+            raise InputError("mask is empty: nothing to generate")
+        if working_size is None:
+            working_size = choose_working_size(width, height, self.image_size, self.size_multiple)
+        work_w, work_h = working_size
+        if work_w % self.size_multiple or work_h % self.size_multiple:
+            raise InputError(f"working size {work_w}×{work_h} is not a multiple of {self.size_multiple}")
+        work_mask = resize_mask(mask, work_w, work_h).astype(np.float32)
+        control = np.repeat(work_mask[None, None], self.conditioning_channels, axis=1)
+        return PreparedMask(mask=mask, frame=frame, working_size=(work_w, work_h), control=np.ascontiguousarray(control))
+
+    def prepare_frame(self, frame: np.ndarray, mask: np.ndarray, working_size: tuple[int, int] | None = None) -> PreparedMask:
+        """InpaintPipeline's name for it: the mask, with paste-back into `frame`."""
+        return self.prepare(mask, frame=frame, working_size=working_size)
+
+    # ------------------------------------------------------------------ generation
+    def __call__(
+        self,
+        mask: np.ndarray,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        frame: np.ndarray | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        scheduler: str | None = None,
+        seed: int | None = 0,
+        latents: np.ndarray | None = None,
+        working_size: tuple[int, int] | None = None,
+        feather_px: int | None = None,
+        conditioning_scale: float = 1.0,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> ControlNetResult:
+        """One image. ``latents`` (float32, latent shape) replaces the noise drawn from ``seed``."""
+        prepared = self.prepare(mask, frame=frame, working_size=working_size)
+        return self.generate_variants(
+            prepared, seeds=[seed], prompt=prompt, negative_prompt=negative_prompt, steps=steps,
+            guidance_scale=guidance_scale, scheduler=scheduler, latents=None if latents is None else [latents],
+            feather_px=feather_px, conditioning_scale=conditioning_scale, progress=progress, cancel=cancel,
+        )[0]
+
+    def generate_variants(
+        self,
+        prepared: PreparedMask,
+        seeds: Sequence[int | None],
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        scheduler: str | None = None,
+        latents: Sequence[np.ndarray] | None = None,
+        feather_px: int | None = None,
+        conditioning_scale: float = 1.0,
+        batch_size: int = 1,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+        **_ignored,
+    ) -> list[ControlNetResult]:
+        """Variants of one prepared mask, one per seed (each variant's noise from its own seed, so its bytes
+        do not depend on the batch size). Unknown keywords of InpaintPipeline (masked_image_noise) are ignored."""
+        prompt = self.prompts.get("add", "") if prompt is None else prompt
+        negative_prompt = self.prompts.get("negative", "") if negative_prompt is None else negative_prompt
+        steps = int(self.defaults["steps"] if steps is None else steps)
+        guidance_scale = float(self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
+        scheduler = self.defaults["scheduler"] if scheduler is None else scheduler
+        if scheduler not in SCHEDULER_NAMES:
+            raise InputError(f"scheduler {scheduler!r} is not one of {', '.join(SCHEDULER_NAMES)}")
+        if steps < 1:
+            raise InputError(f"steps must be at least 1, got {steps}")
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        work_w, work_h = prepared.working_size
+        height, width = prepared.mask.shape
+        if feather_px is None:
+            feather_px = default_feather_px(width, height)
+        guided = guidance_scale > 1.0
+        embeddings = self.encode_prompt(prompt, negative_prompt, guided)
+        latent_shape = (1, self.latent_channels, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
+        settings = {
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "steps": steps,
+            "guidance_scale": guidance_scale,
+            "scheduler": scheduler,
+            "conditioning_scale": float(conditioning_scale),
+            "working_size": [work_w, work_h],
+            "feather_px": feather_px,
+            "paste_back": prepared.frame is not None,
+        }
+        results: list[ControlNetResult] = []
+        for start in range(0, len(seeds), batch_size):
+            chunk = range(start, min(start + batch_size, len(seeds)))
+            started = time.perf_counter()
+            initial = []
+            for index in chunk:
+                rng = np.random.default_rng(seeds[index])
+                initial.append(_given_or_drawn(latents, index, rng, latent_shape, "latents"))
+            final = self._denoise(prepared, embeddings, np.concatenate(initial), steps, guidance_scale, scheduler,
+                                  float(conditioning_scale), progress, cancel)
+            decoded = self._decode(final)
+            per_image = (time.perf_counter() - started) / len(chunk)
+            for offset, index in enumerate(chunk):
+                raw = decoded[offset]
+                if prepared.frame is not None:
+                    image = paste_back(prepared.frame, raw, prepared.mask, feather_px)
+                else:
+                    image = _to_size(raw, width, height)
+                results.append(ControlNetResult(image=image, raw=raw, seed=seeds[index], settings=dict(settings),
+                                                seconds=per_image))
+        return results
+
+    def _denoise(self, prepared, embeddings, latents, steps, guidance_scale, scheduler_name, conditioning_scale,
+                 progress, cancel) -> np.ndarray:
+        count = latents.shape[0]
+        guided = embeddings.shape[0] == 2
+        copies = 2 if guided else 1
+        control = np.repeat(prepared.control, count * copies, axis=0)
+        text = np.repeat(embeddings, count, axis=0)  # [neg × count, pos × count]
+        scheduler = make_scheduler(scheduler_name, self.scheduler_config)
+        scheduler.set_timesteps(steps)
+        latents = (latents * scheduler.init_noise_sigma).astype(np.float32)
+        controlnet, unet = self.parts["controlnet"], self.parts["unet"]
+        total = len(scheduler.timesteps)
+        for step_index, t in enumerate(scheduler.timesteps):
+            if cancel is not None and cancel():
+                raise Cancelled(f"cancelled at step {step_index} of {total}")
+            model_input = scheduler.scale_model_input(np.concatenate([latents] * copies), t).astype(np.float32)
+            timestep = np.asarray(t, dtype=np.float32).reshape(())
+            started = time.perf_counter()
+            residuals = controlnet.run(
+                self.residual_names,
+                {"sample": model_input, "timestep": timestep, "encoder_hidden_states": text, "controlnet_cond": control},
+            )
+            self.stage_seconds["controlnet"] += time.perf_counter() - started
+            if conditioning_scale != 1.0:
+                residuals = [r * np.float32(conditioning_scale) for r in residuals]
+            feeds = {"sample": model_input, "timestep": timestep, "encoder_hidden_states": text}
+            feeds.update({name: r.astype(np.float32) for name, r in zip(self.residual_names, residuals)})
+            started = time.perf_counter()
+            (noise_pred,) = unet.run(["out_sample"], feeds)
+            self.stage_seconds["unet"] += time.perf_counter() - started
+            noise_pred = noise_pred.astype(np.float32)
+            if guided:
+                uncond, cond = np.split(noise_pred, 2)
+                noise_pred = uncond + guidance_scale * (cond - uncond)
+            latents = scheduler.step(noise_pred, t, latents).astype(np.float32)
+            if progress is not None:
+                progress(step_index + 1, total)
+        return latents
+
+    def _decode(self, latents: np.ndarray) -> np.ndarray:
+        images = []
+        for row in range(latents.shape[0]):
+            started = time.perf_counter()
+            (decoded,) = self.parts["vae_decoder"].run(
+                ["sample"], {"latent_sample": latents[row : row + 1] / self.vae_scaling_factor}
+            )
+            self.stage_seconds["vae_decoder"] += time.perf_counter() - started
+            images.append(decoded_to_image(decoded.astype(np.float32))[0])
+        return np.stack(images)
+
+
+def _to_size(raw: np.ndarray, width: int, height: int) -> np.ndarray:
+    """float [0, 1] (h, w, 3) → uint8 (height, width, 3), Lanczos as paste_back resizes."""
+    image = np.clip(np.rint(raw * 255.0), 0, 255).astype(np.uint8)
+    if image.shape[:2] != (height, width):
+        image = np.asarray(Image.fromarray(image).resize((width, height), resample=Image.Resampling.LANCZOS))
+    return image
+
+
+def _check_signature(bundle: Bundle, role: str, part: OnnxPart) -> None:
+    manifest = bundle.manifest
+    channels = int(manifest["latent_channels"])
+    hidden = int(manifest["text_hidden_size"])
+    residuals = tuple(manifest["controlnet"]["residuals"])
+    latent_inputs = {"sample": (None, None, None, None), "timestep": None, "encoder_hidden_states": (None, None, None)}
+    if role == "text_encoder":
+        part.expect({"input_ids": (None, None)}, ("last_hidden_state",))
+    elif role == "vae_decoder":
+        part.expect({"latent_sample": (None, channels, None, None)}, ("sample",))
+    elif role == "controlnet":
+        part.expect({**latent_inputs, "controlnet_cond": (None, None, None, None)}, residuals)
+    elif role == "unet":
+        part.expect({**latent_inputs, **{name: (None, None, None, None) for name in residuals}}, ("out_sample",))
+        unet_channels = part.dim("sample", 1)
+        if isinstance(unet_channels, int) and unet_channels != channels:
+            raise BundleError(
+                part.path,
+                f"a U-Net with {unet_channels} input channels; an sd-controlnet bundle needs the {channels}-channel "
+                "text-to-image U-Net (an inpainting U-Net belongs in an sd-inpaint bundle)",
+            )
+    if role in ("unet", "controlnet"):
+        unet_hidden = part.dim("encoder_hidden_states", 2)
+        if isinstance(unet_hidden, int) and unet_hidden != hidden:
+            raise BundleError(part.path, f"takes text embeddings of width {unet_hidden}, bundle.json says {hidden}")
+
+
+# ---------------------------------------------------------------------------------------------- captions
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+FRAME_KEYS = ("frame", "stem", "image", "file", "name")
+TEXT_KEYS = ("text", "caption", "prompt", "description")
+
+
+def caption_key(name: str) -> str:
+    """A captions-file key or a frame's relative path, as looked up: '/'-separated, image suffix dropped."""
+    path = Path(name.strip().replace("\\", "/"))
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        path = path.with_suffix("")
+    return path.as_posix()
+
+
+def read_captions(path: str | Path) -> dict[str, str]:
+    """Per-frame prompts from a CSV (columns frame,text — a header naming them, or two columns without one)
+    or a JSONL file ({"frame": ..., "text": ...} per line). Keys are frame stems or relative paths (an image
+    suffix is dropped). InputError naming the file and line for anything unreadable, empty or contradictory."""
+    import csv
+    import json
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(f"{path}: captions file not found") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: captions file is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the captions file ({exc.strerror or exc})") from None
+    rows: list[tuple[int, object, object]] = []
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        for number, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(item, dict):
+                raise InputError(f"{path}:{number}: each line must be a JSON object with a frame and a text")
+            frame = next((item[k] for k in FRAME_KEYS if k in item), None)
+            text = next((item[k] for k in TEXT_KEYS if k in item), None)
+            rows.append((number, frame, text))
+    elif path.suffix.lower() in (".csv", ".tsv", ".txt"):
+        lines = list(csv.reader(raw.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+        frame_col, text_col, start = 0, 1, 0
+        if lines:
+            header = [cell.strip().lower() for cell in lines[0]]
+            if any(cell in FRAME_KEYS for cell in header) and any(cell in TEXT_KEYS for cell in header):
+                frame_col = next(i for i, cell in enumerate(header) if cell in FRAME_KEYS)
+                text_col = next(i for i, cell in enumerate(header) if cell in TEXT_KEYS)
+                start = 1
+        for number, cells in enumerate(lines[start:], start=start + 1):
+            if not any(cell.strip() for cell in cells):
+                continue
+            if len(cells) <= max(frame_col, text_col):
+                raise InputError(f"{path}:{number}: expected a frame and a text, got {len(cells)} column(s)")
+            rows.append((number, cells[frame_col], cells[text_col]))
+    else:
+        raise InputError(f"{path}: a captions file must be .csv, .tsv or .jsonl (frame stem → text)")
+    captions: dict[str, str] = {}
+    for number, frame, text in rows:
+        if not isinstance(frame, str) or not frame.strip():
+            raise InputError(f"{path}:{number}: no frame name (expected one of {', '.join(FRAME_KEYS)})")
+        if not isinstance(text, str) or not text.strip():
+            raise InputError(f"{path}:{number}: no text for frame {frame!r}")
+        key = caption_key(frame)
+        if key in captions and captions[key] != text.strip():
+            raise InputError(f"{path}:{number}: frame {frame!r} has two different captions")
+        captions[key] = text.strip()
+    if not captions:
+        raise InputError(f"{path}: holds no captions")
+    return captions
+
+
+def caption_for(captions: dict[str, str], frame_rel: str) -> str | None:
+    """The caption of a frame: by its relative path (suffix dropped), else by its stem."""
+    key = caption_key(frame_rel)
+    if key in captions:
+        return captions[key]
+    return captions.get(Path(key).name)
