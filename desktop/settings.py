@@ -46,6 +46,8 @@ class JobSettings:
     steps: int | None = None
     scheduler: str = ""
     guidance: float | None = None
+    prompt: str = ""  # "" = the bundle's prompt for the mode ("Polyp" / "Normal")
+    captions: str = ""  # per-frame prompts for an sd-controlnet bundle (CSV or JSONL), "" = none
     formats: list[str] = field(default_factory=lambda: list(FORMATS))
     resume: bool = True
 
@@ -65,6 +67,8 @@ class JobSettings:
             "guidance": self.guidance,
             "formats": list(self.formats),
             "resume": self.resume,
+            "prompt": self.prompt.strip() or None,
+            "captions": self.captions.strip() or None,
         }
         if self.model:
             values["model"] = self.model

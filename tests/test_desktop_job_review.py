@@ -260,3 +260,24 @@ def test_retrieved_mask_source_runs_with_the_chosen_database(window, qtbot, tmp_
     assert summary.status in ("ok", "failures") and summary.ok + summary.skipped + summary.failed == 8, summary
     records = manifest(tmp_path / "out")
     assert {r["mask_source"] for r in records} == {"retrieved"}
+
+
+def test_controlnet_bundle_with_a_prompt_and_captions(window, qtbot, tmp_path, messages):
+    from engine.bundle.format import shipped_bundles_folder
+
+    controlnet = (shipped_bundles_folder() / "demo-sd-controlnet").resolve()
+    row = window.bundles.row_for(controlnet)
+    assert row >= 0 and window.bundles.rows[row].kind == "sd-controlnet" and window.bundles.rows[row].state == "ok"
+    window.panel.select_bundle(str(controlnet))
+    window.panel.prompt.setText("a pale pink, smooth polyp")
+    captions = tmp_path / "captions.csv"
+    captions.write_text("frame,text\nsample_000,a red lobulated polyp with vessels\n")
+    window.panel.captions.setText(str(captions))
+    with qtbot.waitSignal(window.job.jobDone, timeout=JOB_TIMEOUT_MS) as done:
+        assert window.run_job()
+    summary = done.args[0]
+    assert summary.status == "ok" and summary.ok == 8, summary
+    prompts = {r["source_frame"]: r["prompt"] for r in manifest(tmp_path / "out")}
+    assert prompts["sample_000.png"] == "a red lobulated polyp with vessels"  # the caption wins for its frame
+    assert prompts["sample_001.png"] == "a pale pink, smooth polyp"  # the job prompt for the others
+    assert all(r["bundle_kind"] == "sd-controlnet" for r in manifest(tmp_path / "out"))

@@ -15,6 +15,7 @@ from engine.bundle.format import MANIFEST_NAME, bundles_folder, read_bundle
 from engine.jobs.spec import DEFAULT_MODEL
 
 INPAINT_KIND = "sd-inpaint"
+GENERATION_KINDS = (INPAINT_KIND, "sd-controlnet")  # bundles a job can generate with
 
 COLUMNS = ("Bundle", "Kind", "Size", "Runs on", "Integrity")
 PATH_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -66,9 +67,9 @@ def inspect_bundle(path: Path, provider: str) -> BundleRow:
     except Exception as exc:  # noqa: BLE001 - BundleError names the file; anything else is shown as is
         row.state, row.problem = "broken", str(exc)
         return row
-    if info["kind"] != INPAINT_KIND:
+    if info["kind"] not in GENERATION_KINDS:
         row.state, row.kind = "broken", info["kind"]
-        row.problem = f"{path / MANIFEST_NAME}: kind {info['kind']!r} is not an inpainting bundle ({INPAINT_KIND})"
+        row.problem = f"{path / MANIFEST_NAME}: kind {info['kind']!r} is not a generation bundle ({', '.join(GENERATION_KINDS)})"
         return row
     row.name, row.kind, row.size_bytes = info["name"], info["kind"], info["size_bytes"]
     row.precision, row.description, row.state = info["precision"], info.get("description", ""), "ok"
@@ -92,7 +93,7 @@ def bundle_folders(extra: list[str]) -> list[Path]:
     found = []
     root = bundles_folder()
     if root.is_dir():
-        found = sorted((p.parent for p in root.glob(f"*/{MANIFEST_NAME}") if _manifest_kind(p.parent) in (INPAINT_KIND, None)),
+        found = sorted((p.parent for p in root.glob(f"*/{MANIFEST_NAME}") if _manifest_kind(p.parent) in (*GENERATION_KINDS, None)),
                        key=lambda p: (p.resolve() != DEFAULT_MODEL.resolve(), p.name))
     for text in extra:
         path = Path(text)

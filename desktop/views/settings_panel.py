@@ -117,6 +117,12 @@ class SettingsPanel(QWidget):
         self.guidance.setSpecialValueText("bundle default")
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
+        self.prompt = QLineEdit()
+        self.prompt.setPlaceholderText("bundle default (Polyp / Normal)")
+        self.prompt.setToolTip("Text prompt; for a CCIS-Diff (sd-controlnet) bundle a clinical description")
+        self.captions = QLineEdit()
+        self.captions.setPlaceholderText("none (sd-controlnet: CSV/JSONL frame → text)")
+        self.captions.setToolTip("Per-frame prompts for an sd-controlnet bundle: CSV (frame,text) or JSONL")
         self.formats = {name: QCheckBox(name) for name in FORMATS}
         formats_row = QHBoxLayout()
         for box in self.formats.values():
@@ -144,6 +150,8 @@ class SettingsPanel(QWidget):
         form.addRow("Scheduler", self.scheduler)
         form.addRow("Guidance", self.guidance)
         form.addRow("Seed", self.seed)
+        form.addRow("Prompt", self.prompt)
+        form.addRow("Captions file", self.captions)
 
         layout = QVBoxLayout(self)
         layout.addWidget(job_box)
@@ -158,6 +166,8 @@ class SettingsPanel(QWidget):
         for box in (self.resume, *self.formats.values()):
             box.toggled.connect(self._changed)
         self.output.editingFinished.connect(self._changed)
+        self.prompt.editingFinished.connect(self._changed)
+        self.captions.editingFinished.connect(self._changed)
 
     # ------------------------------------------------------------------ JobSettings
     def set_settings(self, s: JobSettings) -> None:
@@ -172,6 +182,8 @@ class SettingsPanel(QWidget):
             self.steps.setValue(s.steps or 0)
             self.guidance.setValue(-0.5 if s.guidance is None else s.guidance)
             self.seed.setValue(s.seed)
+            self.prompt.setText(s.prompt)
+            self.captions.setText(s.captions)
             self.output.setText(s.output)
             self.resume.setChecked(s.resume)
             for name, box in self.formats.items():
@@ -198,6 +210,8 @@ class SettingsPanel(QWidget):
             guidance=None if self.guidance.value() < 0 else self.guidance.value(),
             formats=[name for name, box in self.formats.items() if box.isChecked()],
             resume=self.resume.isChecked(),
+            prompt=self.prompt.text(),
+            captions=self.captions.text(),
         )
 
     def selected_bundle(self) -> str:
@@ -225,7 +239,7 @@ class SettingsPanel(QWidget):
 
     def _inputs(self):
         return [self.mask_source, self.mode, self.scheduler, self.provider, self.box_pad, self.variants, self.steps,
-                self.guidance, self.seed, self.output, self.resume, *self.formats.values()]
+                self.guidance, self.seed, self.prompt, self.captions, self.output, self.resume, *self.formats.values()]
 
     def _browse_output(self) -> None:
         start = self.output.text() or str(Path.home())
