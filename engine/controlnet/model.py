@@ -45,255 +45,239 @@ Both additions are config switches (``blur_mask_weighting``, ``text_aware_attent
 exist) and run-time switches (``use_blur_mask``, ``use_text_aware_attention``: whether forward uses them),
 for ablation on the same weights.
 
-Importing this module is cheap and torch-free (the engine's import-isolation test imports every engine
-module without torch): the classes are defined — importing torch and diffusers — on the first access to any
-of them, e.g. ``from engine.controlnet.model import CCISControlNetModel``.
+This is torch code (export and training only): the inference path runs the exported ONNX bundle, and the
+import-isolation test exempts engine/controlnet as it does engine/export.
 """
 
 from __future__ import annotations
 
-# defined by _define() on first access
-__all__ = [  # noqa: F822
-    "BlurMaskWeighting", "CCISControlNetModel", "TextAwareAttnProcessor", "gaussian_blur", "text_aware_map",
-]
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.controlnets.controlnet import (
+    ControlNetConditioningEmbedding,
+    ControlNetModel,
+)
+from torch import nn
 
 
-def __getattr__(name: str):
-    if name in __all__:
-        _define()
-        return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def gaussian_blur(image: torch.Tensor, sigma: float, channels: int | None = None) -> torch.Tensor:
+    """Separable Gaussian blur of (B, C, H, W), radius ⌈3σ⌉, replicate padding; σ ≤ 0 returns the input.
+
+    ``channels`` (C as a Python int) keeps the kernel's shape static when traced for ONNX export."""
+    if sigma <= 0:
+        return image
+    radius = max(1, math.ceil(3.0 * sigma))
+    xs = [math.exp(-(i * i) / (2.0 * sigma * sigma)) for i in range(-radius, radius + 1)]
+    total = sum(xs)
+    kernel = torch.tensor([x / total for x in xs], dtype=image.dtype, device=image.device)
+    channels = int(image.shape[1]) if channels is None else channels
+    horizontal = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    vertical = kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+    out = F.pad(image, (radius, radius, 0, 0), mode="replicate")
+    out = F.conv2d(out, horizontal, groups=channels)
+    out = F.pad(out, (0, 0, radius, radius), mode="replicate")
+    return F.conv2d(out, vertical, groups=channels)
 
 
-def _define() -> None:
-    """Define the torch classes and functions of this module (once) into its globals."""
-    if "CCISControlNetModel" in globals():
-        return
-    import math
+def text_aware_map(cross: Attention, hidden_states: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """S (B, h·w) in [0, 1]: per-pixel similarity to the prompt from the cross-attention's projections (Eq. 2–3)."""
+    batch = hidden_states.shape[0]
+    query = cross.to_q(hidden_states)
+    key = cross.to_k(text)
+    head_dim = key.shape[-1] // cross.heads
+    query = query.view(batch, -1, cross.heads, head_dim).transpose(1, 2)  # (B, heads, hw, d)
+    key = key.view(batch, -1, cross.heads, head_dim).transpose(1, 2)  # (B, heads, L, d)
+    logits = torch.matmul(query, key.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim))  # (B, heads, hw, L)
+    mc = torch.softmax(logits, dim=-2)  # over pixels, per token (see the module docstring)
+    scores = mc.sum(dim=-1).mean(dim=1)  # (B, hw)
+    low = scores.amin(dim=-1, keepdim=True)
+    high = scores.amax(dim=-1, keepdim=True)
+    return torch.clamp((scores - low) / (high - low + 1e-12), 0.0, 1.0)
 
-    import torch
-    import torch.nn.functional as F
-    from diffusers.configuration_utils import register_to_config
-    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-    from diffusers.models.controlnets.controlnet import (
-        ControlNetConditioningEmbedding,
-        ControlNetModel,
-    )
-    from torch import nn
 
-    def gaussian_blur(image: torch.Tensor, sigma: float, channels: int | None = None) -> torch.Tensor:
-        """Separable Gaussian blur of (B, C, H, W), radius ⌈3σ⌉, replicate padding; σ ≤ 0 returns the input.
+class _TextContext:
+    """The text embeddings of the forward in progress, shared by the model and its processors."""
 
-        ``channels`` (C as a Python int) keeps the kernel's shape static when traced for ONNX export."""
-        if sigma <= 0:
-            return image
-        radius = max(1, math.ceil(3.0 * sigma))
-        xs = [math.exp(-(i * i) / (2.0 * sigma * sigma)) for i in range(-radius, radius + 1)]
-        total = sum(xs)
-        kernel = torch.tensor([x / total for x in xs], dtype=image.dtype, device=image.device)
-        channels = int(image.shape[1]) if channels is None else channels
-        horizontal = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
-        vertical = kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
-        out = F.pad(image, (radius, radius, 0, 0), mode="replicate")
-        out = F.conv2d(out, horizontal, groups=channels)
-        out = F.pad(out, (0, 0, radius, radius), mode="replicate")
-        return F.conv2d(out, vertical, groups=channels)
+    def __init__(self):
+        self.text: torch.Tensor | None = None
+        self.enabled = True
+        self.record = False
+        self.maps: list[torch.Tensor] = []
 
-    def text_aware_map(cross: Attention, hidden_states: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """S (B, h·w) in [0, 1]: per-pixel similarity to the prompt from the cross-attention's projections (Eq. 2–3)."""
+
+class TextAwareAttnProcessor:
+    """Self-attention whose keys are re-weighted by (1 + S), S the text-aware map (module docstring)."""
+
+    def __init__(self, cross: Attention, context: _TextContext):
+        self.cross = cross  # the transformer block's cross-attention (attn2): its to_q/to_k give Mc
+        self.context = context
+        self.plain = AttnProcessor2_0()
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
+        text = self.context.text
+        if text is None or not self.context.enabled or encoder_hidden_states is not None or hidden_states.ndim != 3:
+            return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        residual = hidden_states
         batch = hidden_states.shape[0]
-        query = cross.to_q(hidden_states)
-        key = cross.to_k(text)
-        head_dim = key.shape[-1] // cross.heads
-        query = query.view(batch, -1, cross.heads, head_dim).transpose(1, 2)  # (B, heads, hw, d)
-        key = key.view(batch, -1, cross.heads, head_dim).transpose(1, 2)  # (B, heads, L, d)
-        logits = torch.matmul(query, key.transpose(-1, -2)) * (1.0 / math.sqrt(head_dim))  # (B, heads, hw, L)
-        mc = torch.softmax(logits, dim=-2)  # over pixels, per token (see the module docstring)
-        scores = mc.sum(dim=-1).mean(dim=1)  # (B, hw)
-        low = scores.amin(dim=-1, keepdim=True)
-        high = scores.amax(dim=-1, keepdim=True)
-        return torch.clamp((scores - low) / (high - low + 1e-12), 0.0, 1.0)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        score = text_aware_map(self.cross, hidden_states, text)  # (B, hw)
+        if self.context.record:
+            self.context.maps.append(score.detach())
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        bias = torch.log1p(score)[:, None, None, :].to(query.dtype)  # (B, 1, 1, hw): per key
+        if attention_mask is not None:
+            mask = attn.prepare_attention_mask(attention_mask, hidden_states.shape[1], batch)
+            bias = bias + mask.view(batch, attn.heads, -1, mask.shape[-1])
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=0.0, is_causal=False)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[0](out)
+        out = attn.to_out[1](out)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
 
-    class _TextContext:
-        """The text embeddings of the forward in progress, shared by the model and its processors."""
 
-        def __init__(self):
-            self.text: torch.Tensor | None = None
-            self.enabled = True
-            self.record = False
-            self.maps: list[torch.Tensor] = []
+class BlurMaskWeighting(nn.Module):
+    """Mw = sigmoid(MLP([Em(M), Em(σ(M))])) per latent pixel; returns Fb = Mw ⊙ Em(σ(M))."""
 
-    class TextAwareAttnProcessor:
-        """Self-attention whose keys are re-weighted by (1 + S), S the text-aware map (module docstring)."""
+    def __init__(self, channels: int):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Conv2d(2 * channels, channels, 1),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 1),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 1),
+        )
 
-        def __init__(self, cross: Attention, context: _TextContext):
-            self.cross = cross  # the transformer block's cross-attention (attn2): its to_q/to_k give Mc
-            self.context = context
-            self.plain = AttnProcessor2_0()
+    def weights(self, mask_embedding: torch.Tensor, blur_embedding: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.mlp(torch.cat([mask_embedding, blur_embedding], dim=1)))
 
-        def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
-            text = self.context.text
-            if text is None or not self.context.enabled or encoder_hidden_states is not None or hidden_states.ndim != 3:
-                return self.plain(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-            residual = hidden_states
-            batch = hidden_states.shape[0]
-            if attn.group_norm is not None:
-                hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-            score = text_aware_map(self.cross, hidden_states, text)  # (B, hw)
-            if self.context.record:
-                self.context.maps.append(score.detach())
-            query = attn.to_q(hidden_states)
-            key = attn.to_k(hidden_states)
-            value = attn.to_v(hidden_states)
-            head_dim = key.shape[-1] // attn.heads
-            query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-            key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-            value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-            bias = torch.log1p(score)[:, None, None, :].to(query.dtype)  # (B, 1, 1, hw): per key
-            if attention_mask is not None:
-                mask = attn.prepare_attention_mask(attention_mask, hidden_states.shape[1], batch)
-                bias = bias + mask.view(batch, attn.heads, -1, mask.shape[-1])
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=0.0, is_causal=False)
-            out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-            out = attn.to_out[0](out)
-            out = attn.to_out[1](out)
-            if attn.residual_connection:
-                out = out + residual
-            return out / attn.rescale_output_factor
+    def forward(self, mask_embedding: torch.Tensor, blur_embedding: torch.Tensor) -> torch.Tensor:
+        return self.weights(mask_embedding, blur_embedding) * blur_embedding
 
-    class BlurMaskWeighting(nn.Module):
-        """Mw = sigmoid(MLP([Em(M), Em(σ(M))])) per latent pixel; returns Fb = Mw ⊙ Em(σ(M))."""
 
-        def __init__(self, channels: int):
-            super().__init__()
-            self.mlp = nn.Sequential(
-                nn.Conv2d(2 * channels, channels, 1), nn.SiLU(),
-                nn.Conv2d(channels, channels, 1), nn.SiLU(),
-                nn.Conv2d(channels, channels, 1),
+class CCISControlNetModel(ControlNetModel):
+    """diffusers' ControlNetModel with CCIS-Diff's blur mask weighting and text-aware attention (switchable)."""
+
+    @register_to_config
+    def __init__(
+        self,
+        blur_mask_weighting: bool = True,
+        text_aware_attention: bool = True,
+        blur_sigma: float = 8.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.use_blur_mask = bool(blur_mask_weighting)
+        self.use_text_aware_attention = bool(text_aware_attention)
+        self._text_context = _TextContext()
+        if blur_mask_weighting:
+            channels = self.config.block_out_channels[0]
+            self.blur_cond_embedding = ControlNetConditioningEmbedding(
+                conditioning_embedding_channels=channels,
+                block_out_channels=tuple(self.config.conditioning_embedding_out_channels),
+                conditioning_channels=self.config.conditioning_channels,
             )
+            self.blur_weighting = BlurMaskWeighting(channels)
+            self.controlnet_cond_embedding.register_forward_hook(self._add_blur_embedding)
+        if text_aware_attention:
+            self._install_text_aware_processors()
 
-        def weights(self, mask_embedding: torch.Tensor, blur_embedding: torch.Tensor) -> torch.Tensor:
-            return torch.sigmoid(self.mlp(torch.cat([mask_embedding, blur_embedding], dim=1)))
-
-        def forward(self, mask_embedding: torch.Tensor, blur_embedding: torch.Tensor) -> torch.Tensor:
-            return self.weights(mask_embedding, blur_embedding) * blur_embedding
-
-    class CCISControlNetModel(ControlNetModel):
-        """diffusers' ControlNetModel with CCIS-Diff's blur mask weighting and text-aware attention (switchable)."""
-
-        @register_to_config
-        def __init__(
-            self,
-            blur_mask_weighting: bool = True,
-            text_aware_attention: bool = True,
-            blur_sigma: float = 8.0,
-            **kwargs,
-        ):
-            super().__init__(**kwargs)
-            self.use_blur_mask = bool(blur_mask_weighting)
-            self.use_text_aware_attention = bool(text_aware_attention)
-            self._text_context = _TextContext()
-            if blur_mask_weighting:
-                channels = self.config.block_out_channels[0]
-                self.blur_cond_embedding = ControlNetConditioningEmbedding(
-                    conditioning_embedding_channels=channels,
-                    block_out_channels=tuple(self.config.conditioning_embedding_out_channels),
-                    conditioning_channels=self.config.conditioning_channels,
-                )
-                self.blur_weighting = BlurMaskWeighting(channels)
-                self.controlnet_cond_embedding.register_forward_hook(self._add_blur_embedding)
-            if text_aware_attention:
-                self._install_text_aware_processors()
-
-        # ------------------------------------------------------------------ construction
-        @classmethod
-        def from_unet(
-            cls,
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_unet(
+        cls,
+        unet,
+        blur_mask_weighting: bool = True,
+        text_aware_attention: bool = True,
+        blur_sigma: float = 8.0,
+        conditioning_embedding_out_channels=(16, 32, 96, 256),
+        load_weights_from_unet: bool = True,
+        conditioning_channels: int = 3,
+    ) -> CCISControlNetModel:
+        """A CCIS ControlNet whose trainable branch copies `unet`'s encoder (as ControlNetModel.from_unet)."""
+        plain = ControlNetModel.from_unet(
             unet,
-            blur_mask_weighting: bool = True,
-            text_aware_attention: bool = True,
-            blur_sigma: float = 8.0,
-            conditioning_embedding_out_channels=(16, 32, 96, 256),
-            load_weights_from_unet: bool = True,
-            conditioning_channels: int = 3,
-        ) -> CCISControlNetModel:
-            """A CCIS ControlNet whose trainable branch copies `unet`'s encoder (as ControlNetModel.from_unet)."""
-            plain = ControlNetModel.from_unet(
-                unet,
-                conditioning_embedding_out_channels=conditioning_embedding_out_channels,
-                load_weights_from_unet=load_weights_from_unet,
-                conditioning_channels=conditioning_channels,
-            )
-            config = {k: v for k, v in plain.config.items() if not k.startswith("_")}
-            model = cls(
-                **config, blur_mask_weighting=blur_mask_weighting, text_aware_attention=text_aware_attention,
-                blur_sigma=blur_sigma,
-            )
-            missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
-            assert not unexpected and all(k.startswith(("blur_cond_embedding.", "blur_weighting.")) for k in missing)
-            return model
+            conditioning_embedding_out_channels=conditioning_embedding_out_channels,
+            load_weights_from_unet=load_weights_from_unet,
+            conditioning_channels=conditioning_channels,
+        )
+        config = {k: v for k, v in plain.config.items() if not k.startswith("_")}
+        model = cls(
+            **config,
+            blur_mask_weighting=blur_mask_weighting,
+            text_aware_attention=text_aware_attention,
+            blur_sigma=blur_sigma,
+        )
+        missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith(("blur_cond_embedding.", "blur_weighting.")) for k in missing)
+        return model
 
-        def _install_text_aware_processors(self) -> None:
-            processors = {}
-            for name, module in self.named_modules():
-                if isinstance(module, Attention):
-                    processors[f"{name}.processor"] = module.processor
-            for name, module in self.named_modules():
-                attn1 = getattr(module, "attn1", None)
-                attn2 = getattr(module, "attn2", None)
-                if isinstance(attn1, Attention) and isinstance(attn2, Attention) and not attn1.is_cross_attention:
-                    processors[f"{name}.attn1.processor"] = TextAwareAttnProcessor(attn2, self._text_context)
-            self.set_attn_processor(processors)
+    def _install_text_aware_processors(self) -> None:
+        processors = {}
+        for name, module in self.named_modules():
+            if isinstance(module, Attention):
+                processors[f"{name}.processor"] = module.processor
+        for name, module in self.named_modules():
+            attn1 = getattr(module, "attn1", None)
+            attn2 = getattr(module, "attn2", None)
+            if isinstance(attn1, Attention) and isinstance(attn2, Attention) and not attn1.is_cross_attention:
+                processors[f"{name}.attn1.processor"] = TextAwareAttnProcessor(attn2, self._text_context)
+        self.set_attn_processor(processors)
 
-        # ------------------------------------------------------------------ blur mask weighting
-        def _add_blur_embedding(self, module, inputs, output):
-            """Forward hook on controlnet_cond_embedding: Em(M) → Em(M) + Mw ⊙ Em(σ(M))."""
-            if not self.use_blur_mask:
-                return output
-            blurred = gaussian_blur(inputs[0], float(self.config.blur_sigma), int(self.config.conditioning_channels))
-            blur_embedding = self.blur_cond_embedding(blurred)
-            return output + self.blur_weighting(output, blur_embedding)
+    # ------------------------------------------------------------------ blur mask weighting
+    def _add_blur_embedding(self, module, inputs, output):
+        """Forward hook on controlnet_cond_embedding: Em(M) → Em(M) + Mw ⊙ Em(σ(M))."""
+        if not self.use_blur_mask:
+            return output
+        blurred = gaussian_blur(inputs[0], float(self.config.blur_sigma), int(self.config.conditioning_channels))
+        blur_embedding = self.blur_cond_embedding(blurred)
+        return output + self.blur_weighting(output, blur_embedding)
 
-        # ------------------------------------------------------------------ forward
-        def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, *args, **kwargs):
-            """ControlNetModel.forward; the text embeddings are handed to the text-aware processors meanwhile."""
-            context = self._text_context
-            context.text = encoder_hidden_states
-            context.enabled = self.use_text_aware_attention
-            try:
-                return super().forward(sample, timestep, encoder_hidden_states, controlnet_cond, *args, **kwargs)
-            finally:
-                context.text = None
+    # ------------------------------------------------------------------ forward
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, *args, **kwargs):
+        """ControlNetModel.forward; the text embeddings are handed to the text-aware processors meanwhile."""
+        context = self._text_context
+        context.text = encoder_hidden_states
+        context.enabled = self.use_text_aware_attention
+        try:
+            return super().forward(sample, timestep, encoder_hidden_states, controlnet_cond, *args, **kwargs)
+        finally:
+            context.text = None
 
-        @torch.no_grad()
-        def text_aware_maps(self, sample, timestep, encoder_hidden_states, controlnet_cond) -> list[torch.Tensor]:
-            """Run forward and return each text-aware self-attention's map S (B, h·w), in call order."""
-            context = self._text_context
-            context.record, context.maps = True, []
-            try:
-                self.forward(sample, timestep, encoder_hidden_states, controlnet_cond, return_dict=False)
-                return list(context.maps)
-            finally:
-                context.record, context.maps = False, []
+    @torch.no_grad()
+    def text_aware_maps(self, sample, timestep, encoder_hidden_states, controlnet_cond) -> list[torch.Tensor]:
+        """Run forward and return each text-aware self-attention's map S (B, h·w), in call order."""
+        context = self._text_context
+        context.record, context.maps = True, []
+        try:
+            self.forward(sample, timestep, encoder_hidden_states, controlnet_cond, return_dict=False)
+            return list(context.maps)
+        finally:
+            context.record, context.maps = False, []
 
-    def _full_signature():
-        """ControlNetModel's init parameters + ours, so diffusers' config loading passes all of them back."""
-        import inspect
 
-        parent = inspect.signature(ControlNetModel.__init__)
-        ours = inspect.signature(CCISControlNetModel.__init__.__wrapped__)
-        params = [p for p in parent.parameters.values()]
-        params += [p for name, p in ours.parameters.items() if name not in ("self", "kwargs")]
-        return parent.replace(parameters=params)
+def _full_signature():
+    """ControlNetModel's init parameters + ours, so diffusers' config loading passes all of them back."""
+    import inspect
 
-    CCISControlNetModel.__init__.__signature__ = _full_signature()
+    parent = inspect.signature(ControlNetModel.__init__)
+    ours = inspect.signature(CCISControlNetModel.__init__.__wrapped__)
+    params = [p for p in parent.parameters.values()]
+    params += [p for name, p in ours.parameters.items() if name not in ("self", "kwargs")]
+    return parent.replace(parameters=params)
 
-    for value in (_TextContext, TextAwareAttnProcessor, BlurMaskWeighting, CCISControlNetModel):
-        value.__qualname__ = value.__name__
-    globals().update(
-        CCISControlNetModel=CCISControlNetModel,
-        TextAwareAttnProcessor=TextAwareAttnProcessor,
-        BlurMaskWeighting=BlurMaskWeighting,
-        gaussian_blur=gaussian_blur,
-        text_aware_map=text_aware_map,
-    )
+
+CCISControlNetModel.__init__.__signature__ = _full_signature()
