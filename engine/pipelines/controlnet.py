@@ -17,8 +17,7 @@ scale and added inside the U-Net. The bundle's defaults are the paper's: DDIM, 2
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,23 +25,18 @@ import numpy as np
 from PIL import Image
 
 from engine.bundle import Bundle, read_bundle
-from engine.errors import BundleError, Cancelled, InputError
+from engine.errors import BundleError, InputError
 from engine.masks.geometry import binarize, resize_mask
 from engine.pipelines.framing import (
     check_frame,
     choose_working_size,
-    decoded_to_image,
     default_feather_px,
     paste_back,
 )
-from engine.pipelines.inpaint import _given_or_drawn
+from engine.pipelines.diffusion_base import CancelCheck, OnnxDiffusionPipeline, ProgressCallback, given_or_drawn
 from engine.runtime.providers import plan_providers
 from engine.runtime.session import OnnxPart
-from engine.schedulers import SCHEDULER_NAMES, make_scheduler
 from engine.text.clip_tokenizer import PromptTokenizer
-
-ProgressCallback = Callable[[int, int], None]  # (steps done, steps in total)
-CancelCheck = Callable[[], bool]
 
 KIND = "sd-controlnet"
 STAGES = ("text_encoder", "controlnet", "unet", "vae_decoder")
@@ -67,29 +61,17 @@ class ControlNetResult:
     seconds: float = 0.0
 
 
-class ControlNetPipeline:
+class ControlNetPipeline(OnnxDiffusionPipeline):
     """Load with ``from_bundle``; call with a mask and a prompt; ``generate_variants`` for several seeds."""
 
+    STAGES = STAGES
+    PROMPT_CACHE_SIZE = 64  # captions: a prompt per frame
+
     def __init__(self, bundle: Bundle, parts: dict[str, OnnxPart], tokenizer: PromptTokenizer):
-        self.bundle = bundle
-        self.parts = parts
-        self.tokenizer = tokenizer
+        super().__init__(bundle, parts, tokenizer)
         manifest = bundle.manifest
-        self.image_size = int(manifest["image_size"])
-        self.size_multiple = int(manifest["size_multiple"])
-        self.vae_scale_factor = int(manifest["vae_scale_factor"])
-        self.vae_scaling_factor = float(manifest["vae_scaling_factor"])
-        self.latent_channels = int(manifest["latent_channels"])
-        self.scheduler_config = dict(manifest["scheduler"])
-        self.defaults = dict(manifest["sampling"])
-        self.prompts = dict(manifest["prompts"])
         self.residual_names = list(manifest["controlnet"]["residuals"])
         self.conditioning_channels = int(manifest["controlnet"].get("conditioning_channels", 3))
-        self.provider = parts["unet"].active_provider
-        notes = {p.provider_note for p in parts.values() if p.provider_note}
-        self.provider_note = "; ".join(sorted(notes)) or None
-        self.stage_seconds = dict.fromkeys(STAGES, 0.0)
-        self._prompt_cache: OrderedDict[tuple[str, str, bool], np.ndarray] = OrderedDict()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -113,30 +95,6 @@ class ControlNetPipeline:
             _check_signature(bundle, role, part)
             parts[role] = part
         return cls(bundle, parts, tokenizer)
-
-    def describe(self) -> dict:
-        return {**self.bundle.describe(), "provider": self.provider, "provider_note": self.provider_note}
-
-    def reset_stage_seconds(self) -> None:
-        self.stage_seconds = dict.fromkeys(STAGES, 0.0)
-
-    # ------------------------------------------------------------------ prompt
-    def encode_prompt(self, prompt: str, negative_prompt: str = "", guided: bool = True) -> np.ndarray:
-        """Text embeddings (2, L, D) = [negative, prompt] when guided, else (1, L, D); cached per prompt pair."""
-        key = (prompt, negative_prompt, guided)
-        cached = self._prompt_cache.get(key)
-        if cached is not None:
-            self._prompt_cache.move_to_end(key)
-            return cached
-        ids = self.tokenizer([negative_prompt, prompt] if guided else [prompt])
-        started = time.perf_counter()
-        (embeddings,) = self.parts["text_encoder"].run(["last_hidden_state"], {"input_ids": ids})
-        self.stage_seconds["text_encoder"] += time.perf_counter() - started
-        embeddings = embeddings.astype(np.float32)
-        self._prompt_cache[key] = embeddings
-        while len(self._prompt_cache) > 64:
-            self._prompt_cache.popitem(last=False)
-        return embeddings
 
     # ------------------------------------------------------------------ mask
     def prepare(
@@ -211,15 +169,7 @@ class ControlNetPipeline:
         do not depend on the batch size). Unknown keywords of InpaintPipeline (masked_image_noise) are ignored."""
         prompt = self.prompts.get("add", "") if prompt is None else prompt
         negative_prompt = self.prompts.get("negative", "") if negative_prompt is None else negative_prompt
-        steps = int(self.defaults["steps"] if steps is None else steps)
-        guidance_scale = float(self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
-        scheduler = self.defaults["scheduler"] if scheduler is None else scheduler
-        if scheduler not in SCHEDULER_NAMES:
-            raise InputError(f"scheduler {scheduler!r} is not one of {', '.join(SCHEDULER_NAMES)}")
-        if steps < 1:
-            raise InputError(f"steps must be at least 1, got {steps}")
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        steps, guidance_scale, scheduler = self.sampling_settings(steps, guidance_scale, scheduler, batch_size)
         work_w, work_h = prepared.working_size
         height, width = prepared.mask.shape
         if feather_px is None:
@@ -245,10 +195,10 @@ class ControlNetPipeline:
             initial = []
             for index in chunk:
                 rng = np.random.default_rng(seeds[index])
-                initial.append(_given_or_drawn(latents, index, rng, latent_shape, "latents"))
+                initial.append(given_or_drawn(latents, index, rng, latent_shape, "latents"))
             final = self._denoise(prepared, embeddings, np.concatenate(initial), steps, guidance_scale, scheduler,
                                   float(conditioning_scale), progress, cancel)
-            decoded = self._decode(final)
+            decoded = self.decode(final)
             per_image = (time.perf_counter() - started) / len(chunk)
             for offset, index in enumerate(chunk):
                 raw = decoded[offset]
@@ -267,48 +217,20 @@ class ControlNetPipeline:
         copies = 2 if guided else 1
         control = np.repeat(prepared.control, count * copies, axis=0)
         text = np.repeat(embeddings, count, axis=0)  # [neg × count, pos × count]
-        scheduler = make_scheduler(scheduler_name, self.scheduler_config)
-        scheduler.set_timesteps(steps)
-        latents = (latents * scheduler.init_noise_sigma).astype(np.float32)
         controlnet, unet = self.parts["controlnet"], self.parts["unet"]
-        total = len(scheduler.timesteps)
-        for step_index, t in enumerate(scheduler.timesteps):
-            if cancel is not None and cancel():
-                raise Cancelled(f"cancelled at step {step_index} of {total}")
-            model_input = scheduler.scale_model_input(np.concatenate([latents] * copies), t).astype(np.float32)
+
+        def predict(model_input: np.ndarray, t) -> np.ndarray:
             timestep = np.asarray(t, dtype=np.float32).reshape(())
-            started = time.perf_counter()
-            residuals = controlnet.run(
-                self.residual_names,
-                {"sample": model_input, "timestep": timestep, "encoder_hidden_states": text, "controlnet_cond": control},
-            )
-            self.stage_seconds["controlnet"] += time.perf_counter() - started
+            residuals = self.timed_run("controlnet", controlnet, self.residual_names, {
+                "sample": model_input, "timestep": timestep, "encoder_hidden_states": text, "controlnet_cond": control,
+            })
             if conditioning_scale != 1.0:
                 residuals = [r * np.float32(conditioning_scale) for r in residuals]
             feeds = {"sample": model_input, "timestep": timestep, "encoder_hidden_states": text}
             feeds.update({name: r.astype(np.float32) for name, r in zip(self.residual_names, residuals)})
-            started = time.perf_counter()
-            (noise_pred,) = unet.run(["out_sample"], feeds)
-            self.stage_seconds["unet"] += time.perf_counter() - started
-            noise_pred = noise_pred.astype(np.float32)
-            if guided:
-                uncond, cond = np.split(noise_pred, 2)
-                noise_pred = uncond + guidance_scale * (cond - uncond)
-            latents = scheduler.step(noise_pred, t, latents).astype(np.float32)
-            if progress is not None:
-                progress(step_index + 1, total)
-        return latents
+            return self.timed_run("unet", unet, ["out_sample"], feeds)[0]
 
-    def _decode(self, latents: np.ndarray) -> np.ndarray:
-        images = []
-        for row in range(latents.shape[0]):
-            started = time.perf_counter()
-            (decoded,) = self.parts["vae_decoder"].run(
-                ["sample"], {"latent_sample": latents[row : row + 1] / self.vae_scaling_factor}
-            )
-            self.stage_seconds["vae_decoder"] += time.perf_counter() - started
-            images.append(decoded_to_image(decoded.astype(np.float32))[0])
-        return np.stack(images)
+        return self.denoise(latents, steps, scheduler_name, guidance_scale, guided, predict, progress, cancel)
 
 
 def _to_size(raw: np.ndarray, width: int, height: int) -> np.ndarray:

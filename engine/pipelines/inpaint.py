@@ -14,7 +14,6 @@ classifier-free guidance runs the unconditional and conditional halves as one ba
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,23 +21,24 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engine.bundle import Bundle, read_bundle
-from engine.errors import BundleError, Cancelled, InputError
+from engine.errors import BundleError, InputError
 from engine.masks.geometry import binarize, nearest_resize_like_torch, resize_mask
+from engine.pipelines.diffusion_base import (
+    CancelCheck,
+    OnnxDiffusionPipeline,
+    ProgressCallback,
+    given_or_drawn,
+)
 from engine.pipelines.framing import (
     check_frame,
     choose_working_size,
-    decoded_to_image,
     default_feather_px,
     frame_to_model_input,
     paste_back,
 )
 from engine.runtime.providers import plan_providers
 from engine.runtime.session import OnnxPart
-from engine.schedulers import SCHEDULER_NAMES, make_scheduler
 from engine.text.clip_tokenizer import PromptTokenizer
-
-ProgressCallback = Callable[[int, int], None]  # (steps done, steps in total)
-CancelCheck = Callable[[], bool]
 
 STAGES = ("text_encoder", "vae_encoder", "unet", "vae_decoder")
 
@@ -64,8 +64,10 @@ class InpaintResult:
     seconds: float = 0.0
 
 
-class InpaintPipeline:
+class InpaintPipeline(OnnxDiffusionPipeline):
     """Load with ``from_bundle``; call with a frame and mask; ``generate_variants`` for several seeds."""
+
+    STAGES = STAGES
 
     def __init__(
         self,
@@ -75,24 +77,9 @@ class InpaintPipeline:
         load_text_encoder: Callable[[], OnnxPart],
         keep_text_encoder: bool = False,
     ):
-        self.bundle = bundle
-        self.parts = parts
-        self.tokenizer = tokenizer
+        super().__init__(bundle, parts, tokenizer)
         self._load_text_encoder = load_text_encoder
         self.keep_text_encoder = keep_text_encoder
-        manifest = bundle.manifest
-        self.image_size = int(manifest["image_size"])
-        self.size_multiple = int(manifest["size_multiple"])
-        self.vae_scale_factor = int(manifest["vae_scale_factor"])
-        self.vae_scaling_factor = float(manifest["vae_scaling_factor"])
-        self.latent_channels = int(manifest["latent_channels"])
-        self.scheduler_config = dict(manifest["scheduler"])
-        self.defaults = dict(manifest["sampling"])
-        self.prompts = dict(manifest["prompts"])
-        self.provider = next(iter(parts.values())).active_provider
-        self.provider_note: str | None = None
-        self.stage_seconds = dict.fromkeys(STAGES, 0.0)
-        self._prompt_cache: OrderedDict[tuple[str, str, bool], np.ndarray] = OrderedDict()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -139,37 +126,15 @@ class InpaintPipeline:
         pipeline.provider_note = "; ".join(sorted(notes)) or None
         return pipeline
 
-    def describe(self) -> dict:
-        return {**self.bundle.describe(), "provider": self.provider, "provider_note": self.provider_note}
-
-    def reset_stage_seconds(self) -> None:
-        self.stage_seconds = dict.fromkeys(STAGES, 0.0)
-
     # ------------------------------------------------------------------ prompt
-    def encode_prompt(self, prompt: str, negative_prompt: str = "", guided: bool = True) -> np.ndarray:
-        """Text embeddings (2, L, D) = [negative, prompt] when guided, else (1, L, D); cached per prompt pair."""
-        key = (prompt, negative_prompt, guided)
-        cached = self._prompt_cache.get(key)
-        if cached is not None:
-            self._prompt_cache.move_to_end(key)
-            return cached
-        texts = [negative_prompt, prompt] if guided else [prompt]
-        embeddings = self._run_text_encoder(self.tokenizer(texts))
-        self._prompt_cache[key] = embeddings
-        while len(self._prompt_cache) > 16:
-            self._prompt_cache.popitem(last=False)
-        return embeddings
+    def _text_encoder(self) -> OnnxPart:
+        return self.parts.get("text_encoder") or self._load_text_encoder()
 
-    def _run_text_encoder(self, ids: np.ndarray) -> np.ndarray:
-        part = self.parts.get("text_encoder") or self._load_text_encoder()
-        started = time.perf_counter()
-        (embeddings,) = part.run(["last_hidden_state"], {"input_ids": ids})
-        self.stage_seconds["text_encoder"] += time.perf_counter() - started
+    def _after_text_encoder(self, part: OnnxPart) -> None:
         if self.keep_text_encoder:
             self.parts["text_encoder"] = part
         else:
             self.parts.pop("text_encoder", None)
-        return embeddings.astype(np.float32)
 
     # ------------------------------------------------------------------ frame
     def prepare_frame(
@@ -265,15 +230,7 @@ class InpaintPipeline:
         """
         prompt = self.prompts["add"] if prompt is None else prompt
         negative_prompt = self.prompts.get("negative", "") if negative_prompt is None else negative_prompt
-        steps = int(self.defaults["steps"] if steps is None else steps)
-        guidance_scale = float(self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
-        scheduler = self.defaults["scheduler"] if scheduler is None else scheduler
-        if scheduler not in SCHEDULER_NAMES:
-            raise InputError(f"scheduler {scheduler!r} is not one of {', '.join(SCHEDULER_NAMES)}")
-        if steps < 1:
-            raise InputError(f"steps must be at least 1, got {steps}")
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        steps, guidance_scale, scheduler = self.sampling_settings(steps, guidance_scale, scheduler, batch_size)
         work_w, work_h = prepared.working_size
         if feather_px is None:
             feather_px = default_feather_px(prepared.frame.shape[1], prepared.frame.shape[0])
@@ -297,8 +254,8 @@ class InpaintPipeline:
             initial, posterior_noise = [], []
             for index in chunk:
                 rng = np.random.default_rng(seeds[index])
-                initial.append(_given_or_drawn(latents, index, rng, latent_shape, "latents"))
-                posterior_noise.append(_given_or_drawn(masked_image_noise, index, rng, latent_shape, "masked_image_noise"))
+                initial.append(given_or_drawn(latents, index, rng, latent_shape, "latents"))
+                posterior_noise.append(given_or_drawn(masked_image_noise, index, rng, latent_shape, "masked_image_noise"))
             final_latents = self._denoise(
                 prepared,
                 embeddings,
@@ -310,7 +267,7 @@ class InpaintPipeline:
                 progress,
                 cancel,
             )
-            decoded = self._decode(final_latents)
+            decoded = self.decode(final_latents)
             per_image = (time.perf_counter() - started) / len(chunk)
             for offset, index in enumerate(chunk):
                 raw = decoded[offset]
@@ -340,56 +297,16 @@ class InpaintPipeline:
         mask_part = np.repeat(prepared.latent_mask, count * copies, axis=0)
         condition = np.concatenate([mask_part, np.concatenate([masked_latents] * copies)], axis=1).astype(np.float32)
         text = np.repeat(embeddings, count, axis=0)  # [neg × count, pos × count]
-        scheduler = make_scheduler(scheduler_name, self.scheduler_config)
-        scheduler.set_timesteps(steps)
-        scheduler.set_begin_index(0)  # as diffusers' inpaint pipeline does at strength 1 (matters for repeated timesteps)
-        latents = (latents * scheduler.init_noise_sigma).astype(np.float32)
         unet = self.parts["unet"]
         timestep_shape = unet.inputs["timestep"].shape
-        total = len(scheduler.timesteps)
-        for step_index, t in enumerate(scheduler.timesteps):
-            if cancel is not None and cancel():
-                raise Cancelled(f"cancelled at step {step_index} of {total}")
-            model_input = np.concatenate([latents] * copies)
-            model_input = scheduler.scale_model_input(model_input, t)
-            model_input = np.concatenate([model_input, condition], axis=1)
+
+        def predict(model_input: np.ndarray, t) -> np.ndarray:
             timestep = np.full(() if len(timestep_shape) == 0 else (model_input.shape[0],), t)
-            started = time.perf_counter()
-            (noise_pred,) = unet.run(
-                ["out_sample"], {"sample": model_input, "timestep": timestep, "encoder_hidden_states": text}
-            )
-            self.stage_seconds["unet"] += time.perf_counter() - started
-            noise_pred = noise_pred.astype(np.float32)
-            if guided:
-                uncond, cond = np.split(noise_pred, 2)
-                noise_pred = uncond + guidance_scale * (cond - uncond)
-            latents = scheduler.step(noise_pred, t, latents).astype(np.float32)
-            if progress is not None:
-                progress(step_index + 1, total)
-        return latents
+            feeds = {"sample": np.concatenate([model_input, condition], axis=1), "timestep": timestep,
+                     "encoder_hidden_states": text}
+            return self.timed_run("unet", unet, ["out_sample"], feeds)[0]
 
-    def _decode(self, latents: np.ndarray) -> np.ndarray:
-        """Decode one latent at a time: the VAE decoder's activations dominate peak memory at full size."""
-        images = []
-        for row in range(latents.shape[0]):
-            started = time.perf_counter()
-            (decoded,) = self.parts["vae_decoder"].run(
-                ["sample"], {"latent_sample": latents[row : row + 1] / self.vae_scaling_factor}
-            )
-            self.stage_seconds["vae_decoder"] += time.perf_counter() - started
-            images.append(decoded_to_image(decoded.astype(np.float32))[0])
-        return np.stack(images)
-
-
-def _given_or_drawn(given, index, rng, shape, name) -> np.ndarray:
-    """Explicit noise when the caller passes it (checked for shape), else drawn from the variant's seed."""
-    drawn = rng.standard_normal(shape, dtype=np.float32)
-    if given is None:
-        return drawn
-    array = np.asarray(given[index], dtype=np.float32)
-    if array.shape != shape:
-        raise InputError(f"{name} must have shape {shape}, got {array.shape}")
-    return array
+        return self.denoise(latents, steps, scheduler_name, guidance_scale, guided, predict, progress, cancel)
 
 
 def _check_signature(bundle: Bundle, role: str, part: OnnxPart) -> None:
