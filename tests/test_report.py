@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.metrics import cli
+import main as app
+from engine.metrics.cli import EXIT_FLAGGED
 from engine.metrics.report import run_report
 from engine.samples import generate_sample_set
 
@@ -77,7 +78,7 @@ def test_a_copied_real_frame_is_flagged_and_the_cli_says_so(job_output, tmp_path
         shutil.copy(frame, synthetic / frame.name)
     copied = sorted((job_output / "real" / "images").glob("*.png"))[3]
     shutil.copy(copied, synthetic / "zz_copy.png")  # a "generated" frame that is a patient's frame
-    code = cli.main(["report", "--real", str(job_output / "real"), "--synthetic", str(synthetic),
+    code = app.main(["report", "--real", str(job_output / "real"), "--synthetic", str(synthetic),
                      "--out", str(tmp_path / "out"), "--quiet"])
     out = capsys.readouterr().out
     data = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -85,17 +86,17 @@ def test_a_copied_real_frame_is_flagged_and_the_cli_says_so(job_output, tmp_path
     assert rows["zz_copy.png"]["flagged"] and rows["zz_copy.png"]["distance"] < 1e-6
     assert rows["zz_copy.png"]["nearest_real"] == f"images/{copied.name}"
     assert data["synthetic"]["polypforge_output"] is False and data["breakdown"] == []
-    assert code == cli.EXIT_FLAGGED and "flagged" in out and "FD" in out
+    assert code == EXIT_FLAGGED and "flagged" in out and "FD" in out
     page = (tmp_path / "out" / "report.html").read_text()
     assert f"{data['memorisation']['flagged']} of 11 flagged" in page
 
 
 def test_cli_errors_are_one_line_naming_the_folder(tmp_path, capsys):
-    code = cli.main(["report", "--real", str(tmp_path / "nope"), "--synthetic", str(tmp_path),
+    code = app.main(["report", "--real", str(tmp_path / "nope"), "--synthetic", str(tmp_path),
                      "--out", str(tmp_path / "o"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [f"error: {tmp_path / 'nope'}: no such folder"]
     generate_sample_set(tmp_path / "a", count=3, seed=1, width=64, height=64)
-    code = cli.main(["report", "--real", str(tmp_path / "a"), "--synthetic", str(tmp_path / "a"),
+    code = app.main(["report", "--real", str(tmp_path / "a"), "--synthetic", str(tmp_path / "a"),
                      "--out", str(tmp_path / "o"), "--features", "inception", "--quiet"])
     assert code == 2 and "local Inception bundle" in capsys.readouterr().err

@@ -12,9 +12,9 @@ import pytest
 from conftest import REPO_ROOT
 from PIL import Image
 
+import main as app
 from engine.dataset.image_reader import read_mask
 from engine.errors import InputError
-from engine.retrieval import cli
 from engine.retrieval.build import EntrySource, add_to_database, build_database
 from engine.retrieval.database import (
     GLOBALS,
@@ -52,7 +52,7 @@ def folders(tmp_path_factory):
 
 
 def _run(argv, capsys):
-    code = cli.main([str(a) for a in argv])
+    code = app.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -120,22 +120,3 @@ def run_report_command(args: argparse.Namespace) -> int:
     print(f"wrote {result.html} and {result.json}")
     return EXIT_FLAGGED if mem["flagged"] else EXIT_OK
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m engine.metrics.cli report …``, as main.py runs it once wired."""
-    from engine.errors import PolypForgeError
-
-    parser = argparse.ArgumentParser(prog="python -m engine.metrics.cli", allow_abbrev=False)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-    handlers = register_commands(commands)
-    args = parser.parse_args(argv)
-    try:
-        return handlers[args.command](args)
-    except PolypForgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

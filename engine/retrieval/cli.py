@@ -326,23 +326,3 @@ def run_propose(args: argparse.Namespace) -> int:
         atomic_write_bytes(args.json_out, (json.dumps(payload, indent=1) + "\n").encode("utf-8"))
     return EXIT_OK if proposals else EXIT_PROBLEMS
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the retrieval commands on their own (``python -m engine.retrieval.cli db info DB``), exactly as
-    main.py runs them once wired: PolypForgeError → one line on stderr, exit code 2."""
-    from engine.errors import PolypForgeError
-
-    parser = argparse.ArgumentParser(prog="python -m engine.retrieval.cli", allow_abbrev=False)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
-    handlers = register_commands(commands)
-    args = parser.parse_args(argv)
-    try:
-        return handlers[args.command](args)
-    except PolypForgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
