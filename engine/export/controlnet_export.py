@@ -14,18 +14,10 @@ torch / diffusers are imported here only.
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import time
 from pathlib import Path
 
-from engine import __version__ as engine_version
-from engine.bundle.format import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    REQUIRED_FILES,
-    write_manifest,
-)
 from engine.errors import ExportError
 from engine.export.inpaint_export import (
     TOLERANCE,
@@ -34,8 +26,10 @@ from engine.export.inpaint_export import (
     _consolidate_external_data,
     _convert_to_fp16,
     _read_json,
-    _safe_version,
     _write_tokenizer,
+    finish_bundle,
+    sd_manifest_fields,
+    source_provenance,
 )
 from engine.fileio import staged_folder
 
@@ -268,7 +262,6 @@ def export_controlnet_bundle(
     configs = check_sources(source, controlnet)
     vae_scale = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
     size_multiple = vae_scale * 2 ** (len(configs["unet"]["block_out_channels"]) - 1)
-    image_size = int(configs["unet"]["sample_size"]) * vae_scale
     pixels = 2 * size_multiple
     text, unet, cn_model, vae = load_torch_models(source, controlnet)
     modules, residuals = _wrappers(text, unet, cn_model, vae)
@@ -289,26 +282,11 @@ def export_controlnet_bundle(
             check = _example_inputs(part, configs, modules, seed=1, pixels=pixels)
             parity[part] = _check_part(part, modules[part], check, target, list(signatures[part][1]), precision, log)
         tokenizer_info = _write_tokenizer(source, bundle / "tokenizer")
-        from importlib.metadata import version
-
         cn = configs["controlnet"]
         ccis = cn.get("_class_name") == "CCISControlNetModel"
+        exporter = f"torch.onnx {torch.__version__}"
         manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "kind": KIND,
-            "name": name or destination.name,
-            "description": description,
-            "precision": precision,
-            "image_size": image_size,
-            "size_multiple": size_multiple,
-            "vae_scale_factor": vae_scale,
-            "vae_scaling_factor": float(configs["vae"].get("scaling_factor", 0.18215)),
-            "latent_channels": int(configs["vae"].get("latent_channels", 4)),
-            "unet_in_channels": int(configs["unet"]["in_channels"]),
-            "text_hidden_size": int(configs["text_encoder"]["hidden_size"]),
-            "tokenizer": tokenizer_info,
-            "scheduler": dict(configs["scheduler"]),
+            **sd_manifest_fields(configs, KIND, name or destination.name, description, precision, tokenizer_info),
             # CCIS-Diff's inference settings (Sec. 3.1): DDIM, 20 steps, CFG 7.0
             "sampling": sampling or {"scheduler": "ddim", "steps": 20, "guidance_scale": 7.0},
             "prompts": prompts or {"add": "Polyp", "negative": ""},
@@ -320,24 +298,13 @@ def export_controlnet_bundle(
                 "text_aware_attention": bool(ccis and cn.get("text_aware_attention", False)),
                 "blur_sigma": float(cn.get("blur_sigma", 0.0)) if ccis else 0.0,
             },
-            "source": {
-                "path": source_label or str(source),
-                "controlnet_path": str(controlnet) if source_label is None else f"{source_label} (controlnet)",
-                "pipeline_class": configs["index"].get("_class_name"),
-                "diffusers_version": configs["index"].get("_diffusers_version"),
-                "exporter": f"torch.onnx {torch.__version__}",
-                "opset": opset,
-                "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                "exported_by": f"PolypForge {engine_version}",
-                "versions": {p: _safe_version(version, p) for p in ("torch", "diffusers", "transformers", "onnx", "onnxruntime")},
-            },
+            "source": source_provenance(
+                configs, source_label or str(source), exporter, opset,
+                controlnet_path=str(controlnet) if source_label is None else f"{source_label} (controlnet)",
+            ),
             "parity": parity,
-            "files": {},
         }
-        for rel in REQUIRED_FILES[KIND].values():
-            if not (bundle / rel).is_file():
-                raise ExportError(f"{bundle / rel}: the exporter did not produce it")
-        write_manifest(bundle, manifest)
+        finish_bundle(bundle, manifest)
     seconds = time.perf_counter() - started
     log(f"bundle written to {destination} in {seconds:.1f} s")
     return ExportReport(destination, f"torch.onnx {torch.__version__}", precision, parity, seconds)

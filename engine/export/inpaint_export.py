@@ -340,7 +340,6 @@ def export_inpaint_bundle(
     configs = check_source(source)
     vae_scale = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
     size_multiple = vae_scale * 2 ** (len(configs["unet"]["block_out_channels"]) - 1)
-    image_size = int(configs["unet"]["sample_size"]) * vae_scale
     if precision == "fp16":
         log("fp16 bundles are for GPUs (CUDA/TensorRT): on a CPU they run slower than fp32, not faster")
 
@@ -371,53 +370,72 @@ def export_inpaint_bundle(
         tokenizer_info = _write_tokenizer(source, bundle / "tokenizer")
         parity = check_parity(source, bundle, configs, precision, pixels=4 * size_multiple, log=log)
 
-        from importlib.metadata import version
-
         manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "kind": "sd-inpaint",
-            "name": name or destination.name,
-            "description": description,
-            "precision": precision,
-            "image_size": image_size,
-            "size_multiple": size_multiple,
-            "vae_scale_factor": vae_scale,
-            "vae_scaling_factor": float(configs["vae"].get("scaling_factor", 0.18215)),
-            "latent_channels": int(configs["vae"].get("latent_channels", 4)),
-            "unet_in_channels": int(configs["unet"]["in_channels"]),
-            "text_hidden_size": int(configs["text_encoder"]["hidden_size"]),
-            "tokenizer": tokenizer_info,
-            "scheduler": dict(configs["scheduler"]),
+            **sd_manifest_fields(configs, "sd-inpaint", name or destination.name, description, precision,
+                                 tokenizer_info),
             "sampling": sampling or {"scheduler": "ddim", "steps": 50, "guidance_scale": 7.5},
             "prompts": {"add": "Polyp", "remove": "Normal", "negative": ""},
-            "source": {
-                "path": source_label or str(source),
-                "pipeline_class": configs["index"].get("_class_name"),
-                "diffusers_version": configs["index"].get("_diffusers_version"),
-                "exporter": used,
-                "opset": opset or 18,
-                "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "exported_by": f"PolypForge {engine_version}",
-                "versions": {pkg: _safe_version(version, pkg) for pkg in ("torch", "diffusers", "transformers", "onnx", "onnxruntime")},
-            },
+            "source": source_provenance(configs, source_label or str(source), used, opset or 18),
             "parity": parity,
-            "files": {},
         }
-        for rel in REQUIRED_FILES["sd-inpaint"].values():
-            if not (bundle / rel).is_file():
-                raise ExportError(f"{bundle / rel}: the exporter did not produce it")
-        write_manifest(bundle, manifest)
+        finish_bundle(bundle, manifest)
     seconds = time.perf_counter() - started
     log(f"bundle written to {destination} in {seconds:.1f} s")
     return ExportReport(destination, used, precision, parity, seconds)
 
 
-def _safe_version(version, package: str) -> str | None:
-    try:
-        return version(package)
-    except Exception:
-        return None
+def sd_manifest_fields(configs: dict, kind: str, name: str, description: str, precision: str,
+                       tokenizer_info: dict) -> dict:
+    """bundle.json fields every Stable-Diffusion-family bundle has, read from the source's configs."""
+    vae_scale = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "name": name,
+        "description": description,
+        "precision": precision,
+        "image_size": int(configs["unet"]["sample_size"]) * vae_scale,
+        "size_multiple": vae_scale * 2 ** (len(configs["unet"]["block_out_channels"]) - 1),
+        "vae_scale_factor": vae_scale,
+        "vae_scaling_factor": float(configs["vae"].get("scaling_factor", 0.18215)),
+        "latent_channels": int(configs["vae"].get("latent_channels", 4)),
+        "unet_in_channels": int(configs["unet"]["in_channels"]),
+        "text_hidden_size": int(configs["text_encoder"]["hidden_size"]),
+        "tokenizer": tokenizer_info,
+        "scheduler": dict(configs["scheduler"]),
+    }
+
+
+def source_provenance(configs: dict, source: str, exporter: str, opset: int, **extra) -> dict:
+    """Where a bundle came from: the source folder, its pipeline class, the exporter and package versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str | None:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return None
+
+    return {
+        "path": source,
+        **extra,
+        "pipeline_class": configs["index"].get("_class_name"),
+        "diffusers_version": configs["index"].get("_diffusers_version"),
+        "exporter": exporter,
+        "opset": opset,
+        "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "exported_by": f"PolypForge {engine_version}",
+        "versions": {pkg: installed(pkg) for pkg in ("torch", "diffusers", "transformers", "onnx", "onnxruntime")},
+    }
+
+
+def finish_bundle(bundle: Path, manifest: dict) -> None:
+    """Check every required file of the bundle's kind exists, then hash them all into bundle.json."""
+    for rel in REQUIRED_FILES[manifest["kind"]].values():
+        if not (bundle / rel).is_file():
+            raise ExportError(f"{bundle / rel}: the exporter did not produce it")
+    write_manifest(bundle, {**manifest, "files": {}})
 
 
 def _write_tokenizer(source: Path, folder: Path) -> dict:
