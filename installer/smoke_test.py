@@ -130,11 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         out = runner.run("--version", ["--version"])
         check(out.stdout.strip() == f"PolypForge {__version__}", f"--version printed {out.stdout!r}")
 
-        if net_prefix:  # the namespace really has no network
+        if net_prefix:  # the namespace really has no network: even loopback is down (ENETUNREACH, not refused)
             probe = subprocess.run([*net_prefix, sys.executable, "-c",
-                                    "import socket; s=socket.socket(); s.settimeout(2); s.connect(('1.1.1.1', 53))"],
+                                    "import errno, socket, sys\n"
+                                    "try:\n    socket.create_connection(('127.0.0.1', 9), timeout=2)\n"
+                                    "except OSError as e:\n    sys.exit(0 if e.errno == errno.ENETUNREACH else 3)\n"
+                                    "sys.exit(4)"],
                                    capture_output=True, text=True, check=False)
-            check(probe.returncode != 0, "a connection succeeded inside the network namespace")
+            check(probe.returncode == 0, f"the network namespace is not cut off (probe exit {probe.returncode})")
 
         out = runner.run("doctor --json", ["doctor", "--json", "--output", str(work)], expect=(0,))
         report = json.loads(out.stdout)
