@@ -51,3 +51,23 @@ def shared_data_or_skip() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is not present")
     return SHARED_DATA
+
+
+@pytest.fixture()
+def messages(monkeypatch):
+    """Message boxes captured instead of shown (desktop tests)."""
+    from desktop.testing import MessageLog
+
+    return MessageLog().install(monkeypatch)
+
+
+@pytest.fixture()
+def retrieval_db(tmp_path) -> Path:
+    """A retrieval database built with `main.py db build` from generated polyp frames (demo DINOv2)."""
+    import main
+    from engine.samples import generate_sample_set
+
+    generate_sample_set(tmp_path / "polyps", count=4, seed=1, with_polyps_every=1)
+    database = tmp_path / "db"
+    assert main.main(["db", "build", "--polyps", str(tmp_path / "polyps"), "--to", str(database)]) == 0
+    return database

@@ -16,14 +16,10 @@ from PySide6.QtCore import QPoint, QPointF, Qt
 
 from desktop.imaging import qimage_to_array
 from desktop.settings import JobSettings
-from desktop.testing import MessageLog, temporary_settings, wait_until
+from desktop.testing import temporary_settings, wait_until
 from engine.dataset.discovery import discover
 from engine.samples import generate_sample_set
 
-
-@pytest.fixture()
-def messages(monkeypatch):
-    return MessageLog().install(monkeypatch)
 
 
 @pytest.fixture()
@@ -269,28 +265,13 @@ def test_thousands_of_frames_load_only_the_thumbnails_on_screen(make_window, tmp
     assert len(loader._cache) < 2 * first_screen + 50
 
 
-def test_retrieval_proposals_are_drawn_on_the_frame_and_can_become_the_mask(make_window, samples, tmp_path, qtbot):
-    retrieval = pytest.importorskip("engine.retrieval")
-    if not hasattr(retrieval, "RetrievalProposer"):
-        pytest.skip("engine.retrieval has no RetrievalProposer yet")
-    import argparse
-
-    try:
-        from engine.retrieval.cli import register_commands
-
-        generate_sample_set(tmp_path / "polyps", count=4, seed=1, with_polyps_every=1)
-        parser = argparse.ArgumentParser()
-        handlers = register_commands(parser.add_subparsers(dest="command"))
-        args = parser.parse_args(["db", "build", "--polyps", str(tmp_path / "polyps"), "--to", str(tmp_path / "db")])
-        assert handlers["db"](args) == 0
-    except Exception as exc:  # noqa: BLE001 - the retrieval issue is built in parallel: its CLI may still move
-        pytest.skip(f"cannot build a retrieval database with this engine.retrieval: {exc}")
+def test_retrieval_proposals_are_drawn_on_the_frame_and_can_become_the_mask(make_window, samples, retrieval_db, qtbot):
     window = make_window()
     open_and_wait(window, samples)
     page = window.editor_page
     assert page.retrieval_status.parentWidget().isEnabled()
     with qtbot.waitSignal(window.retrieval.opened, timeout=20_000):
-        window.retrieval.open_database(tmp_path / "db")
+        window.retrieval.open_database(retrieval_db)
     assert window.open_frame(window.dataset.model.items[1])
     assert wait_until(lambda: window.retrieval.proposals, 20)
     assert page.canvas.proposals and page.proposal_list.count() == len(window.retrieval.proposals)
@@ -298,7 +279,7 @@ def test_retrieval_proposals_are_drawn_on_the_frame_and_can_become_the_mask(make
     page.use_proposal.click()
     expected = window.retrieval.proposals[0].mask(*window.editor.shape)
     assert np.array_equal(window.editor.mask, expected) and expected.any()
-    assert window.settings.value("retrieval/db") == str(tmp_path / "db")
+    assert window.settings.value("retrieval/db") == str(retrieval_db)
     if window.retrieval.explain is not None:
         page.show_explain()
         assert page.explain_dialog.isVisible()

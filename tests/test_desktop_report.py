@@ -11,15 +11,11 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
-from desktop.testing import MessageLog, temporary_settings, wait_until
+from desktop.testing import temporary_settings, wait_until
 from engine.samples import generate_sample_set
 
 JOB_TIMEOUT_MS = 60_000
 
-
-@pytest.fixture()
-def messages(monkeypatch):
-    return MessageLog().install(monkeypatch)
 
 
 @pytest.fixture()

@@ -13,19 +13,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.cli_args import positive_int
+
 EXIT_OK, EXIT_FLAGGED = 0, 1
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
 
 
 def _percentile(text: str) -> float:
@@ -54,7 +46,7 @@ def register_commands(subparsers) -> dict[str, Handler]:
     report.add_argument("--features", default=None,
                         help="feature bundle: name or folder of a \"dinov2\" or \"inception\" bundle "
                         "(default: exported_models/demo-dinov2, RANDOM weights)")
-    report.add_argument("--batch-size", type=_positive, default=16, help="frames per feature batch (default 16)")
+    report.add_argument("--batch-size", type=positive_int, default=16, help="frames per feature batch (default 16)")
     report.add_argument("--copy-percentile", type=_percentile, default=5.0,
                         help="flag a synthetic frame closer to a real one than this percentile of the real "
                         "frames' own nearest-neighbour distances (default 5)")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from engine.cli_args import positive_int
 from engine.errors import InputError
 
 EXIT_OK, EXIT_PROBLEMS = 0, 1
@@ -39,16 +40,6 @@ def _grid(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
 def _add_source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--polyps", type=Path, help="polyp frames: a Kvasir-like folder (images/ + masks/), or frames "
                         "+ --masks DIR")
@@ -62,7 +53,7 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
                         "frames themselves are the entries: a shortcut (the paper's entries are polyp-free)")
     parser.add_argument("--model", type=Path, default=None,
                         help="inpainting bundle for --remove-polyps (default: the embedded demo bundle, random weights)")
-    parser.add_argument("--steps", type=_positive, default=None, help="denoising steps for --remove-polyps")
+    parser.add_argument("--steps", type=positive_int, default=None, help="denoising steps for --remove-polyps")
     parser.add_argument("--features", default=None,
                         help=f"feature bundle (folder or name in exported_models/; build default: {DEFAULT_FEATURES}, "
                         "random weights; add default: the database's)")
@@ -116,7 +107,7 @@ def register_commands(subparsers) -> dict[str, Handler]:
     )
     propose.add_argument("frame", type=Path)
     propose.add_argument("--db", dest="database", required=True, type=Path, help="database folder")
-    propose.add_argument("--top-k", type=_positive, default=5, help="candidates to retrieve (default 5)")
+    propose.add_argument("--top-k", type=positive_int, default=5, help="candidates to retrieve (default 5)")
     propose.add_argument("--out", type=Path, default=None, help="write the best proposal as a binary mask PNG")
     propose.add_argument("--explain", type=Path, default=None, help="write the explain picture (PNG)")
     propose.add_argument("--features", default=None, help="feature bundle (default: the one the database records)")

@@ -150,7 +150,22 @@ def prepare_image(frame: np.ndarray, grid: PatchGrid, mean: Sequence[float], std
     return np.ascontiguousarray(normalised.transpose(2, 0, 1))
 
 
-class FeatureExtractor:
+class FeatureIdentity:
+    """What both extractors say about themselves (bundle_id, name, kind, grid, dim set by each)."""
+
+    def identity(self) -> dict:
+        """What a database records about the features it holds, and checks a query extractor against."""
+        return {
+            "bundle_id": self.bundle_id,
+            "name": self.name,
+            "kind": self.kind,
+            "grid": [self.grid.rows, self.grid.cols],
+            "patch_size": self.grid.patch,
+            "dim": self.dim,
+        }
+
+
+class FeatureExtractor(FeatureIdentity):
     """A "dinov2" bundle loaded in onnxruntime: ``extract(frame)`` → FrameFeatures."""
 
     kind = "dinov2"
@@ -199,17 +214,6 @@ class FeatureExtractor:
     def name(self) -> str:
         return self.bundle.name
 
-    def identity(self) -> dict:
-        """What a database records about the features it holds, and checks a query extractor against."""
-        return {
-            "bundle_id": self.bundle_id,
-            "name": self.name,
-            "kind": self.kind,
-            "grid": [self.grid.rows, self.grid.cols],
-            "patch_size": self.grid.patch,
-            "dim": self.dim,
-        }
-
     def describe(self) -> dict:
         return {**self.identity(), "path": str(self.bundle.root), "provider": self.provider}
 
@@ -228,7 +232,7 @@ class FeatureExtractor:
         return self.extract_batch([frame])[0]
 
 
-class MeanColourExtractor:
+class MeanColourExtractor(FeatureIdentity):
     """A deterministic stand-in for FeatureExtractor: each patch's feature is its mean normalised colour.
 
     Same grid, preprocessing and interface as FeatureExtractor, no model: geometry (patch → pixel mapping,
@@ -252,16 +256,6 @@ class MeanColourExtractor:
     @property
     def name(self) -> str:
         return "mean-colour stand-in"
-
-    def identity(self) -> dict:
-        return {
-            "bundle_id": self.bundle_id,
-            "name": self.name,
-            "kind": self.kind,
-            "grid": [self.grid.rows, self.grid.cols],
-            "patch_size": self.grid.patch,
-            "dim": self.dim,
-        }
 
     def describe(self) -> dict:
         return {**self.identity(), "path": None, "provider": "cpu"}
