@@ -17,6 +17,7 @@ RETRIEVAL_HANDLERS: dict = {}  # export-features, db, propose: registered by eng
 DOCTOR_HANDLERS: dict = {}  # doctor: registered by engine.doctor_cli
 REPORT_HANDLERS: dict = {}  # report: registered by engine.metrics.cli
 CONTROLNET_HANDLERS: dict = {}  # generate: registered by engine.controlnet.cli
+TRAINING_HANDLERS: dict = {}  # train: registered by engine.training.cli
 
 
 def _version() -> str:
@@ -96,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     REPORT_HANDLERS.update(register_report_commands(commands))
     CONTROLNET_HANDLERS.update(register_controlnet_commands(commands))
+    from engine.training.cli import register_commands as register_training_commands
+
+    TRAINING_HANDLERS.update(register_training_commands(commands))
     return parser
 
 
@@ -128,6 +132,10 @@ def _add_batch_options(group) -> None:
     group.add_argument("--guidance", type=float)
     group.add_argument("--formats", help="comma list of coco, yolo, yolo-seg (default all)")
     group.add_argument("--batch-size", type=int, help="variants per U-Net call (GPU)")
+    group.add_argument("--inpaint-area", choices=("frame", "region"),
+                       help="the model sees the whole frame, or the region around the mask (default: the bundle's)")
+    group.add_argument("--region-padding", type=int,
+                       help="pixels around the mask's box in region mode (default: 30 %% of the box's longer side)")
     resume = group.add_mutually_exclusive_group()
     resume.add_argument("--resume", dest="resume", action="store_true", default=None,
                         help="continue an interrupted job in --output (default)")
@@ -138,7 +146,7 @@ def _add_batch_options(group) -> None:
 
 BATCH_KEYS = ("input", "output", "model", "provider", "threads", "masks", "labels", "split_file", "from_splits",
               "mask_source", "db", "top_k", "box_pad", "mode", "prompt", "negative_prompt", "captions", "variants", "seed", "steps",
-              "scheduler", "guidance", "formats", "batch_size", "resume")
+              "scheduler", "guidance", "formats", "batch_size", "resume", "inpaint_area", "region_padding")
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -153,6 +161,9 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", choices=("ddim", "dpm++"), default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--inpaint-area", choices=("frame", "region"), default=None,
+                        help="the model sees the whole frame, or the region around the mask (default: the bundle's)")
+    parser.add_argument("--region-padding", type=int, default=None, help="pixels around the mask's box in region mode")
 
 
 def _run_export(args) -> int:
@@ -184,19 +195,18 @@ def _run_quantize(args) -> int:
 def _run_inpaint(args) -> int:
     from engine.dataset.image_reader import read_frame, read_mask
     from engine.fileio import save_png_atomic
-    from engine.pipelines.inpaint import InpaintPipeline
-
     from engine.jobs.spec import DEFAULT_MODEL
+    from engine.pipelines import open_inpainting_pipeline
 
     frame = read_frame(args.frame)
     mask = read_mask(args.mask)
-    pipeline = InpaintPipeline.from_bundle(args.model or DEFAULT_MODEL, provider=args.provider, threads=args.threads)
+    pipeline = open_inpainting_pipeline(args.model or DEFAULT_MODEL, provider=args.provider, threads=args.threads)
     if pipeline.provider_note:
         print(pipeline.provider_note, file=sys.stderr)
     prompt = args.prompt or pipeline.prompts[args.mode]
     result = pipeline(
         frame, mask, prompt=prompt, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
-        seed=args.seed,
+        seed=args.seed, inpaint_area=args.inpaint_area, region_padding=args.region_padding,
     )
     save_png_atomic(args.out, result.image)
     print(f"{args.out} ({result.seconds:.2f} s on {pipeline.provider.upper()}, seed {args.seed}, prompt {prompt!r})")
@@ -269,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_app([])
     handlers = {"export": _run_export, "quantize": _run_quantize, "inpaint": _run_inpaint, "demo": _run_demo,
                 **RETRIEVAL_HANDLERS, **DOCTOR_HANDLERS,
-                **REPORT_HANDLERS, **CONTROLNET_HANDLERS}
+                **REPORT_HANDLERS, **CONTROLNET_HANDLERS, **TRAINING_HANDLERS}
     try:
         return handlers[args.command](args)
     except PolypForgeError as exc:

@@ -296,7 +296,7 @@ def _judge(report: Report) -> None:
                             f"({session.get('problem') or session.get('active_providers')}): jobs run on the CPU")
         else:
             runs_on = "CUDA"
-    inpaint = [b for b in report.bundles if b.kind == "sd-inpaint"]
+    inpaint = [b for b in report.bundles if b.kind in ("sd-inpaint", "pixel-inpaint")]
     usable = [b for b in inpaint if b.integrity in ("ok", "not checked")]
     for bundle in report.bundles:
         if bundle.integrity == "broken":

@@ -37,7 +37,7 @@ from engine.errors import BundleError
 MANIFEST_NAME = "bundle.json"
 FORMAT_NAME = "polypforge-bundle"
 FORMAT_VERSION = 1
-KNOWN_KINDS = ("sd-inpaint", "dinov2", "sd-controlnet")
+KNOWN_KINDS = ("sd-inpaint", "dinov2", "sd-controlnet", "pixel-inpaint")
 
 # Files every bundle of a kind must list, and the role each plays.
 REQUIRED_FILES: dict[str, dict[str, str]] = {
@@ -61,6 +61,11 @@ REQUIRED_FILES: dict[str, dict[str, str]] = {
         "unet": "unet/model.onnx",
         "vae_decoder": "vae_decoder/model.onnx",
         "tokenizer": "tokenizer/tokenizer.json",
+    },
+    # The compact pixel-space inpainting model (engine.pipelines.compact): one U-Net that sees pixels; the
+    # prompts "Polyp" / "Normal" are class labels, not text.
+    "pixel-inpaint": {
+        "unet": "unet/model.onnx",
     },
 }
 
@@ -90,6 +95,10 @@ REQUIRED_KEYS_BY_KIND: dict[str, tuple[str, ...]] = {
     "sd-inpaint": REQUIRED_KEYS,
     # + "controlnet": residual output names, conditioning channels, which CCIS-Diff additions are inside
     "sd-controlnet": REQUIRED_KEYS + ("controlnet",),
+    "pixel-inpaint": (
+        "format", "format_version", "kind", "name", "precision", "image_size", "size_multiple", "image_channels",
+        "classes", "scheduler", "sampling", "prompts", "files", "source",
+    ),
     "dinov2": (
         "format",
         "format_version",

@@ -32,7 +32,7 @@ from engine.errors import Cancelled, InputError, PolypForgeError
 from engine.fileio import atomic_write_bytes, save_png_atomic
 from engine.jobs.events import JobEvent
 from engine.masks.sources import Skip, resolve_region
-from engine.pipelines.inpaint import InpaintPipeline
+from engine.pipelines import open_inpainting_pipeline
 
 OWNED_OUTPUTS = ("images", "masks", "labels", "yolo-seg", "annotations")
 JOB_RECORD = "job.json"
@@ -246,7 +246,8 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
                                             item.seed, proposal.box if proposal is not None else None)
                     region_key = region.mask.tobytes() if spec.mask_source in ("random", "retrieved") else "fixed"
                     if prepared is None or prepared_for != region_key:
-                        prepared = pipeline.prepare_frame(pixels, region.mask)
+                        prepared = pipeline.prepare_frame(pixels, region.mask, inpaint_area=spec.inpaint_area,
+                                                          region_padding=spec.region_padding)
                         prepared_for = region_key
 
                     def on_step(done_steps, total_steps, _item=item, _completed=completed):
@@ -290,6 +291,8 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
                     "guidance": result.settings["guidance_scale"],
                     "working_size": result.settings["working_size"],
                     "feather_px": result.settings["feather_px"],
+                    "inpaint_area": result.settings.get("inpaint_area", "frame"),
+                    "region_crop": result.settings.get("region_crop"),
                     "provider": pipeline.provider,
                     "seconds": round(seconds, 3),
                 }
@@ -337,7 +340,7 @@ def _open_pipeline(spec):
         return ControlNetPipeline.from_bundle(spec.model, provider=spec.provider, threads=spec.threads)
     if getattr(spec, "captions", None) is not None:
         raise InputError(f"{spec.captions}: per-frame captions need an sd-controlnet bundle; {spec.model} is {kind}")
-    return InpaintPipeline.from_bundle(spec.model, provider=spec.provider, threads=spec.threads)
+    return open_inpainting_pipeline(spec.model, provider=spec.provider, threads=spec.threads)
 
 
 def _file_sha256(path: Path) -> str | None:

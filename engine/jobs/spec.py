@@ -14,6 +14,7 @@ from typing import Any
 from engine.bundle.format import shipped_bundles_folder
 from engine.errors import InputError
 from engine.masks.sources import MASK_SOURCES, MODES
+from engine.pipelines.framing import INPAINT_AREAS
 from engine.schedulers import SCHEDULER_NAMES
 
 FORMATS = ("coco", "yolo", "yolo-seg")
@@ -50,6 +51,8 @@ class JobSpec:
     formats: list[str] = field(default_factory=lambda: ["coco", "yolo", "yolo-seg"])
     resume: bool = True
     batch_size: int = 1
+    inpaint_area: str | None = None  # "frame" | "region"; None: the bundle's default (region for the compact model)
+    region_padding: int | None = None  # px around the mask's box in region mode; None: automatic (30 % of its side)
 
     def validate(self) -> "JobSpec":
         _choice("mode", self.mode, MODES)
@@ -75,6 +78,10 @@ class JobSpec:
         if self.mode == "remove" and self.mask_source == "random":
             raise InputError("mode remove needs to know where the polyp is: use mask_source user or box, not random")
         _at_least("top_k", self.top_k, 1)
+        if self.inpaint_area is not None:
+            _choice("inpaint_area", self.inpaint_area, INPAINT_AREAS)
+        if self.region_padding is not None:
+            _at_least("region_padding", self.region_padding, 0)
         if self.mask_source == "retrieved" and self.db is None:
             raise InputError("mask_source retrieved needs a retrieval database: --db DB (make one with `main.py db build`)")
         return self
@@ -84,8 +91,9 @@ class JobSpec:
         data = asdict(self)
         for key in ("output", "provider", "threads", "resume", "batch_size", "formats"):
             data.pop(key)
-        if data["captions"] is None:  # absent, as in jobs written before captions existed: they still resume
-            data.pop("captions")
+        for key in ("captions", "inpaint_area", "region_padding"):
+            if data[key] is None:  # absent, as in jobs written before these existed: they still resume
+                data.pop(key)
         return {k: (str(v.resolve()) if isinstance(v, Path) else v) for k, v in data.items()}
 
 

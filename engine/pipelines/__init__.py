@@ -1,0 +1,24 @@
+"""Pipelines that run bundles without torch: inpainting (sd-inpaint: Polyp-Gen; pixel-inpaint: the compact
+model) and ControlNet generation (sd-controlnet: CCIS-Diff)."""
+
+from __future__ import annotations
+
+INPAINTING_KINDS = ("sd-inpaint", "pixel-inpaint")
+
+
+def open_inpainting_pipeline(path, provider: str = "auto", threads: int | None = None, verify_hashes: bool = True):
+    """The inpainting pipeline of a bundle's kind: sd-inpaint → InpaintPipeline, pixel-inpaint →
+    CompactInpaintPipeline (same prepare_frame / generate_variants contract); BundleError for other kinds."""
+    from engine.bundle import read_bundle
+    from engine.errors import BundleError
+
+    kind = read_bundle(path, verify_hashes=False).kind
+    if kind == "pixel-inpaint":
+        from engine.pipelines.compact import CompactInpaintPipeline
+
+        return CompactInpaintPipeline.from_bundle(path, provider=provider, threads=threads, verify_hashes=verify_hashes)
+    if kind == "sd-inpaint":
+        from engine.pipelines.inpaint import InpaintPipeline
+
+        return InpaintPipeline.from_bundle(path, provider=provider, threads=threads, verify_hashes=verify_hashes)
+    raise BundleError(path, f"kind {kind!r} is not an inpainting bundle (one of {', '.join(INPAINTING_KINDS)})")

@@ -118,8 +118,12 @@ class ControlNetPipeline(OnnxDiffusionPipeline):
         control = np.repeat(work_mask[None, None], self.conditioning_channels, axis=1)
         return PreparedMask(mask=mask, frame=frame, working_size=(work_w, work_h), control=np.ascontiguousarray(control))
 
-    def prepare_frame(self, frame: np.ndarray, mask: np.ndarray, working_size: tuple[int, int] | None = None) -> PreparedMask:
-        """InpaintPipeline's name for it: the mask, with paste-back into `frame`."""
+    def prepare_frame(self, frame: np.ndarray, mask: np.ndarray, working_size: tuple[int, int] | None = None,
+                      inpaint_area: str | None = None, region_padding: int | None = None) -> PreparedMask:
+        """InpaintPipeline's name for it: the mask, with paste-back into `frame` (whole-frame only)."""
+        if inpaint_area not in (None, "frame"):
+            raise InputError(f"inpaint area {inpaint_area!r}: an sd-controlnet bundle generates the whole frame; "
+                             "region inpainting needs an inpainting bundle (sd-inpaint or pixel-inpaint)")
         return self.prepare(mask, frame=frame, working_size=working_size)
 
     # ------------------------------------------------------------------ generation

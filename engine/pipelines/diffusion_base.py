@@ -30,16 +30,17 @@ class OnnxDiffusionPipeline:
     STAGES: tuple[str, ...] = ()
     PROMPT_CACHE_SIZE = 16
 
-    def __init__(self, bundle: Bundle, parts: dict[str, OnnxPart], tokenizer: PromptTokenizer):
+    def __init__(self, bundle: Bundle, parts: dict[str, OnnxPart], tokenizer: PromptTokenizer | None):
         self.bundle = bundle
         self.parts = parts
         self.tokenizer = tokenizer
         manifest = bundle.manifest
         self.image_size = int(manifest["image_size"])
         self.size_multiple = int(manifest["size_multiple"])
-        self.vae_scale_factor = int(manifest["vae_scale_factor"])
-        self.vae_scaling_factor = float(manifest["vae_scaling_factor"])
-        self.latent_channels = int(manifest["latent_channels"])
+        # Latent-space bundles (sd-*) have a VAE; a pixel-space one (pixel-inpaint) denoises the image itself.
+        self.vae_scale_factor = int(manifest.get("vae_scale_factor", 1))
+        self.vae_scaling_factor = float(manifest.get("vae_scaling_factor", 1.0))
+        self.latent_channels = int(manifest.get("latent_channels", manifest.get("image_channels", 3)))
         self.scheduler_config = dict(manifest["scheduler"])
         self.defaults = dict(manifest["sampling"])
         self.prompts = dict(manifest["prompts"])

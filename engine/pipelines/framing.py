@@ -67,3 +67,76 @@ def paste_back(frame: np.ndarray, generated: np.ndarray, mask: np.ndarray, feath
 def default_feather_px(width: int, height: int) -> int:
     """About 1 % of the shorter side: invisible seams without eating small polyps."""
     return max(2, round(0.01 * min(width, height)))
+
+
+# ---------------------------------------------------------------------------------------------- region
+# Inpainting the region around the mask (``inpaint_area="region"``): the crop is the mask's bounding box widened
+# by the padding on every side, made square where the frame allows (a model trained on square crops sees the
+# same kind of view), shifted to stay inside the frame. The crop goes to the model at working size and only the
+# mask is pasted back, as in whole-frame mode.
+INPAINT_AREAS = ("frame", "region")
+REGION_PADDING_FRACTION = 0.3  # auto padding: 30 % of the mask box's longer side on every side
+MIN_REGION_PADDING = 8
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of a boolean mask's True pixels, x1/y1 exclusive."""
+    ys, xs = np.nonzero(mask)
+    if xs.size == 0:
+        raise InputError("mask is empty: nothing to inpaint")
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def auto_region_padding(box: tuple[float, float, float, float]) -> int:
+    x0, y0, x1, y1 = box
+    return max(MIN_REGION_PADDING, int(round(REGION_PADDING_FRACTION * max(x1 - x0, y1 - y0))))
+
+
+def region_crop(box: tuple[float, float, float, float], width: int, height: int, padding: float) -> tuple[int, int, int, int]:
+    """The crop (x0, y0, x1, y1) around ``box``: its longer side + 2·padding, square unless the frame is smaller,
+    centred on the box and shifted to lie inside the frame (so it always holds the whole box when the box fits)."""
+    bx0, by0, bx1, by1 = box
+    side = max(bx1 - bx0, by1 - by0) + 2 * padding
+    crop_w = int(min(width, max(1, round(side))))
+    crop_h = int(min(height, max(1, round(side))))
+    cx, cy = (bx0 + bx1) / 2, (by0 + by1) / 2
+    x0 = int(min(max(0, round(cx - crop_w / 2)), width - crop_w))
+    y0 = int(min(max(0, round(cy - crop_h / 2)), height - crop_h))
+    return x0, y0, x0 + crop_w, y0 + crop_h
+
+
+def model_view(frame_w: int, frame_h: int, mask: np.ndarray, inpaint_area: str, region_padding: int | None,
+               image_size: int, size_multiple: int, working_size: tuple[int, int] | None = None):
+    """Where the model looks and at what size: (crop (x0, y0, x1, y1), working size (w, h)).
+
+    ``frame``: the whole frame; ``region``: the mask's box widened by ``region_padding`` px (None: automatic,
+    ``REGION_PADDING_FRACTION`` of the box's longer side). The working size keeps the crop's aspect at about
+    ``image_size``² pixels, sides a multiple of ``size_multiple``."""
+    if inpaint_area not in INPAINT_AREAS:
+        raise InputError(f"inpaint area {inpaint_area!r} is not one of {', '.join(INPAINT_AREAS)}")
+    if region_padding is not None and region_padding < 0:
+        raise InputError(f"region padding must be 0 or more pixels, got {region_padding}")
+    if inpaint_area == "region":
+        box = mask_box(mask)
+        padding = auto_region_padding(box) if region_padding is None else int(region_padding)
+        crop = region_crop(box, frame_w, frame_h, padding)
+    else:
+        crop = (0, 0, frame_w, frame_h)
+    x0, y0, x1, y1 = crop
+    if working_size is None:
+        working_size = choose_working_size(x1 - x0, y1 - y0, image_size, size_multiple)
+    work_w, work_h = working_size
+    if work_w % size_multiple or work_h % size_multiple:
+        raise InputError(f"working size {work_w}×{work_h} is not a multiple of {size_multiple}")
+    return crop, (work_w, work_h)
+
+
+def paste_back_in_crop(frame: np.ndarray, generated: np.ndarray, mask: np.ndarray, feather_px: int,
+                       crop: tuple[int, int, int, int]) -> np.ndarray:
+    """paste_back of a generated crop: the crop's masked pixels change, nothing else does."""
+    x0, y0, x1, y1 = crop
+    if crop == (0, 0, frame.shape[1], frame.shape[0]):
+        return paste_back(frame, generated, mask, feather_px)
+    image = frame.copy()
+    image[y0:y1, x0:x1] = paste_back(np.ascontiguousarray(frame[y0:y1, x0:x1]), generated, mask[y0:y1, x0:x1], feather_px)
+    return image

@@ -31,10 +31,10 @@ from engine.pipelines.diffusion_base import (
 )
 from engine.pipelines.framing import (
     check_frame,
-    choose_working_size,
     default_feather_px,
     frame_to_model_input,
-    paste_back,
+    model_view,
+    paste_back_in_crop,
 )
 from engine.runtime.providers import plan_providers
 from engine.runtime.session import OnnxPart
@@ -53,6 +53,8 @@ class PreparedFrame:
     latent_mask: np.ndarray  # float32 (1, 1, h/8, w/8)
     posterior_mean: np.ndarray  # float32 (1, 4, h/8, w/8): VAE posterior of the masked frame
     posterior_std: np.ndarray  # float32 (1, 4, h/8, w/8)
+    crop: tuple[int, int, int, int] = (0, 0, 0, 0)  # (x0, y0, x1, y1) the model sees: the whole frame, or the region
+    inpaint_area: str = "frame"
 
 
 @dataclass
@@ -138,8 +140,11 @@ class InpaintPipeline(OnnxDiffusionPipeline):
 
     # ------------------------------------------------------------------ frame
     def prepare_frame(
-        self, frame: np.ndarray, mask: np.ndarray, working_size: tuple[int, int] | None = None
+        self, frame: np.ndarray, mask: np.ndarray, working_size: tuple[int, int] | None = None,
+        inpaint_area: str | None = None, region_padding: int | None = None,
     ) -> PreparedFrame:
+        """Resize (the whole frame, or with ``inpaint_area="region"`` the crop around the mask: see
+        engine.pipelines.framing.model_view) to working size, and VAE-encode the masked image once."""
         frame = check_frame(frame)
         mask = binarize(mask)
         height, width = frame.shape[:2]
@@ -147,13 +152,12 @@ class InpaintPipeline(OnnxDiffusionPipeline):
             raise InputError(f"mask is {mask.shape[1]}×{mask.shape[0]} but the frame is {width}×{height}")
         if not mask.any():
             raise InputError("mask is empty: nothing to inpaint")
-        if working_size is None:
-            working_size = choose_working_size(width, height, self.image_size, self.size_multiple)
-        work_w, work_h = working_size
-        if work_w % self.size_multiple or work_h % self.size_multiple:
-            raise InputError(f"working size {work_w}×{work_h} is not a multiple of {self.size_multiple}")
-        image = frame_to_model_input(frame, work_w, work_h)
-        work_mask = resize_mask(mask, work_w, work_h)
+        area = inpaint_area or self.defaults.get("inpaint_area", "frame")
+        crop, (work_w, work_h) = model_view(width, height, mask, area, region_padding, self.image_size,
+                                            self.size_multiple, working_size)
+        x0, y0, x1, y1 = crop
+        image = frame_to_model_input(np.ascontiguousarray(frame[y0:y1, x0:x1]), work_w, work_h)
+        work_mask = resize_mask(mask[y0:y1, x0:x1], work_w, work_h)
         masked_image = image * (~work_mask)[None, None].astype(np.float32)
         latent_h, latent_w = work_h // self.vae_scale_factor, work_w // self.vae_scale_factor
         latent_mask = nearest_resize_like_torch(work_mask.astype(np.float32)[None, None], latent_h, latent_w)
@@ -170,6 +174,8 @@ class InpaintPipeline(OnnxDiffusionPipeline):
             latent_mask=np.ascontiguousarray(latent_mask, dtype=np.float32),
             posterior_mean=mean,
             posterior_std=std.astype(np.float32),
+            crop=crop,
+            inpaint_area=area,
         )
 
     # ------------------------------------------------------------------ generation
@@ -189,10 +195,12 @@ class InpaintPipeline(OnnxDiffusionPipeline):
         feather_px: int | None = None,
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
+        inpaint_area: str | None = None,
+        region_padding: int | None = None,
     ) -> InpaintResult:
         """One image. ``latents`` / ``masked_image_noise`` (float32, latent shape) replace the noise drawn
         from ``seed`` for the initial latents / the VAE posterior sample, to reproduce diffusers exactly."""
-        prepared = self.prepare_frame(frame, mask, working_size)
+        prepared = self.prepare_frame(frame, mask, working_size, inpaint_area, region_padding)
         return self.generate_variants(
             prepared,
             seeds=[seed],
@@ -245,6 +253,8 @@ class InpaintPipeline(OnnxDiffusionPipeline):
             "scheduler": scheduler,
             "working_size": [work_w, work_h],
             "feather_px": feather_px,
+            "inpaint_area": prepared.inpaint_area,
+            "region_crop": list(prepared.crop),
         }
 
         results: list[InpaintResult] = []
@@ -271,7 +281,7 @@ class InpaintPipeline(OnnxDiffusionPipeline):
             per_image = (time.perf_counter() - started) / len(chunk)
             for offset, index in enumerate(chunk):
                 raw = decoded[offset]
-                image = paste_back(prepared.frame, raw, prepared.mask, feather_px)
+                image = paste_back_in_crop(prepared.frame, raw, prepared.mask, feather_px, prepared.crop)
                 results.append(
                     InpaintResult(image=image, raw=raw, seed=seeds[index], settings=dict(settings), seconds=per_image)
                 )

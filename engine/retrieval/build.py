@@ -81,9 +81,9 @@ class PolypRemover:
 
     def __init__(self, bundle: str | os.PathLike[str], provider: str = "auto", steps: int | None = None,
                  threads: int | None = None, pad: int = REMOVE_BOX_PAD):
-        from engine.pipelines.inpaint import InpaintPipeline
+        from engine.pipelines import open_inpainting_pipeline
 
-        self.pipeline = InpaintPipeline.from_bundle(bundle, provider=provider, threads=threads)
+        self.pipeline = open_inpainting_pipeline(bundle, provider=provider, threads=threads)
         self.prompt = self.pipeline.prompts["remove"]
         self.steps = steps
         self.pad = pad

@@ -107,10 +107,11 @@ class TrainConfig:
     threads: int | None = None
     mixed_precision: str = "no"  # "fp16" / "bf16" on a GPU (accelerate)
     progress: bool = True
+    max_seconds: float | None = None  # wall-clock budget of this invocation: checkpoint and stop when spent
 
     # Fields that may differ when a run is resumed: how long, how often, how it is shown.
     RESUMABLE_CHANGES = ("steps", "checkpoint_every", "sample_every", "validate_every", "log_every",
-                         "keep_checkpoints", "patience", "threads", "progress")
+                         "keep_checkpoints", "patience", "threads", "progress", "max_seconds")
 
     def shaping(self) -> dict:
         values = asdict(self)
@@ -327,6 +328,8 @@ def train(task: TrainingTask, config: TrainConfig, run_dir: Path, resume: bool =
         bar = tqdm(total=config.steps, initial=min(start_step, config.steps), unit="step", dynamic_ncols=True,
                    desc=task.name, mininterval=1.0)
     step, stopped_early, last_loss = start_step, False, None
+    invocation_started = time.perf_counter()
+    out_of_time = False
     window_loss, window_samples, window_started = [], 0, time.perf_counter()
     with _StopSignal() as stop:
         while step < config.steps:
@@ -396,19 +399,24 @@ def train(task: TrainingTask, config: TrainConfig, run_dir: Path, resume: bool =
                                 stopped_early = True
             if config.sample_every and step % config.sample_every == 0 and is_main:
                 task.sample_grid(eval_model(), step, run_dir / "samples" / f"step-{step:08d}.png")
-            if step % config.checkpoint_every == 0 or step == config.steps or stop.raised or stopped_early:
+            if config.max_seconds is not None and time.perf_counter() - invocation_started >= config.max_seconds:
+                out_of_time = True
+            if step % config.checkpoint_every == 0 or step == config.steps or stop.raised or stopped_early or out_of_time:
                 snapshot(step)
             if stop.raised:
                 if bar is not None:
                     bar.close()
                 raise TrainingInterrupted(f"stopped at step {step}; checkpoint written to {run_dir}/checkpoints "
                                           "(rerun with --resume to continue)")
-            if stopped_early:
+            if stopped_early or out_of_time:
                 break
     if bar is not None:
         bar.close()
     if step == start_step and checkpoint is None:
         snapshot(step)
+    final_grid = run_dir / "samples" / f"step-{step:08d}.png"
+    if is_main and config.sample_every and step > start_step and not final_grid.exists():
+        task.sample_grid(eval_model(), step, final_grid)
     best_state = None
     if (run_dir / "best.safetensors").is_file():
         from safetensors.torch import load_file

@@ -1,0 +1,105 @@
+"""``main.py train``: the command-line face of the one trainer (engine.training.loop).
+
+    main.py train --preset compact --input KVASIR [--normals NORMALS] --run RUN_DIR [--to BUNDLE]
+    main.py train --from SD_INPAINT_DIR --input FRAMES --run RUN_DIR [--to BUNDLE]     (Polyp-Gen fine-tuning)
+    accelerate launch main.py train ...                                              (several GPUs)
+
+Only argparse is imported at module level: ``main.py --help`` stays instant and the built app (no torch) can list
+the command and say what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine.errors import InputError
+
+PRESETS = ("compact",)
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip() != "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    return values
+
+
+def register_commands(subparsers) -> dict:
+    train = subparsers.add_parser(
+        "train",
+        help="train a model: the compact polyp model from scratch (--preset compact) or fine-tune SD-inpainting (--from)",
+        description="Polyp-Gen's spatial-aware training (BPM masks for Polyp, free masks for Normal, MSE + λ·lesion-"
+                    "guided MSE) with checkpoints every N steps, exact --resume after a kill, a sample grid on held-out "
+                    "frames, a JSONL log and a loss plot. Ends with a model folder, an exported bundle and a model card.",
+    )
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", choices=PRESETS, help="train the compact pixel-space model from scratch")
+    source.add_argument("--from", dest="source", type=Path, help="a local diffusers StableDiffusionInpaintPipeline folder to fine-tune")
+    train.add_argument("--input", type=Path, action="append", required=True,
+                       help="frames with polyp masks or labels (any layout the batch job reads); repeatable")
+    train.add_argument("--normals", type=Path, action="append", default=[], help="folder of polyp-free frames; repeatable")
+    train.add_argument("--run", type=Path, required=True, help="run folder: checkpoints, log, samples, final model")
+    train.add_argument("--to", dest="bundle", type=Path, default=None, help="export the trained model to this bundle at the end")
+    train.add_argument("--name", default=None, help="bundle name (default: the bundle folder's name)")
+    resume = train.add_mutually_exclusive_group()
+    resume.add_argument("--resume", dest="resume", action="store_true", default=True,
+                        help="continue from the run folder's newest checkpoint (default)")
+    resume.add_argument("--fresh", dest="resume", action="store_false", help="start over, discarding the run's checkpoints")
+    train.add_argument("--steps", type=int, default=None, help="optimiser steps in all (a resumed run may raise it)")
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--grad-accum", type=int, default=None)
+    train.add_argument("--lr", type=float, default=None)
+    train.add_argument("--warmup-steps", type=int, default=None)
+    train.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None)
+    train.add_argument("--ema-decay", type=float, default=None, help="0 turns the EMA off")
+    train.add_argument("--resolution", type=int, default=None, help="training crop side (compact) / frame side (--from)")
+    train.add_argument("--mask-mode", choices=("bpm", "pixel", "box"), default="bpm",
+                       help="Polyp masks: boundary-enhanced pseudo mask (default), the polyp's own mask, or its box")
+    train.add_argument("--polyp-fraction", type=float, default=0.7, help="share of Polyp pairs (rest: Normal)")
+    train.add_argument("--lg-weight", type=float, default=0.5, help="λ of the lesion-guided loss (0: ablation)")
+    train.add_argument("--outside-weight", type=float, default=None, help="loss weight outside the mask (compact: 0.1)")
+    train.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR-γ weighting (compact: 5; 0 = off)")
+    train.add_argument("--widths", type=_int_tuple, default=None, help="compact U-Net widths per level, e.g. 48,96,192")
+    train.add_argument("--blocks", type=int, default=None, help="compact U-Net res blocks per level")
+    train.add_argument("--stem", type=int, default=None, help="compact U-Net space-to-depth stem (1 or 2)")
+    train.add_argument("--attention-levels", type=_int_tuple, default=None, help="compact U-Net levels with attention")
+    train.add_argument("--held-out-fraction", type=float, default=0.05, help="frames never trained on (by name hash)")
+    train.add_argument("--max-side", type=int, default=640, help="frames are scaled to this longer side in memory")
+    train.add_argument("--limit-frames", type=int, default=None, help="use only the first N frames of each folder")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--checkpoint-every", type=int, default=None)
+    train.add_argument("--sample-every", type=int, default=None)
+    train.add_argument("--validate-every", type=int, default=None)
+    train.add_argument("--log-every", type=int, default=None)
+    train.add_argument("--threads", type=int, default=None)
+    train.add_argument("--max-minutes", type=float, default=None,
+                       help="stop (checkpointed, then exported) after this many minutes; --resume continues later")
+    train.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    train.add_argument("--no-export", action="store_true", help="stop after the last checkpoint (no model folder, no bundle)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    return {"train": run_train}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("error: training needs torch: pip install torch==2.13.0 && pip install -e '.[export]'", file=sys.stderr)
+        return 2
+    from engine.training.loop import TrainingError, TrainingInterrupted
+    from engine.training.runs import run_training
+
+    try:
+        return run_training(args)
+    except TrainingInterrupted as exc:
+        print(f"\n{exc}", file=sys.stderr)
+        return 130
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,216 @@
+"""The compact polyp model: a small pixel-space inpainting U-Net (PyTorch; export and training only).
+
+Why pixel space: no pretrained VAE exists offline and one trained here in an afternoon would blur the mucosal
+texture the model must paint; a model that sees pixels has nothing between it and the detail. Why it is cheap
+enough: it works on the region around the mask (crop → ``resolution``² → paste back, see
+engine.pipelines.framing.region_crop), and a space-to-depth stem (``stem``×``stem`` pixels per cell) runs its
+first level at half the resolution, like a patch embedding.
+
+Input: [noisy image (3), masked image (3; 0 inside the mask), mask (1)] in [-1, 1] / {0, 1}, a timestep and a
+class label (0 = unconditional, 1 = "Polyp", 2 = "Normal": the two prompts of Polyp-Gen; 0 is what
+classifier-free guidance contrasts with). Output: the v-prediction (Salimans & Ho) of the image, same shape.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLASS_NAMES = ("", "Polyp", "Normal")  # index = class label; "" is the unconditional class
+
+
+@dataclass
+class CompactConfig:
+    image_channels: int = 3
+    widths: tuple[int, ...] = (32, 64, 128)
+    blocks: int = 1  # res blocks per level (down); the up path has blocks + 1
+    attention_levels: tuple[int, ...] = ()  # level indices with self-attention after each block
+    stem: int = 1  # space-to-depth factor of the stem (1 = none, 2 = half-resolution first level)
+    heads: int = 4
+    groups: int = 8
+    num_classes: int = len(CLASS_NAMES)
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "CompactConfig":
+        values = dict(data)
+        for key in ("widths", "attention_levels"):
+            values[key] = tuple(values.get(key, ()))
+        return cls(**values)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be a multiple of this: the stem times one halving per level below the first."""
+        return self.stem * 2 ** (len(self.widths) - 1)
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    angles = timesteps.float()[:, None] * frequencies[None]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, emb: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(groups, c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb, 2 * c_out)
+        self.norm2 = nn.GroupNorm(min(groups, c_out), c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(F.silu(h))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over pixels, written with matmul/softmax (exports to any opset)."""
+
+    def __init__(self, channels: int, heads: int, groups: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(min(groups, channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        weights = torch.softmax(torch.einsum("bhdi,bhdj->bhij", q, k) / math.sqrt(c // self.heads), dim=-1)
+        attended = torch.einsum("bhij,bhdj->bhdi", weights, v).reshape(b, c, h, w)
+        return x + self.out(attended)
+
+
+class CompactInpaintUNet(nn.Module):
+    def __init__(self, config: CompactConfig | None = None):
+        super().__init__()
+        self.config = config = config or CompactConfig()
+        widths, s = config.widths, config.stem
+        emb = 4 * widths[0]
+        in_channels = (2 * config.image_channels + 1) * s * s
+        self.time_mlp = nn.Sequential(nn.Linear(widths[0], emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.class_embedding = nn.Embedding(config.num_classes, emb)
+        self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skip_channels = [widths[0]]
+        current = widths[0]
+        for level, width in enumerate(widths):
+            blocks = nn.ModuleList()
+            for _ in range(config.blocks):
+                blocks.append(ResBlock(current, width, emb, config.groups))
+                current = width
+                if level in config.attention_levels:
+                    blocks.append(SelfAttention(width, config.heads, config.groups))
+                skip_channels.append(width)
+            if level < len(widths) - 1:
+                blocks.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+                skip_channels.append(width)
+            self.down.append(blocks)
+        self.mid = nn.ModuleList([ResBlock(current, current, emb, config.groups),
+                                  SelfAttention(current, config.heads, config.groups),
+                                  ResBlock(current, current, emb, config.groups)])
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            width = widths[level]
+            blocks = nn.ModuleList()
+            for _ in range(config.blocks + 1):
+                blocks.append(ResBlock(current + skip_channels.pop(), width, emb, config.groups))
+                current = width
+                if level in config.attention_levels:
+                    blocks.append(SelfAttention(width, config.heads, config.groups))
+            if level > 0:
+                blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                blocks.append(nn.Conv2d(width, width, 3, padding=1))
+            self.up.append(blocks)
+        self.norm_out = nn.GroupNorm(min(config.groups, current), current)
+        self.conv_out = nn.Conv2d(current, config.image_channels * s * s, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+        s = self.config.stem
+        emb = self.time_mlp(timestep_embedding(timestep.reshape(-1).expand(sample.shape[0]), self.config.widths[0]))
+        emb = emb + self.class_embedding(class_labels.reshape(-1).long())
+        x = F.pixel_unshuffle(sample, s) if s > 1 else sample
+        h = self.conv_in(x)
+        skips = [h]
+        for blocks in self.down:
+            for block in blocks:
+                if isinstance(block, SelfAttention):
+                    h = skips[-1] = block(h)  # the skip of a block is taken after its attention
+                else:
+                    h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+                    skips.append(h)
+        for block in self.mid:
+            h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+        for blocks in self.up:
+            for block in blocks:
+                if isinstance(block, ResBlock):
+                    h = block(torch.cat([h, skips.pop()], dim=1), emb)
+                else:
+                    h = block(h)
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(out, s) if s > 1 else out
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def save_compact_model(model: nn.Module, task_config, folder) -> "Path":
+    """The torch original as a folder: config.json (architecture + training settings) + model.safetensors."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save
+
+    from engine.fileio import atomic_write_bytes
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(folder / WEIGHTS_NAME, save(state))
+    config = {"model_class": "CompactInpaintUNet", "model": model.config.to_json(), "task": task_config.to_json()}
+    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(config, indent=1) + "\n").encode("utf-8"))
+    return folder
+
+
+def load_compact_model(folder) -> tuple[CompactInpaintUNet, dict]:
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from engine.errors import InputError
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{folder / CONFIG_NAME}: not a compact model folder ({exc})") from None
+    if config.get("model_class") != "CompactInpaintUNet":
+        raise InputError(f"{folder / CONFIG_NAME}: model_class is {config.get('model_class')!r}, not CompactInpaintUNet")
+    model = CompactInpaintUNet(CompactConfig.from_json(config["model"]))
+    model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+    return model.eval(), config

@@ -1,0 +1,127 @@
+"""The model card every trained model carries: data and its terms, steps, hours, figures, limits.
+
+Written as MODEL_CARD.md in the run folder (and copied into the model folder and the bundle) plus
+model_card.json with the same facts for tools.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from pathlib import Path
+
+from engine.fileio import atomic_write_bytes
+
+KNOWN_TERMS = {
+    "kvasir": "Kvasir-SEG (Jha et al., MMM 2020; Vestre Viken Health Trust, Norway): free for research and "
+              "educational use only; commercial use needs the authors' permission; cite the paper.",
+    "bowel": "Nerthus (Pogorelov et al., MMSys 2017; bowel-preparation quality frames): research and educational "
+             "use only; cite the paper.",
+    "nerthus": "Nerthus (Pogorelov et al., MMSys 2017): research and educational use only; cite the paper.",
+}
+
+
+def _terms_for(sources: list[str], frames: list[str]) -> list[str]:
+    text = " ".join(sources + frames[:50]).lower()
+    terms = [value for key, value in KNOWN_TERMS.items() if key in text]
+    seen, unique = set(), []
+    for term in terms:
+        if term not in seen:
+            seen.add(term)
+            unique.append(term)
+    return unique or ["the curator's own frames: their terms apply"]
+
+
+def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpus, extra_figures: dict | None = None) -> Path:
+    info = corpus.describe()
+    log_rows = []
+    log_path = Path(run_dir) / "log.jsonl"
+    if log_path.is_file():
+        for line in log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                log_rows.append(json.loads(line))
+            except ValueError:
+                pass
+    losses = [r["loss"] for r in log_rows if "loss" in r]
+    validations = [r for r in log_rows if "val_loss" in r]
+    samples = sorted((Path(run_dir) / "samples").glob("step-*.png"))
+    held_out_list = Path(model_dir) / "held_out_frames.txt"
+    atomic_write_bytes(held_out_list, ("\n".join(info["held_out"]) + "\n").encode("utf-8"))
+    facts = {
+        "model": task.name,
+        "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "data": {"sources": info["sources"], "train_frames": info["train_frames"], "train_polyps": info["train_polyps"],
+                 "held_out_frames": info["held_out_frames"], "held_out_list": held_out_list.name,
+                 "terms": _terms_for(info["sources"], [f.rel for f in corpus.train])},
+        "training": {"steps": result.step, "samples_seen": result.step * task.samples_per_step() * config.grad_accum,
+                     "hours": round(result.train_seconds / 3600.0, 3), "device": _device(),
+                     "optimizer": f"AdamW lr {config.lr} ({config.lr_schedule}, warmup {config.warmup_steps}), "
+                                  f"EMA {config.ema_decay}", "task": task.describe().get("config", {})},
+        "figures": {"final_training_loss": round(losses[-1], 5) if losses else None,
+                    "best_validation": result.best_metrics or None,
+                    "last_validation": validations[-1] if validations else None, **(extra_figures or {})},
+        "sample_grid": samples[-1].name if samples else None,
+    }
+    lines = [
+        f"# Model card: {task.name}",
+        "",
+        "## What it is",
+        _what_it_is(task),
+        "",
+        "## Data",
+        *[f"- {s}" for s in info["sources"]],
+        f"- trained on {info['train_frames']} frames ({info['train_polyps']} polyps); {info['held_out_frames']} frames "
+        f"held out by a hash of their file name and never trained on ({held_out_list.name})",
+        "- terms: " + " ".join(facts["data"]["terms"]),
+        "",
+        "## Training",
+        f"- {result.step} optimiser steps, {facts['training']['samples_seen']} training samples, "
+        f"{facts['training']['hours']} h on {facts['training']['device']}",
+        f"- {facts['training']['optimizer']}",
+        f"- settings: `{json.dumps(facts['training']['task'], sort_keys=True)}`",
+        "",
+        "## Figures",
+        f"- final training loss (mean of the last logged window): {facts['figures']['final_training_loss']}",
+        f"- best validation: {facts['figures']['best_validation']}",
+        *[f"- {k}: {v}" for k, v in (extra_figures or {}).items()],
+        f"- latest sample grid: samples/{facts['sample_grid']}" if samples else "- no sample grid",
+        "",
+        "## Limits — what it must not be used for",
+        "- It makes synthetic training images for research on polyp detectors and segmenters. It is not a "
+        "medical device and must never be used to diagnose, to show a patient anything, or as evidence of a finding.",
+        "- Synthetic frames may repeat features of the training frames (memorisation): check generated sets with "
+        "`main.py report` before sharing them, and never present them as real patient data.",
+        "- Trained on one public dataset from one hospital: frames from other endoscopes, hospitals, light settings "
+        "or resolutions may give worse results; measure on your own frames (`main.py report`).",
+        "- The data's terms above carry over to the model and to what it generates.",
+        "",
+    ]
+    card = Path(run_dir) / "MODEL_CARD.md"
+    atomic_write_bytes(card, "\n".join(lines).encode("utf-8"))
+    atomic_write_bytes(Path(run_dir) / "model_card.json", (json.dumps(facts, indent=1, default=str) + "\n").encode("utf-8"))
+    atomic_write_bytes(Path(model_dir) / "MODEL_CARD.md", "\n".join(lines).encode("utf-8"))
+    return card
+
+
+def _device() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"GPU ({torch.cuda.get_device_name(0)})"
+    except Exception:  # noqa: BLE001
+        pass
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _what_it_is(task) -> str:
+    if task.name == "compact-inpaint":
+        return ("PolypForge's compact polyp inpainting model: a pixel-space U-Net trained from scratch with Polyp-Gen's "
+                "spatial-aware pairs (prompt Polyp: a boundary-enhanced pseudo mask in a polyp's box; prompt Normal: a "
+                "free region of mucosa) on crops around the region, v-prediction with min-SNR weighting and a "
+                "lesion-guided loss. It inpaints the region around a mask (engine.pipelines.compact).")
+    if task.name == "sd-inpaint":
+        return ("A Stable-Diffusion inpainting model fine-tuned with Polyp-Gen's spatial-aware training (BPM masks, "
+                "lesion-guided loss); its U-Net was trained, its VAE and text encoder frozen.")
+    return f"A model trained by PolypForge's trainer (task {task.name})."

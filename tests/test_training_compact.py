@@ -1,0 +1,245 @@
+"""`main.py train` on tiny models and generated frames: Polyp-Gen's pairs, the losses, learning, exact resume
+after kill -9, export to a pixel-inpaint bundle that the torch-free engine runs equal to its torch original."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from engine.training.pairs import convex_polygon_in_box, normal_region_box, polygon_mask, visible_area
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_ARGS = ["--resolution", "32", "--widths", "8,16", "--blocks", "1", "--stem", "2", "--attention-levels", "1",
+             "--batch-size", "4", "--threads", "1", "--quiet", "--held-out-fraction", "0.25"]
+
+
+@pytest.fixture(scope="module")
+def sample_corpus(tmp_path_factory) -> Path:
+    from engine.samples.frames import generate_sample_set
+
+    folder = tmp_path_factory.mktemp("corpus")
+    generate_sample_set(folder, count=12, seed=3, width=160, height=128, with_polyps_every=1)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------- pairs
+def test_bpm_polygons_are_convex_inside_their_box():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        x0, y0 = rng.uniform(0, 200, 2)
+        box = (x0, y0, x0 + rng.uniform(6, 150), y0 + rng.uniform(6, 150))
+        points = convex_polygon_in_box(box, rng)
+        assert 5 <= len(points) <= 12
+        assert (points[:, 0] >= box[0] - 1e-6).all() and (points[:, 0] <= box[2] + 1e-6).all()
+        assert (points[:, 1] >= box[1] - 1e-6).all() and (points[:, 1] <= box[3] + 1e-6).all()
+        # convex: every turn has the same sign
+        edges = np.roll(points, -1, axis=0) - points
+        cross = edges[:, 0] * np.roll(edges, -1, axis=0)[:, 1] - edges[:, 1] * np.roll(edges, -1, axis=0)[:, 0]
+        assert (cross >= -1e-6).all() or (cross <= 1e-6).all()
+        # boundary-enhanced: the polygon fills a good part of its box
+        mask = polygon_mask(points, 400, 400)
+        assert mask.sum() >= 0.35 * (box[2] - box[0]) * (box[3] - box[1])
+
+
+def test_normal_regions_never_touch_a_polyp_box():
+    rng = np.random.default_rng(1)
+    frame = np.full((240, 320, 3), 150, np.uint8)
+    frame[:, :20] = 0  # the black endoscope border
+    visible = visible_area(frame)
+    found = 0
+    for _ in range(300):
+        boxes = []
+        for _ in range(int(rng.integers(1, 4))):
+            x, y = rng.uniform(0, 260), rng.uniform(0, 180)
+            boxes.append((x, y, x + rng.uniform(10, 60), y + rng.uniform(10, 60)))
+        box = normal_region_box(240, 320, boxes, visible, rng)
+        if box is None:
+            continue
+        found += 1
+        region = polygon_mask(convex_polygon_in_box(box, rng), 240, 320)
+        for b in boxes:
+            x0, y0, x1, y1 = (int(np.floor(b[0])), int(np.floor(b[1])), int(np.ceil(b[2])), int(np.ceil(b[3])))
+            assert not region[y0:y1, x0:x1].any()
+        assert not region[:, :20].any()
+    assert found > 200
+
+
+def test_lesion_guided_loss_equals_hand_computation():
+    from engine.training.objectives import inpainting_loss
+
+    prediction = torch.zeros(1, 2, 2, 2)
+    target = torch.tensor([[[[1.0, 2.0], [0.0, 0.0]], [[0.0, 0.0], [3.0, 0.0]]]])
+    mask = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    # squared errors: channel 0 [1, 4, 0, 0], channel 1 [0, 0, 9, 0]; mask covers pixels (0,0) and (1,1)
+    # plain MSE: (1 + 4 + 9) / 8; inside the mask: (1 + 0 + 0 + 0) / (2 channels · 2 pixels)
+    loss, parts = inpainting_loss(prediction, target, mask, lg_weight=0.5)
+    assert parts["mse"] == pytest.approx(14 / 8)
+    assert parts["mse_in_mask"] == pytest.approx(1 / 4)
+    assert float(loss) == pytest.approx(14 / 8 + 0.5 * 1 / 4)
+    # outside weight 0.1: Σ w·e² / (C·Σ w) = (1 + 0.1·4 + 0.1·9 + 0) / (2 · (1 + 0.1 + 0.1 + 1))
+    loss, parts = inpainting_loss(prediction, target, mask, lg_weight=0.0, outside_weight=0.1)
+    assert float(loss) == pytest.approx((1 + 0.4 + 0.9) / (2 * 2.2))
+
+
+# ---------------------------------------------------------------------------------------------- learning
+def _tiny_task(sample_corpus):
+    from engine.training.compact_model import CompactConfig
+    from engine.training.compact_task import CompactInpaintTask, CompactTaskConfig
+    from engine.training.corpus import load_corpus
+
+    corpus = load_corpus([sample_corpus], held_out_fraction=0.25)
+    config = CompactTaskConfig(resolution=32, batch_size=8, model=CompactConfig(widths=(8, 16), blocks=1, stem=2,
+                                                                               attention_levels=(1,)))
+    return CompactInpaintTask(corpus, config, grid_rows=4)
+
+
+def test_pairs_follow_the_labels(sample_corpus):
+    task = _tiny_task(sample_corpus)
+    batch = task.make_batch(0, np.random.default_rng(0))
+    assert batch["x0"].shape == (8, 3, 32, 32) and batch["mask"].shape == (8, 1, 32, 32)
+    assert batch["x0"].min() >= -1 and batch["x0"].max() <= 1
+    assert set(batch["labels"].tolist()) <= {0, 1, 2}
+    covered = batch["mask"].flatten(1).mean(1)
+    assert (covered > 0.05).all() and (covered < 0.9).all()  # the region has context around it
+    again = task.make_batch(0, np.random.default_rng(0))
+    assert torch.equal(batch["x0"], again["x0"]) and torch.equal(batch["mask"], again["mask"])
+
+
+def test_a_few_dozen_steps_lower_the_loss_on_a_fixed_batch(sample_corpus):
+    task = _tiny_task(sample_corpus)
+    torch.manual_seed(0)
+    model = task.build_model()
+    batch = task.make_batch(0, np.random.default_rng(5))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def fixed_loss():
+        with torch.no_grad():
+            return float(task.loss(model, batch, torch.Generator().manual_seed(9))[0])
+
+    before = fixed_loss()
+    for step in range(60):
+        loss, _ = task.loss(model, batch, torch.Generator().manual_seed(step))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert fixed_loss() < 0.75 * before
+
+
+# ---------------------------------------------------------------------------------------------- CLI, kill, resume
+def _train(args, **kwargs):
+    return subprocess.run([sys.executable, str(REPO / "main.py"), "train", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+def test_kill_9_then_resume_equals_uninterrupted(sample_corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    common = ["--preset", "compact", "--input", str(sample_corpus), *TINY_ARGS, "--steps", "24",
+              "--checkpoint-every", "4", "--sample-every", "0", "--validate-every", "0", "--no-export"]
+    whole = _train([*common, "--run", str(tmp_path / "whole")])
+    assert whole.returncode == 0, whole.stderr[-2000:]
+
+    run = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, str(REPO / "main.py"), "train", *common, "--run", str(run)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (run / "checkpoints" / "step-00000008").is_dir():
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+    assert done and "step-00000024" not in done, done
+    resumed = _train([*common, "--run", str(run)])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    a = load_file(str(tmp_path / "whole" / "checkpoints" / "step-00000024" / "tensors.safetensors"))
+    b = load_file(str(run / "checkpoints" / "step-00000024" / "tensors.safetensors"))
+    model_keys = [k for k in a if k.startswith(("model.", "ema."))]
+    assert model_keys
+    for key in model_keys:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_train_exports_a_bundle_the_engine_runs_like_torch(sample_corpus, tmp_path):
+    from engine.pipelines.compact import CompactInpaintPipeline
+    from engine.training.compact_model import load_compact_model
+    from engine.training.compact_task import sample_inpaint
+
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    completed = _train(["--preset", "compact", "--input", str(sample_corpus), *TINY_ARGS, "--steps", "6",
+                        "--sample-every", "3", "--validate-every", "3", "--checkpoint-every", "3", "--log-every", "1",
+                        "--run", str(run), "--to", str(bundle)])
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    for name in ("MODEL_CARD.md", "model_card.json", "log.jsonl", "loss.png", "samples/step-00000006.png",
+                 "model/config.json", "model/model.safetensors", "model/held_out_frames.txt"):
+        assert (run / name).is_file(), name
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "6 optimiser steps" in card and "not a medical device" in card
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["kind"] == "pixel-inpaint" and "MODEL_CARD.md" in manifest["files"]
+    assert manifest["parity"]["unet"]["max_abs_error"] < 1e-4
+
+    model, _ = load_compact_model(run / "model")
+    with torch.no_grad():  # a trained-for-6-steps model is near its zero-initialised output: make it speak
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    from engine.training.compact_model import save_compact_model
+    from engine.training.compact_task import CompactTaskConfig
+    from engine.export.compact_export import export_compact_bundle
+
+    config = json.loads((run / "model" / "config.json").read_text())["task"]
+    task_config = CompactTaskConfig(resolution=config["resolution"], scheduler=config["scheduler"])
+    save_compact_model(model, task_config, tmp_path / "perturbed")
+    export_compact_bundle(tmp_path / "perturbed", tmp_path / "perturbed-bundle", log=lambda _: None)
+    pipe = CompactInpaintPipeline.from_bundle(tmp_path / "perturbed-bundle")
+
+    rng = np.random.default_rng(4)
+    frame = rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)
+    mask = np.zeros((80, 100), bool)
+    mask[30:50, 40:66] = True
+    prepared = pipe.prepare_frame(frame, mask)  # region mode: the bundle's default
+    assert prepared.inpaint_area == "region" and prepared.crop != (0, 0, 100, 80)
+    w, h = prepared.working_size
+    noise = rng.standard_normal((1, 3, h, w)).astype(np.float32)
+    for prompt, label, guidance in (("Polyp", 1, 2.0), ("normal", 2, 1.0)):
+        result = pipe.generate_variants(prepared, [0], prompt=prompt, latents=[noise], steps=6, guidance_scale=guidance)[0]
+        reference = sample_inpaint(model, torch.from_numpy(prepared.image), torch.from_numpy(prepared.work_mask),
+                                   torch.tensor([label]), torch.from_numpy(noise), task_config.scheduler, 6, guidance)
+        reference = (reference.clamp(-1, 1) / 2 + 0.5).permute(0, 2, 3, 1).numpy()[0]
+        assert np.abs(reference - result.raw).max() < 1e-4
+        assert np.array_equal(result.image[~mask], frame[~mask])
+        assert not np.array_equal(result.image[mask], frame[mask])
+        assert result.settings["region_crop"] == list(prepared.crop)
+    from engine.errors import InputError
+
+    with pytest.raises(InputError, match="Polyp"):
+        pipe.generate_variants(prepared, [0], prompt="a red polyp", steps=2)
+
+
+def test_batch_job_runs_a_pixel_inpaint_bundle_in_region_mode(sample_corpus, tmp_path):
+    import main
+
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    assert _train(["--preset", "compact", "--input", str(sample_corpus), *TINY_ARGS, "--steps", "2",
+                   "--sample-every", "0", "--validate-every", "0", "--run", str(run), "--to", str(bundle)]).returncode == 0
+    output = tmp_path / "dataset"
+    code = main.main(["--batch", "--input", str(sample_corpus), "--output", str(output), "--model", str(bundle),
+                      "--steps", "3", "--quiet", "--region-padding", "12"])
+    assert code == 0
+    records = [json.loads(l) for l in (output / "manifest.jsonl").read_text().splitlines()]
+    ok = [r for r in records if r["status"] == "ok"]
+    assert ok and all(r["inpaint_area"] == "region" and len(r["region_crop"]) == 4 for r in ok)
+    assert all(r["bundle"] == "bundle" for r in ok)
+    coco = json.loads((output / "annotations" / "instances.json").read_text())
+    assert len(coco["images"]) == len(ok)
