@@ -66,6 +66,11 @@ def register_commands(subparsers) -> dict:
     train.add_argument("--blocks", type=int, default=None, help="compact U-Net res blocks per level")
     train.add_argument("--stem", type=int, default=None, help="compact U-Net space-to-depth stem (1 or 2)")
     train.add_argument("--attention-levels", type=_int_tuple, default=None, help="compact U-Net levels with attention")
+    train.add_argument("--init-from", type=Path, default=None,
+                       help="start from these weights: a model folder, or a run folder's newest checkpoint (e.g. a "
+                            "lower-resolution run)")
+    train.add_argument("--box-mask-fraction", type=float, default=None,
+                       help="share of pairs trained with the region's box as mask (compact: 0.25)")
     train.add_argument("--held-out-fraction", type=float, default=0.05, help="frames never trained on (by name hash)")
     train.add_argument("--max-side", type=int, default=640, help="frames are scaled to this longer side in memory")
     train.add_argument("--limit-frames", type=int, default=None, help="use only the first N frames of each folder")

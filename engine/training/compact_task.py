@@ -70,6 +70,11 @@ class CompactTaskConfig:
     scheduler: dict = field(default_factory=lambda: dict(SCHEDULER_CONFIG))
     sample_steps: int = 20
     sample_guidance: float = 2.0
+    # Share of pairs (both prompts) whose mask is the region's box instead of a polygon: at inference the
+    # mask is often a box (mask source box, Polyp-Gen's 15-px box for removal); a model trained from scratch
+    # only on polygons paints artefacts into boxes.
+    box_mask_fraction: float = 0.25
+    init_from: str | None = None  # start from these weights (a run folder's newest checkpoint or a model folder)
 
     def to_json(self) -> dict:
         values = asdict(self)
@@ -91,6 +96,32 @@ def _polygon_in_crop(points: np.ndarray, crop, size: int) -> np.ndarray:
     return polygon_mask(scaled, size, size)
 
 
+def _box_in_crop(box, crop, size: int) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    corners = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
+    return _polygon_in_crop(corners, crop, size)
+
+
+def _widened(box, fraction: float):
+    pad = fraction * max(box[2] - box[0], box[3] - box[1])
+    return (box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad)
+
+
+def initial_weights(source: Path) -> dict[str, torch.Tensor]:
+    """Weights to start from: a model folder (model.safetensors) or a run folder's newest checkpoint (raw weights)."""
+    from safetensors.torch import load_file
+
+    from engine.training.checkpoint import load_latest_checkpoint
+    from engine.training.loop import TrainingError
+
+    if (source / "model.safetensors").is_file():
+        return load_file(str(source / "model.safetensors"))
+    checkpoint = load_latest_checkpoint(source)
+    if checkpoint is None:
+        raise TrainingError(f"{source}: --init-from needs a model folder (model.safetensors) or a run folder with checkpoints")
+    return checkpoint.group("model")
+
+
 class CompactInpaintTask(TrainingTask):
     name = "compact-inpaint"
 
@@ -107,11 +138,16 @@ class CompactInpaintTask(TrainingTask):
 
     # ------------------------------------------------------------------ TrainingTask
     def describe(self) -> dict:
-        return {"config": self.config.to_json(), "corpus": {k: v for k, v in self.corpus.describe().items() if k != "held_out"},
+        # init_from is provenance (model card), not a setting a resume must repeat: a checkpoint replaces it
+        config = {k: v for k, v in self.config.to_json().items() if k != "init_from"}
+        return {"config": config, "corpus": {k: v for k, v in self.corpus.describe().items() if k != "held_out"},
                 "held_out_sha": _digest(sorted(f.stem for f in self.corpus.held_out))}
 
     def build_model(self) -> torch.nn.Module:
         return CompactInpaintUNet(self.config.model)
+
+    def initial_state(self):
+        return initial_weights(Path(self.config.init_from)) if self.config.init_from else None
 
     def samples_per_step(self) -> int:
         return self.config.batch_size
@@ -215,7 +251,9 @@ class CompactInpaintTask(TrainingTask):
         crop = self._crop_for(frame, box, rng)
         size = self.config.resolution
         image = _crop_resized(frame.image, crop, size, Image.Resampling.BILINEAR)
-        if self.config.mask_mode == "bpm":
+        if rng.random() < self.config.box_mask_fraction:
+            mask = _box_in_crop(_widened(box, rng.uniform(0.0, 0.1)), crop, size)
+        elif self.config.mask_mode == "bpm":
             mask = _polygon_in_crop(convex_polygon_in_box(box, rng), crop, size)
         else:
             height, width = frame.image.shape[:2]
@@ -235,7 +273,10 @@ class CompactInpaintTask(TrainingTask):
             crop = self._crop_for(frame, box, rng)
             size = self.config.resolution
             image = _crop_resized(frame.image, crop, size, Image.Resampling.BILINEAR)
-            mask = _polygon_in_crop(convex_polygon_in_box(box, rng), crop, size)
+            if rng.random() < self.config.box_mask_fraction:
+                mask = _box_in_crop(box, crop, size)
+            else:
+                mask = _polygon_in_crop(convex_polygon_in_box(box, rng), crop, size)
             return image, mask, NORMAL
         return self._polyp_pair(rng, polyp_frames)  # no free mucosa found in 20 frames: a Polyp pair instead
 

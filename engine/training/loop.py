@@ -81,6 +81,10 @@ class TrainingTask:
     def sample_grid(self, model: torch.nn.Module, step: int, path: Path) -> None:
         """Write a PNG a curator can look at (fixed validation data, fixed seeds)."""
 
+    def initial_state(self) -> dict[str, torch.Tensor] | None:
+        """Weights to start a fresh run from (a warm start); not used when resuming from a checkpoint."""
+        return None
+
 
 @dataclass
 class TrainConfig:
@@ -262,8 +266,13 @@ def train(task: TrainingTask, config: TrainConfig, run_dir: Path, resume: bool =
     if is_main:
         _check_run_record(run_dir, record, resume)
 
+    checkpoint = load_latest_checkpoint(run_dir) if resume else None
     torch.manual_seed(config.seed)
     model = task.build_model()
+    if checkpoint is None:
+        initial = task.initial_state()
+        if initial is not None:
+            model.load_state_dict(initial)
     parameters = task.trainable_parameters(model)
     if not parameters:
         raise TrainingError(f"task {task.name}: no trainable parameters")
@@ -271,7 +280,6 @@ def train(task: TrainingTask, config: TrainConfig, run_dir: Path, resume: bool =
     ema = ExponentialMovingAverage(model, config.ema_decay) if config.ema_decay else None
 
     start_step, train_seconds, best_value, bad_validations, best_metrics = 0, 0.0, None, 0, {}
-    checkpoint = load_latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         model.load_state_dict(checkpoint.group("model"))
         optimizer_from_tensors(optimizer, checkpoint.tensors, checkpoint.state["optimizer"])

@@ -62,8 +62,11 @@ def polyp_training_mask(mode: str, box, instance_mask: np.ndarray | None, height
 
 
 def visible_area(frame: np.ndarray) -> np.ndarray:
-    """Pixels of mucosa, not the black endoscope border (brightest channel above 30, eroded a little)."""
-    return cv2.erode((frame.max(axis=2) > 30).astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    """Pixels of mucosa: not the black endoscope border (brightest channel above 30) and not a green/teal
+    overlay (Olympus ScopeGuide's position box: green clearly above red, which mucosa never is), eroded a little."""
+    red, green = frame[..., 0].astype(np.int16), frame[..., 1].astype(np.int16)
+    mucosa = (frame.max(axis=2) > 30) & ~(green > red + 30)
+    return cv2.erode(mucosa.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
 
 
 def normal_region_box(height: int, width: int, polyp_boxes, visible: np.ndarray, rng: np.random.Generator,

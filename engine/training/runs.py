@@ -91,6 +91,8 @@ def _compact(args, corpus):
         mask_mode=args.mask_mode, lg_weight=args.lg_weight,
         outside_weight=defaults.outside_weight if args.outside_weight is None else args.outside_weight,
         min_snr_gamma=gamma,
+        box_mask_fraction=defaults.box_mask_fraction if args.box_mask_fraction is None else args.box_mask_fraction,
+        init_from=str(Path(args.init_from).resolve()) if args.init_from else None,
     )
     task = CompactInpaintTask(corpus, task_config)
     config = train_config(args, COMPACT_DEFAULTS)
