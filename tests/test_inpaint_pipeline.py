@@ -183,3 +183,30 @@ def test_bad_inputs_are_named(engine):
         engine(frame, mask, scheduler="euler")
     with pytest.raises(InputError, match="RGB uint8"):
         engine(frame.astype(np.float32), mask)
+
+
+def test_region_inpainting_equals_diffusers_on_the_crop(engine, tiny_pipeline_dir):
+    """inpaint_area="region": the engine's raw output is diffusers' on the same crop (same noise), only the mask
+    changes in the frame, and the crop is what the settings record."""
+    import torch
+
+    frame, _ = _frame_and_mask(width=300, height=220)
+    mask = np.zeros((220, 300), bool)
+    mask[60:110, 150:210] = True  # a 60×50 box: padding 18 px → a 96×96 crop, the working size as it is
+    assert engine.prepare_frame(frame, mask, inpaint_area="region").working_size == (engine.image_size,) * 2
+    prepared = engine.prepare_frame(frame, mask, working_size=(96, 96), inpaint_area="region", region_padding=18)
+    x0, y0, x1, y1 = prepared.crop
+    assert (x1 - x0, y1 - y0) == (96, 96) and x0 <= 150 and x1 >= 210 and y0 <= 60 and y1 >= 110
+    latent_shape = (1, 4, 12, 12)
+    latents = torch.randn(latent_shape, generator=torch.Generator().manual_seed(3)).numpy()
+    posterior_noise = torch.randn(latent_shape, generator=torch.Generator().manual_seed(4)).numpy()
+    (result,) = engine.generate_variants(prepared, [0], prompt="Polyp", negative_prompt="", steps=6, guidance_scale=7.5,
+                                         scheduler="ddim", latents=[latents], masked_image_noise=[posterior_noise])
+    expected = _diffusers_reference(tiny_pipeline_dir, "ddim", np.ascontiguousarray(frame[y0:y1, x0:x1]),
+                                    mask[y0:y1, x0:x1], latents, 4, 6, 7.5)
+    assert float(np.abs(result.raw - expected).max()) < RAW_TOLERANCE
+    assert result.settings["inpaint_area"] == "region" and result.settings["region_crop"] == [x0, y0, x1, y1]
+    assert np.array_equal(result.image[~mask], frame[~mask])
+    assert not np.array_equal(result.image[mask], frame[mask])
+    whole = engine(frame, mask, steps=2, seed=0)
+    assert whole.settings["inpaint_area"] == "frame" and whole.settings["region_crop"] == [0, 0, 300, 220]
