@@ -50,6 +50,8 @@ class JobSettings:
     captions: str = ""  # per-frame prompts for an sd-controlnet bundle (CSV or JSONL), "" = none
     formats: list[str] = field(default_factory=lambda: list(FORMATS))
     resume: bool = True
+    inpaint_area: str = ""  # "" = the bundle's default; "frame" | "region"
+    region_padding: int | None = None  # None = automatic (30 % of the mask box's longer side)
 
     def spec_values(self, input_dir: Path, masks_dir: Path | None) -> dict:
         """Keys for engine.jobs.build_spec (validation, with clear messages, is the engine's)."""
@@ -69,6 +71,8 @@ class JobSettings:
             "resume": self.resume,
             "prompt": self.prompt.strip() or None,
             "captions": self.captions.strip() or None,
+            "inpaint_area": self.inpaint_area or None,
+            "region_padding": self.region_padding,
         }
         if self.model:
             values["model"] = self.model
@@ -117,6 +121,9 @@ def _parse(name: str, raw, default):
     if name in ("steps",):
         value = int(text)
         return value if value >= 1 else None
+    if name == "region_padding":
+        value = int(text)
+        return value if value >= 0 else None
     if name == "guidance":
         value = float(text)
         return value if 0.0 <= value <= 50.0 else None
@@ -130,7 +137,8 @@ def _parse(name: str, raw, default):
     if name == "formats":
         values = [v for v in (raw if isinstance(raw, list) else text.split(",")) if v in FORMATS]
         return values or default
-    choices = {"mask_source": MASK_SOURCES, "mode": MODES, "scheduler": SCHEDULERS, "provider": PROVIDERS}
+    choices = {"mask_source": MASK_SOURCES, "mode": MODES, "scheduler": SCHEDULERS, "provider": PROVIDERS,
+               "inpaint_area": ("", "frame", "region")}
     if name in choices and text not in choices[name]:
         raise ValueError(name)
     return text

@@ -117,6 +117,16 @@ class SettingsPanel(QWidget):
         self.guidance.setSpecialValueText("bundle default")
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
+        self.inpaint_area = QComboBox()
+        for value, text in (("", "bundle default"), ("frame", "whole frame"), ("region", "region around the mask")):
+            self.inpaint_area.addItem(text, value)
+        self.inpaint_area.setToolTip("What the model sees: the whole frame resized, or the region around the mask "
+                                     "(more detail for small polyps; the compact model's default)")
+        self.region_padding = QSpinBox()
+        self.region_padding.setRange(-1, 2000)
+        self.region_padding.setSuffix(" px")
+        self.region_padding.setSpecialValueText("automatic")
+        self.region_padding.setToolTip("Context around the mask's box in region mode (automatic: 30 % of its longer side)")
         self.prompt = QLineEdit()
         self.prompt.setPlaceholderText("bundle default (Polyp / Normal)")
         self.prompt.setToolTip("Text prompt; for a CCIS-Diff (sd-controlnet) bundle a clinical description")
@@ -150,6 +160,8 @@ class SettingsPanel(QWidget):
         form.addRow("Scheduler", self.scheduler)
         form.addRow("Guidance", self.guidance)
         form.addRow("Seed", self.seed)
+        form.addRow("Model sees", self.inpaint_area)
+        form.addRow("Region padding", self.region_padding)
         form.addRow("Prompt", self.prompt)
         form.addRow("Captions file", self.captions)
 
@@ -159,9 +171,9 @@ class SettingsPanel(QWidget):
         layout.addWidget(output_box)
         layout.addStretch(1)
 
-        for widget in (self.mask_source, self.mode, self.scheduler, self.provider):
+        for widget in (self.mask_source, self.mode, self.scheduler, self.provider, self.inpaint_area):
             widget.currentIndexChanged.connect(self._changed)
-        for widget in (self.box_pad, self.variants, self.steps, self.seed, self.guidance):
+        for widget in (self.box_pad, self.variants, self.steps, self.seed, self.guidance, self.region_padding):
             widget.valueChanged.connect(self._changed)
         for box in (self.resume, *self.formats.values()):
             box.toggled.connect(self._changed)
@@ -182,6 +194,8 @@ class SettingsPanel(QWidget):
             self.steps.setValue(s.steps or 0)
             self.guidance.setValue(-0.5 if s.guidance is None else s.guidance)
             self.seed.setValue(s.seed)
+            _select(self.inpaint_area, s.inpaint_area)
+            self.region_padding.setValue(-1 if s.region_padding is None else s.region_padding)
             self.prompt.setText(s.prompt)
             self.captions.setText(s.captions)
             self.output.setText(s.output)
@@ -212,6 +226,8 @@ class SettingsPanel(QWidget):
             resume=self.resume.isChecked(),
             prompt=self.prompt.text(),
             captions=self.captions.text(),
+            inpaint_area=self.inpaint_area.currentData(),
+            region_padding=None if self.region_padding.value() < 0 else self.region_padding.value(),
         )
 
     def selected_bundle(self) -> str:
@@ -239,7 +255,8 @@ class SettingsPanel(QWidget):
 
     def _inputs(self):
         return [self.mask_source, self.mode, self.scheduler, self.provider, self.box_pad, self.variants, self.steps,
-                self.guidance, self.seed, self.prompt, self.captions, self.output, self.resume, *self.formats.values()]
+                self.guidance, self.seed, self.inpaint_area, self.region_padding, self.prompt, self.captions,
+                self.output, self.resume, *self.formats.values()]
 
     def _browse_output(self) -> None:
         start = self.output.text() or str(Path.home())
@@ -250,6 +267,7 @@ class SettingsPanel(QWidget):
 
     def _update_enabled(self) -> None:
         self.box_pad.setEnabled(self.mask_source.currentData() == "box")
+        self.region_padding.setEnabled(self.inpaint_area.currentData() != "frame")
 
     def _changed(self, *args) -> None:
         self._update_enabled()
