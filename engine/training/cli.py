@@ -79,10 +79,12 @@ def register_commands(subparsers) -> dict:
     train.add_argument("--sample-every", type=int, default=None)
     train.add_argument("--validate-every", type=int, default=None)
     train.add_argument("--log-every", type=int, default=None)
+    train.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept in the run folder")
     train.add_argument("--threads", type=int, default=None)
     train.add_argument("--max-minutes", type=float, default=None,
                        help="stop (checkpointed, then exported) after this many minutes; --resume continues later")
-    train.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    train.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,
+                       help="default: fp16 when fine-tuning (--from) on a GPU, else no")
     train.add_argument("--no-export", action="store_true", help="stop after the last checkpoint (no model folder, no bundle)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     return {"train": run_train}

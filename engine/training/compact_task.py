@@ -178,11 +178,12 @@ class CompactInpaintTask(TrainingTask):
     def loss(self, model, batch, generator):
         x0, mask, labels = batch["x0"], batch["mask"], batch["labels"]
         count = x0.shape[0]
+        # random draws on the CPU generator (the same numbers on any device), then moved to the batch's device
         t = torch.randint(0, len(self.alphas_cumprod), (count,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         noisy = add_noise(x0, noise, self.alphas_cumprod, t)
         model_input = torch.cat([noisy, x0 * (1 - mask), mask], dim=1)
-        prediction = model(model_input, t.float(), labels)
+        prediction = model(model_input, t.float().to(x0.device), labels)
         prediction_type = self.config.scheduler["prediction_type"]
         target = target_of(prediction_type, x0, noise, self.alphas_cumprod, t)
         weight = min_snr_weight(prediction_type, self.alphas_cumprod, t, self.config.min_snr_gamma)
@@ -192,7 +193,8 @@ class CompactInpaintTask(TrainingTask):
         """Denoising loss on a fixed held-out batch with fixed noise: comparable from one validation to the next."""
         if not self.corpus.held_out:
             return {}
-        batch = self._fixed_batch()
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in self._fixed_batch().items()}
         generator = torch.Generator().manual_seed(1234)
         with torch.no_grad():
             loss, metrics = self.loss(model, batch, generator)
@@ -353,6 +355,8 @@ def sample_inpaint(model, images: torch.Tensor, masks: torch.Tensor, classes: to
     scheduler = DDIMScheduler.from_config({k: v for k, v in scheduler_config.items() if not k.startswith("_")})
     scheduler.set_timesteps(steps)
     guided = guidance > 1.0
+    device = next(model.parameters()).device
+    images, masks, classes, noise = images.to(device), masks.to(device), classes.to(device), noise.to(device)
     condition = torch.cat([images * (1 - masks), masks], dim=1)
     x = noise * scheduler.init_noise_sigma
     labels = torch.cat([torch.zeros_like(classes), classes]) if guided else classes
@@ -363,10 +367,10 @@ def sample_inpaint(model, images: torch.Tensor, masks: torch.Tensor, classes: to
             copies = 2 if guided else 1
             model_input = scheduler.scale_model_input(torch.cat([x] * copies), t)
             prediction = model(torch.cat([model_input, torch.cat([condition] * copies)], dim=1),
-                               t.float().reshape(1).expand(model_input.shape[0]), labels)
+                               t.float().reshape(1).expand(model_input.shape[0]).to(device), labels)
             if guided:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + guidance * (cond - uncond)
             x = scheduler.step(prediction, t, x).prev_sample
     model.train(was_training)
-    return x
+    return x.cpu()

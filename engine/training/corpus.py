@@ -113,7 +113,8 @@ def load_corpus(polyp_dirs: list[Path], normal_dirs: list[Path] | None = None, m
     sources = []
     for folder, normal in [(Path(p), False) for p in polyp_dirs] + [(Path(p), True) for p in (normal_dirs or [])]:
         found = discover(folder)
-        sources.append(f"{folder} ({len(found.frames)} {'normal ' if normal else ''}frames)")
+        # the folder's name, not its path: a run resumed on another machine (or from another cwd) is the same run
+        sources.append(f"{folder.resolve().name} ({len(found.frames)} {'normal ' if normal else ''}frames)")
         chosen = found.frames if limit is None else found.frames[:limit]
         jobs.extend((frame, folder.name, normal) for frame in chosen)
     if not jobs:

@@ -115,7 +115,7 @@ class TrainConfig:
 
     # Fields that may differ when a run is resumed: how long, how often, how it is shown.
     RESUMABLE_CHANGES = ("steps", "checkpoint_every", "sample_every", "validate_every", "log_every",
-                         "keep_checkpoints", "patience", "threads", "progress", "max_seconds")
+                         "keep_checkpoints", "patience", "threads", "progress", "max_seconds", "mixed_precision")
 
     def shaping(self) -> dict:
         values = asdict(self)
@@ -349,7 +349,7 @@ def train(task: TrainingTask, config: TrainConfig, run_dir: Path, resume: bool =
             metrics_sum: dict[str, float] = {}
             loss_sum = 0.0
             for micro in range(config.grad_accum):
-                batch = task.make_batch(step, step_rng(config.seed, step, micro, rank))
+                batch = _to_device(task.make_batch(step, step_rng(config.seed, step, micro, rank)), accelerator.device)
                 generator = step_generator(config.seed, step, micro, rank)
                 sync = micro == config.grad_accum - 1
                 context = accelerator.no_sync(model) if not sync and accelerator.num_processes > 1 else _nullcontext()
@@ -433,6 +433,10 @@ def train(task: TrainingTask, config: TrainConfig, run_dir: Path, resume: bool =
     ema_model = eval_model() if ema is not None else None
     return TrainResult(step=step, run_dir=run_dir, model=bare, ema_model=ema_model, stopped_early=stopped_early,
                        best_metrics=best_metrics, best_state=best_state, train_seconds=train_seconds, last_loss=last_loss)
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 class _nullcontext:

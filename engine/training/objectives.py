@@ -25,7 +25,7 @@ def alphas_cumprod_of(scheduler_config: dict) -> torch.Tensor:
 
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    a = alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    a = alphas_cumprod[t.cpu()].reshape(-1, 1, 1, 1).to(x0.device)
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
@@ -33,7 +33,7 @@ def target_of(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, alpha
     if prediction_type == "epsilon":
         return noise
     if prediction_type == "v_prediction":
-        a = alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        a = alphas_cumprod[t.cpu()].reshape(-1, 1, 1, 1).to(x0.device)
         return a.sqrt() * noise - (1 - a).sqrt() * x0
     if prediction_type == "sample":
         return x0
@@ -43,7 +43,7 @@ def target_of(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, alpha
 def min_snr_weight(prediction_type: str, alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float | None) -> torch.Tensor:
     if gamma is None:
         return torch.ones(t.shape[0])
-    a = alphas_cumprod[t]
+    a = alphas_cumprod[t.cpu()]
     snr = a / (1 - a).clamp_min(1e-12)
     clipped = torch.clamp(snr, max=gamma)
     if prediction_type == "v_prediction":

@@ -29,6 +29,14 @@ def _pick(args, name, defaults):
     return defaults[name] if value is None else value
 
 
+def _mixed_precision(args) -> str:
+    if args.mixed_precision is not None:
+        return args.mixed_precision
+    import torch
+
+    return "fp16" if getattr(args, "source", None) is not None and torch.cuda.is_available() else "no"
+
+
 def train_config(args, defaults: dict) -> TrainConfig:
     ema = _pick(args, "ema_decay", defaults)
     return TrainConfig(
@@ -37,7 +45,8 @@ def train_config(args, defaults: dict) -> TrainConfig:
         grad_accum=_pick(args, "grad_accum", defaults), ema_decay=ema if ema else None, seed=args.seed,
         checkpoint_every=_pick(args, "checkpoint_every", defaults), sample_every=_pick(args, "sample_every", defaults),
         validate_every=_pick(args, "validate_every", defaults), log_every=_pick(args, "log_every", defaults),
-        threads=args.threads, mixed_precision=args.mixed_precision, progress=not args.quiet,
+        threads=args.threads, mixed_precision=_mixed_precision(args), progress=not args.quiet,
+        keep_checkpoints=getattr(args, "keep_checkpoints", 3),
         max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes,
         early_stop_metric="val_loss" if _pick(args, "validate_every", defaults) else None, early_stop_mode="min",
     )

@@ -136,8 +136,9 @@ class SDInpaintTask(TrainingTask):
         return {"x0": x0, "mask": torch.from_numpy(np.stack(masks))[:, None].float(), "labels": torch.tensor(labels)}
 
     def _encode(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        self.vae.to(pixels.device)
         distribution = self.vae.encode(pixels).latent_dist
-        noise = torch.randn(distribution.mean.shape, generator=generator)
+        noise = torch.randn(distribution.mean.shape, generator=generator).to(pixels.device)
         return (distribution.mean + distribution.std * noise) * self.scaling_factor
 
     def loss(self, model, batch, generator):
@@ -147,12 +148,12 @@ class SDInpaintTask(TrainingTask):
             masked_latents = self._encode(x0 * (mask < 0.5), generator)
         latent_mask = F.interpolate(mask, size=latents.shape[-2:], mode="nearest")
         t = torch.randint(0, len(self.alphas_cumprod), (x0.shape[0],), generator=generator)
-        noise = torch.randn(latents.shape, generator=generator)
-        a = self.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        noise = torch.randn(latents.shape, generator=generator).to(x0.device)
+        a = self.alphas_cumprod[t].reshape(-1, 1, 1, 1).to(x0.device)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         model_input = torch.cat([noisy, latent_mask, masked_latents], dim=1)
-        text = self.prompt_embeddings[labels]
-        prediction = model(model_input, t, encoder_hidden_states=text).sample
+        text = self.prompt_embeddings.to(x0.device)[labels]
+        prediction = model(model_input, t.to(x0.device), encoder_hidden_states=text).sample
         target = target_of(self.prediction_type, latents, noise, self.alphas_cumprod, t)
         weight = min_snr_weight(self.prediction_type, self.alphas_cumprod, t, self.config.min_snr_gamma)
         return inpainting_loss(prediction, target, latent_mask, self.config.lg_weight, 1.0, weight)
