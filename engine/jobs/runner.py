@@ -1,12 +1,13 @@
 """run_job(spec, on_event, cancel): a folder of frames → an annotated, resumable dataset.
 
-Order of work: discover the input → check the output folder and the bundle (anything wrong here stops the
-job before it starts, with one line) → plan (frame × variant, each with a seed derived from the job seed,
-the frame's path and the variant number, so a variant's seed never depends on the other frames) → skip what
-the manifest already records as done → per frame: read it once, resolve the region, VAE-encode it once for
-all its variants (the prompt is encoded once per job) → per variant: generate, write image and instance
-mask atomically, append a manifest line → rebuild COCO, YOLO, data.yaml and the contact sheet from the
-manifest. One bad frame is a failed manifest line, never a stopped job.
+plan → schedule → collect → rebuild. Discover the input → check the output folder and the bundle (anything
+wrong here stops the job before it starts, with one line) → plan (frame × variant, each with a seed derived
+from the job seed, the frame's path and the variant number, so a variant's seed never depends on the other
+frames, their order or who runs them) → skip what the manifest already records as done → schedule the
+frames that have work left (engine/jobs/frame_work.py does one frame: read once, encode once, generate its
+variants, write their files atomically) → collect each variant's record as it comes: append it to the
+manifest (this process is its only writer) and emit progress → rebuild COCO, YOLO, data.yaml and the
+contact sheet from the manifest. One bad frame is a failed manifest line, never a stopped job.
 """
 
 from __future__ import annotations
@@ -18,20 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
-from engine import __version__
 from engine.dataset.coco_writer import write_coco
 from engine.dataset.contact_sheet import write_contact_sheet
 from engine.dataset.discovery import SourceFrame, discover
-from engine.dataset.image_reader import read_frame, read_mask
-from engine.dataset.labels import read_yolo
 from engine.dataset.manifest import Manifest
 from engine.dataset.yolo_writer import write_yolo_detect, write_yolo_segment
 from engine.errors import Cancelled, InputError, PolypForgeError
 from engine.fileio import atomic_write_bytes, save_png_atomic
 from engine.jobs.events import JobEvent
-from engine.masks.sources import Skip, resolve_region
+from engine.jobs.frame_work import FrameTask, FrameWork, WorkItem, file_sha256
 from engine.pipelines import open_inpainting_pipeline
 
 OWNED_OUTPUTS = ("images", "masks", "labels", "yolo-seg", "annotations")
@@ -40,18 +36,6 @@ JOB_RECORD = "job.json"
 
 class JobCannotStart(PolypForgeError):
     """Missing input, unwritable output, bad bundle, settings that contradict an earlier run."""
-
-
-@dataclass
-class WorkItem:
-    frame: SourceFrame
-    variant: int
-    seed: int
-    image: str  # output path relative to the output folder
-
-    @property
-    def key(self) -> str:
-        return f"{self.frame.rel}#{self.variant}"
 
 
 @dataclass
@@ -133,14 +117,6 @@ def _prepare_output(spec, settings: dict) -> None:
     atomic_write_bytes(record_path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def _frame_instances(frame: SourceFrame, width: int, height: int):
-    if frame.label_instances is not None:
-        return list(frame.label_instances)
-    if frame.yolo_path is not None:
-        return read_yolo(frame.yolo_path, width, height)
-    return []
-
-
 def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Callable[[], bool] | None = None) -> JobSummary:
     emit = on_event or (lambda event: None)
     cancelled = cancel or (lambda: False)
@@ -162,7 +138,7 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
             from engine.pipelines.controlnet import read_captions
 
             captions = read_captions(spec.captions)
-            settings["captions_sha256"] = _file_sha256(spec.captions)
+            settings["captions_sha256"] = file_sha256(spec.captions)
     except PolypForgeError as exc:
         raise JobCannotStart(str(exc)) from None
     settings["bundle_id"] = pipeline.bundle.bundle_id
@@ -204,111 +180,13 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
                              f"from {spec.captions}; the others use the prompt {prompt!r}")
     emit(JobEvent("started", total=len(items), message=f"{len(items)} variants of {len({i.frame.rel for i in items})} frames on {pipeline.provider.upper()}"))
 
-    completed = 0
-    by_frame: dict[str, list[WorkItem]] = {}
-    for item in items:
-        by_frame.setdefault(item.frame.rel, []).append(item)
+    tasks = frame_tasks(items, done, prompt, captions, spec)
+    work = FrameWork(spec, pipeline, proposer, settings.get("retrieval_db_id"),
+                     captions_file=spec.captions if captions else None, write_png=save_png_atomic)
+    collect = RecordCollector(manifest, emit, total=len(items), done=len(items) - sum(len(t.items) for t in tasks))
+    summary.reused = collect.done
     try:
-        for frame_items in by_frame.values():
-            pending = [item for item in frame_items if item.key not in done]
-            completed += len(frame_items) - len(pending)
-            summary.reused += len(frame_items) - len(pending)
-            if not pending:
-                continue
-            if cancelled():
-                raise Cancelled("cancelled between frames")
-            frame = frame_items[0].frame
-            caption = caption_for(captions, frame.rel) if captions else None
-            frame_prompt = caption if caption is not None else prompt
-            emit(JobEvent("frame", done=completed, total=len(items), frame=frame.rel))
-            try:
-                pixels = read_frame(frame.path)
-                user_mask = None
-                if frame.mask_path is not None:
-                    user_mask = read_mask(frame.mask_path)
-                labels = _frame_instances(frame, pixels.shape[1], pixels.shape[0])
-                proposals = proposer.propose(pixels, spec.top_k) if proposer is not None else []
-            except PolypForgeError as exc:  # unreadable frame, mask or labels; a retrieval failure on this frame
-                for item in pending:
-                    completed += 1
-                    _record_failure(manifest, summary, item, spec, pipeline, str(exc), emit, completed, len(items))
-                continue
-            prepared_for = None
-            prepared = None
-            for item in pending:
-                if cancelled():
-                    raise Cancelled("cancelled between variants")
-                t0 = time.perf_counter()
-                # Variants of a frame take the proposals in turn: diversity across variants.
-                proposal = proposals[item.variant % len(proposals)] if proposals else None
-                try:
-                    region = resolve_region(spec.mode, spec.mask_source, pixels, user_mask, labels, spec.box_pad,
-                                            item.seed, proposal.box if proposal is not None else None)
-                    region_key = region.mask.tobytes() if spec.mask_source in ("random", "retrieved") else "fixed"
-                    if prepared is None or prepared_for != region_key:
-                        prepared = pipeline.prepare_frame(pixels, region.mask, inpaint_area=spec.inpaint_area,
-                                                          region_padding=spec.region_padding)
-                        prepared_for = region_key
-
-                    def on_step(done_steps, total_steps, _item=item, _completed=completed):
-                        emit(JobEvent("step", done=_completed, total=len(items), frame=frame.rel,
-                                      variant=_item.variant, step=done_steps, steps=total_steps))
-
-                    (result,) = pipeline.generate_variants(
-                        prepared, [item.seed], prompt=frame_prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
-                        guidance_scale=spec.guidance, scheduler=spec.scheduler, progress=on_step, cancel=cancelled,
-                    )
-                except Skip as reason:
-                    completed += 1
-                    record = _base_record(item, spec, pipeline) | {"status": "skipped", "reason": str(reason)}
-                    manifest.append(record)
-                    summary.skipped += 1
-                    emit(JobEvent("skipped", done=completed, total=len(items), frame=frame.rel, message=str(reason)))
-                    continue
-                except InputError as exc:
-                    completed += 1
-                    _record_failure(manifest, summary, item, spec, pipeline, str(exc), emit, completed, len(items))
-                    continue
-                instances = region.kept + region.generated
-                save_png_atomic(spec.output / item.image, result.image)
-                instance_map = np.zeros(region.mask.shape, np.uint8)
-                for index, instance in enumerate(region.generated, start=1):
-                    instance_map[instance.raster(*region.mask.shape) & region.mask] = index
-                save_png_atomic(spec.output / item.image.replace("images/", "masks/", 1), instance_map)
-                seconds = time.perf_counter() - t0
-                record = _base_record(item, spec, pipeline) | {
-                    "status": "ok",
-                    "mask": item.image.replace("images/", "masks/", 1),
-                    "width": int(pixels.shape[1]),
-                    "height": int(pixels.shape[0]),
-                    "instances": [i.to_json() for i in instances],
-                    "removed": [i.to_json() for i in region.removed],
-                    "prompt": result.settings["prompt"],
-                    "prompt_source": "captions" if caption is not None else ("job" if spec.prompt else "bundle"),
-                    "negative_prompt": result.settings["negative_prompt"],
-                    "steps": result.settings["steps"],
-                    "scheduler": result.settings["scheduler"],
-                    "guidance": result.settings["guidance_scale"],
-                    "working_size": result.settings["working_size"],
-                    "feather_px": result.settings["feather_px"],
-                    "inpaint_area": result.settings.get("inpaint_area", "frame"),
-                    "region_crop": result.settings.get("region_crop"),
-                    "provider": pipeline.provider,
-                    "seconds": round(seconds, 3),
-                }
-                if pipeline.bundle.kind == "sd-controlnet":
-                    record["bundle_kind"] = "sd-controlnet"
-                    record["conditioning_scale"] = result.settings["conditioning_scale"]
-                    if captions:
-                        record["captions"] = str(spec.captions)
-                if proposal is not None:
-                    record["retrieval"] = {"db": str(spec.db), "db_id": settings["retrieval_db_id"],
-                                           "proposal": proposal.to_json()}
-                manifest.append(record)
-                summary.ok += 1
-                completed += 1
-                emit(JobEvent("variant", done=completed, total=len(items), frame=frame.rel, variant=item.variant,
-                              seconds=seconds, path=str(spec.output / item.image)))
+        _run_locally(work, tasks, collect, cancelled)
     except Cancelled:
         summary.status = "cancelled"
     finally:
@@ -322,8 +200,68 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
         if summary.status != "cancelled" and summary.failed:
             summary.status = "failures"
         atomic_write_bytes(spec.output / "summary.json", (json.dumps(summary.to_json(), indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
-    emit(JobEvent("finished", done=completed, total=len(items), message=summary.status))
+    emit(JobEvent("finished", done=collect.done, total=len(items), message=summary.status))
     return summary
+
+
+def frame_tasks(items: list[WorkItem], done: dict, prompt: str, captions: dict[str, str], spec) -> list[FrameTask]:
+    """The frames with variants left to make, in plan order, each with its variants and prompt."""
+    by_frame: dict[str, list[WorkItem]] = {}
+    for item in items:
+        by_frame.setdefault(item.frame.rel, []).append(item)
+    tasks = []
+    for frame_items in by_frame.values():
+        pending = [item for item in frame_items if item.key not in done]
+        if not pending:
+            continue
+        frame = frame_items[0].frame
+        caption = None
+        if captions:
+            from engine.pipelines.controlnet import caption_for
+
+            caption = caption_for(captions, frame.rel)
+        source = "captions" if caption is not None else ("job" if spec.prompt else "bundle")
+        tasks.append(FrameTask(frame, pending, caption if caption is not None else prompt, source))
+    return tasks
+
+
+class RecordCollector:
+    """Where finished variants arrive, from any scheduler: the manifest line is appended (and fsynced) first,
+    then the progress event. ``done`` counts variants finished, this run and earlier ones."""
+
+    def __init__(self, manifest: Manifest, emit: Callable[[JobEvent], None], total: int, done: int = 0):
+        self.manifest = manifest
+        self.emit = emit
+        self.total = total
+        self.done = done
+
+    def frame_started(self, frame_rel: str) -> None:
+        self.emit(JobEvent("frame", done=self.done, total=self.total, frame=frame_rel))
+
+    def step(self, item: WorkItem, step: int, steps: int) -> None:
+        self.emit(JobEvent("step", done=self.done, total=self.total, frame=item.frame.rel, variant=item.variant,
+                           step=step, steps=steps))
+
+    def __call__(self, record: dict) -> None:
+        self.manifest.append(record)
+        self.done += 1
+        status = record["status"]
+        if status == "ok":
+            self.emit(JobEvent("variant", done=self.done, total=self.total, frame=record["source_frame"],
+                               variant=record["variant"], seconds=record["seconds"],
+                               path=str(self.manifest.path.parent / record["image"])))
+        else:
+            self.emit(JobEvent(status, done=self.done, total=self.total,
+                               frame=record["source_frame"], variant=record["variant"], message=record["reason"]))
+
+
+def _run_locally(work: FrameWork, tasks: list[FrameTask], collect: RecordCollector, cancelled) -> None:
+    """Schedule the frames in this process, one after another."""
+    for task in tasks:
+        if cancelled():
+            raise Cancelled("cancelled between frames")
+        collect.frame_started(task.frame.rel)
+        work.run(task, collect, on_step=collect.step, cancel=cancelled)
 
 
 def _open_pipeline(spec):
@@ -341,39 +279,6 @@ def _open_pipeline(spec):
     if getattr(spec, "captions", None) is not None:
         raise InputError(f"{spec.captions}: per-frame captions need an sd-controlnet bundle; {spec.model} is {kind}")
     return open_inpainting_pipeline(spec.model, provider=spec.provider, threads=spec.threads)
-
-
-def _file_sha256(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def _base_record(item: WorkItem, spec, pipeline) -> dict:
-    frame = item.frame
-    return {
-        "key": item.key,
-        "image": item.image,
-        "source_frame": frame.rel,
-        "split": item.image.split("/")[1],
-        "variant": item.variant,
-        "seed": item.seed,
-        "mode": spec.mode,
-        "mask_source": spec.mask_source,
-        "source_sha256": _file_sha256(frame.path),
-        "mask_file": frame.mask_path.relative_to(spec.input).as_posix() if frame.mask_path is not None and frame.mask_path.is_relative_to(spec.input) else (str(frame.mask_path) if frame.mask_path else None),
-        "label_source": frame.label_source,
-        "bundle": pipeline.bundle.name,
-        "bundle_id": pipeline.bundle.bundle_id,
-        "engine_version": __version__,
-    }
-
-
-def _record_failure(manifest, summary, item, spec, pipeline, reason, emit, completed, total) -> None:
-    manifest.append(_base_record(item, spec, pipeline) | {"status": "failed", "reason": reason})
-    summary.failed += 1
-    emit(JobEvent("failed", done=completed, total=total, frame=item.frame.rel, message=reason))
 
 
 def _finish(spec, manifest: Manifest, items: list[WorkItem], sources) -> list[dict]:

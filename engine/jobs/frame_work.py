@@ -1,0 +1,197 @@
+"""What happens to one frame of a batch job, whoever schedules it: the local loop or a Ray worker.
+
+``FrameWork.run(task, on_record)`` reads the frame, its mask and labels once, asks the retrieval proposer
+once, then per variant: resolves the region, VAE-encodes the frame (once for all variants that share a
+region), generates, writes the image and its instance mask atomically, and hands the variant's manifest
+record to ``on_record`` after its files exist. This is the one place a variant is made.
+
+An unreadable frame, mask or label file is a ``failed`` record for each of its variants; a variant with
+nothing to do is ``skipped``: neither stops the job. What belongs to the scheduler stays out of here: the
+plan, the manifest file (one writer), progress counts, rebuilding the annotation files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine import __version__
+from engine.dataset.discovery import SourceFrame
+from engine.dataset.image_reader import read_frame, read_mask
+from engine.dataset.labels import read_yolo
+from engine.errors import Cancelled, InputError, PolypForgeError
+from engine.fileio import save_png_atomic
+from engine.masks.sources import Skip, resolve_region
+
+
+@dataclass
+class WorkItem:
+    frame: SourceFrame
+    variant: int
+    seed: int
+    image: str  # output path relative to the output folder
+
+    @property
+    def key(self) -> str:
+        return f"{self.frame.rel}#{self.variant}"
+
+
+@dataclass
+class FrameTask:
+    """One frame and the variants of it still to make, with the prompt they use."""
+
+    frame: SourceFrame
+    items: list[WorkItem]
+    prompt: str
+    prompt_source: str  # "captions", "job" or "bundle"
+
+
+def file_sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def base_record(item: WorkItem, spec, bundle) -> dict:
+    """The provenance every manifest line carries, whatever its status."""
+    frame = item.frame
+    return {
+        "key": item.key,
+        "image": item.image,
+        "source_frame": frame.rel,
+        "split": item.image.split("/")[1],
+        "variant": item.variant,
+        "seed": item.seed,
+        "mode": spec.mode,
+        "mask_source": spec.mask_source,
+        "source_sha256": file_sha256(frame.path),
+        "mask_file": frame.mask_path.relative_to(spec.input).as_posix() if frame.mask_path is not None and frame.mask_path.is_relative_to(spec.input) else (str(frame.mask_path) if frame.mask_path else None),
+        "label_source": frame.label_source,
+        "bundle": bundle.name,
+        "bundle_id": bundle.bundle_id,
+        "engine_version": __version__,
+    }
+
+
+def failed_record(item: WorkItem, spec, bundle, reason: str) -> dict:
+    return base_record(item, spec, bundle) | {"status": "failed", "reason": reason}
+
+
+def frame_instances(frame: SourceFrame, width: int, height: int):
+    if frame.label_instances is not None:
+        return list(frame.label_instances)
+    if frame.yolo_path is not None:
+        return read_yolo(frame.yolo_path, width, height)
+    return []
+
+
+OnRecord = Callable[[dict], None]
+OnStep = Callable[[WorkItem, int, int], None]
+
+
+class FrameWork:
+    """The job-wide things a frame needs (spec, opened pipeline, proposer), and ``run`` for one frame."""
+
+    def __init__(self, spec, pipeline, proposer=None, retrieval_db_id: str | None = None,
+                 captions_file: Path | None = None, write_png: Callable = save_png_atomic):
+        self.spec = spec
+        self.pipeline = pipeline
+        self.proposer = proposer
+        self.retrieval_db_id = retrieval_db_id
+        self.captions_file = captions_file  # recorded in each line when the job has per-frame captions
+        self.write_png = write_png
+
+    def run(self, task: FrameTask, on_record: OnRecord, on_step: OnStep | None = None,
+            cancel: Callable[[], bool] | None = None) -> None:
+        spec, pipeline = self.spec, self.pipeline
+        cancelled = cancel or (lambda: False)
+        frame = task.frame
+        try:
+            pixels = read_frame(frame.path)
+            user_mask = None
+            if frame.mask_path is not None:
+                user_mask = read_mask(frame.mask_path)
+            labels = frame_instances(frame, pixels.shape[1], pixels.shape[0])
+            proposals = self.proposer.propose(pixels, spec.top_k) if self.proposer is not None else []
+        except PolypForgeError as exc:  # unreadable frame, mask or labels; a retrieval failure on this frame
+            for item in task.items:
+                on_record(failed_record(item, spec, pipeline.bundle, str(exc)))
+            return
+        prepared_for = None
+        prepared = None
+        for item in task.items:
+            if cancelled():
+                raise Cancelled("cancelled between variants")
+            t0 = time.perf_counter()
+            # Variants of a frame take the proposals in turn: diversity across variants.
+            proposal = proposals[item.variant % len(proposals)] if proposals else None
+            try:
+                region = resolve_region(spec.mode, spec.mask_source, pixels, user_mask, labels, spec.box_pad,
+                                        item.seed, proposal.box if proposal is not None else None)
+                region_key = region.mask.tobytes() if spec.mask_source in ("random", "retrieved") else "fixed"
+                if prepared is None or prepared_for != region_key:
+                    prepared = pipeline.prepare_frame(pixels, region.mask, inpaint_area=spec.inpaint_area,
+                                                      region_padding=spec.region_padding)
+                    prepared_for = region_key
+
+                def step(done_steps, total_steps, _item=item):
+                    if on_step is not None:
+                        on_step(_item, done_steps, total_steps)
+
+                (result,) = pipeline.generate_variants(
+                    prepared, [item.seed], prompt=task.prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
+                    guidance_scale=spec.guidance, scheduler=spec.scheduler, progress=step, cancel=cancelled,
+                )
+            except Skip as reason:
+                on_record(base_record(item, spec, pipeline.bundle) | {"status": "skipped", "reason": str(reason)})
+                continue
+            except InputError as exc:
+                on_record(failed_record(item, spec, pipeline.bundle, str(exc)))
+                continue
+            on_record(self._write_variant(item, task, pixels, region, result, proposal, time.perf_counter() - t0))
+
+    def _write_variant(self, item: WorkItem, task: FrameTask, pixels, region, result, proposal, started_seconds) -> dict:
+        spec, pipeline = self.spec, self.pipeline
+        t0 = time.perf_counter()
+        instances = region.kept + region.generated
+        self.write_png(spec.output / item.image, result.image)
+        instance_map = np.zeros(region.mask.shape, np.uint8)
+        for index, instance in enumerate(region.generated, start=1):
+            instance_map[instance.raster(*region.mask.shape) & region.mask] = index
+        mask_path = item.image.replace("images/", "masks/", 1)
+        self.write_png(spec.output / mask_path, instance_map)
+        seconds = started_seconds + (time.perf_counter() - t0)
+        record = base_record(item, spec, pipeline.bundle) | {
+            "status": "ok",
+            "mask": mask_path,
+            "width": int(pixels.shape[1]),
+            "height": int(pixels.shape[0]),
+            "instances": [i.to_json() for i in instances],
+            "removed": [i.to_json() for i in region.removed],
+            "prompt": result.settings["prompt"],
+            "prompt_source": task.prompt_source,
+            "negative_prompt": result.settings["negative_prompt"],
+            "steps": result.settings["steps"],
+            "scheduler": result.settings["scheduler"],
+            "guidance": result.settings["guidance_scale"],
+            "working_size": result.settings["working_size"],
+            "feather_px": result.settings["feather_px"],
+            "inpaint_area": result.settings.get("inpaint_area", "frame"),
+            "region_crop": result.settings.get("region_crop"),
+            "provider": pipeline.provider,
+            "seconds": round(seconds, 3),
+        }
+        if pipeline.bundle.kind == "sd-controlnet":
+            record["bundle_kind"] = "sd-controlnet"
+            record["conditioning_scale"] = result.settings["conditioning_scale"]
+            if self.captions_file is not None:
+                record["captions"] = str(self.captions_file)
+        if proposal is not None:
+            record["retrieval"] = {"db": str(spec.db), "db_id": self.retrieval_db_id, "proposal": proposal.to_json()}
+        return record
