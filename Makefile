@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # pulling a multi-GB CUDA one.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test screenshots installer installer-test bench bench-retrieval demo-bundle demo-features demo-controlnet clean
+.PHONY: demo test screenshots installer installer-test bench bench-retrieval bench-ray demo-bundle demo-features demo-controlnet clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,11 @@ $(VENV)/.runtime-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[cpu]"
 	touch $@
 
-# Everything a developer needs: export (torch, diffusers, optimum), desktop (PySide6), tests.
+# Everything a developer needs: export (torch, diffusers, optimum), desktop (PySide6), Ray (the ray backend's
+# tests), tests.
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/.runtime-installed
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[cpu,export,desktop,dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[cpu,export,desktop,ray,dev]"
 	touch $@
 
 demo: $(VENV)/.runtime-installed
@@ -44,6 +45,10 @@ bench: $(VENV)/.dev-installed
 
 bench-retrieval: $(VENV)/.dev-installed
 	$(BIN)/python tests/benchmarks/bench_retrieval.py $(BENCH_ARGS)
+
+# frames/min with 1 and 2 CPU Ray workers on the demo bundle, Ray's startup overhead, 100k-frame projection
+bench-ray: $(VENV)/.dev-installed
+	$(BIN)/python tests/benchmarks/bench_ray.py $(BENCH_ARGS)
 
 demo-bundle: $(VENV)/.dev-installed
 	$(BIN)/python exported_models/make_demo_bundle.py

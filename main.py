@@ -110,7 +110,7 @@ def _add_batch_options(group) -> None:
     group.add_argument("--output", type=Path, help="dataset folder to write (resumed if it holds this job)")
     group.add_argument("--model", type=Path, help="model bundle (default: the embedded random-weight demo bundle)")
     group.add_argument("--provider", choices=("auto", "cpu", "cuda", "tensorrt"))
-    group.add_argument("--threads", type=int)
+    group.add_argument("--threads", type=int, help="onnxruntime threads (with --backend ray: per worker)")
     group.add_argument("--masks", type=Path, help="masks folder, paired with frames by file name")
     group.add_argument("--labels", type=Path, help="labels file (COCO json or kavsir_bboxes.json)")
     group.add_argument("--split-file", type=Path, help="lines 'PATH_OR_STEM SPLIT'; unlisted frames are left out")
@@ -136,6 +136,11 @@ def _add_batch_options(group) -> None:
                        help="the model sees the whole frame, or the region around the mask (default: the bundle's)")
     group.add_argument("--region-padding", type=int,
                        help="pixels around the mask's box in region mode (default: 30 %% of the box's longer side)")
+    group.add_argument("--backend", choices=("local", "ray"),
+                       help="local: this process (default); ray: frames sharded over Ray actors (pip install -e \".[ray]\")")
+    group.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray instance)")
+    group.add_argument("--workers", type=int, help="Ray workers (default: as many as the cluster's CPUs or GPUs hold)")
+    group.add_argument("--gpus-per-worker", type=float, help="GPUs each Ray worker takes (default 0: CPU workers)")
     resume = group.add_mutually_exclusive_group()
     resume.add_argument("--resume", dest="resume", action="store_true", default=None,
                         help="continue an interrupted job in --output (default)")
@@ -146,7 +151,8 @@ def _add_batch_options(group) -> None:
 
 BATCH_KEYS = ("input", "output", "model", "provider", "threads", "masks", "labels", "split_file", "from_splits",
               "mask_source", "db", "top_k", "box_pad", "mode", "prompt", "negative_prompt", "captions", "variants", "seed", "steps",
-              "scheduler", "guidance", "formats", "batch_size", "resume", "inpaint_area", "region_padding")
+              "scheduler", "guidance", "formats", "batch_size", "resume", "inpaint_area", "region_padding",
+              "backend", "ray_address", "workers", "gpus_per_worker")
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:

@@ -18,3 +18,4 @@ class JobEvent:
     seconds: float = 0.0
     message: str = ""
     path: str = ""  # the written image, for "variant"
+    worker: str = ""  # Ray backend: the worker that runs the frame, "host:pid"

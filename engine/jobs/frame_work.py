@@ -91,6 +91,43 @@ def frame_instances(frame: SourceFrame, width: int, height: int):
     return []
 
 
+def open_pipeline(spec, threads: int | None = None):
+    """The pipeline of the bundle's kind: sd-inpaint → InpaintPipeline, sd-controlnet → ControlNetPipeline;
+    onnxruntime threads from `threads`, else the job's."""
+    from engine.bundle import read_bundle
+
+    threads = threads or spec.threads
+    kind = check_bundle_fits(spec, read_bundle(spec.model, verify_hashes=False))
+    if kind == "sd-controlnet":
+        from engine.pipelines.controlnet import ControlNetPipeline
+
+        return ControlNetPipeline.from_bundle(spec.model, provider=spec.provider, threads=threads)
+    from engine.pipelines import open_inpainting_pipeline
+
+    return open_inpainting_pipeline(spec.model, provider=spec.provider, threads=threads)
+
+
+def check_bundle_fits(spec, bundle) -> str:
+    """The bundle's kind, or InputError when the job asks what that kind cannot do."""
+    kind = bundle.kind
+    if kind == "sd-controlnet" and spec.mode != "add":
+        raise InputError(f"{spec.model}: an sd-controlnet bundle generates polyps at a mask (mode add); "
+                         "mode remove needs an sd-inpaint bundle")
+    if kind != "sd-controlnet" and getattr(spec, "captions", None) is not None:
+        raise InputError(f"{spec.captions}: per-frame captions need an sd-controlnet bundle; {spec.model} is {kind}")
+    return kind
+
+
+def open_proposer(spec, threads: int | None = None):
+    """The retrieval proposer of a job with mask source "retrieved", else None."""
+    if spec.mask_source != "retrieved":
+        return None
+    from engine.retrieval import RetrievalProposer
+
+    return RetrievalProposer.open(spec.db, provider=spec.provider, threads=threads or spec.threads)
+
+
+
 OnRecord = Callable[[dict], None]
 OnStep = Callable[[WorkItem, int, int], None]
 

@@ -27,8 +27,7 @@ from engine.dataset.yolo_writer import write_yolo_detect, write_yolo_segment
 from engine.errors import Cancelled, InputError, PolypForgeError
 from engine.fileio import atomic_write_bytes, save_png_atomic
 from engine.jobs.events import JobEvent
-from engine.jobs.frame_work import FrameTask, FrameWork, WorkItem, file_sha256
-from engine.pipelines import open_inpainting_pipeline
+from engine.jobs.frame_work import FrameTask, FrameWork, WorkItem, file_sha256, open_pipeline, open_proposer
 
 OWNED_OUTPUTS = ("images", "masks", "labels", "yolo-seg", "annotations")
 JOB_RECORD = "job.json"
@@ -52,6 +51,7 @@ class JobSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     provider: str = ""
+    workers: list[dict] = field(default_factory=list)  # Ray backend: per worker, its node, variants and rate
 
     def to_json(self) -> dict:
         return {**self.__dict__, "output": str(self.output)}
@@ -133,7 +133,7 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
     settings["masks"] = str(sources.masks_dir.resolve()) if sources.masks_dir is not None else None
     captions: dict[str, str] = {}
     try:
-        pipeline = _open_pipeline(spec)
+        backend = open_backend(spec)  # the local pipeline, or a Ray cluster (the bundle checked here)
         if getattr(spec, "captions", None) is not None:
             from engine.pipelines.controlnet import read_captions
 
@@ -141,21 +141,22 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
             settings["captions_sha256"] = file_sha256(spec.captions)
     except PolypForgeError as exc:
         raise JobCannotStart(str(exc)) from None
-    settings["bundle_id"] = pipeline.bundle.bundle_id
+    settings["bundle_id"] = backend.bundle.bundle_id
     proposer = None
     if spec.mask_source == "retrieved":
         try:
-            from engine.retrieval import RetrievalProposer
-
-            proposer = RetrievalProposer.open(spec.db, provider=spec.provider, threads=spec.threads)
+            proposer = open_proposer(spec)
         except PolypForgeError as exc:
             raise JobCannotStart(str(exc)) from None
         settings["retrieval_db_id"] = proposer.describe()["db_id"]
     _prepare_output(spec, settings)
+    try:
+        backend.check_output(spec)  # Ray: every worker node sees and writes the output folder
+    except PolypForgeError as exc:
+        raise JobCannotStart(str(exc)) from None
 
-    summary = JobSummary(status="ok", output=spec.output, notes=list(sources.notes), provider=pipeline.provider)
-    if pipeline.provider_note:
-        summary.notes.append(pipeline.provider_note)
+    summary = JobSummary(status="ok", output=spec.output, notes=list(sources.notes), provider=backend.provider)
+    summary.notes.extend(backend.notes)
     items = plan(sources.frames, spec)
     summary.planned = len(items)
     skipped_splits = sum(1 for f in sources.frames if f.split not in spec.from_splits)
@@ -171,22 +172,21 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
         files_present = record.get("status") != "ok" or (spec.output / record["image"]).is_file()
         if finished and files_present:
             done[record["key"]] = record
-    prompt = spec.prompt or pipeline.prompts["add" if spec.mode == "add" else "remove"]
+    prompt = spec.prompt or backend.prompts["add" if spec.mode == "add" else "remove"]
     if captions:
         from engine.pipelines.controlnet import caption_for
 
         captioned = sum(1 for rel in {i.frame.rel for i in items} if caption_for(captions, rel) is not None)
         summary.notes.append(f"captions for {captioned} of {len({i.frame.rel for i in items})} frames "
                              f"from {spec.captions}; the others use the prompt {prompt!r}")
-    emit(JobEvent("started", total=len(items), message=f"{len(items)} variants of {len({i.frame.rel for i in items})} frames on {pipeline.provider.upper()}"))
+    emit(JobEvent("started", total=len(items), message=f"{len(items)} variants of {len({i.frame.rel for i in items})} frames on {backend.describe()}"))
 
     tasks = frame_tasks(items, done, prompt, captions, spec)
-    work = FrameWork(spec, pipeline, proposer, settings.get("retrieval_db_id"),
-                     captions_file=spec.captions if captions else None, write_png=save_png_atomic)
     collect = RecordCollector(manifest, emit, total=len(items), done=len(items) - sum(len(t.items) for t in tasks))
     summary.reused = collect.done
     try:
-        _run_locally(work, tasks, collect, cancelled)
+        backend.run(tasks, collect, cancelled, proposer=proposer, retrieval_db_id=settings.get("retrieval_db_id"),
+                    captions_file=spec.captions if captions else None)
     except Cancelled:
         summary.status = "cancelled"
     finally:
@@ -195,7 +195,8 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
         summary.failed = sum(1 for r in records if r["status"] == "failed")
         summary.skipped = sum(1 for r in records if r["status"] == "skipped")
         summary.failures = [{"frame": r["source_frame"], "reason": r["reason"]} for r in records if r["status"] == "failed"]
-        summary.stage_seconds = {k: round(v, 3) for k, v in pipeline.stage_seconds.items()}
+        summary.stage_seconds = {k: round(v, 3) for k, v in backend.stage_seconds().items()}
+        backend.finish(summary)
         summary.seconds = round(time.perf_counter() - started, 3)
         if summary.status != "cancelled" and summary.failed:
             summary.status = "failures"
@@ -235,50 +236,75 @@ class RecordCollector:
         self.total = total
         self.done = done
 
-    def frame_started(self, frame_rel: str) -> None:
-        self.emit(JobEvent("frame", done=self.done, total=self.total, frame=frame_rel))
+    def frame_started(self, frame_rel: str, worker: str = "") -> None:
+        self.emit(JobEvent("frame", done=self.done, total=self.total, frame=frame_rel, worker=worker))
 
     def step(self, item: WorkItem, step: int, steps: int) -> None:
-        self.emit(JobEvent("step", done=self.done, total=self.total, frame=item.frame.rel, variant=item.variant,
-                           step=step, steps=steps))
+        self.step_of(item.frame.rel, item.variant, step, steps)
+
+    def step_of(self, frame_rel: str, variant: int, step: int, steps: int, worker: str = "") -> None:
+        self.emit(JobEvent("step", done=self.done, total=self.total, frame=frame_rel, variant=variant,
+                           step=step, steps=steps, worker=worker))
 
     def __call__(self, record: dict) -> None:
         self.manifest.append(record)
         self.done += 1
         status = record["status"]
+        worker = record.get("worker")
+        label = f"{worker['host']}:{worker['pid']}" if worker else ""
         if status == "ok":
             self.emit(JobEvent("variant", done=self.done, total=self.total, frame=record["source_frame"],
                                variant=record["variant"], seconds=record["seconds"],
-                               path=str(self.manifest.path.parent / record["image"])))
+                               path=str(self.manifest.path.parent / record["image"]), worker=label))
         else:
-            self.emit(JobEvent(status, done=self.done, total=self.total,
-                               frame=record["source_frame"], variant=record["variant"], message=record["reason"]))
+            self.emit(JobEvent(status, done=self.done, total=self.total, frame=record["source_frame"],
+                               variant=record["variant"], message=record["reason"], worker=label))
 
 
-def _run_locally(work: FrameWork, tasks: list[FrameTask], collect: RecordCollector, cancelled) -> None:
-    """Schedule the frames in this process, one after another."""
-    for task in tasks:
-        if cancelled():
-            raise Cancelled("cancelled between frames")
-        collect.frame_started(task.frame.rel)
-        work.run(task, collect, on_step=collect.step, cancel=cancelled)
+def open_backend(spec):
+    """What runs the frames: this process (backend "local"), or Ray actors (backend "ray")."""
+    if getattr(spec, "backend", "local") == "ray":
+        try:
+            from engine.jobs.ray_backend import RayBackend
+        except ImportError:  # the offline app is built without it
+            raise InputError("this build has no Ray backend: run from a source install with "
+                             'pip install -e ".[ray]"') from None
+        return RayBackend.connect(spec)
+    return LocalBackend(spec)
 
 
-def _open_pipeline(spec):
-    """The pipeline of the bundle's kind: sd-inpaint → InpaintPipeline, sd-controlnet → ControlNetPipeline."""
-    from engine.bundle import read_bundle
+class LocalBackend:
+    """The frames run in this process, one after another, on the pipeline opened here."""
 
-    kind = read_bundle(spec.model, verify_hashes=False).kind
-    if kind == "sd-controlnet":
-        if spec.mode != "add":
-            raise InputError(f"{spec.model}: an sd-controlnet bundle generates polyps at a mask (mode add); "
-                             "mode remove needs an sd-inpaint bundle")
-        from engine.pipelines.controlnet import ControlNetPipeline
+    def __init__(self, spec):
+        self.spec = spec
+        self.pipeline = open_pipeline(spec)
+        self.bundle = self.pipeline.bundle
+        self.prompts = self.pipeline.prompts
+        self.provider = self.pipeline.provider
+        self.notes = [self.pipeline.provider_note] if self.pipeline.provider_note else []
 
-        return ControlNetPipeline.from_bundle(spec.model, provider=spec.provider, threads=spec.threads)
-    if getattr(spec, "captions", None) is not None:
-        raise InputError(f"{spec.captions}: per-frame captions need an sd-controlnet bundle; {spec.model} is {kind}")
-    return open_inpainting_pipeline(spec.model, provider=spec.provider, threads=spec.threads)
+    def describe(self) -> str:
+        return self.provider.upper()
+
+    def check_output(self, spec) -> None:
+        """Nothing beyond _prepare_output's check: this process is the only writer."""
+
+    def run(self, tasks: list[FrameTask], collect: RecordCollector, cancelled, proposer=None,
+            retrieval_db_id: str | None = None, captions_file: Path | None = None) -> None:
+        work = FrameWork(self.spec, self.pipeline, proposer, retrieval_db_id, captions_file=captions_file,
+                         write_png=save_png_atomic)
+        for task in tasks:
+            if cancelled():
+                raise Cancelled("cancelled between frames")
+            collect.frame_started(task.frame.rel)
+            work.run(task, collect, on_step=collect.step, cancel=cancelled)
+
+    def stage_seconds(self) -> dict[str, float]:
+        return self.pipeline.stage_seconds
+
+    def finish(self, summary: "JobSummary") -> None:
+        """Nothing to release: the pipeline goes with this object."""
 
 
 def _finish(spec, manifest: Manifest, items: list[WorkItem], sources) -> list[dict]:

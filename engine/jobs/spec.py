@@ -20,6 +20,7 @@ from engine.schedulers import SCHEDULER_NAMES
 FORMATS = ("coco", "yolo", "yolo-seg")
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 SPLITS = ("train", "val", "test")
+BACKENDS = ("local", "ray")
 # exported_models/demo-sd-inpaint in the source tree; <app dir>/models/demo-sd-inpaint in a built app.
 DEFAULT_MODEL = shipped_bundles_folder() / "demo-sd-inpaint"
 
@@ -53,6 +54,11 @@ class JobSpec:
     batch_size: int = 1
     inpaint_area: str | None = None  # "frame" | "region"; None: the bundle's default (region for the compact model)
     region_padding: int | None = None  # px around the mask's box in region mode; None: automatic (30 % of its side)
+    # Who runs the frames: "local" (this process) or "ray" (actors on a Ray cluster, engine/jobs/ray_backend.py).
+    backend: str = "local"
+    ray_address: str | None = None  # join this cluster; None: $RAY_ADDRESS, else a local Ray instance
+    workers: int | None = None  # Ray workers; None: as many as the cluster's CPUs (or GPUs) hold
+    gpus_per_worker: float = 0.0
 
     def validate(self) -> "JobSpec":
         _choice("mode", self.mode, MODES)
@@ -82,6 +88,16 @@ class JobSpec:
             _choice("inpaint_area", self.inpaint_area, INPAINT_AREAS)
         if self.region_padding is not None:
             _at_least("region_padding", self.region_padding, 0)
+        _choice("backend", self.backend, BACKENDS)
+        if self.workers is not None:
+            _at_least("workers", self.workers, 1)
+        if not 0.0 <= self.gpus_per_worker <= 64.0:
+            raise InputError(f"gpus_per_worker must be between 0 and 64, got {self.gpus_per_worker}")
+        if self.backend != "ray":
+            given = [name for name, value in (("ray_address", self.ray_address), ("workers", self.workers),
+                                              ("gpus_per_worker", self.gpus_per_worker)) if value]
+            if given:
+                raise InputError(f"{', '.join(given)} apply to backend ray only (add --backend ray)")
         if self.mask_source == "retrieved" and self.db is None:
             raise InputError("mask_source retrieved needs a retrieval database: --db DB (make one with `main.py db build`)")
         return self
@@ -89,7 +105,8 @@ class JobSpec:
     def settings_that_shape_output(self) -> dict[str, Any]:
         """What must match for a resumed run to continue an earlier one (paths and speed knobs excluded)."""
         data = asdict(self)
-        for key in ("output", "provider", "threads", "resume", "batch_size", "formats"):
+        for key in ("output", "provider", "threads", "resume", "batch_size", "formats", "backend", "ray_address",
+                    "workers", "gpus_per_worker"):
             data.pop(key)
         for key in ("captions", "inpaint_area", "region_padding"):
             if data[key] is None:  # absent, as in jobs written before these existed: they still resume
