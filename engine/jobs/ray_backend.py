@@ -185,7 +185,7 @@ class RayBackend:
         context.enable_progress_bars = False  # the job's own progress bar says it
         context.max_errored_blocks = -1  # a frame whose worker kept dying is reported below, not a stopped job
         _quiet_ray_data_console()
-        progress = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
+        progress = Queue(actor_options={"num_cpus": 0})  # unbounded: drained every PROGRESS_POLL_SECONDS
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # max_task_retries is only reachable through ray_remote_args
             dataset = ray.data.from_items([{"task": task} for task in tasks], override_num_blocks=len(tasks)).map_batches(
@@ -386,9 +386,10 @@ class FrameActor:
         return {"result": np.array([self._run(task) for task in batch["task"]], dtype=object)}
 
     def _tell(self, message: tuple) -> None:
+        """Fire and forget: Queue.put_nowait would wait for the queue actor's answer on every step."""
         try:
-            self.progress.put_nowait(message)
-        except Exception:  # noqa: BLE001  (a full or gone progress queue never stops the work)
+            self.progress.actor.put_nowait.remote(message)
+        except Exception:  # noqa: BLE001  (a gone progress queue never stops the work)
             pass
 
     def _run(self, task) -> str:

@@ -82,6 +82,10 @@ class BatchProgress:
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in summary.stage_seconds.items())
         if stages:
             print(f"time per stage: {stages}", file=out)
+        for worker in summary.workers:  # Ray backend
+            rate = f"{worker['variants_per_minute']} variants/min busy" if worker["variants_per_minute"] else "no variants"
+            print(f"  worker {worker['host']}:{worker['pids'][-1]} on {worker['node']}: {worker['frames']} frames, "
+                  f"{worker['variants']} variants, {rate}", file=out)
         for failure in summary.failures[:20]:
             print(f"  failed: {failure['frame']}: {failure['reason']}", file=out)
         if len(summary.failures) > 20:
