@@ -181,3 +181,26 @@ def test_ray_options_without_the_ray_backend_are_refused_in_one_line(frames, tmp
     code = main.main(["--batch", "--input", str(frames), "--output", str(tmp_path / "o"), "--workers", "2"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == "error: workers apply to backend ray only (add --backend ray)"
+
+
+def test_a_frame_whose_worker_always_dies_is_failed_after_its_retries(ray_address, tmp_path):
+    """The worker is killed each time it starts the frame (many steps: the kill lands inside it)."""
+    from engine.jobs import build_spec, run_job
+    from engine.jobs.ray_backend import WORKER_DEATH_RETRIES
+
+    generate_sample_set(tmp_path / "in", count=1, seed=8, with_polyps_every=0)
+    killed = []
+
+    def kill_at_every_start(event):
+        if event.kind == "frame":
+            pid = int(event.worker.rsplit(":", 1)[1])
+            if pid not in killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+
+    spec = build_spec({"input": tmp_path / "in", "output": tmp_path / "out", "mask_source": "random", "steps": 40,
+                       "backend": "ray", "workers": 1})
+    summary = run_job(spec, on_event=kill_at_every_start)
+    assert len(killed) == WORKER_DEATH_RETRIES + 1
+    assert summary.status == "failures" and summary.failed == 1
+    assert "died each time it ran this frame" in summary.failures[0]["reason"]
