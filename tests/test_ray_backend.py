@@ -204,3 +204,11 @@ def test_a_frame_whose_worker_always_dies_is_failed_after_its_retries(ray_addres
     assert len(killed) == WORKER_DEATH_RETRIES + 1
     assert summary.status == "failures" and summary.failed == 1
     assert "died each time it ran this frame" in summary.failures[0]["reason"]
+
+
+def test_more_workers_than_the_cluster_holds_cannot_start(ray_address, frames, tmp_path):
+    from engine.jobs import JobCannotStart, run_job
+
+    with pytest.raises(JobCannotStart, match=r"3 worker\(s\) × 1 CPU\(s\) do not fit the Ray cluster \(2 CPUs"):
+        run_job(ray_spec(frames, tmp_path / "out", workers=3, threads=1))
+    assert not (tmp_path / "out").exists()  # refused before the output folder is touched
