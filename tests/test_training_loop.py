@@ -111,3 +111,14 @@ def test_lr_schedule():
     assert cfg.lr_at(4) == pytest.approx(1.0)
     assert cfg.lr_at(9) == pytest.approx(0.55)
     assert cfg.lr_at(14) == pytest.approx(0.1)
+
+
+def test_big_checkpoints_are_sharded_and_read_back(tmp_path, monkeypatch):
+    import engine.training.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "SHARD_BYTES", 1000)
+    tensors = {f"model.w{i}": torch.randn(100) for i in range(7)}
+    checkpoint.save_checkpoint(tmp_path, 5, tensors, {"note": 1})
+    loaded = checkpoint.load_latest_checkpoint(tmp_path)
+    assert len(loaded.state["shards"]) == 4 and loaded.step == 5
+    assert all(torch.equal(tensors[k], loaded.tensors[k]) for k in tensors)

@@ -2,7 +2,9 @@
 
 Layout under a run folder::
 
-    checkpoints/step-00000500/tensors.safetensors   model.*, ema.*, optimizer.* tensors (no pickle anywhere)
+    checkpoints/step-00000500/tensors.safetensors   model.*, ema.*, optimizer.* tensors (no pickle anywhere);
+                                                    tensors-00002.safetensors … when over SHARD_BYTES (safetensors
+                                                    copies what it writes: shards bound that copy for big models)
     checkpoints/step-00000500/state.json            step, optimizer param groups, RNG, counters, metrics
     checkpoints/latest                              the name of the newest complete checkpoint
 
@@ -30,6 +32,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 TENSORS = "tensors.safetensors"
 STATE = "state.json"
+SHARD_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -70,10 +73,14 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     final = folder / step_name(step)
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=folder))
     try:
-        contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        save_file(contiguous, str(work / TENSORS))
-        (work / STATE).write_text(json.dumps({**state, "step": step}, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        for name in (TENSORS, STATE):
+        names = []
+        for index, shard in enumerate(_shards(tensors), start=1):
+            name = TENSORS if index == 1 else f"tensors-{index:05d}.safetensors"
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in shard.items()}, str(work / name))
+            names.append(name)
+        (work / STATE).write_text(json.dumps({**state, "step": step, "shards": names}, indent=1, sort_keys=True) + "\n",
+                                  encoding="utf-8")
+        for name in (*names, STATE):
             with open(work / name, "rb") as handle:
                 os.fsync(handle.fileno())
         if final.exists():  # the same step saved again (Ctrl+C right after a periodic save)
@@ -89,6 +96,18 @@ def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], 
     return final
 
 
+def _shards(tensors: dict[str, torch.Tensor]):
+    shard, size = {}, 0
+    for key, value in tensors.items():
+        nbytes = value.numel() * value.element_size()
+        if shard and size + nbytes > SHARD_BYTES:
+            yield shard
+            shard, size = {}, 0
+        shard[key] = value
+        size += nbytes
+    yield shard
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints (both files present), oldest first."""
     folder = Path(run_dir) / CHECKPOINTS
@@ -100,7 +119,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def load_checkpoint(path: Path) -> Checkpoint:
     state = json.loads((path / STATE).read_text(encoding="utf-8"))
-    tensors = load_file(str(path / TENSORS))
+    tensors = {}
+    for name in state.get("shards", [TENSORS]):
+        tensors.update(load_file(str(path / name)))
     return Checkpoint(step=int(state["step"]), path=path, tensors=tensors, state=state)
 
 
