@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # pulling a multi-GB CUDA one.
 TORCH  ?= torch==2.13.0
 
-.PHONY: demo test screenshots installer installer-test bench bench-retrieval bench-ray demo-bundle demo-features demo-controlnet clean
+.PHONY: train-compact demo test screenshots installer installer-test bench bench-retrieval bench-ray demo-bundle demo-features demo-controlnet clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,18 @@ demo-features: $(VENV)/.dev-installed
 
 demo-controlnet: $(VENV)/.dev-installed
 	$(BIN)/python exported_models/make_demo_controlnet.py
+
+# The compact polyp model's long run (issue 12): resumes training_runs/compact from its committed checkpoint for
+# COMPACT_MINUTES, then exports exported_models/polypforge-compact (the default model) with its model card.
+COMPACT_STEPS   ?= 40000
+COMPACT_MINUTES ?= 120
+COMPACT_THREADS ?= 2
+train-compact: $(VENV)/.dev-installed
+	$(BIN)/python main.py train --preset compact --input ../shared/data/kvasir-seg --normals ../shared/data/normal \
+	    --run training_runs/compact --resolution 64 --widths 32,64,128 --blocks 1 --stem 1 --attention-levels "" \
+	    --batch-size 32 --steps $(COMPACT_STEPS) --checkpoint-every 100 --sample-every 500 --validate-every 250 \
+	    --keep-checkpoints 1 --threads $(COMPACT_THREADS) --max-minutes $(COMPACT_MINUTES) \
+	    --to exported_models/polypforge-compact --name polypforge-compact
 
 clean:
 	rm -rf $(VENV) demo_output samples .pytest_cache

@@ -146,6 +146,9 @@ class CompactInpaintTask(TrainingTask):
     def build_model(self) -> torch.nn.Module:
         return CompactInpaintUNet(self.config.model)
 
+    def provenance(self) -> dict:
+        return {"init_from": self.config.init_from} if self.config.init_from else {}
+
     def initial_state(self):
         return initial_weights(Path(self.config.init_from)) if self.config.init_from else None
 

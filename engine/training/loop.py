@@ -81,6 +81,10 @@ class TrainingTask:
     def sample_grid(self, model: torch.nn.Module, step: int, path: Path) -> None:
         """Write a PNG a curator can look at (fixed validation data, fixed seeds)."""
 
+    def provenance(self) -> dict:
+        """Where the run came from (e.g. a warm start): kept in run.json from the first invocation on, not compared."""
+        return {}
+
     def initial_state(self) -> dict[str, torch.Tensor] | None:
         """Weights to start a fresh run from (a warm start); not used when resuming from a checkpoint."""
         return None
@@ -249,6 +253,7 @@ def _check_run_record(run_dir: Path, record: dict, resume: bool) -> None:
                     f"{run_dir}: holds a run made with other settings ({', '.join(changed)}); "
                     "resume it with the same settings, or train into another folder"
                 )
+            record = {**record, "provenance": {**record.get("provenance", {}), **previous.get("provenance", {})}}
     atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
@@ -262,7 +267,7 @@ def train(task: TrainingTask, config: TrainConfig, run_dir: Path, resume: bool =
         torch.set_num_threads(int(config.threads))
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     rank, is_main = accelerator.process_index, accelerator.is_main_process
-    record = {"task_name": task.name, "task": task.describe(), "config": config.shaping()}
+    record = {"task_name": task.name, "task": task.describe(), "config": config.shaping(), "provenance": task.provenance()}
     if is_main:
         _check_run_record(run_dir, record, resume)
 

@@ -46,6 +46,10 @@ def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpu
     losses = [r["loss"] for r in log_rows if "loss" in r]
     validations = [r for r in log_rows if "val_loss" in r]
     samples = sorted((Path(run_dir) / "samples").glob("step-*.png"))
+    try:
+        provenance = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8")).get("provenance", {})
+    except (OSError, ValueError):
+        provenance = {}
     held_out_list = Path(model_dir) / "held_out_frames.txt"
     atomic_write_bytes(held_out_list, ("\n".join(info["held_out"]) + "\n").encode("utf-8"))
     facts = {
@@ -62,6 +66,7 @@ def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpu
                     "best_validation": result.best_metrics or None,
                     "last_validation": validations[-1] if validations else None, **(extra_figures or {})},
         "sample_grid": samples[-1].name if samples else None,
+        "provenance": provenance,
     }
     lines = [
         f"# Model card: {task.name}",
@@ -79,6 +84,7 @@ def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpu
         f"- {result.step} optimiser steps, {facts['training']['samples_seen']} training samples, "
         f"{facts['training']['hours']} h on {facts['training']['device']}",
         f"- {facts['training']['optimizer']}",
+        *([f"- warm start from {provenance['init_from']}"] if provenance.get("init_from") else []),
         f"- settings: `{json.dumps(facts['training']['task'], sort_keys=True)}`",
         "",
         "## Figures",
