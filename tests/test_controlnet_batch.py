@@ -98,7 +98,7 @@ def test_controlnet_jobs_that_cannot_start(controlnet_bundle, frames, tmp_path):
 
 def test_read_captions_formats_and_errors(tmp_path):
     from engine.errors import InputError
-    from engine.pipelines.controlnet import caption_for, read_captions
+    from engine.dataset.captions import caption_for, read_captions
 
     headerless = tmp_path / "c.csv"
     headerless.write_text('train/a.jpg,"pink, smooth"\nb,red polyp\n', encoding="utf-8")

@@ -135,7 +135,7 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
     try:
         backend = open_backend(spec)  # the local pipeline, or a Ray cluster (the bundle checked here)
         if getattr(spec, "captions", None) is not None:
-            from engine.pipelines.controlnet import read_captions
+            from engine.dataset.captions import read_captions
 
             captions = read_captions(spec.captions)
             settings["captions_sha256"] = file_sha256(spec.captions)
@@ -174,7 +174,7 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
             done[record["key"]] = record
     prompt = spec.prompt or backend.prompts["add" if spec.mode == "add" else "remove"]
     if captions:
-        from engine.pipelines.controlnet import caption_for
+        from engine.dataset.captions import caption_for
 
         captioned = sum(1 for rel in {i.frame.rel for i in items} if caption_for(captions, rel) is not None)
         summary.notes.append(f"captions for {captioned} of {len({i.frame.rel for i in items})} frames "
