@@ -18,6 +18,7 @@ DOCTOR_HANDLERS: dict = {}  # doctor: registered by engine.doctor_cli
 REPORT_HANDLERS: dict = {}  # report: registered by engine.metrics.cli
 CONTROLNET_HANDLERS: dict = {}  # generate: registered by engine.controlnet.cli
 TRAINING_HANDLERS: dict = {}  # train: registered by engine.training.cli
+CAPTION_HANDLERS: dict = {}  # caption: registered by engine.captioning.cli
 
 
 def _version() -> str:
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.training.cli import register_commands as register_training_commands
 
     TRAINING_HANDLERS.update(register_training_commands(commands))
+    from engine.captioning.cli import register_commands as register_caption_commands
+
+    CAPTION_HANDLERS.update(register_caption_commands(commands))
     return parser
 
 
@@ -285,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_app([])
     handlers = {"export": _run_export, "quantize": _run_quantize, "inpaint": _run_inpaint, "demo": _run_demo,
                 **RETRIEVAL_HANDLERS, **DOCTOR_HANDLERS,
-                **REPORT_HANDLERS, **CONTROLNET_HANDLERS, **TRAINING_HANDLERS}
+                **REPORT_HANDLERS, **CONTROLNET_HANDLERS, **TRAINING_HANDLERS, **CAPTION_HANDLERS}
     try:
         return handlers[args.command](args)
     except PolypForgeError as exc:
