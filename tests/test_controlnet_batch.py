@@ -121,3 +121,20 @@ def test_read_captions_formats_and_errors(tmp_path):
             read_captions(tmp_path / name)
     with pytest.raises(InputError, match="not found"):
         read_captions(tmp_path / "missing.csv")
+
+
+def test_batch_job_reads_the_caption_commands_output_unchanged(controlnet_bundle, frames, tmp_path):
+    import main
+    from engine.dataset.captions import read_captions
+    from engine.jobs import run_job
+
+    captions = tmp_path / "captions.csv"
+    assert main.main(["caption", "--input", str(frames), "--out", str(captions), "--quiet"]) == 0
+    texts = read_captions(captions)
+    assert {"sample_000", "sample_002"} <= set(texts) and texts["sample_000"].startswith(("The polyp is", "2 polyps."))
+    summary = run_job(_spec(input=frames, output=tmp_path / "out", model=controlnet_bundle, captions=captions))
+    assert summary.status == "ok" and summary.ok == 2
+    records = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    for record in (r for r in records if r["status"] == "ok"):
+        assert record["prompt"] == texts[Path(record["source_frame"]).stem]
+        assert record["prompt_source"] == "captions"

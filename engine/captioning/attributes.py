@@ -78,7 +78,7 @@ PALE_MAX_DELTA_A = -6.0
 PALE_MAX_A = 20.0
 
 FINE_SIGMA_PX = 1.5
-COARSE_SIGMA_PX = 8.0
+COARSE_SIGMA_PX = 2.0
 LOBE_MIN_DEPTH = 0.12
 IRREGULAR_MIN_FINE = 1.7
 LOBULATED_MIN_COARSE = 2.8
@@ -217,11 +217,12 @@ def _lobes(mask: np.ndarray, fov: np.ndarray) -> int:
 def surface(scene: Scene, index: int) -> tuple[str, dict]:
     lightness = scene.lab_filled[..., 0]
     fine_detail = lightness - cv2.GaussianBlur(lightness, (0, 0), FINE_SIGMA_PX)
-    coarse_detail = cv2.GaussianBlur(lightness, (0, 0), 2.0) - cv2.GaussianBlur(lightness, (0, 0), COARSE_SIGMA_PX)
+    smoothed = cv2.GaussianBlur(lightness, (0, 0), COARSE_SIGMA_PX)
     polyp = scene.polyps[index]
     inner = _enough(erode(polyp, LESION_ERODE_PX + 1), polyp)
     fine = _robust_std(fine_detail[inner])
-    coarse = _robust_std(coarse_detail[inner])
+    # what is left of the lesion's lightness once its overall shading (a quadratic dome) is taken out
+    coarse = _robust_std(smoothed[inner] - _quadratic_fit(smoothed, inner))
     lobes = _lobes(polyp, scene.fov)
     if fine >= IRREGULAR_MIN_FINE:
         value = "irregular"
@@ -267,22 +268,23 @@ def outline(scene: Scene, index: int) -> tuple[str, dict]:
     return value, {"solidity": solidity, "axis_ratio": axis_ratio}
 
 
-def _quadratic_spread(lightness: np.ndarray, region: np.ndarray) -> float:
+def _quadratic_fit(values: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Least-squares quadratic surface a + bx + cy + dx² + exy + fy² over the region's pixels."""
     rows, cols = np.nonzero(region)
     if len(rows) < 12:
-        return 0.0
+        return values[rows, cols].astype(np.float64)
     y = (rows - rows.mean()) / max(1.0, rows.std())
     x = (cols - cols.mean()) / max(1.0, cols.std())
     design = np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1)
-    coefficients, *_ = np.linalg.lstsq(design, lightness[rows, cols].astype(np.float64), rcond=None)
-    return _robust_std(design @ coefficients)
+    coefficients, *_ = np.linalg.lstsq(design, values[rows, cols].astype(np.float64), rcond=None)
+    return design @ coefficients
 
 
 def elevation(scene: Scene, index: int) -> tuple[str | None, dict]:
     polyp = scene.polyps[index]
     lesion = lesion_region(scene, index)
     lightness = scene.lab[..., 0]
-    spread = _quadratic_spread(lightness, lesion)
+    spread = _robust_std(_quadratic_fit(lightness, lesion))
     centre = erode(polyp, RIM_PX) & ~scene.specular
     rim = polyp & ~centre & ~scene.specular
     rim_darkening = (_median(lightness[centre]) - _median(lightness[rim])) if centre.sum() >= MIN_PIXELS and rim.any() else 0.0

@@ -32,7 +32,7 @@ from typing import Callable
 
 from engine import __version__
 from engine.captioning.captioner import MEASURE_VERSION, NoPolyp, caption_frame
-from engine.dataset.caption_writer import CURATOR, write_captions
+from engine.dataset.caption_writer import CAPTION_COLUMNS, CURATOR, write_captions
 from engine.dataset.captions import CSV_SUFFIXES, JSONL_SUFFIXES, caption_key, polyp_key, read_caption_table
 from engine.dataset.discovery import discover
 from engine.dataset.image_reader import read_frame, read_mask
@@ -250,7 +250,7 @@ def caption_folder(
         else:
             summary.without_mask.append(record["rel"])
     if rows:
-        write_captions(output, rows)
+        write_captions(output, rows, list(CAPTION_COLUMNS))
     else:
         summary.notes.append(f"no frame had a polyp to describe: {output} was not written")
     progress.remove()
