@@ -1,5 +1,6 @@
 """The frame editor: the frame large with its mask (green fill) and labels (yellow), drawing tools
-(brush, eraser, rectangle, polygon; undo/redo, clear, save), and retrieval proposals for the frame."""
+(brush, eraser, rectangle, polygon; undo/redo, clear, save), retrieval proposals for the frame, and its
+caption (the prompt an sd-controlnet bundle gets), editable."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.imaging import LABEL_COLOUR, MASK_COLOUR, mask_overlay
+from desktop.views.caption_panel import CaptionPanel
 from desktop.viewmodels.mask_editor import MaskEditor
 from desktop.viewmodels.retrieval import RetrievalController
 
@@ -227,7 +229,7 @@ class MaskCanvas(QWidget):
 
 
 class EditorPage(QWidget):
-    """Toolbar + canvas + side panel (frame info, retrieval proposals)."""
+    """Toolbar + canvas + side panel (frame info, caption, retrieval proposals)."""
 
     navigate = Signal(int)  # -1 previous, +1 next frame
     saveRequested = Signal()
@@ -298,6 +300,8 @@ class EditorPage(QWidget):
         side.addWidget(self.frame_label)
         side.addWidget(self.mask_label)
         side.addWidget(self.help_label)
+        self.caption_panel = CaptionPanel()
+        side.addWidget(self.caption_panel)
         side.addWidget(self._retrieval_box())
         side.addStretch(1)
         side_widget = QWidget()

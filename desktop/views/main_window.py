@@ -27,6 +27,7 @@ from desktop.errors import RESUME_HINT, describe_error, show_error, show_excepti
 from desktop.imaging import frame_labels
 from desktop.settings import JobSettings, open_settings
 from desktop.viewmodels.bundles import BundleListModel
+from desktop.viewmodels.captions import CaptionController
 from desktop.viewmodels.dataset import DatasetController, FrameItem
 from desktop.viewmodels.job import JobController
 from desktop.viewmodels.mask_editor import MaskEditor
@@ -57,6 +58,7 @@ class MainWindow(QMainWindow):
         self.review = ReviewController(self)
         self.bundles = BundleListModel(self)
         self.retrieval = RetrievalController(self)
+        self.captions = CaptionController(self)
         self.current_item: FrameItem | None = None
 
         self.browser = FrameBrowser(self.dataset)
@@ -139,6 +141,8 @@ class MainWindow(QMainWindow):
         self.editor_page.navigate.connect(self.step_frame)
         self.editor_page.saveRequested.connect(self.save_mask)
         self.editor_page.databaseChosen.connect(self.retrieval.open_database)
+        self.editor_page.caption_panel.saveRequested.connect(self.save_caption)
+        self.captions.changed.connect(self._show_caption)
         self.retrieval.opened.connect(self._database_opened)
         self.retrieval.failed.connect(lambda exc: show_exception(self, exc))
         self.job.stateChanged.connect(self._job_state)
@@ -157,6 +161,7 @@ class MainWindow(QMainWindow):
     def _restore(self) -> None:
         s = self.settings
         self.panel.set_settings(JobSettings.load(s))
+        self.captions.set_path(self.panel.captions.text())
         self.bundles.scan(self._extra_bundles(), self.panel.provider.currentData())
         geometry = s.value("window/geometry")
         if geometry is not None:
@@ -192,6 +197,7 @@ class MainWindow(QMainWindow):
     def _dataset_loaded(self, sources) -> None:
         self.editor.unload()
         self.current_item = None
+        self._show_caption()
         self.settings.setValue("paths/input", str(sources.input_dir))
         if not self.panel.output.text().strip():
             self.panel.output.setText(str(sources.input_dir.parent / f"{sources.input_dir.name}-generated"))
@@ -231,6 +237,7 @@ class MainWindow(QMainWindow):
         self.current_item = item
         self.editor.load(frame, mask, self.dataset.mask_target(item), item, item.frame.mask_path)
         self.editor_page.canvas.labels = labels
+        self._show_caption()
         self.tabs.setCurrentIndex(TAB_EDITOR)
         self.editor_page.canvas.setFocus()
         self.retrieval.propose(frame)
@@ -260,10 +267,38 @@ class MainWindow(QMainWindow):
         return path
 
     def _leave_frame(self) -> bool:
-        """Save the drawn mask before the editor shows something else (False if saving failed)."""
+        """Save the drawn mask and the edited caption before the editor shows something else (False if
+        saving failed)."""
+        if self.editor_page.caption_panel.dirty and self.save_caption() is None:
+            return False
         if self.editor.active and self.editor.dirty:
             return self.save_mask() is not None
         return True
+
+    # ------------------------------------------------------------------ captions
+    def _show_caption(self) -> None:
+        panel = self.editor_page.caption_panel
+        captions = self.captions
+        if captions.path is None:
+            panel.show_caption(None, "")
+        elif self.current_item is None or not self.editor.active:
+            panel.show_caption(None, str(captions.path))
+        else:
+            caption = captions.caption_of(self.current_item.frame.rel)
+            panel.show_caption(caption, captions.path.name, captions.problem)
+
+    def save_caption(self) -> str | None:
+        """Write the edited caption into the captions file the job reads; None (and a message) if not."""
+        panel = self.editor_page.caption_panel
+        if self.current_item is None or not panel.dirty:
+            return None
+        try:
+            key = self.captions.save(self.current_item.frame.rel, panel.text())
+        except (InputError, OSError) as exc:
+            show_exception(self, exc)
+            return None
+        self.statusBar().showMessage(f"Caption of {key} saved to {self.captions.path}", 5000)
+        return key
 
     def _database_opened(self, folder: str) -> None:
         self.settings.setValue("retrieval/db", folder)
@@ -399,6 +434,7 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ settings, closing
     def _settings_changed(self) -> None:
         self.panel.settings().save(self.settings)
+        self.captions.set_path(self.panel.captions.text())
         provider = self.panel.provider.currentData()
         if provider != self.bundles.provider:
             self.bundles.scan(self._extra_bundles(), provider)
@@ -425,6 +461,8 @@ class MainWindow(QMainWindow):
             if answer != QMessageBox.StandardButton.Yes:
                 event.ignore()
                 return
+        if self.editor_page.caption_panel.dirty:
+            self.save_caption()
         if self.editor.active and self.editor.dirty:
             self.save_mask()
         self.settings.setValue("window/geometry", self.saveGeometry())

@@ -132,7 +132,8 @@ class SettingsPanel(QWidget):
         self.prompt.setToolTip("Text prompt; for a CCIS-Diff (sd-controlnet) bundle a clinical description")
         self.captions = QLineEdit()
         self.captions.setPlaceholderText("none (sd-controlnet: CSV/JSONL frame → text)")
-        self.captions.setToolTip("Per-frame prompts for an sd-controlnet bundle: CSV (frame,text) or JSONL")
+        self.captions.setToolTip("Per-frame prompts for an sd-controlnet bundle: CSV (frame,text) or JSONL, e.g. "
+                                 "written by `main.py caption`; the Editor shows and edits the open frame's caption")
         self.formats = {name: QCheckBox(name) for name in FORMATS}
         formats_row = QHBoxLayout()
         for box in self.formats.values():
