@@ -383,3 +383,22 @@ def test_the_measured_captioner_runs_without_torch(folder, tmp_path):
     completed = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.strip() == "[]"
+
+
+def test_every_threshold_is_documented_in_its_module():
+    import re
+
+    from engine.captioning import attributes, scene
+
+    for module in (attributes, scene):
+        source = Path(module.__file__).read_text(encoding="utf-8")
+        names = re.findall(r"^([A-Z][A-Z_]+) = \(?-?[0-9]", source, flags=re.MULTILINE)
+        assert names, module
+        missing = [name for name in names if name not in module.__doc__]
+        assert not missing, f"{module.__name__}: {missing} not in the docstring"
+    words = {attributes.colour: attributes.COLOURS, attributes.surface: attributes.SURFACES,
+             attributes.size: attributes.SIZES, attributes.outline: attributes.OUTLINES}
+    image, mask = frame_with()
+    built = scene.make_scene(done(image), mask)
+    for function, vocabulary in words.items():
+        assert function(built, 0)[0] in vocabulary

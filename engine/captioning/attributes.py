@@ -1,58 +1,71 @@
 """The measured attributes of a polyp, one function each, from a Scene (engine.captioning.scene).
 
 Each function returns ``(value, measures)``: the word the caption uses and the numbers it was decided
-from (written to the captions file's JSON column, so curators can filter and re-threshold). All lengths
-are analysis pixels (the frame's longer side is 512); all colours CIE L*a*b* (OpenCV, D65). Medians are
-used throughout (robust to the odd vessel or fold).
+from (written to the captions file's JSON column, so curators can filter and re-threshold). Lengths are
+analysis pixels (the frame's longer side is 512), colours CIE L*a*b* (OpenCV, D65), spreads robust
+(1.4826 · median absolute deviation), levels medians. Thresholds were set by looking at Kvasir-SEG frames
+sorted by each measure (README, "Clinical captions").
 
 Regions
 - lesion: the polyp's mask eroded by ``LESION_ERODE_PX`` (2 px: its edge mixes lesion and mucosa),
+  highlights left out; with fewer than ``MIN_PIXELS`` (12) left, the uneroded mask.
+- mucosa ring: the band from ``RING_GAP_PX`` (3 px) out to 3 px + half the polyp's equivalent radius
+  (clipped to ``RING_WIDTH_PX`` = 8..40 px) around it, inside the field of view, outside every polyp,
   highlights left out.
-- mucosa ring: the band from ``RING_GAP_PX`` (3 px) to ``RING_GAP_PX + ring width`` around the polyp,
-  the width being half the polyp's equivalent radius clipped to ``RING_WIDTH_PX`` (8..40 px); inside the
-  field of view, outside every polyp (dilated by the gap), highlights left out.
 - background: the field of view outside every polyp dilated by ``BACKGROUND_GAP_PX`` (6 px).
 
-colour — the lesion against the mucosa ring, from the difference of their median a* (redness)
-  Δa = a*(lesion) − a*(ring) and the lesion's own L* and chroma C* = √(a*² + b*²):
-  - whitish: L* ≥ ``WHITISH_MIN_L`` (68) and C* ≤ ``WHITISH_MAX_CHROMA`` (24): light and nearly colourless;
-  - red: Δa ≥ ``RED_MIN_DELTA_A`` (+5): redder than the mucosa around it;
-  - pale: Δa ≤ ``PALE_MAX_DELTA_A`` (−5): less red than the mucosa around it;
+colour — the lesion against its mucosa ring: Δa = median a*(lesion) − median a*(ring) (redness), with the
+  lesion's own L*, a* and chroma C* = √(a*² + b*²):
+  - whitish: L* ≥ ``WHITISH_MIN_L`` (74) and C* ≤ ``WHITISH_MAX_CHROMA`` (34): light, nearly colourless;
+  - red: Δa ≥ ``RED_MIN_DELTA_A`` (+8) and a* ≥ ``RED_MIN_A`` (30): redder than its mucosa, and red;
+  - pale: Δa ≤ ``PALE_MAX_DELTA_A`` (−6), or a* ≤ ``PALE_MAX_A`` (20): less red than its mucosa, or
+    hardly red at all;
   - pink: otherwise (the mucosa's own hue).
-surface — texture of the lesion's lightness (highlights filled in), at two scales:
-  fine = robust std (1.4826·MAD) of L* − Gaussian(L*, σ ``FINE_SIGMA_PX`` = 1.5): pits, granules, villi;
-  coarse = robust std of Gaussian(L*, 2) − Gaussian(L*, σ ``COARSE_SIGMA_PX`` = 8): lobes and creases;
-  lobes = concavities of the outline deeper than ``LOBE_MIN_DEPTH`` (12 %) of the equivalent diameter.
-  - irregular: fine ≥ ``IRREGULAR_MIN_FINE`` (2.6 L* units);
-  - lobulated: coarse ≥ ``LOBULATED_MIN_COARSE`` (4.0) or lobes ≥ 2;
+surface — the lesion's lightness with highlights filled in, inside the mask eroded by 3 px:
+  fine = spread of L* − Gaussian(L*, σ ``FINE_SIGMA_PX`` = 1.5 px): pits, granules, villi;
+  coarse = spread of Gaussian(L*, σ ``COARSE_SIGMA_PX`` = 2 px) minus the quadratic surface fitted to it
+  (the dome's overall shading taken out): lobes, creases, nodules;
+  lobes = concavities of the outline deeper than ``LOBE_MIN_DEPTH`` (12 %) of the equivalent diameter,
+  except where the deepest point lies within ``LOBE_EDGE_PX`` (4 px) of the edge of the view (a cut);
+  - irregular: fine ≥ ``IRREGULAR_MIN_FINE`` (1.7 L* units);
+  - lobulated: coarse ≥ ``LOBULATED_MIN_COARSE`` (6.0), or lobes ≥ 2, or one lobe and coarse ≥
+    ``LOBULATED_MIN_COARSE_WITH_LOBE`` (4.5);
   - smooth: otherwise.
-size — the polyp's area as a fraction of the field of view (the frame, not millimetres: no scale is
-  known in a frame): diminutive < ``DIMINUTIVE_MAX_AREA`` (1.5 %), small < ``SMALL_MAX_AREA`` (8 %), large.
-outline — solidity (area / convex-hull area) and axis ratio (minor / major axis of the mask's second
-  moments): irregular when solidity < ``IRREGULAR_MAX_SOLIDITY`` (0.85); else round when the axis ratio is
-  ≥ ``ROUND_MIN_AXIS_RATIO`` (0.75); else oval.
-elevation — shading: a raised lesion is lit on top and shadowed at its foot. Measured as the spread
-  (robust std) of a quadratic surface fitted to the lesion's L* (highlights out) plus the darkening of
-  the lesion's rim band (inner ``RIM_PX`` = 4 px) against its centre:
-  - raised: spread ≥ ``RAISED_MIN_SHADING`` (4.0) or rim darkening ≥ ``RAISED_MIN_RIM`` (4.0);
-  - flat: spread < ``FLAT_MAX_SHADING`` (2.0), rim darkening < ``FLAT_MAX_RIM`` (1.5) and
-    |ΔL*| against the ring < ``FLAT_MAX_DELTA_L`` (4);
+size — the polyp's share of the field of view (of the frame, not millimetres: a frame has no scale):
+  diminutive < ``DIMINUTIVE_MAX_AREA`` (2.5 %), small < ``SMALL_MAX_AREA`` (10 %), else large.
+outline — solidity = area / area of its convex hull inside the view (a polyp cut by the border is not made
+  irregular by the cut) and axis ratio = minor / major axis of the mask's second moments:
+  irregular when solidity < ``IRREGULAR_MAX_SOLIDITY`` (0.85); else round when the axis ratio is ≥
+  ``ROUND_MIN_AXIS_RATIO`` (0.75); else oval.
+elevation — shading: a raised lesion is lit on top and shadowed at its foot. shading = spread of the
+  quadratic surface fitted to the lesion's L*; rim darkening = median L* of the mask eroded by ``RIM_PX``
+  (4 px) minus that of the 4-px rim; ΔL = median L*(lesion) − median L*(ring):
+  - raised: shading ≥ ``RAISED_MIN_SHADING`` (4.0) or rim darkening ≥ ``RAISED_MIN_RIM`` (8.0);
+  - flat: shading < ``FLAT_MAX_SHADING`` (2.8), rim darkening < ``FLAT_MAX_RIM`` (7.0) and |ΔL| <
+    ``FLAT_MAX_DELTA_L`` (8);
   - otherwise None: the shading does not tell, and the caption says nothing of it.
-position — the polyp's centroid in the field of view's bounding box, in thirds: top / middle / bottom ×
-  left / centre / right ("at the top left", "in the centre", "on the right", …).
-background — findings in the background, each a fraction of it:
-  - debris (yellowish debris or stool): hue angle atan2(b*, a*) ≥ ``DEBRIS_MIN_HUE`` (62°), b* ≥
-    ``DEBRIS_MIN_B`` (28), L* ≥ 30, over ≥ ``DEBRIS_MIN_FRACTION`` (1.5 %);
+position — the centroid in the field of view's bounding box, in thirds: top / middle / bottom × left /
+  centre / right ("at the top left", "in the centre", "on the right", …).
+partly out of view — when at least ``PARTLY_OUT_MIN_EDGE`` (15 %) of the polyp's outline lies on the edge
+  of the view (or of the frame).
+background — findings, measured away from the view's edge (the field of view eroded by
+  ``BACKGROUND_EDGE_PX`` = 14 px: over-lit, vignetted) and from bright glints (darkest channel ≥
+  ``BRIGHT_MIN_LEVEL`` = 200, dilated by ``BRIGHT_HALO_PX`` = 4 px: their halos are yellowish), specks
+  under ``SPECK_MAX_PX`` (10 px) dropped:
+  - debris (yellowish debris or stool): hue angle atan2(b*, a*) ≥ ``DEBRIS_MIN_HUE`` (65°), b* ≥
+    ``DEBRIS_MIN_B`` (32), C* ≥ ``DEBRIS_MIN_CHROMA`` (38), L* within ``DEBRIS_L`` (35..80), over ≥
+    ``DEBRIS_MIN_FRACTION`` (0.5 %) of the background;
   - blood: L* ≤ ``BLOOD_MAX_L`` (40), a* ≥ ``BLOOD_MIN_A`` (32), hue ≤ ``BLOOD_MAX_HUE`` (35°), over ≥
     ``BLOOD_MIN_FRACTION`` (1 %);
-  - bubbles: at least ``BUBBLES_MIN_RINGS`` (4) ring-shaped highlights (a highlight component with a
-    hole: the rim reflection of a bubble) in the background;
-  - lumen (dark lumen): a connected dark region (L* ≤ ``LUMEN_MAX_L`` = 15) inside the field of view of
-    at least ``LUMEN_MIN_FRACTION`` (2 %) of it;
+  - bubbles: at least ``BUBBLES_MIN_RINGS`` (3) ring-shaped highlights in the background: a highlight
+    around a hole of ≥ ``RING_MIN_HOLE_PX`` (10 px) whose outline has circularity 4πA/P² ≥
+    ``RING_MIN_CIRCULARITY`` (0.8) — the rim reflection of a bubble; letters (small holes) and the
+    square glyphs of overlays (circularity π/4) do not count;
+  - lumen (a dark lumen): one connected region of L* ≤ ``LUMEN_MAX_L`` (15) inside the view covering ≥
+    ``LUMEN_MIN_FRACTION`` (2 %) of it;
   clean mucosa when none of debris, blood, bubbles.
-lighting — specular highlights on the polyp when ≥ ``SPECULAR_MIN_FRACTION`` (1 %) of its mask;
-  over-exposed when ≥ ``OVEREXPOSED_MIN_FRACTION`` (8 %) of the field of view is at L* ≥
-  ``OVEREXPOSED_MIN_L`` (92).
+lighting — specular highlights when they cover ≥ ``SPECULAR_MIN_FRACTION`` (2 %) of the polyp's mask;
+  over-exposed when ≥ ``OVEREXPOSED_MIN_FRACTION`` (8 %) of the view is at L* ≥ ``OVEREXPOSED_MIN_L`` (92).
 """
 
 from __future__ import annotations
@@ -81,12 +94,12 @@ FINE_SIGMA_PX = 1.5
 COARSE_SIGMA_PX = 2.0
 LOBE_MIN_DEPTH = 0.12
 IRREGULAR_MIN_FINE = 1.7
-LOBULATED_MIN_COARSE = 2.8
-LOBULATED_MIN_COARSE_WITH_LOBE = 2.2
+LOBULATED_MIN_COARSE = 6.0
+LOBULATED_MIN_COARSE_WITH_LOBE = 4.5
 LOBE_EDGE_PX = 4
 
-DIMINUTIVE_MAX_AREA = 0.015
-SMALL_MAX_AREA = 0.08
+DIMINUTIVE_MAX_AREA = 0.025
+SMALL_MAX_AREA = 0.10
 
 IRREGULAR_MAX_SOLIDITY = 0.85
 ROUND_MIN_AXIS_RATIO = 0.75
