@@ -61,8 +61,8 @@ background — findings, measured away from the view's edge (the field of view e
     around a hole of ≥ ``RING_MIN_HOLE_PX`` (10 px) whose outline has circularity 4πA/P² ≥
     ``RING_MIN_CIRCULARITY`` (0.8) — the rim reflection of a bubble; letters (small holes) and the
     square glyphs of overlays (circularity π/4) do not count;
-  - lumen (a dark lumen): one connected region of L* ≤ ``LUMEN_MAX_L`` (15) inside the view covering ≥
-    ``LUMEN_MIN_FRACTION`` (2 %) of it;
+  - lumen (a dark lumen): one connected region of L* ≤ ``LUMEN_MAX_L`` (15) at least ``LUMEN_EDGE_PX``
+    (20 px) inside the view (not the vignetting at its rim) covering ≥ ``LUMEN_MIN_FRACTION`` (2 %) of it;
   clean mucosa when none of debris, blood, bubbles.
 lighting — specular highlights when they cover ≥ ``SPECULAR_MIN_FRACTION`` (2 %) of the polyp's mask;
   over-exposed when ≥ ``OVEREXPOSED_MIN_FRACTION`` (8 %) of the view is at L* ≥ ``OVEREXPOSED_MIN_L`` (92).
@@ -128,6 +128,7 @@ BUBBLES_MIN_RINGS = 3
 RING_MIN_HOLE_PX = 10
 RING_MIN_CIRCULARITY = 0.8
 LUMEN_MAX_L = 15.0
+LUMEN_EDGE_PX = 20
 LUMEN_MIN_FRACTION = 0.02
 
 PARTLY_OUT_MIN_EDGE = 0.15
@@ -389,7 +390,8 @@ def background(scene: Scene) -> tuple[list[str], dict]:
                              & (lightness >= DEBRIS_L[0]) & (lightness <= DEBRIS_L[1]))
     blood = _without_specks(colour_region & (lightness <= BLOOD_MAX_L) & (a >= BLOOD_MIN_A) & (hue <= BLOOD_MAX_HUE))
     rings = _ring_highlights(scene, region)
-    dark = (scene.fov & (lightness <= LUMEN_MAX_L)).astype(np.uint8)
+    # a lumen opens inside the view; the dark band of vignetting at its rim is not one
+    dark = (erode(scene.fov, LUMEN_EDGE_PX) & (lightness <= LUMEN_MAX_L)).astype(np.uint8)
     count, _, stats, _ = cv2.connectedComponentsWithStats(dark, connectivity=8)
     largest_dark = int(stats[1:, cv2.CC_STAT_AREA].max()) if count > 1 else 0
     lumen_fraction = largest_dark / max(1, int(scene.fov.sum()))

@@ -152,7 +152,7 @@ def _rows_for(frame_key: str, captions, captioner: str, vlm_texts: list[str] | N
     first_vlm = vlm_texts[0] if vlm_texts else ""
     rows = [row(frame_key, captions.text, captions.attributes, first_vlm)]
     if len(captions.polyps) > 1:
-        for polyp, index in zip(captions.polyps, range(len(captions.polyps))):
+        for index, polyp in enumerate(captions.polyps):
             rows.append(row(polyp_key(frame_key, polyp.index), polyp.text, polyp.attributes,
                             vlm_texts[index] if vlm_texts else ""))
     return rows

@@ -25,12 +25,12 @@ def _listing(words: list[str]) -> str:
 
 
 def background_words(findings: list[str]) -> str:
-    """'clean mucosa', 'mucosa with yellowish debris and blood', each '… and a dark lumen' when one shows."""
+    """'clean mucosa', 'clean mucosa and a dark lumen', 'mucosa with yellowish debris, blood and a dark lumen'."""
     dirt = [FINDING_WORDS[f] for f in findings if f in FINDING_WORDS]
-    words = f"mucosa with {_listing(dirt)}" if dirt else "clean mucosa"
-    if "lumen" in findings:
-        words += " and a dark lumen" if not dirt else ", and a dark lumen"
-    return words
+    lumen = ["a dark lumen"] if "lumen" in findings else []
+    if not dirt:
+        return " and ".join(["clean mucosa"] + lumen)
+    return f"mucosa with {_listing(dirt + lumen)}"
 
 
 def describe(attributes: dict, subject: str = "The polyp") -> str:
