@@ -402,3 +402,32 @@ def test_every_threshold_is_documented_in_its_module():
     built = scene.make_scene(done(image), mask)
     for function, vocabulary in words.items():
         assert function(built, 0)[0] in vocabulary
+
+
+def test_odd_frames_and_masks_give_a_caption_or_no_polyp_never_a_crash():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for case in range(24):
+        height, width = (int(v) for v in rng.integers(20, 300, 2))
+        frame = rng.integers(0, 256, (height, width, 3), dtype=np.uint8) if case % 3 else np.zeros((height, width, 3), np.uint8)
+        mask = np.zeros((height, width), np.uint8)
+        kind = case % 6
+        if kind == 0:
+            mask[:] = 1  # the whole frame
+        elif kind == 1:
+            mask[:4] = 1  # a strip on the edge
+        elif kind == 2:
+            cv2.line(mask, (0, 0), (width - 1, height - 1), 1, 1)  # one pixel wide
+        elif kind == 3:
+            mask[rng.integers(0, height, 30), rng.integers(0, width, 30)] = 1  # specks only
+        elif kind == 4:
+            cv2.circle(mask, (width // 2, height // 2), min(height, width) // 3, 1, -1)
+        else:
+            mask[height // 2:height // 2 + 5, width // 2:width // 2 + 5] = 1  # 25 pixels
+        try:
+            caption = caption_frame(frame, mask.astype(bool))
+        except NoPolyp:
+            assert kind == 3 or kind == 2 and min(height, width) < 16, (case, kind)
+            continue
+        assert caption.text.startswith(("The polyp is ", f"{len(caption.polyps)} polyps. "))

@@ -231,6 +231,8 @@ def caption_folder(
                     record["skipped"] = "empty mask"
                 except InputError as exc:
                     record["failed"] = f"{frame.path}: {exc}"
+                except (RuntimeError, ValueError) as exc:  # the vision-language model on this frame
+                    record["failed"] = f"{frame.path}: the vision-language model failed ({exc})"
         progress.append(record)
         records.append(record)
 
