@@ -218,7 +218,7 @@ def frame_tasks(items: list[WorkItem], done: dict, prompt: str, captions: dict[s
         frame = frame_items[0].frame
         caption = None
         if captions:
-            from engine.pipelines.controlnet import caption_for
+            from engine.dataset.captions import caption_for
 
             caption = caption_for(captions, frame.rel)
         source = "captions" if caption is not None else ("job" if spec.prompt else "bundle")
