@@ -171,7 +171,7 @@ def with_background(kind: str) -> tuple[np.ndarray, np.ndarray]:
             image[ellipse(cx, cy, 9, 6)] = (205, 170, 45)
     elif kind == "blood":
         for cx, cy in ((60, 70), (250, 190)):
-            image[ellipse(cx, cy, 14, 9)] = (110, 8, 22)
+            image[ellipse(cx, cy, 14, 9)] = (150, 5, 22)
     elif kind == "lumen":
         image[ellipse(255, 70, 32, 28)] = (14, 8, 8)
     elif kind == "bubbles":  # ring reflections: bright outlines round a darker middle
@@ -431,3 +431,13 @@ def test_odd_frames_and_masks_give_a_caption_or_no_polyp_never_a_crash():
             assert kind == 3 or kind == 2 and min(height, width) < 16, (case, kind)
             continue
         assert caption.text.startswith(("The polyp is ", f"{len(caption.polyps)} polyps. "))
+
+
+def test_shadowed_mucosa_and_a_blue_overlay_box_are_not_blood():
+    image, mask = with_background("none")
+    image[ellipse(60, 70, 14, 9)] = (125, 38, 38)  # a fold's dark red shadow (a* 37)
+    image[200:230, 30:110] = (40, 10, 120)  # a navy overlay box, as some Kvasir frames carry
+    assert "blood" not in caption_frame(done(image), mask).attributes["background"]
+    image[ellipse(250, 190, 14, 9)] = (150, 5, 22)
+    image[ellipse(250, 70, 14, 9)] = (150, 5, 22)
+    assert "blood" in caption_frame(done(image), mask).attributes["background"]

@@ -55,8 +55,9 @@ background — findings, measured away from the view's edge (the field of view e
   - debris (yellowish debris or stool): hue angle atan2(b*, a*) ≥ ``DEBRIS_MIN_HUE`` (65°), b* ≥
     ``DEBRIS_MIN_B`` (32), C* ≥ ``DEBRIS_MIN_CHROMA`` (38), L* within ``DEBRIS_L`` (35..80), over ≥
     ``DEBRIS_MIN_FRACTION`` (0.5 %) of the background;
-  - blood: L* ≤ ``BLOOD_MAX_L`` (40), a* ≥ ``BLOOD_MIN_A`` (32), hue ≤ ``BLOOD_MAX_HUE`` (35°), over ≥
-    ``BLOOD_MIN_FRACTION`` (1 %);
+  - blood: L* ≤ ``BLOOD_MAX_L`` (45), a* ≥ ``BLOOD_MIN_A`` (45: more saturated than mucosa in shadow, which
+    stays under about 42 on Kvasir-SEG), hue within ``BLOOD_HUE`` (10..34°: red, not the blue or purple of
+    overlay boxes and dye), over ≥ ``BLOOD_MIN_FRACTION`` (1 %);
   - bubbles: at least ``BUBBLES_MIN_RINGS`` (3) ring-shaped highlights in the background: a highlight
     around a hole of ≥ ``RING_MIN_HOLE_PX`` (10 px) whose outline has circularity 4πA/P² ≥
     ``RING_MIN_CIRCULARITY`` (0.8) — the rim reflection of a bubble; letters (small holes) and the
@@ -120,9 +121,9 @@ DEBRIS_MIN_B = 32.0
 DEBRIS_MIN_CHROMA = 38.0
 DEBRIS_L = (35.0, 80.0)
 DEBRIS_MIN_FRACTION = 0.005
-BLOOD_MAX_L = 40.0
-BLOOD_MIN_A = 32.0
-BLOOD_MAX_HUE = 35.0
+BLOOD_MAX_L = 45.0
+BLOOD_MIN_A = 45.0
+BLOOD_HUE = (10.0, 34.0)
 BLOOD_MIN_FRACTION = 0.01
 BUBBLES_MIN_RINGS = 3
 RING_MIN_HOLE_PX = 10
@@ -388,7 +389,8 @@ def background(scene: Scene) -> tuple[list[str], dict]:
     debris = _without_specks(colour_region & (hue >= DEBRIS_MIN_HUE) & (b >= DEBRIS_MIN_B)
                              & (np.hypot(a, b) >= DEBRIS_MIN_CHROMA)
                              & (lightness >= DEBRIS_L[0]) & (lightness <= DEBRIS_L[1]))
-    blood = _without_specks(colour_region & (lightness <= BLOOD_MAX_L) & (a >= BLOOD_MIN_A) & (hue <= BLOOD_MAX_HUE))
+    blood = _without_specks(colour_region & (lightness <= BLOOD_MAX_L) & (a >= BLOOD_MIN_A)
+                            & (hue >= BLOOD_HUE[0]) & (hue <= BLOOD_HUE[1]))
     rings = _ring_highlights(scene, region)
     # a lumen opens inside the view; the dark band of vignetting at its rim is not one
     dark = (erode(scene.fov, LUMEN_EDGE_PX) & (lightness <= LUMEN_MAX_L)).astype(np.uint8)
