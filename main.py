@@ -112,7 +112,7 @@ def _add_batch_options(group) -> None:
     group.add_argument("--job", type=Path, help="TOML job file (keys as the flags, with _ for -)")
     group.add_argument("--input", type=Path, help="folder of frames (Kvasir-SEG images/+masks/ found by itself)")
     group.add_argument("--output", type=Path, help="dataset folder to write (resumed if it holds this job)")
-    group.add_argument("--model", type=Path, help="model bundle (default: the embedded random-weight demo bundle)")
+    group.add_argument("--model", type=Path, help="model bundle (default: polypforge-compact, the compact polyp model)")
     group.add_argument("--provider", choices=("auto", "cpu", "cuda", "tensorrt"))
     group.add_argument("--threads", type=int, help="onnxruntime threads (with --backend ray: per worker)")
     group.add_argument("--masks", type=Path, help="masks folder, paired with frames by file name")
@@ -161,7 +161,7 @@ BATCH_KEYS = ("input", "output", "model", "provider", "threads", "masks", "label
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None,
-                        help="model bundle folder or name (default: the embedded random-weight demo bundle)")
+                        help="model bundle folder or name (default: polypforge-compact, the compact polyp model)")
     parser.add_argument("--provider", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto")
     parser.add_argument("--prompt", default=None, help='default: the bundle\'s "add" prompt ("Polyp")')
     parser.add_argument("--mode", choices=("add", "remove"), default="add",
@@ -263,7 +263,8 @@ def _run_demo(args) -> int:
 
     spec = demo_spec(args.samples, args.output, variants=args.variants, seed=args.seed, provider=args.provider)
     print(f"sample frames (generated, no patient data): {args.samples.resolve()}", file=sys.stderr)
-    print("model: the embedded demo bundle — RANDOM weights, its 'polyps' are noise by design", file=sys.stderr)
+    print(f"model: {spec.model.name} (PolypForge's compact polyp model, trained on Kvasir-SEG; research use only, "
+          "see its MODEL_CARD.md)", file=sys.stderr)
     return _run_job_in_terminal(spec)
 
 

@@ -1,4 +1,4 @@
-"""The demo: generated sample frames through the batch job with the embedded demo bundle.
+"""The demo: generated sample frames through the batch job with the default model (the compact polyp model).
 
 `make demo` runs this on a fresh machine: it writes sample frames (procedural, no patient data), then the
 same job `main.py --batch` runs — a polyp added at a random free place in every frame, the frames' own polyps

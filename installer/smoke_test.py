@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         check(report["frozen"] is True, "doctor says it is not the built app")
         check(Path(report["app_dir"]) == app.parent, f"doctor's app_dir {report['app_dir']} is not {app.parent}")
         names = {b["name"]: b for b in report["bundles"]}
-        for name in ("demo-sd-inpaint", "demo-dinov2"):
+        for name in ("polypforge-compact", "demo-sd-inpaint", "demo-dinov2"):
             check(name in names and names[name]["integrity"] == "ok", f"doctor: {name} missing or broken: {names}")
             check(Path(names[name]["path"]).is_relative_to(app.parent), f"{name} was not found inside the app")
         check(report["onnxruntime"].get("importable"), "onnxruntime does not load in the built app")

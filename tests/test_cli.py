@@ -67,4 +67,7 @@ def test_demo_command_runs_the_batch_job(tmp_path):
     assert len(images) == len(lines) == 6
     assert all("__add-random-v00" in p.name for p in images)
     assert (tmp_path / "out" / "annotations" / "instances.json").is_file()
-    assert "RANDOM weights" in completed.stderr and "dataset: " in completed.stderr
+    assert "polypforge-compact" in completed.stderr and "research use only" in completed.stderr
+    assert "dataset: " in completed.stderr
+    records = [__import__("json").loads(line) for line in lines]
+    assert {r["bundle"] for r in records} == {"polypforge-compact"} and {r["inpaint_area"] for r in records} == {"region"}

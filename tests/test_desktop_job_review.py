@@ -178,11 +178,11 @@ def test_bad_bundle_is_a_message_naming_the_file(window, qtbot, tmp_path, messag
     window.add_bundle(altered)
     assert wait_until(lambda: not window.bundles.busy(), 20)
     assert window.bundles.rows[window.bundles.row_for(altered.resolve())].state == "ok"
-    with open(altered / "vae_decoder" / "model.onnx", "ab") as handle:
+    with open(altered / "unet" / "model.onnx", "ab") as handle:
         handle.write(b"tampered")
     with qtbot.waitSignal(window.job.cannotStart, timeout=JOB_TIMEOUT_MS):
         assert window.run_job()
-    assert "vae_decoder/model.onnx" in messages.texts()[-1] and "sha256 mismatch" in messages.texts()[-1]
+    assert "unet/model.onnx" in messages.texts()[-1] and "sha256 mismatch" in messages.texts()[-1]
     assert window.run_button.isEnabled() and window.job.state == "idle"
 
 

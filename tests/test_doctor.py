@@ -139,4 +139,4 @@ def test_source_tree_lookup_unchanged(monkeypatch):
     assert bundle_format.bundle_search_folders() == [REPO / "exported_models"]
     from engine.jobs.spec import DEFAULT_MODEL
 
-    assert DEFAULT_MODEL == REPO / "exported_models" / "demo-sd-inpaint"
+    assert DEFAULT_MODEL == REPO / "exported_models" / "polypforge-compact"

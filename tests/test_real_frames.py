@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import shared_data_or_skip
-from engine.demo import DEMO_BUNDLE
+from conftest import REPO_ROOT, shared_data_or_skip
 from engine.dataset.image_reader import read_frame, read_mask
 from engine.masks.instances import bbox_of, padded_box_mask
 from engine.pipelines.inpaint import InpaintPipeline
@@ -18,7 +17,7 @@ from engine.pipelines.inpaint import InpaintPipeline
 
 @pytest.fixture(scope="module")
 def demo_pipeline():
-    return InpaintPipeline.from_bundle(DEMO_BUNDLE, provider="cpu")
+    return InpaintPipeline.from_bundle(REPO_ROOT / "exported_models" / "demo-sd-inpaint", provider="cpu")
 
 
 def _real_pairs(count: int):
@@ -27,6 +26,27 @@ def _real_pairs(count: int):
     # Spread over the set: small and large polyps, different resolutions.
     picked = images[:: max(1, len(images) // count)][:count]
     return [(path, root / "masks" / path.name) for path in picked]
+
+
+def test_compact_model_on_real_frames_changes_only_the_region(tmp_path):
+    """The default model (region inpainting) on real frames at native size: remove at the padded box, add at a
+    polygon; every pixel outside the region keeps its byte and the crop holds the whole region."""
+    from engine.jobs.spec import DEFAULT_MODEL
+    from engine.pipelines import open_inpainting_pipeline
+
+    pipeline = open_inpainting_pipeline(DEFAULT_MODEL, provider="cpu")
+    for image_path, mask_path in _real_pairs(3):
+        frame = read_frame(image_path)
+        mask = read_mask(mask_path)
+        region = padded_box_mask(bbox_of(mask), 15, *mask.shape)
+        for prompt in ("Normal", "Polyp"):
+            result = pipeline(frame, region, prompt=prompt, steps=4, seed=1)
+            assert np.array_equal(result.image[~region], frame[~region]), image_path.name
+            assert (result.image[region] != frame[region]).any()
+            x0, y0, x1, y1 = result.settings["region_crop"]
+            ys, xs = np.nonzero(region)
+            assert x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1
+            assert result.settings["inpaint_area"] == "region"
 
 
 def test_real_frames_keep_every_pixel_outside_the_mask(demo_pipeline):

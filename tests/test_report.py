@@ -52,7 +52,7 @@ def test_report_on_a_polypforge_output(job_output, tmp_path):
         assert row["flagged"] == (row["distance"] < mem["threshold"])
     assert mem["flagged"] == sum(r["flagged"] for r in mem["per_image"])
     by = {(b["by"], b["value"].split(" ")[0]) for b in data["breakdown"]}
-    assert {("mask_source", "random"), ("mode", "add"), ("bundle", "demo-sd-inpaint")} <= by
+    assert {("mask_source", "random"), ("mode", "add"), ("bundle", "polypforge-compact")} <= by
     assert len(data["tsne"]["real"]) == 12 and len(data["tsne"]["synthetic"]) == 24
     # progress: per-batch feature counts reach the totals
     assert ("real features", 12, 12) in seen and ("synthetic features", 24, 24) in seen

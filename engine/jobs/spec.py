@@ -21,8 +21,10 @@ FORMATS = ("coco", "yolo", "yolo-seg")
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 SPLITS = ("train", "val", "test")
 BACKENDS = ("local", "ray")
-# exported_models/demo-sd-inpaint in the source tree; <app dir>/models/demo-sd-inpaint in a built app.
-DEFAULT_MODEL = shipped_bundles_folder() / "demo-sd-inpaint"
+# The compact polyp model PolypForge trains itself (a pixel-inpaint bundle, MODEL_CARD.md inside):
+# exported_models/polypforge-compact in the source tree; <app dir>/models/polypforge-compact in a built app.
+# The random-weight demo bundles (demo-sd-inpaint, demo-sd-controlnet, demo-dinov2) stay for the tests.
+DEFAULT_MODEL = shipped_bundles_folder() / "polypforge-compact"
 
 
 @dataclass

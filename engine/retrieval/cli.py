@@ -180,11 +180,10 @@ def _remover(args: argparse.Namespace):
 
     model = args.model
     if model is None:
-        from engine.bundle.format import bundles_folder
+        from engine.jobs.spec import DEFAULT_MODEL
 
-        model = bundles_folder() / "demo-sd-inpaint"
-        _err("--remove-polyps with the embedded demo inpainting bundle: RANDOM weights, it paints noise over "
-             "the polyps (pass --model for a real one)")
+        model = DEFAULT_MODEL
+        _err(f"--remove-polyps with the default model ({model.name}; pass --model for another)")
     remover = PolypRemover(model, provider=args.provider, steps=args.steps, threads=args.threads)
     if remover.pipeline.provider_note:
         _err(remover.pipeline.provider_note)

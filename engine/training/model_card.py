@@ -23,7 +23,7 @@ KNOWN_TERMS = {
 
 
 def _terms_for(sources: list[str], frames: list[str]) -> list[str]:
-    text = " ".join(sources + frames[:50]).lower()
+    text = " ".join(sources + frames).lower()
     terms = [value for key, value in KNOWN_TERMS.items() if key in text]
     seen, unique = set(), []
     for term in terms:
@@ -57,7 +57,7 @@ def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpu
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "data": {"sources": info["sources"], "train_frames": info["train_frames"], "train_polyps": info["train_polyps"],
                  "held_out_frames": info["held_out_frames"], "held_out_list": held_out_list.name,
-                 "terms": _terms_for(info["sources"], [f.rel for f in corpus.train])},
+                 "terms": _terms_for(info["sources"], [f.rel for f in corpus.train + corpus.held_out])},
         "training": {"steps": result.step, "samples_seen": result.step * task.samples_per_step() * config.grad_accum,
                      "hours": round(result.train_seconds / 3600.0, 3), "device": _device(),
                      "optimizer": f"AdamW lr {config.lr} ({config.lr_schedule}, warmup {config.warmup_steps}), "
