@@ -50,6 +50,10 @@ class JobSpec:
     formats: list[str] = field(default_factory=lambda: ["coco", "yolo", "yolo-seg"])
     resume: bool = True
     batch_size: int = 1
+    # Build on earlier PolypForge outputs found in the input: their variants become source frames, and each new
+    # variant's manifest line records the line that made its (synthetic) source. Off: they are never read.
+    include_synthetic: bool = False
+    break_lock: bool = False  # take the output folder's lock even from a holder that may still be alive
 
     def validate(self) -> "JobSpec":
         _choice("mode", self.mode, MODES)
@@ -82,10 +86,12 @@ class JobSpec:
     def settings_that_shape_output(self) -> dict[str, Any]:
         """What must match for a resumed run to continue an earlier one (paths and speed knobs excluded)."""
         data = asdict(self)
-        for key in ("output", "provider", "threads", "resume", "batch_size", "formats"):
+        for key in ("output", "provider", "threads", "resume", "batch_size", "formats", "break_lock"):
             data.pop(key)
         if data["captions"] is None:  # absent, as in jobs written before captions existed: they still resume
             data.pop("captions")
+        if not data["include_synthetic"]:  # likewise for jobs written before it existed
+            data.pop("include_synthetic")
         return {k: (str(v.resolve()) if isinstance(v, Path) else v) for k, v in data.items()}
 
 
