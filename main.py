@@ -149,6 +149,12 @@ def _add_batch_options(group) -> None:
     resume.add_argument("--resume", dest="resume", action="store_true", default=None,
                         help="continue an interrupted job in --output (default)")
     resume.add_argument("--fresh", dest="resume", action="store_false", help="discard what --output holds of an earlier job")
+    group.add_argument("--include-synthetic", action="store_true", default=None,
+                       help="also use the variants of earlier PolypForge outputs in --input as source frames "
+                       "(their manifest lines are recorded as the source); without it they are never read")
+    group.add_argument("--break-lock", action="store_true", default=None,
+                       help="take over --output's job.lock even if its holder may still be running "
+                       "(a lock of a process that is gone is taken over without it)")
     group.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     group.add_argument("--json-summary", type=Path, help="write the job summary as JSON here too")
 
@@ -156,7 +162,7 @@ def _add_batch_options(group) -> None:
 BATCH_KEYS = ("input", "output", "model", "provider", "threads", "masks", "labels", "split_file", "from_splits",
               "mask_source", "db", "top_k", "box_pad", "mode", "prompt", "negative_prompt", "captions", "variants", "seed", "steps",
               "scheduler", "guidance", "formats", "batch_size", "resume", "inpaint_area", "region_padding",
-              "backend", "ray_address", "workers", "gpus_per_worker")
+              "backend", "ray_address", "workers", "gpus_per_worker", "include_synthetic", "break_lock")
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QApplication, QMessageBox, QWidget
 
-from engine.errors import BundleError, Cancelled, InputError, PolypForgeError
+from engine.errors import BundleError, Cancelled, InputError, OutputLocked, PolypForgeError
 
 RESUME_HINT = (
     "\n\nIn the app: untick “Continue the job in the output folder” to start over there, "
@@ -33,6 +33,8 @@ def describe_error(exc: BaseException) -> tuple[str, str, str | None]:
         return "Cannot use this input", str(exc), None
     if isinstance(exc, Cancelled):
         return "Cancelled", str(exc), None
+    if isinstance(exc, OutputLocked):
+        return "The output folder is in use", str(exc), None
     if isinstance(exc, PolypForgeError):
         text = str(exc)
         if "--fresh" in text:

@@ -26,5 +26,9 @@ class ExportError(PolypForgeError):
     """Export from a diffusers folder failed, or the exported ONNX disagrees with the torch model."""
 
 
+class OutputLocked(PolypForgeError):
+    """An output folder is being written by another job (or a review) whose process is still alive."""
+
+
 class Cancelled(PolypForgeError):
     """A run stopped because its cancel check returned True."""

@@ -11,20 +11,22 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(handle)`` on a temp file beside `path`, fsync, then rename it over `path`."""
+@contextmanager
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary handle on a temp file beside `path`; when the block ends without an exception the file is
+    flushed, fsynced and renamed over `path`, otherwise removed. For files written as a stream."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            write(handle)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -34,7 +36,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
         except FileNotFoundError:
             pass
         raise
-    return target
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(handle)`` on a temp file beside `path`, fsync, then rename it over `path`."""
+    with atomic_writer(path) as handle:
+        write(handle)
+    return Path(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -71,3 +71,33 @@ def retrieval_db(tmp_path) -> Path:
     database = tmp_path / "db"
     assert main.main(["db", "build", "--polyps", str(tmp_path / "polyps"), "--to", str(database)]) == 0
     return database
+
+
+HOLD_LOCK = (
+    "import sys\n"
+    "from engine.jobs.output_lock import take_output_lock\n"
+    "lock = take_output_lock(sys.argv[1], sys.argv[2])\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n"  # holds the lock until the test closes stdin
+    "lock.release()\n"
+)
+
+
+@pytest.fixture()
+def lock_holder():
+    """hold(folder, purpose="job") → the pid of another live process holding folder's job.lock."""
+    import subprocess
+
+    processes = []
+
+    def hold(folder, purpose: str = "job") -> int:
+        process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder), purpose], cwd=REPO_ROOT,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        processes.append(process)
+        assert process.stdout.readline().strip() == "held"
+        return process.pid
+
+    yield hold
+    for process in processes:
+        process.stdin.close()
+        process.wait(timeout=30)

@@ -260,3 +260,32 @@ def test_controlnet_bundle_with_a_prompt_and_captions(window, qtbot, tmp_path, m
     assert prompts["sample_000.png"] == "a red lobulated polyp with vessels"  # the caption wins for its frame
     assert prompts["sample_001.png"] == "a pale pink, smooth polyp"  # the job prompt for the others
     assert all(r["bundle_kind"] == "sd-controlnet" for r in manifest(tmp_path / "out"))
+
+
+def test_a_locked_output_folder_shows_the_lock_message_instead_of_starting(window, qtbot, tmp_path, messages,
+                                                                             lock_holder):
+    output = tmp_path / "out"
+    pid = lock_holder(output)  # a job in a terminal writing the same folder
+    started = []
+    window.job.stateChanged.connect(started.append)
+    assert window.run_job() is False
+    title_and_text = messages.texts()[-1]
+    assert title_and_text.startswith("The output folder is in use: ")
+    assert f"a job (pid {pid} on " in title_and_text and "is writing this folder" in title_and_text
+    assert started == [] and window.job.state == "idle" and window.run_button.isEnabled()
+    assert sorted(p.name for p in output.iterdir()) == ["job.lock"]  # nothing was written
+
+
+def test_accept_reject_in_the_gallery_waits_for_a_job_writing_the_folder(window, qtbot, tmp_path, messages,
+                                                                        lock_holder):
+    with qtbot.waitSignal(window.job.jobDone, timeout=JOB_TIMEOUT_MS):
+        assert window.run_job()
+    output = tmp_path / "out"
+    before = (output / "manifest.jsonl").read_bytes()
+    pid = lock_holder(output)
+    first = window.review.model.items[0]
+    with qtbot.waitSignal(window.review.failed, timeout=20_000):
+        window.review.reject(first.key)
+    assert f"pid {pid}" in messages.texts()[-1] and "cannot accept or reject now" in messages.texts()[-1]
+    assert (output / "manifest.jsonl").read_bytes() == before and (output / first.record["image"]).exists()
+    assert not window.review.model.items[0].pending and window.review.model.items[0].status == "ok"

@@ -41,6 +41,7 @@ from desktop.views.settings_panel import SettingsPanel
 from engine.dataset.image_reader import read_frame, read_mask
 from engine.errors import InputError
 from engine.jobs import JobSpec, build_spec
+from engine.jobs.output_lock import lock_problem
 
 TAB_FRAMES, TAB_EDITOR, TAB_RUN, TAB_REVIEW = range(4)
 # JobSpec fields for mask source "retrieved" (the retrieval database and candidates per frame).
@@ -339,6 +340,10 @@ class MainWindow(QMainWindow):
                        "(Retrieval proposals ▸ Choose database folder…). Make one with `main.py db build`.")
             return False
         output = Path(s.output).expanduser()
+        problem = lock_problem(output)  # another job (this app's, a terminal's) or a review is writing there
+        if problem is not None:
+            show_error(self, "The output folder is in use", problem)
+            return False
         if not s.resume and (output / "manifest.jsonl").exists():
             answer = QMessageBox.question(
                 self, "Start over?", f"{output} holds an earlier job. Starting over deletes its generated images, "

@@ -29,30 +29,53 @@ def _tile(image: Image.Image, polygons) -> Image.Image:
     return canvas
 
 
-def write_contact_sheet(output_dir: Path, records: list[dict], sources: dict[str, Path]) -> Path | None:
-    """Up to MAX_PAIRS pairs, two pairs per row; None when there is nothing to show."""
-    pairs = []
-    for record in records[:MAX_PAIRS]:
+class ContactSheetWriter:
+    """Takes records one at a time (``add``); only the first MAX_PAIRS are kept, as small tiles."""
+
+    def __init__(self, output_dir: Path, sources: dict[str, Path]):
+        self.output_dir = Path(output_dir)
+        self.sources = sources
+        self.pairs: list[tuple[Image.Image, Image.Image]] = []
+        self.seen = 0
+
+    def add(self, record: dict) -> None:
+        self.seen += 1
+        if self.seen > MAX_PAIRS:
+            return
         try:
-            source = Image.fromarray(read_frame(sources[record["source_frame"]]))
-            result = Image.open(output_dir / record["image"]).convert("RGB")
+            source = Image.fromarray(read_frame(self.sources[record["source_frame"]]))
+            result = Image.open(self.output_dir / record["image"]).convert("RGB")
         except (KeyError, InputError, OSError):
-            continue
+            return
         outline = [p for d in record["instances"] if d["origin"] == "generated" for p in Instance.from_json(d).outline_polygons()]
         outline = outline or [p for d in record.get("removed", []) for p in Instance.from_json(d).outline_polygons()]
-        pairs.append((_tile(source, outline), _tile(result, outline)))
-    if not pairs:
-        return None
-    columns = 2
-    rows = (len(pairs) + columns - 1) // columns
-    gap = 6
-    sheet = Image.new("RGB", (columns * (2 * TILE + 3 * gap), rows * (TILE + gap) + gap), (255, 255, 255))
-    for index, (left, right) in enumerate(pairs):
-        row, column = divmod(index, columns)
-        x = column * (2 * TILE + 3 * gap) + gap
-        y = row * (TILE + gap) + gap
-        sheet.paste(left, (x, y))
-        sheet.paste(right, (x + TILE + gap, y))
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="JPEG", quality=88)
-    return atomic_write_bytes(output_dir / "contact_sheet.jpg", buffer.getvalue())
+        self.pairs.append((_tile(source, outline), _tile(result, outline)))
+
+    def finish(self) -> Path | None:
+        """Write contact_sheet.jpg; None when there is nothing to show."""
+        pairs = self.pairs
+        if not pairs:
+            return None
+        columns = 2
+        rows = (len(pairs) + columns - 1) // columns
+        gap = 6
+        sheet = Image.new("RGB", (columns * (2 * TILE + 3 * gap), rows * (TILE + gap) + gap), (255, 255, 255))
+        for index, (left, right) in enumerate(pairs):
+            row, column = divmod(index, columns)
+            x = column * (2 * TILE + 3 * gap) + gap
+            y = row * (TILE + gap) + gap
+            sheet.paste(left, (x, y))
+            sheet.paste(right, (x + TILE + gap, y))
+        buffer = io.BytesIO()
+        sheet.save(buffer, format="JPEG", quality=88)
+        return atomic_write_bytes(self.output_dir / "contact_sheet.jpg", buffer.getvalue())
+
+
+def write_contact_sheet(output_dir: Path, records, sources: dict[str, Path]) -> Path | None:
+    """Up to MAX_PAIRS pairs (the first records), two pairs per row; None when there is nothing to show."""
+    writer = ContactSheetWriter(output_dir, sources)
+    for record in records:
+        writer.add(record)
+        if writer.seen >= MAX_PAIRS:
+            break
+    return writer.finish()

@@ -6,6 +6,12 @@
   a segment dataset needs its own image tree: ``yolo-seg/images/<split>/`` holds hard links to the same
   files (a copy where links are not possible), ``yolo-seg/labels/<split>/`` rows ``0 x1 y1 x2 y2 …``, and
   ``yolo-seg/data.yaml``. Box-only instances are written as their box's four corners there.
+
+Rebuilt from the manifest at every job end, but incrementally: a label file that already holds the right
+rows and a link that already points at its image are left alone, changed ones are replaced atomically, and
+files no record wants any more (a rejected variant's) are removed at the end. The result is the same tree,
+byte for byte, as writing it afresh, without rewriting 100k files when one changed. Records are taken one at
+a time (``add``), so nothing holds the whole set.
 """
 
 from __future__ import annotations
@@ -60,36 +66,114 @@ def _data_yaml(root: Path, splits: set[str]) -> str:
     return "\n".join(lines)
 
 
-def _replace_tree(folder: Path) -> None:
-    if folder.exists():
-        shutil.rmtree(folder)
+class TreeUpdate:
+    """A folder brought to exactly the files put into it: unchanged files kept, the rest pruned at finish."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.wanted: set[str] = set()  # posix paths relative to root
+
+    def put_bytes(self, relative: Path, data: bytes) -> None:
+        self.wanted.add(relative.as_posix())
+        target = self.root / relative
+        try:
+            if target.stat().st_size == len(data) and target.read_bytes() == data:
+                return
+        except OSError:
+            pass
+        atomic_write_bytes(target, data)
+
+    def put_link(self, relative: Path, source: Path) -> None:
+        """`relative` as a hard link to `source` (a copy where links are not possible)."""
+        self.wanted.add(relative.as_posix())
+        target = self.root / relative
+        try:
+            here, there = target.stat(), source.stat()
+            if (here.st_ino, here.st_dev) == (there.st_ino, there.st_dev):
+                return
+            if here.st_nlink == 1 and here.st_size == there.st_size and here.st_mtime_ns == there.st_mtime_ns:
+                return  # the copy made where links are not possible
+        except OSError:
+            pass
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.link.tmp")
+        temporary.unlink(missing_ok=True)
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copy2(source, temporary)
+        os.replace(temporary, target)
+
+    def finish(self) -> None:
+        """Remove every file no put asked for, then the folders left empty (the root too)."""
+        if not self.root.is_dir():
+            return
+        for folder, _, files in os.walk(self.root, topdown=False):
+            base = Path(folder)
+            for name in files:
+                if (base / name).relative_to(self.root).as_posix() not in self.wanted:
+                    (base / name).unlink(missing_ok=True)
+            try:
+                os.rmdir(base)  # only succeeds when empty
+            except OSError:
+                pass
 
 
-def write_yolo_detect(output_dir: Path, records: list[dict]) -> None:
-    labels_root = output_dir / "labels"
-    _replace_tree(labels_root)
-    for record in records:
+def _rows_bytes(rows: list[str]) -> bytes:
+    return ("\n".join(rows) + ("\n" if rows else "")).encode("utf-8")
+
+
+class YoloDetectWriter:
+    """``labels/<split>/…txt`` and ``data.yaml``: ``add(record)`` per ok record, then ``finish()``."""
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = Path(output_dir)
+        self.tree = TreeUpdate(self.output_dir / "labels")
+        self.splits: set[str] = set()
+
+    def add(self, record: dict) -> None:
         instances = [Instance.from_json(d) for d in record["instances"]]
         rows = detect_rows(instances, record["width"], record["height"])
-        target = labels_root / Path(record["image"]).relative_to("images").with_suffix(".txt")
-        atomic_write_bytes(target, ("\n".join(rows) + ("\n" if rows else "")).encode("utf-8"))
-    splits = {r["split"] for r in records}
-    atomic_write_bytes(output_dir / "data.yaml", _data_yaml(output_dir, splits).encode("utf-8"))
+        self.tree.put_bytes(Path(record["image"]).relative_to("images").with_suffix(".txt"), _rows_bytes(rows))
+        self.splits.add(record["split"])
+
+    def finish(self) -> None:
+        self.tree.finish()
+        atomic_write_bytes(self.output_dir / "data.yaml", _data_yaml(self.output_dir, self.splits).encode("utf-8"))
 
 
-def write_yolo_segment(output_dir: Path, records: list[dict]) -> None:
-    root = output_dir / "yolo-seg"
-    _replace_tree(root)
-    for record in records:
+class YoloSegmentWriter:
+    """``yolo-seg/images`` (hard links), ``yolo-seg/labels`` and ``yolo-seg/data.yaml``."""
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = Path(output_dir)
+        self.root = self.output_dir / "yolo-seg"
+        self.tree = TreeUpdate(self.root)
+        self.splits: set[str] = set()
+
+    def add(self, record: dict) -> None:
         relative = Path(record["image"]).relative_to("images")
-        link = root / "images" / relative
-        link.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(output_dir / record["image"], link)
-        except OSError:
-            shutil.copy2(output_dir / record["image"], link)
+        self.tree.put_link(Path("images") / relative, self.output_dir / record["image"])
         instances = [Instance.from_json(d) for d in record["instances"]]
         rows = segment_rows(instances, record["width"], record["height"])
-        atomic_write_bytes(root / "labels" / relative.with_suffix(".txt"), ("\n".join(rows) + ("\n" if rows else "")).encode("utf-8"))
-    splits = {r["split"] for r in records}
-    atomic_write_bytes(root / "data.yaml", _data_yaml(root, splits).encode("utf-8"))
+        self.tree.put_bytes(Path("labels") / relative.with_suffix(".txt"), _rows_bytes(rows))
+        self.splits.add(record["split"])
+
+    def finish(self) -> None:
+        self.tree.wanted.add("data.yaml")
+        self.tree.finish()
+        atomic_write_bytes(self.root / "data.yaml", _data_yaml(self.root, self.splits).encode("utf-8"))
+
+
+def write_yolo_detect(output_dir: Path, records) -> None:
+    writer = YoloDetectWriter(output_dir)
+    for record in records:
+        writer.add(record)
+    writer.finish()
+
+
+def write_yolo_segment(output_dir: Path, records) -> None:
+    writer = YoloSegmentWriter(output_dir)
+    for record in records:
+        writer.add(record)
+    writer.finish()

@@ -73,6 +73,7 @@ def base_record(item: WorkItem, spec, bundle) -> dict:
         "source_sha256": file_sha256(frame.path),
         "mask_file": frame.mask_path.relative_to(spec.input).as_posix() if frame.mask_path is not None and frame.mask_path.is_relative_to(spec.input) else (str(frame.mask_path) if frame.mask_path else None),
         "label_source": frame.label_source,
+        **({"source_synthetic": frame.made_by} if getattr(frame, "made_by", None) else {}),  # an earlier job's variant
         "bundle": bundle.name,
         "bundle_id": bundle.bundle_id,
         "engine_version": __version__,

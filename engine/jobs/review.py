@@ -12,9 +12,11 @@ import json
 import os
 from pathlib import Path
 
+from engine.dataset.job_folder import JOB_RECORD
 from engine.dataset.manifest import Manifest
+from engine.dataset.rebuild import rebuild_outputs
 from engine.errors import InputError
-from engine.jobs.runner import JOB_RECORD, rebuild_outputs
+from engine.jobs.output_lock import take_output_lock
 
 REJECTED_DIR = "rejected"
 
@@ -35,7 +37,8 @@ def job_formats_and_sources(output: Path) -> tuple[list[str], dict[str, Path]]:
     from engine.dataset.discovery import discover
 
     try:
-        sources = discover(settings["input"], settings.get("masks"), settings.get("labels"), settings.get("split_file"))
+        sources = discover(settings["input"], settings.get("masks"), settings.get("labels"), settings.get("split_file"),
+                           exclude=[output], include_synthetic=bool(settings.get("include_synthetic")))
         source_paths = {f.rel: f.path for f in sources.frames}
     except InputError:
         source_paths = {}  # the input folder moved: the contact sheet just shows fewer pairs
@@ -51,8 +54,16 @@ def _move(output: Path, relative: str, to_rejected: bool) -> None:
 
 
 def set_review(output: str | Path, keys: list[str], accepted: bool) -> list[dict]:
-    """Mark variants (by manifest key) accepted or rejected; returns the updated records."""
+    """Mark variants (by manifest key) accepted or rejected; returns the updated records. Holds the output
+    folder's lock meanwhile: refused (OutputLocked, naming the holder) while a job writes there."""
     output = Path(output)
+    if not (output / JOB_RECORD).is_file():
+        raise InputError(f"{output / JOB_RECORD}: missing or unreadable: not a PolypForge job folder")
+    with take_output_lock(output, "review", what="cannot accept or reject now"):
+        return _set_review_locked(output, keys, accepted)
+
+
+def _set_review_locked(output: Path, keys: list[str], accepted: bool) -> list[dict]:
     manifest = Manifest(output)
     records, _ = manifest.load()
     by_key = {r["key"]: r for r in records}

@@ -1,13 +1,15 @@
 """run_job(spec, on_event, cancel): a folder of frames → an annotated, resumable dataset.
 
-plan → schedule → collect → rebuild. Discover the input → check the output folder and the bundle (anything
-wrong here stops the job before it starts, with one line) → plan (frame × variant, each with a seed derived
-from the job seed, the frame's path and the variant number, so a variant's seed never depends on the other
-frames, their order or who runs them) → skip what the manifest already records as done → schedule the
-frames that have work left (engine/jobs/frame_work.py does one frame: read once, encode once, generate its
-variants, write their files atomically) → collect each variant's record as it comes: append it to the
-manifest (this process is its only writer) and emit progress → rebuild COCO, YOLO, data.yaml and the
-contact sheet from the manifest. One bad frame is a failed manifest line, never a stopped job.
+plan → schedule → collect → rebuild. Refuse an output folder that would hold the input, take the output
+folder's lock (one job per folder; a dead holder's lock is taken over) → discover the input, never entering the
+job's own output nor an earlier job's unless asked → check the output folder and the bundle (anything wrong here
+stops the job before it starts, with one line) → plan (frame × variant, each with a seed derived from the job
+seed, the frame's path and the variant number, so a variant's seed never depends on the other frames, their
+order or who runs them) → skip what the manifest already records as done → schedule the frames that have work
+left (engine/jobs/frame_work.py does one frame: read once, encode once, generate its variants, write their files
+atomically) → collect each variant's record as it comes: append it to the manifest (this process is its only
+writer) and emit progress → rebuild COCO, YOLO, data.yaml and the contact sheet from the manifest (streamed) →
+release the lock. One bad frame is a failed manifest line, never a stopped job.
 """
 
 from __future__ import annotations
@@ -19,18 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from engine.dataset.coco_writer import write_coco
-from engine.dataset.contact_sheet import write_contact_sheet
-from engine.dataset.discovery import SourceFrame, discover
+from engine.dataset.discovery import SourceFrame, check_output_placement, discover
+from engine.dataset.job_folder import JOB_RECORD
 from engine.dataset.manifest import Manifest
-from engine.dataset.yolo_writer import write_yolo_detect, write_yolo_segment
-from engine.errors import Cancelled, InputError, PolypForgeError
+from engine.dataset.rebuild import rebuild_outputs
+from engine.errors import Cancelled, InputError, OutputLocked, PolypForgeError
 from engine.fileio import atomic_write_bytes, save_png_atomic
 from engine.jobs.events import JobEvent
 from engine.jobs.frame_work import FrameTask, FrameWork, WorkItem, file_sha256, open_pipeline, open_proposer
+from engine.jobs.output_lock import take_output_lock
 
 OWNED_OUTPUTS = ("images", "masks", "labels", "yolo-seg", "annotations")
-JOB_RECORD = "job.json"
 
 
 class JobCannotStart(PolypForgeError):
@@ -118,11 +119,27 @@ def _prepare_output(spec, settings: dict) -> None:
 
 
 def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Callable[[], bool] | None = None) -> JobSummary:
+    """One job per output folder: refuse an output that would hold the input, take the folder's lock before
+    anything is written there (a live holder: JobCannotStart naming it; a dead one's lock is taken over),
+    run, and release the lock however the run ends."""
+    try:
+        check_output_placement(spec.input, spec.output, spec.masks)
+        lock = take_output_lock(spec.output, "job", break_lock=spec.break_lock)
+    except (InputError, OutputLocked) as exc:
+        raise JobCannotStart(str(exc)) from None
+    try:
+        return _run_job_locked(spec, on_event, cancel, lock.notes)
+    finally:
+        lock.release()
+
+
+def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary:
     emit = on_event or (lambda event: None)
     cancelled = cancel or (lambda: False)
     started = time.perf_counter()
     try:
-        sources = discover(spec.input, spec.masks, spec.labels, spec.split_file)
+        sources = discover(spec.input, spec.masks, spec.labels, spec.split_file, exclude=[spec.output],
+                           include_synthetic=spec.include_synthetic)
     except InputError as exc:
         raise JobCannotStart(str(exc)) from None
     if not sources.frames:
@@ -155,7 +172,7 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
     except PolypForgeError as exc:
         raise JobCannotStart(str(exc)) from None
 
-    summary = JobSummary(status="ok", output=spec.output, notes=list(sources.notes), provider=backend.provider)
+    summary = JobSummary(status="ok", output=spec.output, notes=[*lock_notes, *sources.notes], provider=backend.provider)
     summary.notes.extend(backend.notes)
     items = plan(sources.frames, spec)
     summary.planned = len(items)
@@ -163,15 +180,10 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
     if skipped_splits:
         summary.notes.append(f"{skipped_splits} frames of splits other than {', '.join(spec.from_splits)} were not used")
     manifest = Manifest(spec.output)
-    previous, damaged = manifest.load()
-    if damaged:
-        summary.notes.append(f"{damaged} damaged manifest line(s) from an interrupted run were dropped")
-    done = {}
-    for record in previous:
-        finished = record.get("status") in ("ok", "skipped", "rejected")
-        files_present = record.get("status") != "ok" or (spec.output / record["image"]).is_file()
-        if finished and files_present:
-            done[record["key"]] = record
+    previous = manifest.index()  # each key's latest status and image, not the records: resume reads 100k lines in seconds
+    if previous.damaged:
+        summary.notes.append(f"{previous.damaged} damaged manifest line(s) from an interrupted run were dropped")
+    done = previous.done_keys(spec.output)
     prompt = spec.prompt or backend.prompts["add" if spec.mode == "add" else "remove"]
     if captions:
         from engine.dataset.captions import caption_for
@@ -190,11 +202,11 @@ def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Ca
     except Cancelled:
         summary.status = "cancelled"
     finally:
-        records = _finish(spec, manifest, items, sources)
-        summary.ok = sum(1 for r in records if r["status"] == "ok")
-        summary.failed = sum(1 for r in records if r["status"] == "failed")
-        summary.skipped = sum(1 for r in records if r["status"] == "skipped")
-        summary.failures = [{"frame": r["source_frame"], "reason": r["reason"]} for r in records if r["status"] == "failed"]
+        tally = _finish(spec, manifest, items, sources)
+        summary.ok = tally.counts.get("ok", 0)
+        summary.failed = tally.counts.get("failed", 0)
+        summary.skipped = tally.counts.get("skipped", 0)
+        summary.failures = tally.failures
         summary.stage_seconds = {k: round(v, 3) for k, v in backend.stage_seconds().items()}
         backend.finish(summary)
         summary.seconds = round(time.perf_counter() - started, 3)
@@ -307,23 +319,8 @@ class LocalBackend:
         """Nothing to release: the pipeline goes with this object."""
 
 
-def _finish(spec, manifest: Manifest, items: list[WorkItem], sources) -> list[dict]:
-    """Rewrite the manifest in plan order and rebuild every annotation file from it."""
-    records, _ = manifest.load()
-    latest = {r["key"]: r for r in records}  # later lines win (a retried failure, a redone variant)
-    ordered = [latest[item.key] for item in items if item.key in latest]
-    manifest.rewrite(ordered)
-    rebuild_outputs(spec.output, ordered, spec.formats, {f.rel: f.path for f in sources.frames})
-    return ordered
-
-
-def rebuild_outputs(output: Path, records: list[dict], formats, source_paths: dict[str, Path]) -> None:
-    """COCO, YOLO (detect, segment), data.yaml and the contact sheet from the manifest's accepted variants."""
-    ok = [r for r in records if r["status"] == "ok" and (output / r["image"]).is_file()]
-    if "coco" in formats:
-        write_coco(output / "annotations" / "instances.json", ok)
-    if "yolo" in formats:
-        write_yolo_detect(output, ok)
-    if "yolo-seg" in formats:
-        write_yolo_segment(output, ok)
-    write_contact_sheet(output, ok, source_paths)
+def _finish(spec, manifest: Manifest, items: list[WorkItem], sources):
+    """Rewrite the manifest in plan order and rebuild every annotation file from it, streamed."""
+    tally = manifest.rewrite_in_order(item.key for item in items)  # later lines win (a retried failure, a redone variant)
+    rebuild_outputs(spec.output, manifest.records(), spec.formats, {f.rel: f.path for f in sources.frames})
+    return tally

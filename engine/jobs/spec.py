@@ -61,6 +61,10 @@ class JobSpec:
     ray_address: str | None = None  # join this cluster; None: $RAY_ADDRESS, else a local Ray instance
     workers: int | None = None  # Ray workers; None: as many as the cluster's CPUs (or GPUs) hold
     gpus_per_worker: float = 0.0
+    # Build on earlier PolypForge outputs found in the input: their variants become source frames, and each new
+    # variant's manifest line records the line that made its (synthetic) source. Off: they are never read.
+    include_synthetic: bool = False
+    break_lock: bool = False  # take the output folder's lock even from a holder that may still be alive
 
     def validate(self) -> "JobSpec":
         _choice("mode", self.mode, MODES)
@@ -108,11 +112,13 @@ class JobSpec:
         """What must match for a resumed run to continue an earlier one (paths and speed knobs excluded)."""
         data = asdict(self)
         for key in ("output", "provider", "threads", "resume", "batch_size", "formats", "backend", "ray_address",
-                    "workers", "gpus_per_worker"):
+                    "workers", "gpus_per_worker", "break_lock"):
             data.pop(key)
         for key in ("captions", "inpaint_area", "region_padding"):
             if data[key] is None:  # absent, as in jobs written before these existed: they still resume
                 data.pop(key)
+        if not data["include_synthetic"]:  # likewise for jobs written before it existed
+            data.pop("include_synthetic")
         return {k: (str(v.resolve()) if isinstance(v, Path) else v) for k, v in data.items()}
 
 
