@@ -138,8 +138,8 @@ def test_hash_cache_notices_a_rewrite(bundle_copy):
 
 
 def test_embedded_demo_bundle_verifies():
-    from engine.demo import DEMO_BUNDLE
+    from conftest import REPO_ROOT
 
-    bundle = read_bundle(DEMO_BUNDLE)
+    bundle = read_bundle(REPO_ROOT / "exported_models" / "demo-sd-inpaint")
     assert bundle.name == "demo-sd-inpaint"
     assert "random" in bundle.manifest["description"].lower()

@@ -309,12 +309,14 @@ def test_remove_polyps_stores_frames_made_polyp_free_by_the_engine(folders, tmp_
     assert code == 0, err
     from engine.bundle.format import read_bundle
 
-    inpaint_id = read_bundle(REPO_ROOT / "exported_models" / "demo-sd-inpaint").bundle_id
+    from engine.jobs.spec import DEFAULT_MODEL
+
+    inpaint_id = read_bundle(DEFAULT_MODEL).bundle_id  # --remove-polyps without --model: the default model
     db = RetrievalDatabase.open(tmp_path / "db")
     assert [e["how"] for e in db.entries()] == [f"removed-by-{inpaint_id}"] * 2
     entry = db.entry(0)
     original = np.asarray(Image.open(entry["source"]).convert("RGB").resize((256, 205)), np.float32)
     stored = db.thumbnail(0).astype(np.float32)
     mask = np.asarray(Image.open(tmp_path / "db" / entry["mask"]).resize((256, 205))) > 127
-    # the polyp was painted over (the demo model paints noise); far from it the frame is unchanged
+    # the polyp was painted over; far from it the frame is unchanged
     assert np.abs(stored - original)[mask].mean() > 3 * np.abs(stored - original)[~mask].mean()
