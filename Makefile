@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # pulling a multi-GB CUDA one.
 TORCH  ?= torch==2.13.0
 
-.PHONY: train-compact demo test screenshots installer installer-test bench bench-retrieval bench-ray demo-bundle demo-features demo-controlnet clean
+.PHONY: train-compact demo test screenshots installer installer-test bench bench-retrieval bench-ray bench-scale demo-bundle demo-features demo-controlnet clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench-retrieval: $(VENV)/.dev-installed
 # frames/min with 1 and 2 CPU Ray workers on the demo bundle, Ray's startup overhead, 100k-frame projection
 bench-ray: $(VENV)/.dev-installed
 	$(BIN)/python tests/benchmarks/bench_ray.py $(BENCH_ARGS)
+
+# Discovery, planning, resume and the job-end rebuild at 10k / 30k / 100k frames: seconds and peak memory
+bench-scale: $(VENV)/.runtime-installed
+	$(BIN)/python tests/benchmarks/bench_scale.py $(BENCH_ARGS)
 
 demo-bundle: $(VENV)/.dev-installed
 	$(BIN)/python exported_models/make_demo_bundle.py

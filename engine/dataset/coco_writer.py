@@ -67,9 +67,12 @@ def build_coco(records: list[dict]) -> dict:
     return {"info": INFO, "licenses": [], "images": images, "annotations": annotations, "categories": CATEGORIES}
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, indent=1)  # what json.dumps(…, ensure_ascii=False, indent=1) uses
+
+
 def _element(value) -> bytes:
     """A list element as json.dumps(indent=1) writes it two levels deep."""
-    text = json.dumps(value, ensure_ascii=False, indent=1)
+    text = _ENCODER.encode(value)
     return ("  " + text.replace("\n", "\n  ")).encode("utf-8")
 
 

@@ -35,7 +35,7 @@ def encode_record(record: dict) -> bytes:
     return (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
 
 
-@dataclass
+@dataclass(slots=True)
 class ManifestEntry:
     offset: int  # where the key's latest line starts
     status: str | None

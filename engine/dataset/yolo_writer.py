@@ -20,7 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
-from engine.fileio import atomic_write_bytes
+from engine.fileio import BATCHED_SYNC, atomic_write_bytes, sync_written_files
 from engine.masks.instances import Instance
 
 
@@ -66,12 +66,16 @@ def _data_yaml(root: Path, splits: set[str]) -> str:
     return "\n".join(lines)
 
 
+FSYNC_EACH_UP_TO = 64  # changed files fsynced one by one; more (a first rebuild of a big job) share one sync
+
+
 class TreeUpdate:
     """A folder brought to exactly the files put into it: unchanged files kept, the rest pruned at finish."""
 
     def __init__(self, root: Path):
         self.root = root
         self.wanted: set[str] = set()  # posix paths relative to root
+        self.changed = 0  # files written (the others already held the right bytes)
 
     def put_bytes(self, relative: Path, data: bytes) -> None:
         self.wanted.add(relative.as_posix())
@@ -81,7 +85,9 @@ class TreeUpdate:
                 return
         except OSError:
             pass
-        atomic_write_bytes(target, data)
+        # The first few files are fsynced as written; past that, one sync at finish covers them all.
+        atomic_write_bytes(target, data, durable=not BATCHED_SYNC or self.changed < FSYNC_EACH_UP_TO)
+        self.changed += 1
 
     def put_link(self, relative: Path, source: Path) -> None:
         """`relative` as a hard link to `source` (a copy where links are not possible)."""
@@ -103,9 +109,13 @@ class TreeUpdate:
         except OSError:
             shutil.copy2(source, temporary)
         os.replace(temporary, target)
+        self.changed += 1
 
     def finish(self) -> None:
-        """Remove every file no put asked for, then the folders left empty (the root too)."""
+        """Make what was written durable, remove every file no put asked for, then the folders left empty
+        (the root too)."""
+        if self.changed > FSYNC_EACH_UP_TO:
+            sync_written_files()
         if not self.root.is_dir():
             return
         for folder, _, files in os.walk(self.root, topdown=False):
