@@ -49,6 +49,20 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
     return Path(path)
 
 
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename inside ``path`` durable (best effort: some filesystems refuse to fsync a folder)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> Path:
     with atomic_writer(path, durable=durable) as handle:
         handle.write(data)

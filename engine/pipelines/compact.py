@@ -22,10 +22,10 @@ import numpy as np
 
 from engine.bundle import Bundle, read_bundle
 from engine.errors import BundleError, InputError
-from engine.masks.geometry import binarize, resize_mask
+from engine.masks.geometry import resize_mask
 from engine.pipelines.diffusion_base import CancelCheck, OnnxDiffusionPipeline, ProgressCallback, given_or_drawn
 from engine.pipelines.framing import (
-    check_frame,
+    check_frame_and_mask,
     decoded_to_image,
     default_feather_px,
     frame_to_model_input,
@@ -91,13 +91,8 @@ class CompactInpaintPipeline(OnnxDiffusionPipeline):
     # ------------------------------------------------------------------ frame
     def prepare_frame(self, frame: np.ndarray, mask: np.ndarray, working_size: tuple[int, int] | None = None,
                       inpaint_area: str | None = None, region_padding: int | None = None) -> PreparedRegion:
-        frame = check_frame(frame)
-        mask = binarize(mask)
+        frame, mask = check_frame_and_mask(frame, mask)
         height, width = frame.shape[:2]
-        if mask.shape != (height, width):
-            raise InputError(f"mask is {mask.shape[1]}×{mask.shape[0]} but the frame is {width}×{height}")
-        if not mask.any():
-            raise InputError("mask is empty: nothing to inpaint")
         area = inpaint_area or self.defaults.get("inpaint_area", "region")
         crop, (work_w, work_h) = model_view(width, height, mask, area, region_padding, self.image_size,
                                             self.size_multiple, working_size)

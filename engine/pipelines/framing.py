@@ -36,6 +36,20 @@ def check_frame(frame: np.ndarray) -> np.ndarray:
     return array
 
 
+def check_frame_and_mask(frame: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The frame as RGB uint8 and the mask binarised, the same size, not empty; InputError saying what is wrong."""
+    from engine.masks.geometry import binarize
+
+    frame = check_frame(frame)
+    mask = binarize(mask)
+    height, width = frame.shape[:2]
+    if mask.shape != (height, width):
+        raise InputError(f"mask is {mask.shape[1]}×{mask.shape[0]} but the frame is {width}×{height}")
+    if not mask.any():
+        raise InputError("mask is empty: nothing to inpaint")
+    return frame, mask
+
+
 def frame_to_model_input(frame: np.ndarray, work_w: int, work_h: int) -> np.ndarray:
     """uint8 (H, W, 3) → float32 (1, 3, h, w) in [-1, 1], resized with Lanczos (as diffusers' processor)."""
     height, width = frame.shape[:2]

@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engine.bundle import Bundle, read_bundle
-from engine.errors import BundleError, InputError
-from engine.masks.geometry import binarize, nearest_resize_like_torch, resize_mask
+from engine.errors import BundleError
+from engine.masks.geometry import nearest_resize_like_torch, resize_mask
 from engine.pipelines.diffusion_base import (
     CancelCheck,
     OnnxDiffusionPipeline,
@@ -30,7 +30,7 @@ from engine.pipelines.diffusion_base import (
     given_or_drawn,
 )
 from engine.pipelines.framing import (
-    check_frame,
+    check_frame_and_mask,
     default_feather_px,
     frame_to_model_input,
     model_view,
@@ -145,13 +145,8 @@ class InpaintPipeline(OnnxDiffusionPipeline):
     ) -> PreparedFrame:
         """Resize (the whole frame, or with ``inpaint_area="region"`` the crop around the mask: see
         engine.pipelines.framing.model_view) to working size, and VAE-encode the masked image once."""
-        frame = check_frame(frame)
-        mask = binarize(mask)
+        frame, mask = check_frame_and_mask(frame, mask)
         height, width = frame.shape[:2]
-        if mask.shape != (height, width):
-            raise InputError(f"mask is {mask.shape[1]}×{mask.shape[0]} but the frame is {width}×{height}")
-        if not mask.any():
-            raise InputError("mask is empty: nothing to inpaint")
         area = inpaint_area or self.defaults.get("inpaint_area", "frame")
         crop, (work_w, work_h) = model_view(width, height, mask, area, region_padding, self.image_size,
                                             self.size_multiple, working_size)

@@ -43,7 +43,7 @@ import numpy as np
 
 from engine import __version__ as engine_version
 from engine.errors import InputError, PolypForgeError
-from engine.fileio import atomic_write, atomic_write_bytes, encode_png
+from engine.fileio import atomic_write, atomic_write_bytes, encode_png, fsync_dir
 from engine.retrieval.features import PatchGrid
 
 DB_FORMAT = "polypforge-retrieval-db"
@@ -91,17 +91,7 @@ def entry_name(entry_id: int) -> str:
     return f"{entry_id:07d}"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+_fsync_dir = fsync_dir
 
 
 def _write_npy_atomic(path: Path, array: np.ndarray) -> None:

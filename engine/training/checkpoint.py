@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.fileio import atomic_write_bytes
+from engine.fileio import atomic_write_bytes, fsync_dir
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -52,17 +52,7 @@ def step_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+_fsync_dir = fsync_dir
 
 
 def save_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any],

@@ -14,7 +14,7 @@ classifier-free guidance contrasts with). Output: the v-prediction (Salimans & H
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -178,7 +178,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def save_compact_model(model: nn.Module, task_config, folder) -> "Path":
+def save_compact_model(model: nn.Module, task_config, folder):
     """The torch original as a folder: config.json (architecture + training settings) + model.safetensors."""
     import json
     from pathlib import Path

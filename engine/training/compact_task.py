@@ -205,7 +205,6 @@ class CompactInpaintTask(TrainingTask):
 
     def sample_grid(self, model, step: int, path: Path) -> None:
         from engine.training.plots import image_grid
-        from engine.fileio import save_png_atomic
 
         rows, labels = self.grid_rows_data()
         if not rows:

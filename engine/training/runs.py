@@ -10,12 +10,10 @@ Defaults per way in:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from engine.errors import InputError
-from engine.fileio import atomic_write_bytes
 from engine.training.loop import TrainConfig, train
 
 COMPACT_DEFAULTS = dict(steps=20000, lr=1e-3, warmup_steps=100, batch_size=16, grad_accum=1, ema_decay=0.999,
