@@ -19,6 +19,7 @@ REPORT_HANDLERS: dict = {}  # report: registered by engine.metrics.cli
 CONTROLNET_HANDLERS: dict = {}  # generate: registered by engine.controlnet.cli
 TRAINING_HANDLERS: dict = {}  # train: registered by engine.training.cli
 CAPTION_HANDLERS: dict = {}  # caption: registered by engine.captioning.cli
+EVALUATION_HANDLERS: dict = {}  # train-judge, evaluate: registered by engine.evaluation.cli
 
 
 def _version() -> str:
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.captioning.cli import register_commands as register_caption_commands
 
     CAPTION_HANDLERS.update(register_caption_commands(commands))
+    from engine.evaluation.cli import register_commands as register_evaluation_commands
+
+    EVALUATION_HANDLERS.update(register_evaluation_commands(commands))
     return parser
 
 
@@ -296,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_app([])
     handlers = {"export": _run_export, "quantize": _run_quantize, "inpaint": _run_inpaint, "demo": _run_demo,
                 **RETRIEVAL_HANDLERS, **DOCTOR_HANDLERS,
-                **REPORT_HANDLERS, **CONTROLNET_HANDLERS, **TRAINING_HANDLERS, **CAPTION_HANDLERS}
+                **REPORT_HANDLERS, **CONTROLNET_HANDLERS, **TRAINING_HANDLERS, **CAPTION_HANDLERS, **EVALUATION_HANDLERS}
     try:
         return handlers[args.command](args)
     except PolypForgeError as exc:
