@@ -71,7 +71,8 @@ def register_commands(subparsers) -> dict[str, Handler]:
                        help="stop after this many validations without a better val Dice (default 8)")
     judge.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between checkpoints (default 100)")
     judge.add_argument("--max-minutes", type=float, default=None,
-                       help="stop after this many minutes (checkpointed, as Ctrl+C) and export the best weights so far")
+                       help="train for at most this many minutes (this invocation), then checkpoint and export the best weights "
+                       "so far")
     judge.add_argument("--seed", type=int, default=0)
     judge.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
     judge.add_argument("--name", default=None, help="bundle name (default: the folder name)")

@@ -13,8 +13,8 @@ Each frame is decoded once and resized whole to ``cache`` × ``cache`` (uint8 im
 about 77 KB a frame at 160 px. A frame that cannot be read is left out with a note naming it: one bad file
 never stops a run. Every frame keeps its source sha256 (the leak check of ``evaluate``).
 
-``holdout(names, fraction)``: a deterministic split by the sha256 of each file name (not its path): the
-same frames are held out wherever the folder lives.
+``holdout(names, fraction)``: a deterministic split by the sha256 of each file stem (not its path; the
+trainer's rule, engine.training.corpus.is_held_out): the same frames are held out wherever the folder lives.
 
 ``augment``: a random crop (60–100 % of the area, aspect 0.8–1.25; sometimes a crop chosen to miss the
 polyp, so real mucosa teaches "no polyp"), resized to the training size, flips, 90° rotations, brightness /
@@ -187,20 +187,19 @@ def from_polypforge_output(folder: str | Path, cache: int = DEFAULT_CACHE,
 
 
 def holdout(names: Sequence[str], fraction: float = HOLDOUT_FRACTION) -> tuple[list[int], list[int]]:
-    """(kept, held out) indices: a frame is held out when the sha256 of its file name, as a number in
-    [0, 1), is below `fraction`. At least one frame is held out and one kept when there are two or more."""
-    def position(name: str) -> float:
-        digest = hashlib.sha256(Path(name).name.encode("utf-8")).digest()
-        return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+    """(kept, held out) indices by the trainer's rule (engine.training.corpus.is_held_out: the sha256 of the file
+    stem), so the frames ``main.py train`` holds out at a smaller fraction are held out here too. At least one
+    frame is held out and one kept when there are two or more."""
+    from engine.training.corpus import is_held_out
 
-    positions = [position(n) for n in names]
-    held = [i for i, v in enumerate(positions) if v < fraction]
+    stems = [Path(n).stem for n in names]
+    held = [i for i, stem in enumerate(stems) if is_held_out(stem, fraction)]
     if len(names) >= 2 and not held:
-        held = [int(np.argmin(positions))]
+        held = [min(range(len(names)), key=lambda i: hashlib.sha256(stems[i].encode("utf-8")).hexdigest())]
     if len(names) >= 2 and len(held) == len(names):
         held = held[:-1]
-    kept = [i for i in range(len(names)) if i not in set(held)]
-    return kept, held
+    chosen = set(held)
+    return [i for i in range(len(names)) if i not in chosen], held
 
 
 # ---------------------------------------------------------------------------------------------- augmentation

@@ -50,7 +50,7 @@ class JudgeTraining:
     name: str | None = None
     overwrite: bool = False
     progress: bool = True
-    max_minutes: float | None = None  # stop (checkpointed) after this many minutes and export what is best
+    max_minutes: float | None = None  # this invocation's budget: checkpoint, stop and export the best so far
     extra_manifest: dict = field(default_factory=dict)
 
     def run_folder(self) -> Path:
@@ -78,8 +78,8 @@ def split_data(settings: JudgeTraining, log: Log) -> tuple[segdata.SegmentationS
         else:
             keep, held = segdata.holdout(data.names)
             train, val = data.subset(keep), data.subset(held)
-            rule = (f"held out when sha256(file name) / 2^256 < {segdata.HOLDOUT_FRACTION} "
-                    "(engine.evaluation.segdata.holdout)")
+            rule = (f"held out when the first 8 bytes of sha256(file stem), little-endian, / 2^64 < "
+                    f"{segdata.HOLDOUT_FRACTION} (engine.training.corpus.is_held_out)")
     if len(train) < 1:
         raise InputError(f"{settings.input}: no training frames left after the validation split")
     if len(val) < 1:
@@ -99,7 +99,8 @@ def train_config(settings: JudgeTraining):
                        seed=settings.seed, checkpoint_every=settings.checkpoint_every,
                        sample_every=settings.validate_every, validate_every=settings.validate_every, log_every=10,
                        early_stop_metric="val_dice", early_stop_mode="max", patience=settings.patience,
-                       threads=settings.threads, progress=settings.progress)
+                       threads=settings.threads, progress=settings.progress,
+                       max_seconds=settings.max_minutes * 60.0 if settings.max_minutes else None)
 
 
 def best_network(task, result):
@@ -124,47 +125,13 @@ def torch_predictor(task, net) -> Callable:
     return predict
 
 
-def _train_capped(task, settings: JudgeTraining, run_dir: Path, log: Log):
-    """train(), stopped after settings.max_minutes the way Ctrl+C stops it (a checkpoint at the end of the step),
-    then reopened at that step so the best weights so far are what the bundle gets."""
-    import os
-    import signal
-    import threading
-
-    from engine.training.checkpoint import load_latest_checkpoint
-    from engine.training.loop import TrainingInterrupted, train
-
-    config = train_config(settings)
-    if not settings.max_minutes:
-        return train(task, config, run_dir, resume=settings.resume)
-    fired = threading.Event()
-
-    def stop() -> None:
-        fired.set()
-        os.kill(os.getpid(), signal.SIGINT)
-
-    timer = threading.Timer(settings.max_minutes * 60.0, stop)
-    timer.daemon = True
-    timer.start()
-    try:
-        return train(task, config, run_dir, resume=settings.resume)
-    except TrainingInterrupted:
-        if not fired.is_set():
-            raise
-    finally:
-        timer.cancel()
-    checkpoint = load_latest_checkpoint(run_dir)
-    log(f"time cap of {settings.max_minutes:g} min reached at step {checkpoint.step}: keeping the best weights so far")
-    config.steps = checkpoint.step
-    return train(task, config, run_dir, resume=True)
-
-
 def run_train_judge(settings: JudgeTraining, log: Log = print) -> dict:
     import torch
 
     from engine.evaluation.testing import score_frames, summarise
     from engine.evaluation.training.task import JudgeTask
     from engine.export.segmenter_export import export_segmenter_bundle
+    from engine.training.loop import train
 
     if settings.threads:
         torch.set_num_threads(int(settings.threads))
@@ -178,7 +145,7 @@ def run_train_judge(settings: JudgeTraining, log: Log = print) -> dict:
     log(f"training into {run_dir} ({settings.steps} steps of {settings.batch_size} frames at {settings.size}², "
         f"{'resuming' if settings.resume else 'fresh'})")
     started = time.perf_counter()
-    result = _train_capped(task, settings, run_dir, log)
+    result = train(task, train_config(settings), run_dir, resume=settings.resume)
     net = best_network(task, result)
     log("scoring the kept weights on the validation frames at their own resolution")
     _, entries = segdata.folder_entries(settings.val or settings.input)
