@@ -159,6 +159,13 @@ def _add_batch_options(group) -> None:
     group.add_argument("--break-lock", action="store_true", default=None,
                        help="take over --output's job.lock even if its holder may still be running "
                        "(a lock of a process that is gone is taken over without it)")
+    group.add_argument("--judge", type=Path,
+                       help="a segmenter bundle (e.g. polyp-judge): variants it disagrees with are rejected")
+    group.add_argument("--min-judge-score", type=float,
+                       help="judge score a variant needs (0..1, default 0.5; add: mean judge probability over the "
+                       "generated polyp, remove: 1 − the peak probability where the polyp was)")
+    group.add_argument("--max-attempts", type=int, help="with --judge: generations per variant, the next seeds "
+                       "after a rejection (default 1)")
     group.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     group.add_argument("--json-summary", type=Path, help="write the job summary as JSON here too")
 
@@ -166,7 +173,8 @@ def _add_batch_options(group) -> None:
 BATCH_KEYS = ("input", "output", "model", "provider", "threads", "masks", "labels", "split_file", "from_splits",
               "mask_source", "db", "top_k", "box_pad", "mode", "prompt", "negative_prompt", "captions", "variants", "seed", "steps",
               "scheduler", "guidance", "formats", "batch_size", "resume", "inpaint_area", "region_padding",
-              "backend", "ray_address", "workers", "gpus_per_worker", "include_synthetic", "break_lock")
+              "backend", "ray_address", "workers", "gpus_per_worker", "include_synthetic", "break_lock",
+              "judge", "min_judge_score", "max_attempts")
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:

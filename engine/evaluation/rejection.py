@@ -60,3 +60,60 @@ class JudgeGate:
         region = labelled_region(mode, generated, removed, height, width)
         verdict = judge_region(self.judge.look(image).probability, region, mode, self.judge.threshold)
         return verdict.agrees(self.min_score), verdict
+
+
+@dataclass
+class JudgedResult:
+    result: object  # the pipeline's result of the kept attempt (.image)
+    seed: int  # the seed that made it
+    accepted: bool
+    verdict: RegionVerdict | None
+    attempts: list[dict]
+
+    def record(self, gate: "JudgeGate | None") -> dict:
+        """Manifest keys: "seed" of the image kept, "judge" (score, verdict, attempts), and for a rejection
+        status "rejected" with reason "judge"."""
+        if gate is None:
+            return {}
+        out = {"seed": self.seed, "judge": {**self.verdict.to_json(), **gate.describe(), "attempts": self.attempts}}
+        if not self.accepted:
+            out.update({"status": "rejected", "reason": REASON})
+        return out
+
+
+def generate_judged(gate: JudgeGate | None, generate, seed: int, mode: str, generated, removed) -> JudgedResult:
+    """``generate(seed)`` once without a gate; with one, until the judge agrees or max_attempts are spent (the
+    last attempt's image is kept, rejected, so a curator can still look at it and accept it)."""
+    if gate is None:
+        return JudgedResult(generate(seed), seed, True, None, [])
+    attempts = []
+    for attempt in range(gate.max_attempts):
+        attempt_seed_value = attempt_seed(seed, attempt)
+        result = generate(attempt_seed_value)
+        accepted, verdict = gate.check(result.image, mode, generated, removed)
+        attempts.append({"seed": attempt_seed_value, "score": round(verdict.score, 4)})
+        if accepted:
+            break
+    return JudgedResult(result, attempt_seed_value, accepted, verdict, attempts)
+
+
+def check_judge(spec) -> str | None:
+    """Before a job starts: the judge bundle's id (the job records it), or None without --judge; BundleError when
+    the bundle is missing, altered or not a segmenter."""
+    if getattr(spec, "judge", None) is None:
+        return None
+    from engine.bundle import read_bundle
+    from engine.errors import BundleError
+
+    bundle = read_bundle(spec.judge)
+    if bundle.kind != "segmenter":
+        raise BundleError(bundle.root / "bundle.json", f"kind {bundle.kind!r} is not a judge (\"segmenter\"; make one "
+                                                       "with `main.py train-judge`)")
+    return bundle.bundle_id
+
+
+def open_gate(spec, threads: int | None = None) -> JudgeGate | None:
+    """The job's judge gate (one onnxruntime session per process that makes variants), None without --judge."""
+    if getattr(spec, "judge", None) is None:
+        return None
+    return JudgeGate.open(spec.judge, spec.min_judge_score, spec.max_attempts, spec.provider, threads or spec.threads)

@@ -174,4 +174,8 @@ def run_train_judge(settings: JudgeTraining, log: Log = print) -> dict:
         net, destination, settings.size, name=settings.name or destination.name,
         description="polyp judge: a compact U-Net trained by PolypForge; an evaluation tool, not a diagnostic device",
         training=training, parity_frames=parity_frames, overwrite=True, extra=settings.extra_manifest, log=log)
+    from engine.evaluation.model_card import write_judge_card
+
+    card, _ = write_judge_card(destination)
+    log(f"wrote {card}")
     return {"bundle": str(destination), "training": training, "parity": manifest["parity"]}
