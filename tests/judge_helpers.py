@@ -62,3 +62,15 @@ def fake_output(root: Path, variants: list[dict]) -> Path:
                       "instances": generated, "removed": region_instances if v["mode"] == "remove" else []})
     (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
     return root
+
+
+def random_judge(destination: Path) -> Path:
+    """A random-weight judge bundle (32 px; its scores vary from image to image and mean nothing)."""
+    import torch
+
+    from engine.evaluation.training.model import JudgeNet
+    from engine.export.segmenter_export import export_segmenter_bundle
+
+    torch.manual_seed(0)
+    export_segmenter_bundle(JudgeNet((4, 8, 16)), destination, 32, extra={"random_weights": True}, log=lambda t: None)
+    return destination

@@ -15,20 +15,12 @@ from engine.evaluation.rejection import attempt_seed
 from engine.jobs.review import load_records, set_review
 from engine.jobs.runner import variant_seed
 from engine.samples import generate_sample_set
+from judge_helpers import random_judge
 
 
 @pytest.fixture(scope="module")
 def judge_bundle(tmp_path_factory):
-    """A random-weight judge (its scores vary from image to image; what they mean does not matter here)."""
-    import torch
-
-    from engine.evaluation.training.model import JudgeNet
-    from engine.export.segmenter_export import export_segmenter_bundle
-
-    torch.manual_seed(0)
-    destination = tmp_path_factory.mktemp("judge") / "random-judge"
-    export_segmenter_bundle(JudgeNet((4, 8, 16)), destination, 32, extra={"random_weights": True}, log=lambda t: None)
-    return destination
+    return random_judge(tmp_path_factory.mktemp("judge") / "random-judge")
 
 
 @pytest.fixture(scope="module")
