@@ -202,3 +202,23 @@ def test_train_judge_resumes_exactly_after_a_kill(tmp_path):
     weights = [k for k in a if k.startswith("model.")]
     assert weights and all(np.array_equal(a[k], b[k]) for k in weights)
     assert (tmp_path / "a" / "model.onnx").read_bytes() == (tmp_path / "b" / "model.onnx").read_bytes()
+
+
+def test_detectability_of_a_real_job_has_before_and_ceiling(tiny_judge, tmp_path):
+    """The demo bundle paints noise over real (generated) polyps: the judge finds the polyps in the source
+    frames (the ceiling, and "before" at the same region) far more often than in the variants."""
+    from engine.evaluation.detectability import compute_detectability
+    from engine.evaluation.judge import Judge
+    from engine.jobs import build_spec, run_job
+    from engine.metrics.features import list_images
+    from engine.samples import generate_sample_set
+
+    generate_sample_set(tmp_path / "frames", count=4, seed=21, width=128, height=96, with_polyps_every=1)
+    summary = run_job(build_spec({"input": tmp_path / "frames", "output": tmp_path / "out", "steps": 2,
+                                  "threads": 1, "variants": 2}))
+    assert summary.ok == 8
+    det = compute_detectability(list_images(tmp_path / "out"), Judge.from_bundle(tiny_judge[0], provider="cpu"))
+    ceiling, overall = det["ceiling"], det["overall"]
+    assert not det["notes"] and ceiling["source_frames_with_polyp"] == 4
+    assert ceiling["found_rate"] >= 0.75 and overall["before_found_rate"] >= 0.75
+    assert overall["count"] == 8 and overall["found_rate"] < ceiling["found_rate"]

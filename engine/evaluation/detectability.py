@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import PolypForgeError
+from engine.evaluation.preprocess import resize_probability
 from engine.evaluation.scores import judge_region
 
 Progress = Callable[[str, int, int], None]
@@ -87,6 +88,22 @@ def _truth_of(frame, height: int, width: int) -> np.ndarray:
     return truth
 
 
+def look_at_source(judge, source) -> tuple[np.ndarray, tuple[int, int], dict | None]:
+    """The judge on a real source frame: its model-size probability map, the frame's (height, width), and the
+    ceiling row (does it find the frame's own labelled polyps?), None for a frame without one."""
+    from engine.dataset.image_reader import read_frame
+
+    pixels = read_frame(source.path)
+    height, width = pixels.shape[:2]
+    small, _ = judge.run([pixels])
+    truth = _truth_of(source, height, width)
+    if not truth.any():
+        return small[0], (height, width), None
+    verdict = judge_region(resize_probability(small[0], width, height), truth, "add", judge.threshold)
+    return small[0], (height, width), {"source_frame": source.rel, "found": verdict.found,
+                                       "iou": round(verdict.iou, 4), "confidence": round(verdict.confidence, 4)}
+
+
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
@@ -117,7 +134,9 @@ def compute_detectability(image_set, judge, progress: Progress | None = None,
     sources, note = _source_frames(output)
     notes = [note] if note else []
     rows: list[dict] = []
-    source_views: dict[str, tuple] = {}
+    source_views: dict[str, tuple] = {}  # source rel → (model-size probability, frame shape): small in memory
+    ceilings: dict[str, dict | None] = {}
+
     total = len(image_set.items)
     for done, item in enumerate(image_set.items, start=1):
         if cancelled is not None and cancelled():
@@ -140,11 +159,11 @@ def compute_detectability(image_set, judge, progress: Progress | None = None,
                 source = sources.get(record.get("source_frame"))
                 if source is not None:
                     if source.rel not in source_views:
-                        pixels = read_frame(source.path)
-                        source_views[source.rel] = (judge.look(pixels).probability,
-                                                    _truth_of(source, pixels.shape[0], pixels.shape[1]))
-                    probability, _ = source_views[source.rel]
-                    if probability.shape == region.shape:
+                        small, shape, ceilings[source.rel] = look_at_source(judge, source)
+                        source_views[source.rel] = (small, shape)
+                    small, shape = source_views[source.rel]
+                    if shape == region.shape:
+                        probability = resize_probability(small, shape[1], shape[0])
                         row["before"] = judge_region(probability, region, record.get("mode", "add"),
                                                      judge.threshold).to_json()
         except PolypForgeError as exc:
@@ -157,12 +176,7 @@ def compute_detectability(image_set, judge, progress: Progress | None = None,
     for key, values in manifest_groups(image_set.items).items():
         for value, indices in sorted(values.items()):
             groups.append({"by": key, "value": value, **_aggregate([rows[i] for i in indices])})
-    ceiling_rows = []
-    for rel, (probability, truth) in sorted(source_views.items()):
-        if truth.any():
-            verdict = judge_region(probability, truth, "add", judge.threshold)
-            ceiling_rows.append({"source_frame": rel, "found": verdict.found, "iou": round(verdict.iou, 4),
-                                 "confidence": round(verdict.confidence, 4)})
+    ceiling_rows = [ceiling for rel, ceiling in sorted(ceilings.items()) if ceiling is not None]
     ceiling = {
         "source_frames_with_polyp": len(ceiling_rows),
         "found_rate": _mean(float(r["found"]) for r in ceiling_rows),
