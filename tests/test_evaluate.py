@@ -149,3 +149,21 @@ def test_evaluate_resumes_at_the_run_it_was_in(tmp_path):
     changed = subprocess.run([*EVALUATE[:6], "20", *EVALUATE[7:], *data, "--out", str(out)], cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=300)
     assert changed.returncode == 2 and "other settings" in changed.stderr
+
+
+def test_holdout_follows_the_trainers_rule_and_by_rank_still_holds_out():
+    from engine.evaluation.segdata import hash_position, holdout
+    from engine.training.corpus import is_held_out
+
+    names = [f"frame{i:04d}.jpg" for i in range(400)]
+    for name in names:
+        stem = name[:-4]
+        assert is_held_out(stem, 0.1) == (hash_position(stem) < 0.1)
+    kept, held = holdout(names)
+    assert {names[i][:-4] for i in held} == {n[:-4] for n in names if is_held_out(n[:-4], 0.1)}
+    rest = [names[i] for i in kept]  # what a test split by the same rule leaves for training
+    assert holdout(rest)[1] == [min(range(len(rest)), key=lambda i: hash_position(rest[i][:-4]))]
+    _, by_rank = holdout(rest, by_rank=True)
+    assert len(by_rank) == round(0.1 * len(rest))
+    assert max(hash_position(rest[i][:-4]) for i in by_rank) < min(
+        hash_position(rest[i][:-4]) for i in range(len(rest)) if i not in set(by_rank))

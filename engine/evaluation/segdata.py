@@ -186,16 +186,29 @@ def from_polypforge_output(folder: str | Path, cache: int = DEFAULT_CACHE,
     return data
 
 
-def holdout(names: Sequence[str], fraction: float = HOLDOUT_FRACTION) -> tuple[list[int], list[int]]:
+def hash_position(stem: str) -> float:
+    """The number in [0, 1) that engine.training.corpus.is_held_out compares with the fraction (tests keep the two
+    in step): the first 8 bytes of sha256(stem), little-endian, / 2^64."""
+    return int.from_bytes(hashlib.sha256(stem.encode("utf-8")).digest()[:8], "little") / 2**64
+
+
+def holdout(names: Sequence[str], fraction: float = HOLDOUT_FRACTION, by_rank: bool = False) -> tuple[list[int], list[int]]:
     """(kept, held out) indices by the trainer's rule (engine.training.corpus.is_held_out: the sha256 of the file
-    stem), so the frames ``main.py train`` holds out at a smaller fraction are held out here too. At least one
-    frame is held out and one kept when there are two or more."""
+    stem), so the frames ``main.py train`` holds out at a smaller fraction are held out here too.
+
+    ``by_rank``: hold out the round(fraction·n) frames whose hash is lowest instead — for a set that is itself
+    what remained after that rule took its held-out frames (``evaluate``'s test set is often exactly those), where
+    the threshold would find none. At least one frame is held out and one kept when there are two or more."""
     from engine.training.corpus import is_held_out
 
     stems = [Path(n).stem for n in names]
-    held = [i for i, stem in enumerate(stems) if is_held_out(stem, fraction)]
-    if len(names) >= 2 and not held:
-        held = [min(range(len(names)), key=lambda i: hashlib.sha256(stems[i].encode("utf-8")).hexdigest())]
+    if by_rank:
+        order = sorted(range(len(names)), key=lambda i: (hash_position(stems[i]), stems[i]))
+        held = sorted(order[:max(1, round(fraction * len(names)))]) if len(names) >= 2 else []
+    else:
+        held = [i for i, stem in enumerate(stems) if is_held_out(stem, fraction)]
+        if len(names) >= 2 and not held:
+            held = [min(range(len(names)), key=lambda i: (hash_position(stems[i]), stems[i]))]
     if len(names) >= 2 and len(held) == len(names):
         held = held[:-1]
     chosen = set(held)

@@ -137,7 +137,8 @@ def run_evaluation(settings: EvaluationSettings, log: Log = print) -> dict:
     check_no_leak(real, synthetic, test)
     log(f"read {len(real)} real training frames, {len(synthetic)} synthetic variants, {len(test)} test frames "
         f"in {time.perf_counter() - started:.0f} s; leak check passed (sha256 of frames and variant sources)")
-    kept, held = segdata.holdout(real.names)
+    # By rank: the test set is often the frames the same hash holds out, which leaves none below the threshold.
+    kept, held = segdata.holdout(real.names, by_rank=True)
     real_train, real_val = real.subset(kept), real.subset(held)
     val_shas = set(real_val.sha256)
     warnings = []
