@@ -222,3 +222,16 @@ def test_detectability_of_a_real_job_has_before_and_ceiling(tiny_judge, tmp_path
     assert not det["notes"] and ceiling["source_frames_with_polyp"] == 4
     assert ceiling["found_rate"] >= 0.75 and overall["before_found_rate"] >= 0.75
     assert overall["count"] == 8 and overall["found_rate"] < ceiling["found_rate"]
+
+
+def test_max_minutes_stops_and_exports_the_best_so_far(tmp_path):
+    from engine.evaluation.training.train_judge import JudgeTraining, run_train_judge
+    from engine.samples import generate_sample_set
+
+    generate_sample_set(tmp_path / "frames", count=10, seed=8, width=96, height=80, with_polyps_every=1)
+    outcome = run_train_judge(JudgeTraining(
+        input=tmp_path / "frames", to=tmp_path / "judge", run_dir=tmp_path / "run", steps=100_000, size=32,
+        widths=(4, 8, 16), validate_every=5, patience=None, threads=1, max_minutes=0.05, progress=False),
+        log=lambda text: None)
+    assert 0 < outcome["training"]["steps"] < 100_000 and outcome["training"]["max_minutes"] == 0.05
+    assert (tmp_path / "judge" / "bundle.json").is_file() and (tmp_path / "judge" / "MODEL_CARD.md").is_file()
