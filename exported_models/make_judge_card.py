@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write exported_models/polyp-judge/MODEL_CARD.md, measuring the committed judge on ../shared/data:
+"""make_judge_card.py [BUNDLE] [NOTE …]: write exported_models/polyp-judge/MODEL_CARD.md, measuring the committed judge on ../shared/data:
 its own Kvasir-SEG validation split, the polyps/ subset (split into frames it trained on and frames it did
 not), and the normal/ frames (unseen, polyp-free: the false-positive rate)."""
 
@@ -32,7 +32,8 @@ def main() -> int:
         CardSet("normal/ (Nerthus, polyp-free, never seen)", data / "normal",
                 "24 frames from another dataset with no polyp: only false positives can happen here"),
     ]
-    card, figures = write_judge_card(bundle, sets)
+    notes = sys.argv[2:]  # e.g. how much CPU time the run had, when the machine was shared
+    card, figures = write_judge_card(bundle, sets, training_notes=notes)
     print(json.dumps(figures, indent=1))
     print(f"wrote {card}")
     return 0

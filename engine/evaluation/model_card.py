@@ -56,7 +56,8 @@ def _line(label: str, s: dict) -> str:
     return text
 
 
-def write_judge_card(bundle_dir: str | Path, extra_sets: list[CardSet] | None = None, provider: str = "cpu") -> tuple[Path, dict]:
+def write_judge_card(bundle_dir: str | Path, extra_sets: list[CardSet] | None = None, provider: str = "cpu",
+                     training_notes: list[str] | None = None) -> tuple[Path, dict]:
     from engine.evaluation.judge import Judge
 
     bundle_dir = Path(bundle_dir)
@@ -65,7 +66,7 @@ def write_judge_card(bundle_dir: str | Path, extra_sets: list[CardSet] | None = 
     training = manifest.get("training", {})
     split = training.get("split", {})
     data = training.get("data", "?")
-    sets = [CardSet("own validation split", Path(data), "held out by the rule below, never trained on",
+    sets = [CardSet("own validation split", Path(data), "held out by the split rule above, never trained on",
                     set(split.get("val_names", [])))] if split.get("val_names") else []
     sets += extra_sets or []
     figures = {s.label: score_set(judge, s) for s in sets}
@@ -92,11 +93,12 @@ def write_judge_card(bundle_dir: str | Path, extra_sets: list[CardSet] | None = 
         "",
         "## Training",
         f"- {training.get('steps', '?')} optimiser steps of {training.get('batch_size', '?')} frames at "
-        f"{training.get('size', '?')}², {training.get('train_minutes', '?')} minutes of training on a CPU with "
+        f"{training.get('size', '?')}², {training.get('train_minutes', '?')} minutes of training (wall clock) on a CPU with "
         f"{training.get('threads', '?')} thread(s) (shared with other work), lr {training.get('lr', '?')} cosine; "
         f"weights kept: {training.get('weights', '?')}"
         + (f" (step {training.get('best_validation_at_training_size', {}).get('step')})"
            if training.get("best_validation_at_training_size") else ""),
+        *[f"- {note}" for note in training_notes or []],
         "- augmentation: random crops (60–100 % of the area; 15 % chosen to miss the polyp), flips, 90° rotations, "
         "brightness / contrast / colour gain; loss BCE + soft Dice; early stopping on validation Dice",
         "",
