@@ -8,6 +8,7 @@ pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
 import main
+from engine.jobs.spec import shipped_bundles_folder
 from engine.samples import generate_sample_set
 from judge_helpers import random_judge
 
@@ -20,7 +21,8 @@ def test_gallery_shows_and_sorts_by_judge_score(qtbot, tmp_path):
     judge = random_judge(tmp_path / "judge")
     output = tmp_path / "out"
     assert main.main(["--batch", "--quiet", "--input", str(tmp_path / "frames"), "--output", str(output),
-                      "--variants", "2", "--steps", "2", "--judge", str(judge), "--min-judge-score", "0"]) == 0
+                      "--variants", "2", "--steps", "2", "--judge", str(judge), "--min-judge-score", "0",
+                      "--model", str(shipped_bundles_folder() / "demo-sd-inpaint")]) == 0
     review = ReviewController()
     page = ReviewPage(review)
     qtbot.addWidget(page)

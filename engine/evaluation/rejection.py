@@ -91,7 +91,7 @@ def generate_judged(gate: JudgeGate | None, generate, seed: int, mode: str, gene
         attempt_seed_value = attempt_seed(seed, attempt)
         result = generate(attempt_seed_value)
         accepted, verdict = gate.check(result.image, mode, generated, removed)
-        attempts.append({"seed": attempt_seed_value, "score": round(verdict.score, 4)})
+        attempts.append({"seed": attempt_seed_value, "score": verdict.score})
         if accepted:
             break
     return JudgedResult(result, attempt_seed_value, accepted, verdict, attempts)

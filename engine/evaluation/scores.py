@@ -82,7 +82,7 @@ class RegionVerdict:
         return self.score >= min_score
 
     def to_json(self) -> dict:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
 def judge_region(probability: np.ndarray, region: np.ndarray, mode: str,
@@ -99,7 +99,8 @@ def judge_region(probability: np.ndarray, region: np.ndarray, mode: str,
     confidence = float(p[region].mean()) if region.any() else 0.0
     peak = peak_score(p, region)
     frame = peak_score(p)
+    # Scores are kept to 6 decimals: the value a variant is accepted or rejected on is the one its manifest records.
     if mode == "add":
-        return RegionVerdict(mode, confidence, bool(region_iou >= FOUND_IOU), region_iou, confidence, peak, frame)
-    score = 1.0 - peak
-    return RegionVerdict(mode, score, bool(peak > threshold), region_iou, confidence, peak, frame)
+        return RegionVerdict(mode, round(confidence, 6), bool(region_iou >= FOUND_IOU), region_iou, confidence, peak,
+                             frame)
+    return RegionVerdict(mode, round(1.0 - peak, 6), bool(peak > threshold), region_iou, confidence, peak, frame)
