@@ -19,6 +19,7 @@ REPORT_HANDLERS: dict = {}  # report: registered by engine.metrics.cli
 CONTROLNET_HANDLERS: dict = {}  # generate: registered by engine.controlnet.cli
 TRAINING_HANDLERS: dict = {}  # train: registered by engine.training.cli
 CAPTION_HANDLERS: dict = {}  # caption: registered by engine.captioning.cli
+EVALUATION_HANDLERS: dict = {}  # train-judge, evaluate: registered by engine.evaluation.cli
 
 
 def _version() -> str:
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.captioning.cli import register_commands as register_caption_commands
 
     CAPTION_HANDLERS.update(register_caption_commands(commands))
+    from engine.evaluation.cli import register_commands as register_evaluation_commands
+
+    EVALUATION_HANDLERS.update(register_evaluation_commands(commands))
     return parser
 
 
@@ -155,6 +159,13 @@ def _add_batch_options(group) -> None:
     group.add_argument("--break-lock", action="store_true", default=None,
                        help="take over --output's job.lock even if its holder may still be running "
                        "(a lock of a process that is gone is taken over without it)")
+    group.add_argument("--judge", type=Path,
+                       help="a segmenter bundle (e.g. polyp-judge): variants it disagrees with are rejected")
+    group.add_argument("--min-judge-score", type=float,
+                       help="judge score a variant needs (0..1, default 0.5; add: mean judge probability over the "
+                       "generated polyp, remove: 1 − the peak probability where the polyp was)")
+    group.add_argument("--max-attempts", type=int, help="with --judge: generations per variant, the next seeds "
+                       "after a rejection (default 1)")
     group.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     group.add_argument("--json-summary", type=Path, help="write the job summary as JSON here too")
 
@@ -162,7 +173,8 @@ def _add_batch_options(group) -> None:
 BATCH_KEYS = ("input", "output", "model", "provider", "threads", "masks", "labels", "split_file", "from_splits",
               "mask_source", "db", "top_k", "box_pad", "mode", "prompt", "negative_prompt", "captions", "variants", "seed", "steps",
               "scheduler", "guidance", "formats", "batch_size", "resume", "inpaint_area", "region_padding",
-              "backend", "ray_address", "workers", "gpus_per_worker", "include_synthetic", "break_lock")
+              "backend", "ray_address", "workers", "gpus_per_worker", "include_synthetic", "break_lock",
+              "judge", "min_judge_score", "max_attempts")
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -296,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_app([])
     handlers = {"export": _run_export, "quantize": _run_quantize, "inpaint": _run_inpaint, "demo": _run_demo,
                 **RETRIEVAL_HANDLERS, **DOCTOR_HANDLERS,
-                **REPORT_HANDLERS, **CONTROLNET_HANDLERS, **TRAINING_HANDLERS, **CAPTION_HANDLERS}
+                **REPORT_HANDLERS, **CONTROLNET_HANDLERS, **TRAINING_HANDLERS, **CAPTION_HANDLERS, **EVALUATION_HANDLERS}
     try:
         return handlers[args.command](args)
     except PolypForgeError as exc:

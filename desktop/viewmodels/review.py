@@ -21,6 +21,7 @@ ITEM_ROLE = Qt.ItemDataRole.UserRole + 1
 THUMB_ROLE = Qt.ItemDataRole.UserRole + 2
 STATUS_ROLE = Qt.ItemDataRole.UserRole + 3
 REVIEWABLE = ("ok", "rejected")
+SORT_ORDERS = ("job order", "judge score, lowest first", "judge score, highest first")
 
 
 @dataclass
@@ -49,6 +50,12 @@ class ReviewItem:
     def title(self) -> str:
         return Path(self.record["image"]).name
 
+    @property
+    def judge_score(self) -> float | None:
+        """The polyp judge's agreement with the variant (batch job --judge), None when it was not judged."""
+        score = (self.record.get("judge") or {}).get("score")
+        return None if score is None else float(score)
+
 
 def source_paths(output: Path) -> dict[str, Path]:
     """{source frame (relative) → its path} from the job's record; {} when the input has moved."""
@@ -67,8 +74,11 @@ class ReviewModel(ThumbnailListModel):
             return item.title
         if role == Qt.ItemDataRole.ToolTipRole:
             r = item.record
+            judged = "" if item.judge_score is None else f"\njudge score {item.judge_score:.2f}"
+            if r.get("reason") == "judge":
+                judged += " (rejected by the judge)"
             return (f"{r['image']}\nfrom {r['source_frame']}, {r['mode']} / {r['mask_source']}, seed {r['seed']}\n"
-                    f"status: {'updating…' if item.pending else item.status}")
+                    f"status: {'updating…' if item.pending else item.status}{judged}")
         if role == ITEM_ROLE:
             return item
         if role == STATUS_ROLE:
@@ -112,6 +122,20 @@ class ReviewController(QObject):
                  if r.get("status") in REVIEWABLE]
         self.model.set_items(items)
         self.loaded.emit()
+
+    def sort(self, order: str) -> None:
+        """Reorder the gallery: job order, or by judge score (unjudged variants last either way)."""
+        if order not in SORT_ORDERS:
+            raise ValueError(f"unknown order {order!r}")
+        items = sorted(self.model.items, key=lambda item: self._position[item.key])
+        if order != SORT_ORDERS[0]:
+            sign = 1.0 if order == SORT_ORDERS[1] else -1.0
+            items.sort(key=lambda item: (item.judge_score is None, sign * (item.judge_score or 0.0)))
+        self.model.set_items(items)
+
+    @property
+    def _position(self) -> dict[str, int]:
+        return {record["key"]: index for index, record in enumerate(self.records)}
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(("ok", "rejected", "failed", "skipped"), 0)

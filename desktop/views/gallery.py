@@ -8,6 +8,7 @@ from PySide6.QtCore import QItemSelectionModel, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QKeySequence, QPainter, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QComboBox,
     QHBoxLayout,
     QLabel,
     QListView,
@@ -20,6 +21,7 @@ from PySide6.QtWidgets import (
 from desktop.imaging import CARRIED_COLOUR, REGION_COLOUR, variant_picture
 from desktop.viewmodels.review import (
     ITEM_ROLE,
+    SORT_ORDERS,
     STATUS_ROLE,
     THUMB_ROLE,
     THUMB_SIZE,
@@ -29,12 +31,17 @@ from desktop.viewmodels.review import (
 from desktop.views.thumbs import BADGE_COLOURS, ThumbnailDelegate
 
 STATUS_TEXT = {"ok": "accepted", "rejected": "rejected", "pending": "updating…"}
+JUDGE_COLOUR = "#5e35b1"
 
 
 class VariantDelegate(ThumbnailDelegate):
     def badges(self, index):
         status = index.data(STATUS_ROLE)
-        return [(STATUS_TEXT[status], BADGE_COLOURS[status])]
+        badges = [(STATUS_TEXT[status], BADGE_COLOURS[status])]
+        item = index.data(ITEM_ROLE)
+        if item is not None and item.judge_score is not None:
+            badges.append((f"judge {item.judge_score:.2f}", JUDGE_COLOUR))
+        return badges
 
     def border(self, index):
         return QColor(BADGE_COLOURS["rejected"]) if index.data(STATUS_ROLE) == "rejected" else None
@@ -116,6 +123,11 @@ class ReviewPage(QWidget):
         self.prev_button.clicked.connect(lambda: self.move(-1))
         self.next_button.clicked.connect(lambda: self.move(1))
         self.open_button.clicked.connect(self.openOutputRequested)
+        self.sort_box = QComboBox()
+        self.sort_box.addItems([f"Sort: {order}" for order in SORT_ORDERS])
+        self.sort_box.setToolTip("Order of the results: as the job made them, or by the polyp judge's score "
+                                 "(batch job --judge)")
+        self.sort_box.currentIndexChanged.connect(self._sort_changed)
 
         self.list = QListView()
         self.list.setModel(review.model)
@@ -133,6 +145,7 @@ class ReviewPage(QWidget):
         buttons = QHBoxLayout()
         for button in (self.prev_button, self.next_button, self.accept_button, self.reject_button):
             buttons.addWidget(button)
+        buttons.addWidget(self.sort_box)
         buttons.addStretch(1)
         buttons.addWidget(self.legend)
         buttons.addWidget(self.open_button)
@@ -184,8 +197,16 @@ class ReviewPage(QWidget):
         if self.list.currentIndex().row() < self.review.model.rowCount() - 1:
             self.move(1)
 
+    def _sort_changed(self, index: int) -> None:
+        current = self.current()
+        self.review.sort(SORT_ORDERS[index])
+        row = self.review.model.row_of(current.key) if current is not None else 0
+        self.select_row(max(row, 0))
+
     # ------------------------------------------------------------------ updates
     def _loaded(self) -> None:
+        if self.sort_box.currentIndex():
+            self.review.sort(SORT_ORDERS[self.sort_box.currentIndex()])
         self._update_summary()
         if self.review.model.rowCount():
             self.select_row(0)
@@ -237,4 +258,18 @@ class ReviewPage(QWidget):
         self.info.setText(
             f"{record['mode']} · mask source {record['mask_source']} · seed {record['seed']} · "
             f"{record.get('steps', '?')} steps {record.get('scheduler', '')} · guidance {record.get('guidance', '?')} · "
-            f"bundle {record.get('bundle', '?')} · {len(record.get('instances', []))} label(s)")
+            f"bundle {record.get('bundle', '?')} · {len(record.get('instances', []))} label(s)"
+            + _judge_text(record))
+
+
+def _judge_text(record: dict) -> str:
+    judge = record.get("judge")
+    if not judge:
+        return ""
+    text = f" · judge score {judge['score']:.2f} (minimum {judge.get('min_score', 0.5):g}"
+    if len(judge.get("attempts", [])) > 1:
+        text += f", attempt {len(judge['attempts'])} of at most {judge.get('max_attempts', '?')}"
+    text += ")"
+    if record.get("reason") == "judge":
+        text += " — rejected by the judge"
+    return text

@@ -16,6 +16,10 @@ branches) and vae_decoder/; its bundle.json adds a "controlnet" section.
 A "dinov2" bundle (the retrieval proposer's feature extractor, engine.retrieval) is ``bundle.json`` +
 ``model.onnx``: pixel_values (B, 3, rows·P, cols·P) → patch tokens (B, rows·cols, dim).
 
+A "segmenter" bundle (the polyp judge, engine.evaluation.judge) is ``bundle.json`` + ``model.onnx``:
+pixel_values (B, 3, S, S) → probability (B, 1, S, S) and embedding (B, D); bundle.json adds the threshold,
+the normalisation, and what it was trained on (engine.export.segmenter_export).
+
 ``read_bundle`` checks that the manifest is well formed and that every file it lists exists with the sha256
 it records; the ONNX signatures are checked when the sessions are created (engine.runtime).
 """
@@ -37,7 +41,7 @@ from engine.errors import BundleError
 MANIFEST_NAME = "bundle.json"
 FORMAT_NAME = "polypforge-bundle"
 FORMAT_VERSION = 1
-KNOWN_KINDS = ("sd-inpaint", "dinov2", "sd-controlnet", "pixel-inpaint")
+KNOWN_KINDS = ("sd-inpaint", "dinov2", "sd-controlnet", "pixel-inpaint", "segmenter")
 
 # Files every bundle of a kind must list, and the role each plays.
 REQUIRED_FILES: dict[str, dict[str, str]] = {
@@ -66,6 +70,11 @@ REQUIRED_FILES: dict[str, dict[str, str]] = {
     # prompts "Polyp" / "Normal" are class labels, not text.
     "pixel-inpaint": {
         "unet": "unet/model.onnx",
+    },
+    # A polyp segmenter (the judge, engine.evaluation.judge): pixel_values (B, 3, S, S) → probability
+    # (B, 1, S, S) and embedding (B, D).
+    "segmenter": {
+        "model": "model.onnx",
     },
 }
 
@@ -111,6 +120,20 @@ REQUIRED_KEYS_BY_KIND: dict[str, tuple[str, ...]] = {
         "hidden_size",
         "image_mean",
         "image_std",
+        "files",
+        "source",
+    ),
+    "segmenter": (
+        "format",
+        "format_version",
+        "kind",
+        "name",
+        "precision",
+        "image_size",
+        "image_mean",
+        "image_std",
+        "threshold",
+        "embedding_dim",
         "files",
         "source",
     ),

@@ -25,8 +25,11 @@ from engine.dataset.discovery import SourceFrame
 from engine.dataset.image_reader import read_frame, read_mask
 from engine.dataset.labels import read_yolo
 from engine.errors import Cancelled, InputError, PolypForgeError
+from engine.evaluation.rejection import generate_judged, open_gate
 from engine.fileio import save_png_atomic
 from engine.masks.sources import Skip, resolve_region
+
+REJECTED_DIR = "rejected"  # where rejected variants' files live: the judge's (here) and the review gallery's
 
 
 @dataclass
@@ -144,6 +147,7 @@ class FrameWork:
         self.retrieval_db_id = retrieval_db_id
         self.captions_file = captions_file  # recorded in each line when the job has per-frame captions
         self.write_png = write_png
+        self.gate = open_gate(spec)  # --judge: the variants it disagrees with are rejected (engine.evaluation)
 
     def run(self, task: FrameTask, on_record: OnRecord, on_step: OnStep | None = None,
             cancel: Callable[[], bool] | None = None) -> None:
@@ -182,28 +186,35 @@ class FrameWork:
                     if on_step is not None:
                         on_step(_item, done_steps, total_steps)
 
-                (result,) = pipeline.generate_variants(
-                    prepared, [item.seed], prompt=task.prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
-                    guidance_scale=spec.guidance, scheduler=spec.scheduler, progress=step, cancel=cancelled,
-                )
+                def generate(seed, _prepared=prepared, _step=step):
+                    (generated,) = pipeline.generate_variants(
+                        _prepared, [seed], prompt=task.prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
+                        guidance_scale=spec.guidance, scheduler=spec.scheduler, progress=_step, cancel=cancelled,
+                    )
+                    return generated
+
+                judged = generate_judged(self.gate, generate, item.seed, spec.mode, region.generated, region.removed)
             except Skip as reason:
                 on_record(base_record(item, spec, pipeline.bundle) | {"status": "skipped", "reason": str(reason)})
                 continue
             except InputError as exc:
                 on_record(failed_record(item, spec, pipeline.bundle, str(exc)))
                 continue
-            on_record(self._write_variant(item, task, pixels, region, result, proposal, time.perf_counter() - t0))
+            on_record(self._write_variant(item, task, pixels, region, judged, proposal, time.perf_counter() - t0))
 
-    def _write_variant(self, item: WorkItem, task: FrameTask, pixels, region, result, proposal, started_seconds) -> dict:
+    def _write_variant(self, item: WorkItem, task: FrameTask, pixels, region, judged, proposal, started_seconds) -> dict:
         spec, pipeline = self.spec, self.pipeline
+        result = judged.result
         t0 = time.perf_counter()
         instances = region.kept + region.generated
-        self.write_png(spec.output / item.image, result.image)
+        # A variant the judge rejected is written where a rejection in the review gallery puts it.
+        folder = spec.output if judged.accepted else spec.output / REJECTED_DIR
+        self.write_png(folder / item.image, result.image)
         instance_map = np.zeros(region.mask.shape, np.uint8)
         for index, instance in enumerate(region.generated, start=1):
             instance_map[instance.raster(*region.mask.shape) & region.mask] = index
         mask_path = item.image.replace("images/", "masks/", 1)
-        self.write_png(spec.output / mask_path, instance_map)
+        self.write_png(folder / mask_path, instance_map)
         seconds = started_seconds + (time.perf_counter() - t0)
         record = base_record(item, spec, pipeline.bundle) | {
             "status": "ok",
@@ -232,4 +243,5 @@ class FrameWork:
                 record["captions"] = str(self.captions_file)
         if proposal is not None:
             record["retrieval"] = {"db": str(spec.db), "db_id": self.retrieval_db_id, "proposal": proposal.to_json()}
+        record.update(judged.record(self.gate))
         return record

@@ -16,9 +16,8 @@ from engine.dataset.job_folder import JOB_RECORD
 from engine.dataset.manifest import Manifest
 from engine.dataset.rebuild import rebuild_outputs
 from engine.errors import InputError
+from engine.jobs.frame_work import REJECTED_DIR
 from engine.jobs.output_lock import take_output_lock
-
-REJECTED_DIR = "rejected"
 
 
 def load_records(output: Path) -> list[dict]:

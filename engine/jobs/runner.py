@@ -31,7 +31,7 @@ from engine.jobs.events import JobEvent
 from engine.jobs.frame_work import FrameTask, FrameWork, WorkItem, file_sha256, open_pipeline, open_proposer
 from engine.jobs.output_lock import take_output_lock
 
-OWNED_OUTPUTS = ("images", "masks", "labels", "yolo-seg", "annotations")
+OWNED_OUTPUTS = ("images", "masks", "labels", "yolo-seg", "annotations", "rejected")
 
 
 class JobCannotStart(PolypForgeError):
@@ -47,6 +47,7 @@ class JobSummary:
     failed: int = 0
     skipped: int = 0
     reused: int = 0  # done by an earlier, interrupted run
+    rejected: int = 0  # by the judge (--judge) or in the review gallery
     failures: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -159,6 +160,13 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
     except PolypForgeError as exc:
         raise JobCannotStart(str(exc)) from None
     settings["bundle_id"] = backend.bundle.bundle_id
+    try:
+        from engine.evaluation.rejection import check_judge
+
+        if spec.judge is not None:
+            settings["judge_bundle_id"] = check_judge(spec)
+    except PolypForgeError as exc:
+        raise JobCannotStart(str(exc)) from None
     proposer = None
     if spec.mask_source == "retrieved":
         try:
@@ -206,6 +214,7 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
         summary.ok = tally.counts.get("ok", 0)
         summary.failed = tally.counts.get("failed", 0)
         summary.skipped = tally.counts.get("skipped", 0)
+        summary.rejected = tally.counts.get("rejected", 0)
         summary.failures = tally.failures
         summary.stage_seconds = {k: round(v, 3) for k, v in backend.stage_seconds().items()}
         backend.finish(summary)
@@ -269,8 +278,12 @@ class RecordCollector:
                                variant=record["variant"], seconds=record["seconds"],
                                path=str(self.manifest.path.parent / record["image"]), worker=label))
         else:
+            message = record["reason"]
+            if status == "rejected":  # by the judge (--judge)
+                judge = record.get("judge", {})
+                message = f"judge score {judge.get('score')} < {judge.get('min_score')} after {len(judge.get('attempts', []))} attempt(s)"
             self.emit(JobEvent(status, done=self.done, total=self.total, frame=record["source_frame"],
-                               variant=record["variant"], message=record["reason"], worker=label))
+                               variant=record["variant"], message=message, worker=label))
 
 
 def open_backend(spec):

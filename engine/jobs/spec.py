@@ -65,6 +65,9 @@ class JobSpec:
     # variant's manifest line records the line that made its (synthetic) source. Off: they are never read.
     include_synthetic: bool = False
     break_lock: bool = False  # take the output folder's lock even from a holder that may still be alive
+    judge: Path | None = None  # a "segmenter" bundle: variants it disagrees with are rejected (engine.evaluation.rejection)
+    min_judge_score: float = 0.5  # the judge score a variant needs to be kept
+    max_attempts: int = 1  # generations per variant with --judge (the next seeds after a rejection)
 
     def validate(self) -> "JobSpec":
         _choice("mode", self.mode, MODES)
@@ -104,6 +107,11 @@ class JobSpec:
                                               ("gpus_per_worker", self.gpus_per_worker)) if value]
             if given:
                 raise InputError(f"{', '.join(given)} apply to backend ray only (add --backend ray)")
+        if not 0.0 <= float(self.min_judge_score) <= 1.0:
+            raise InputError(f"min_judge_score must be between 0 and 1, got {self.min_judge_score}")
+        _at_least("max_attempts", self.max_attempts, 1)
+        if self.max_attempts > 1 and self.judge is None:
+            raise InputError("max_attempts > 1 regenerates variants the judge rejects: give --judge BUNDLE too")
         if self.mask_source == "retrieved" and self.db is None:
             raise InputError("mask_source retrieved needs a retrieval database: --db DB (make one with `main.py db build`)")
         return self
@@ -119,6 +127,9 @@ class JobSpec:
                 data.pop(key)
         if not data["include_synthetic"]:  # likewise for jobs written before it existed
             data.pop("include_synthetic")
+        if data["judge"] is None:  # no judge: its settings shape nothing
+            for key in ("judge", "min_judge_score", "max_attempts"):
+                data.pop(key)
         return {k: (str(v.resolve()) if isinstance(v, Path) else v) for k, v in data.items()}
 
 
@@ -132,7 +143,7 @@ def _at_least(name: str, value, minimum) -> None:
         raise InputError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
 
 
-PATH_FIELDS = {"input", "output", "model", "masks", "labels", "split_file", "db", "captions"}
+PATH_FIELDS = {"input", "output", "model", "masks", "labels", "split_file", "db", "captions", "judge"}
 LIST_FIELDS = {"formats", "from_splits"}
 
 

@@ -51,7 +51,7 @@ class BatchProgress:
             # Shown at the bar's next redraw (tqdm limits redraws to a few per second).
             self.bar.set_postfix_str(f"{event.frame[-40:]} v{event.variant} step {event.step}/{event.steps}", refresh=False)
             return
-        if event.kind in ("variant", "failed", "skipped"):
+        if event.kind in ("variant", "failed", "skipped", "rejected"):
             if self.bar is not None:
                 self.bar.update(event.done - self.bar.n)
             if event.kind == "failed":
@@ -74,7 +74,8 @@ class BatchProgress:
         for note in summary.notes:
             print(f"note: {note}", file=out)
         print(
-            f"{summary.status}: {summary.ok} written, {summary.failed} failed, {summary.skipped} skipped "
+            f"{summary.status}: {summary.ok} written, {summary.failed} failed, {summary.skipped} skipped, "
+            f"{getattr(summary, 'rejected', 0)} rejected "
             f"of {summary.planned} planned ({summary.reused} from an earlier run) in {summary.seconds:.1f} s "
             f"on {summary.provider.upper()}",
             file=out,

@@ -44,8 +44,12 @@ def register_commands(subparsers) -> dict[str, Handler]:
                         help="folder of synthetic frames, or a PolypForge output (read through manifest.jsonl)")
     report.add_argument("--out", required=True, type=Path, help="folder to write the report into")
     report.add_argument("--features", default=None,
-                        help="feature bundle: name or folder of a \"dinov2\" or \"inception\" bundle "
-                        "(default: exported_models/demo-dinov2, RANDOM weights)")
+                        help="feature bundle: name or folder of a \"dinov2\" or \"inception\" bundle, or \"judge\" (the "
+                        "polyp judge's encoder) (default: exported_models/demo-dinov2, RANDOM weights)")
+    report.add_argument("--judge", default="auto",
+                        help="segmenter bundle for the detectability figures of a PolypForge output (default: "
+                        "exported_models/polyp-judge when present)")
+    report.add_argument("--no-judge", action="store_true", help="leave the detectability figures out")
     report.add_argument("--batch-size", type=positive_int, default=16, help="frames per feature batch (default 16)")
     report.add_argument("--copy-percentile", type=_percentile, default=5.0,
                         help="flag a synthetic frame closer to a real one than this percentile of the real "
@@ -91,7 +95,8 @@ def run_report_command(args: argparse.Namespace) -> int:
     bar = _Bar(args.quiet)
     try:
         result = run_report(args.real, args.synthetic, args.out, features=args.features, batch_size=args.batch_size,
-                            copy_percentile=args.copy_percentile, progress=bar, log=log, provider=args.provider)
+                            copy_percentile=args.copy_percentile, progress=bar, log=log, provider=args.provider,
+                            judge=None if args.no_judge else args.judge)
     finally:
         bar.close()
     data = result.data
@@ -109,6 +114,13 @@ def run_report_command(args: argparse.Namespace) -> int:
     for entry in data["breakdown"]:
         fd = "–" if entry["fd"] is None else f"{entry['fd']:.4f}"
         print(f"  {entry['by']} = {entry['value']}: n {entry['count']}, FD {fd}, flagged {entry['flagged']}")
+    det = data.get("detectability")
+    if det:
+        overall, ceiling = det["overall"], det["ceiling"]
+        rate = lambda v: "–" if v is None else f"{100 * v:.0f} %"  # noqa: E731
+        print(f"judge     {det['judge']['name']}: found at the region in {rate(overall['found_rate'])} of "
+              f"{overall['count']} variants (source frames before: {rate(overall['before_found_rate'])}; ceiling, "
+              f"real polyps: {rate(ceiling['found_rate'])} of {ceiling['source_frames_with_polyp']})")
     print(f"wrote {result.html} and {result.json}")
     return EXIT_FLAGGED if mem["flagged"] else EXIT_OK
 

@@ -14,7 +14,10 @@ Feature models (anything with ``extract_batch(frames) -> [FrameFeatures]``, ``na
 - an "inception" bundle (``InceptionExtractor``): a local folder with ``bundle.json`` (kind "inception",
   ``image_size``, ``image_mean``/``image_std``, ``input_name``/``output_name``, ``files``) and ``model.onnx``
   taking (N, 3, H, W) float32 and giving (N, D) pooled features (2048 for the FID network). Nothing is
-  downloaded: "inception" without a folder is refused with a message saying what to supply.
+  downloaded: "inception" without a folder is refused with a message saying what to supply;
+- a "segmenter" bundle, the polyp judge (``engine.evaluation.judge.JudgeFeatures``; ``--features judge`` is
+  exported_models/polyp-judge): the encoder's bottleneck averaged over space, features trained on
+  colonoscopy frames, so the distances mean something about colonoscopy when no DINOv2 export is at hand.
 
 Only ``batch_size`` decoded frames exist at a time; the features themselves, (N, D) float32, are kept (KID,
 t-SNE and nearest neighbours need them; 10 000 frames × 768 dims is 30 MB).
@@ -250,14 +253,24 @@ def load_feature_model(features: str | os.PathLike[str] | None = None, provider:
                 f"--features {features}: Inception features need a local Inception bundle folder (bundle.json of "
                 "kind \"inception\" + model.onnx giving pooled (N, 2048) features); nothing is downloaded. Give its "
                 "path, or leave --features out to use the DINOv2 bundle")
+    if features is not None and str(features).strip().lower() == "judge" and not Path(str(features)).exists():
+        from engine.evaluation.judge import default_judge_bundle
+
+        features = default_judge_bundle()
     path = default_features_bundle() if features is None else find_bundle(features)
-    if _bundle_kind(Path(path)) == "inception":
+    kind = _bundle_kind(Path(path))
+    if kind == "inception":
         extractor = InceptionExtractor.from_bundle(path, provider=provider, threads=threads)
+    elif kind == "segmenter":
+        from engine.evaluation.judge import Judge, JudgeFeatures
+
+        extractor = JudgeFeatures(Judge.from_bundle(path, provider=provider, threads=threads))
     else:
         bundle = read_bundle(path)
         if bundle.kind != "dinov2":
             raise BundleError(bundle.root / "bundle.json",
-                              f"kind {bundle.kind!r} is not a feature bundle (\"dinov2\" or \"inception\")")
+                              f"kind {bundle.kind!r} is not a feature bundle (\"dinov2\", \"inception\" or a "
+                              "\"segmenter\" judge)")
         extractor = FeatureExtractor.from_bundle(path, provider=provider, threads=threads)
     if log is not None:
         if getattr(extractor, "provider_note", None):

@@ -104,8 +104,9 @@ def _fd_kid(real: np.ndarray, synth: np.ndarray, subsets: int) -> dict:
 def compute_report(real_dir, synthetic_dir, extractor, batch_size: int = DEFAULT_BATCH,
                    copy_percentile: float = COPY_PERCENTILE, kid_subsets: int = stats.KID_SUBSETS,
                    progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
-                   tsne: bool = True) -> tuple[dict, dict]:
-    """All figures (a JSON-able dict) and the pictures ({name: PIL image}); writes nothing."""
+                   tsne: bool = True, judge=None) -> tuple[dict, dict]:
+    """All figures (a JSON-able dict) and the pictures ({name: PIL image}); writes nothing. With a `judge`
+    (engine.evaluation.judge.Judge) and a PolypForge output, also the detectability figures."""
     t0 = time.perf_counter()
     real_set = real_dir if isinstance(real_dir, ImageSet) else list_images(real_dir)
     synth_set = synthetic_dir if isinstance(synthetic_dir, ImageSet) else list_images(synthetic_dir)
@@ -185,6 +186,12 @@ def compute_report(real_dir, synthetic_dir, extractor, batch_size: int = DEFAULT
                     f"{key} = {value}: only {len(indices)} images: its FD/KID are noise"]
                 breakdown.append(entry)
     data["breakdown"] = breakdown
+    if judge is not None and synth_set.polypforge:
+        from engine.evaluation.detectability import compute_detectability
+
+        data["detectability"] = compute_detectability(synth_set, judge, progress=progress, cancelled=cancelled)
+        if data["detectability"]["judge"].get("random_weights"):
+            warnings.append(f"judge {judge.name} has RANDOM weights: its detectability figures mean nothing")
 
     if progress:
         progress("statistics", 2, 2)
@@ -301,7 +308,41 @@ def render_html(data: dict, pictures: dict) -> str:
                          f"<td>{_fmt(b['median_nn_distance'])}</td><td>{b['flagged']}</td>"
                          f"<td class='small'>{e('; '.join(b['warnings']))}</td></tr>")
         parts.append("</table>")
+    if data.get("detectability"):
+        parts.append(_detectability_html(data["detectability"]))
     parts.append(f"<p class='small'>All figures: report.json. {data['seconds']} s.</p></body></html>")
+    return "\n".join(parts)
+
+
+def _rate(value) -> str:
+    return "–" if value is None else f"{100 * value:.0f} %"
+
+
+def _detectability_html(det: dict) -> str:
+    e = html.escape
+    ceiling = det["ceiling"]
+    rules = det["rules"]
+    parts = [
+        "<h2>Detectability (the polyp judge)</h2>",
+        (f"<p>Judge: {e(str(det['judge'].get('name')))} ({e(str(det['judge'].get('bundle_id', ''))[:12])}), a "
+         "segmenter trained on real frames; an evaluation tool, not a diagnostic device. Add: "
+         f"{e(rules['add'])}. Remove: {e(rules['remove'])}. Before: {e(rules['before'])}.</p>"),
+        (f"<p><b>Ceiling</b>: on the {ceiling['source_frames_with_polyp']} real source frames with a polyp the "
+         f"judge finds {_rate(ceiling['found_rate'])} of them (mean IoU {_fmt(ceiling['mean_iou'])}, confidence "
+         f"{_fmt(ceiling['mean_confidence'])}).</p>"),
+        "<table><tr><th>by</th><th>value</th><th>n</th><th>found</th><th>found before (source)</th>"
+        "<th>mean score</th><th>mean IoU</th><th>mean confidence</th></tr>",
+    ]
+    overall = det["overall"]
+    groups = [{"by": "all", "value": "", **overall}] + det["groups"]
+    for g in groups:
+        parts.append(f"<tr><td>{e(g['by'])}</td><td>{e(str(g['value']))}</td><td>{g['count']}</td>"
+                     f"<td>{_rate(g['found_rate'])}</td><td>{_rate(g['before_found_rate'])}</td>"
+                     f"<td>{_fmt(g['mean_score'])}</td><td>{_fmt(g['mean_iou'])}</td>"
+                     f"<td>{_fmt(g['mean_confidence'])}</td></tr>")
+    parts.append("</table>")
+    for note in det["notes"]:
+        parts.append(f"<p class='small'>{e(note)}</p>")
     return "\n".join(parts)
 
 
@@ -323,12 +364,36 @@ def write_report(out_dir, data: dict, pictures: dict) -> ReportResult:
 def run_report(real_dir, synthetic_dir, out_dir, features: str | os.PathLike[str] | None = None, extractor=None,
                batch_size: int = DEFAULT_BATCH, copy_percentile: float = COPY_PERCENTILE,
                progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
-               log: Callable[[str], None] | None = None, provider: str = "auto") -> ReportResult:
+               log: Callable[[str], None] | None = None, provider: str = "auto",
+               judge: str | os.PathLike[str] | None = "auto") -> ReportResult:
     """The whole report: load the feature model (unless `extractor` is given), compute, write. The folders are
-    checked before the feature model loads, so a wrong path fails at once."""
+    checked before the feature model loads, so a wrong path fails at once. `judge`: a segmenter bundle for the
+    detectability figures; "auto" takes exported_models/polyp-judge when it is there, None skips them."""
     real_dir, synthetic_dir = list_images(real_dir), list_images(synthetic_dir)
     if extractor is None:
         extractor = load_feature_model(features, provider=provider, log=log)
+    judge_model = load_judge(judge, provider=provider, log=log) if synthetic_dir.polypforge else None
     data, pictures = compute_report(real_dir, synthetic_dir, extractor, batch_size=batch_size,
-                                    copy_percentile=copy_percentile, progress=progress, cancelled=cancelled)
+                                    copy_percentile=copy_percentile, progress=progress, cancelled=cancelled,
+                                    judge=judge_model)
     return write_report(out_dir, data, pictures)
+
+
+def load_judge(judge: str | os.PathLike[str] | None, provider: str = "auto", log: Callable[[str], None] | None = None):
+    """The judge for detectability: None → none; "auto" → the shipped polyp-judge when present; else a bundle."""
+    from engine.errors import BundleError
+    from engine.evaluation.judge import Judge, default_judge_bundle
+
+    if judge is None:
+        return None
+    if str(judge) == "auto":
+        try:
+            path = default_judge_bundle()
+        except BundleError:
+            if log is not None:
+                log("detectability: no polyp-judge bundle found (train one with `main.py train-judge`); left out")
+            return None
+        if not path.exists():
+            return None
+        return Judge.from_bundle(path, provider=provider)
+    return Judge.from_bundle(judge, provider=provider)

@@ -1,0 +1,213 @@
+"""``main.py evaluate``: does training with the synthetic set help a segmenter on real frames it never saw?
+
+For each seed, the downstream model (the judge's compact U-Net, engine.evaluation.training.task) is trained
+twice under the same budget (steps × batch size, same seed, same held-out real frames for picking the best
+weights): on the real training frames alone ("real"), and on them plus the synthetic variants
+("real+synthetic"; ``synthetic_cap`` limits the synthetic share of the training pool). Each is scored on the
+real test set at its own resolution: Dice and IoU per frame, AP50 and AP@[.5:.95] from the masks' boxes.
+
+Layout of the output folder (resumable: a killed evaluation resumes at the run it was in)::
+
+    evaluation.json          the settings and data digests; a rerun with others is refused (or --fresh)
+    runs/<arm>-seed<k>/      the trainer's run folder (checkpoints, log.jsonl, loss.png, samples/)
+    results/<arm>-seed<k>.json   that run's test scores, written atomically when it is done
+    report.json, report.html, learning_curves.png   rebuilt after every finished run
+
+The leak check (engine.evaluation.leaks) runs before any training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from engine.errors import InputError
+from engine.evaluation import segdata
+from engine.evaluation.training.model import DEFAULT_WIDTHS
+from engine.fileio import atomic_write_bytes
+
+Log = Callable[[str], None]
+ARMS = ("real", "real+synthetic")
+SETTINGS = "evaluation.json"
+
+
+@dataclass
+class EvaluationSettings:
+    train: Path
+    synthetic: Path
+    test: Path
+    out: Path
+    seeds: int = 3
+    synthetic_cap: float | None = None  # max share of synthetic frames in the training pool
+    steps: int = 600
+    size: int = 128
+    batch_size: int = 8
+    widths: tuple[int, ...] = DEFAULT_WIDTHS
+    lr: float = 2e-3
+    validate_every: int = 100
+    threads: int | None = None
+    fresh: bool = False
+    trainer: str = "judge"
+    progress: bool = True
+    cache: int = segdata.DEFAULT_CACHE
+
+    def shaping(self, digests: dict) -> dict:
+        values = asdict(self)
+        for key in ("out", "threads", "fresh", "progress", "seeds"):
+            values.pop(key)
+        values = {k: (str(Path(v).resolve()) if isinstance(v, Path) else (list(v) if isinstance(v, tuple) else v))
+                  for k, v in values.items()}
+        return {**values, **digests}
+
+
+def cap_synthetic(real_count: int, synthetic: segdata.SegmentationSet, cap: float | None):
+    """The synthetic variants kept so they are at most `cap` of the pool: the first by sha256 of their names."""
+    if cap is None or cap >= 1.0 or not len(synthetic):
+        return synthetic
+    if cap <= 0.0:
+        return synthetic.subset([])
+    allowed = int(cap / (1.0 - cap) * real_count)
+    order = sorted(range(len(synthetic)), key=lambda i: hashlib.sha256(synthetic.names[i].encode()).hexdigest())
+    return synthetic.subset(sorted(order[:allowed]))
+
+
+def _check_settings(out: Path, record: dict, fresh: bool) -> None:
+    path = out / SETTINGS
+    if fresh:
+        for name in ("runs", "results"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("report.json", "report.html", "learning_curves.png"):
+            (out / name).unlink(missing_ok=True)
+    elif path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            previous = None
+        if previous is not None and previous != record:
+            changed = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
+            raise InputError(f"{out}: holds an evaluation made with other settings or data ({', '.join(changed)}); "
+                             "use --fresh to start over there, or another --out folder")
+    atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def _curve(run_dir: Path) -> list[dict]:
+    rows = []
+    log = run_dir / "log.jsonl"
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if "val_dice" in row:
+                rows.append({"step": row["step"], "val_dice": row["val_dice"], "val_iou": row.get("val_iou")})
+            elif "loss" in row:
+                rows.append({"step": row["step"], "loss": row["loss"]})
+    return rows
+
+
+def run_evaluation(settings: EvaluationSettings, log: Log = print) -> dict:
+    import torch
+
+    from engine.evaluation.leaks import check_no_leak
+    from engine.evaluation.testing import score_frames, summarise
+    from engine.evaluation.training.task import JudgeTask
+    from engine.evaluation.training.train_judge import best_network, torch_predictor
+    from engine.training.loop import TrainConfig, train
+
+    if settings.trainer != "judge":
+        raise InputError(f"--trainer {settings.trainer}: only the judge's compact segmenter is available here "
+                         "(Ultralytics needs torchvision, which does not import beside the CPU torch pin)")
+    if settings.threads:
+        torch.set_num_threads(int(settings.threads))
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    real = segdata.from_folder(settings.train, cache=settings.cache)
+    synthetic = segdata.from_polypforge_output(settings.synthetic, cache=settings.cache)
+    _, test_entries = segdata.folder_entries(settings.test)
+    test = segdata.SegmentationSet([e[0] for e in test_entries], None, None,
+                                   [segdata.file_sha256(e[1]) for e in test_entries], [None] * len(test_entries),
+                                   [e[1] for e in test_entries])
+    check_no_leak(real, synthetic, test)
+    log(f"read {len(real)} real training frames, {len(synthetic)} synthetic variants, {len(test)} test frames "
+        f"in {time.perf_counter() - started:.0f} s; leak check passed (sha256 of frames and variant sources)")
+    # By rank: the test set is often the frames the same hash holds out, which leaves none below the threshold.
+    kept, held = segdata.holdout(real.names, by_rank=True)
+    real_train, real_val = real.subset(kept), real.subset(held)
+    val_shas = set(real_val.sha256)
+    warnings = []
+    outside_val = [i for i, s in enumerate(synthetic.source_sha256) if s not in val_shas]
+    if len(outside_val) < len(synthetic):
+        warnings.append(f"{len(synthetic) - len(outside_val)} synthetic variants made from the held-out validation "
+                        "frames were left out (they would bias the choice of weights)")
+    synthetic_used = cap_synthetic(len(real_train), synthetic.subset(outside_val), settings.synthetic_cap)
+    pools = {"real": real_train, "real+synthetic": segdata.concatenate([real_train, synthetic_used])}
+    digests = {"train_digest": real.digest(), "synthetic_digest": synthetic.digest(),
+               "test_digest": hashlib.sha256("\n".join(test.sha256).encode()).hexdigest()}
+    _check_settings(out, settings.shaping(digests), settings.fresh)
+    log(f"arms: real = {len(real_train)} frames; real+synthetic = {len(real_train)} + {len(synthetic_used)} "
+        f"variants; {len(real_val)} real frames held out for picking weights")
+
+    results: dict = {arm: {} for arm in ARMS}
+    for seed in range(settings.seeds):
+        for arm in ARMS:
+            name = f"{arm.replace('+', '-')}-seed{seed}"
+            result_path = out / "results" / f"{name}.json"
+            if result_path.is_file():
+                try:
+                    results[arm][seed] = json.loads(result_path.read_text(encoding="utf-8"))
+                    log(f"{name}: done earlier, reused")
+                    continue
+                except ValueError:
+                    pass
+            task = JudgeTask(pools[arm], real_val, size=settings.size, batch_size=settings.batch_size,
+                             widths=settings.widths, description={"arm": arm})
+            config = TrainConfig(steps=settings.steps, lr=settings.lr, warmup_steps=min(100, settings.steps // 10),
+                                 lr_schedule="cosine", min_lr=settings.lr * 0.05, ema_decay=0.999, seed=seed,
+                                 checkpoint_every=max(1, settings.validate_every), validate_every=settings.validate_every,
+                                 log_every=10, early_stop_metric="val_dice", early_stop_mode="max", patience=None,
+                                 threads=settings.threads, progress=settings.progress)
+            log(f"{name}: training {settings.steps} steps on {len(pools[arm])} frames")
+            run = train(task, config, out / "runs" / name, resume=True)
+            net = best_network(task, run)
+            rows = score_frames(torch_predictor(task, net), test_entries)
+            summary = summarise(rows)
+            log(f"{name}: test Dice {summary['dice']:.4f}, IoU {summary['iou']:.4f}, AP50 {summary['ap50']}, "
+                f"AP {summary['ap']}")
+            record = {"arm": arm, "seed": seed, "summary": summary, "frames": rows, "curve": _curve(run.run_dir),
+                      "best_step": run.best_metrics.get("step"), "train_minutes": round(run.train_seconds / 60, 2),
+                      "training_frames": len(pools[arm])}
+            atomic_write_bytes(result_path, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+            results[arm][seed] = record
+            _write(out, settings, results, real, real_val, synthetic, synthetic_used, test, warnings, started)
+    return _write(out, settings, results, real, real_val, synthetic, synthetic_used, test, warnings, started)
+
+
+def _write(out, settings, results, real, real_val, synthetic, synthetic_used, test, warnings, started) -> dict:
+    from engine.evaluation.evaluation_report import paired, summarise_runs, write_evaluation_report
+
+    data = {
+        "arms": list(ARMS),
+        "seeds": list(range(settings.seeds)),
+        "train": {"folder": str(settings.train), "frames": len(real), "val_frames": len(real_val)},
+        "synthetic": {"folder": str(settings.synthetic), "frames": len(synthetic), "used": len(synthetic_used),
+                      "cap": settings.synthetic_cap},
+        "test": {"folder": str(settings.test), "frames": len(test)},
+        "trainer": {"name": "judge", "description": "the judge's compact U-Net trained from scratch",
+                    "steps": settings.steps, "batch_size": settings.batch_size, "size": settings.size,
+                    "widths": list(settings.widths), "lr": settings.lr},
+        "warnings": warnings,
+        "summary": summarise_runs(results, ARMS),
+        "difference": paired(results, ARMS) if all(results[a] for a in ARMS) else None,
+        "runs": {arm: {str(seed): run for seed, run in runs.items()} for arm, runs in results.items()},
+        "minutes_this_session": round((time.perf_counter() - started) / 60.0, 2),
+    }
+    html_path, json_path = write_evaluation_report(out, data)
+    data["html"], data["json"] = str(html_path), str(json_path)
+    return data

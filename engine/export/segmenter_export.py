@@ -1,0 +1,129 @@
+"""Export the judge (engine.evaluation.training.model.JudgeNet) to a "segmenter" bundle.
+
+    bundle.json   kind "segmenter": image size, normalisation, threshold, embedding size, what it was trained
+                  on (training section), provenance, parity
+    model.onnx    pixel_values float32 (B, 3, S, S) → probability float32 (B, 1, S, S), embedding (B, D)
+
+torch.onnx's TorchScript exporter (``dynamo=False``, opset 17, dynamic batch axis); then torch and
+onnxruntime (CPU) run the same inputs — a seeded random batch and, when given, real frames — and the bundle
+is **refused** if any output differs by more than ``atol + rtol·max|torch|``. The bundle is built beside its
+destination and renamed into place (engine.fileio.staged_folder): a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engine import __version__ as engine_version
+from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION, write_manifest
+from engine.errors import ExportError
+from engine.evaluation.preprocess import IMAGE_MEAN, IMAGE_STD
+from engine.evaluation.scores import DEFAULT_THRESHOLD
+from engine.fileio import staged_folder
+
+Log = Callable[[str], None]
+INPUT_NAME = "pixel_values"
+OUTPUT_NAMES = ("probability", "embedding")
+DEFAULT_OPSET = 17
+DEFAULT_TOLERANCE = (1e-4, 1e-3)  # (atol, rtol), fp32
+
+
+def check_parity(module, onnx_path: Path, inputs: np.ndarray, tolerance=DEFAULT_TOLERANCE, log: Log = print) -> dict:
+    """torch vs onnxruntime on `inputs` (B, 3, S, S); ExportError naming the output that disagrees."""
+    import onnxruntime as ort
+    import torch
+
+    atol, rtol = tolerance
+    with torch.no_grad():
+        expected = [t.float().numpy() for t in module(torch.from_numpy(inputs))]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    actual = session.run(list(OUTPUT_NAMES), {INPUT_NAME: inputs.astype(np.float32)})
+    del session
+    result = {"atol": atol, "rtol": rtol, "inputs": int(inputs.shape[0]), "outputs": {}}
+    for name, want, got in zip(OUTPUT_NAMES, expected, actual):
+        if got.shape != want.shape:
+            raise ExportError(f"{onnx_path}: onnxruntime gives {name} of shape {got.shape}, torch {want.shape}")
+        error = float(np.max(np.abs(got.astype(np.float32) - want)))
+        scale = float(np.max(np.abs(want)))
+        allowed = atol + rtol * scale
+        log(f"parity {name}: max |onnx - torch| = {error:.3g} (allowed {allowed:.3g})")
+        if not np.isfinite(error) or error > allowed:
+            raise ExportError(f"{onnx_path}: onnxruntime's {name} differs from torch by {error:.3g} (allowed "
+                              f"{allowed:.3g}); the bundle was not written")
+        result["outputs"][name] = {"max_abs_error": error, "max_abs_value": scale, "allowed": allowed}
+    return result
+
+
+def export_segmenter_bundle(net, destination: str | Path, size: int, name: str | None = None,
+                            description: str = "", training: dict | None = None, parity_frames: np.ndarray | None = None,
+                            overwrite: bool = False, opset: int = DEFAULT_OPSET, tolerance=DEFAULT_TOLERANCE,
+                            extra: dict | None = None, log: Log = print) -> dict:
+    """Write `net` (a JudgeNet, eval mode is set here) as a segmenter bundle; returns its bundle.json.
+
+    `parity_frames`: optional normalised real inputs (B, 3, size, size) checked besides the random batch."""
+    import torch
+
+    from engine.evaluation.training.model import Exported, parameter_count
+
+    started = time.perf_counter()
+    destination = Path(destination).expanduser().resolve()
+    if destination.exists() and not overwrite and any(destination.iterdir()):
+        raise ExportError(f"{destination}: already exists (pass --overwrite to replace it)")
+    if size % net.size_step:
+        raise ExportError(f"size {size} is not a multiple of the network's size step {net.size_step}")
+    module = Exported(net.eval()).eval()
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, 3, size, size, generator=generator)
+    with staged_folder(destination) as staging:
+        bundle = staging.result
+        bundle.mkdir(parents=True)
+        onnx_path = bundle / "model.onnx"
+        log(f"exporting the judge ({parameter_count(net) / 1e6:.2f} M parameters, {size}×{size}) with torch.onnx, "
+            f"opset {opset}")
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, (example,), str(onnx_path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                dynamic_axes={INPUT_NAME: {0: "batch_size"}, **{n: {0: "batch_size"} for n in OUTPUT_NAMES}},
+                opset_version=opset, do_constant_folding=True, dynamo=False)
+        checks = torch.randn(3, 3, size, size, generator=generator).numpy()
+        if parity_frames is not None and len(parity_frames):
+            checks = np.concatenate([checks, np.asarray(parity_frames, np.float32)])
+        parity = check_parity(module, onnx_path, checks, tolerance, log)
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "kind": "segmenter",
+            "name": name or destination.name,
+            "description": description,
+            "precision": "fp32",
+            "image_size": [size, size],
+            "image_mean": list(IMAGE_MEAN),
+            "image_std": list(IMAGE_STD),
+            "input_name": INPUT_NAME,
+            "output_names": list(OUTPUT_NAMES),
+            "threshold": DEFAULT_THRESHOLD,
+            "embedding_dim": int(net.widths[-1]),
+            "architecture": {"name": "JudgeNet (compact U-Net)", "widths": list(net.widths),
+                             "parameters": parameter_count(net)},
+            "training": training or {},
+            "source": {
+                "exporter": f"torch.onnx {torch.__version__} (TorchScript, dynamo=False)",
+                "opset": opset,
+                "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "engine_version": engine_version,
+            },
+            "parity": parity,
+            **(extra or {}),
+        }
+        write_manifest(bundle, manifest)
+    log(f"wrote {destination} ({time.perf_counter() - started:.1f} s)")
+    return manifest
