@@ -99,7 +99,9 @@ def test_sharded_run_equals_the_local_run(sharded_run, reference):
     assert comparable(output) == reference
     records = [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines()]
     assert all(r["worker"]["pid"] != os.getpid() and r["worker"]["node"] for r in records)
-    assert sum(w["variants"] for w in summary.workers) == 6 and all(w["variants_per_minute"] for w in summary.workers)
+    assert sum(w["variants"] for w in summary.workers) == 6
+    # Ray may hand every frame to one worker: a rate only where the worker made something
+    assert all(w["variants_per_minute"] > 0 for w in summary.workers if w["variants"])
     assert {"started", "frame", "step", "variant", "failed", "finished"} <= {e.kind for e in events}
     assert [e.done for e in events if e.kind in ("variant", "failed")] == list(range(1, 13))
 
