@@ -13,19 +13,12 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from engine.errors import InputError
+# One frame check for both feature models (the judge and DINOv2): RGB uint8, at least 2×2 pixels.
+from engine.retrieval.features import check_frame as check_rgb
+
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
-
-
-def check_rgb(frame: np.ndarray) -> np.ndarray:
-    frame = np.asarray(frame)
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        raise InputError(f"a frame must be uint8 (H, W, 3) RGB, got {frame.dtype} {frame.shape}")
-    if frame.shape[0] < 2 or frame.shape[1] < 2:
-        raise InputError(f"a frame of {frame.shape[1]}×{frame.shape[0]} pixels is too small")
-    return frame
 
 
 def resize_frame(frame: np.ndarray, width: int, height: int | None = None) -> np.ndarray:
