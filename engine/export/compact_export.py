@@ -18,13 +18,13 @@ import datetime as _dt
 import os
 import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
 from engine import __version__ as engine_version
 from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION
 from engine.errors import ExportError
+from engine.export.onnx_export import export_to_onnx
 from engine.fileio import staged_folder
 
 Log = Callable[[str], None]
@@ -96,15 +96,10 @@ def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | 
         onnx_path = bundle / "unet" / "model.onnx"
         log(f"exporting the compact model ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) "
             f"with torch.onnx, opset {opset}")
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model, _example(model, 2, (resolution, resolution), seed=0), str(onnx_path),
-                input_names=["sample", "timestep", "class_labels"], output_names=["out_sample"],
-                dynamic_axes={"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
-                              "class_labels": {0: "batch"}, "out_sample": {0: "batch", 2: "height", 3: "width"}},
-                opset_version=opset, do_constant_folding=True, dynamo=False,
-            )
+        export_to_onnx(model, _example(model, 2, (resolution, resolution), seed=0), onnx_path,
+                       ["sample", "timestep", "class_labels"], ["out_sample"],
+                       {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
+                        "class_labels": {0: "batch"}, "out_sample": {0: "batch", 2: "height", 3: "width"}}, opset)
         parity = check_parity(model, onnx_path, [(resolution, resolution), (multiple * 3, multiple * 5)], log)
         if card is not None:
             shutil.copyfile(card, bundle / "MODEL_CARD.md")

@@ -23,7 +23,6 @@ from engine.export.inpaint_export import (
     TOLERANCE,
     ExportReport,
     Log,
-    _consolidate_external_data,
     _convert_to_fp16,
     _read_json,
     _write_tokenizer,
@@ -31,6 +30,7 @@ from engine.export.inpaint_export import (
     sd_manifest_fields,
     source_provenance,
 )
+from engine.export.onnx_export import export_to_onnx
 from engine.fileio import staged_folder
 
 PARTS = ("text_encoder", "controlnet", "unet", "vae_decoder")
@@ -189,18 +189,10 @@ def _example_inputs(part: str, configs: dict, modules: dict, seed: int, pixels: 
 
 
 def _export_part(module, example: dict, signature, target: Path, opset: int) -> None:
-    import torch
-
     inputs, outputs = signature
-    target.parent.mkdir(parents=True, exist_ok=True)
     dynamic = {k: v for k, v in {**inputs, **outputs}.items() if v}
-    with torch.no_grad():
-        torch.onnx.export(
-            module, tuple(example[name] for name in inputs), str(target), input_names=list(inputs),
-            output_names=list(outputs), dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
-            dynamo=False,
-        )
-    _consolidate_external_data(target)
+    export_to_onnx(module, tuple(example[name] for name in inputs), target, list(inputs), list(outputs), dynamic, opset,
+                   gather_external_data=True)
 
 
 def _check_part(part: str, module, example: dict, onnx_path: Path, outputs: list[str], precision: str, log: Log) -> dict:

@@ -37,6 +37,7 @@ from typing import Callable
 from engine import __version__ as engine_version
 from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION, write_manifest
 from engine.errors import ExportError
+from engine.export.onnx_export import export_to_onnx
 from engine.fileio import staged_folder
 
 Log = Callable[[str], None]
@@ -193,21 +194,8 @@ def export_dinov2_bundle(
         onnx_path = bundle / "model.onnx"
         log(f"exporting {source.name} (hidden {hidden}, {config.get('num_hidden_layers')} layers, patch {patch}) "
             f"at a {rows}×{cols} grid ({rows * patch}×{cols * patch} px) with torch.onnx, opset {opset}")
-        import warnings
-
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                (_random_input(2, (rows, cols), patch, seed=0),),
-                str(onnx_path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch_size"}, OUTPUT_NAME: {0: "batch_size"}},
-                opset_version=opset,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+        export_to_onnx(module, (_random_input(2, (rows, cols), patch, seed=0),), onnx_path, [INPUT_NAME], [OUTPUT_NAME],
+                       {INPUT_NAME: {0: "batch_size"}, OUTPUT_NAME: {0: "batch_size"}}, opset)
         parity = check_parity(module, onnx_path, (rows, cols), patch, tolerance, log)
 
         from importlib.metadata import version

@@ -23,8 +23,14 @@ from pathlib import Path
 from typing import Callable
 
 from engine import __version__ as engine_version
-from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION, REQUIRED_FILES, write_manifest
+from engine.bundle.format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    REQUIRED_FILES,
+    write_manifest,
+)
 from engine.errors import ExportError
+from engine.export.onnx_export import consolidate_external_data, export_to_onnx
 from engine.fileio import staged_folder
 
 PARTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
@@ -84,10 +90,10 @@ def check_source(source: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------- exporters
 def _export_with_optimum(source: Path, out: Path, opset: int | None, log: Log) -> str:
+    from importlib.metadata import version
+
     import optimum.exporters.onnx as optimum_onnx  # noqa: F401  (import error → fallback)
     from optimum.exporters.onnx import main_export
-
-    from importlib.metadata import version
 
     log("exporting with optimum's ONNX exporter")
     main_export(
@@ -199,44 +205,19 @@ def _export_with_torch(source: Path, out: Path, configs: dict, opset: int | None
     for part, module in modules.items():
         inputs, (output_name, output_axes) = SIGNATURES[part]
         example = _example_inputs(part, configs, seed=0, pixels=pixels)
-        target = out / part / "model.onnx"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with torch.no_grad():
-            torch.onnx.export(
-                module,
-                tuple(example[name] for name in inputs),
-                str(target),
-                input_names=list(inputs),
-                output_names=[output_name],
-                dynamic_axes={**{k: v for k, v in inputs.items() if v}, output_name: output_axes},
-                opset_version=opset or 18,
-                do_constant_folding=True,
-                dynamo=False,
-            )
-        _consolidate_external_data(target)
+        export_to_onnx(module, tuple(example[name] for name in inputs), out / part / "model.onnx", list(inputs),
+                       [output_name], {**{k: v for k, v in inputs.items() if v}, output_name: output_axes},
+                       opset or 18, gather_external_data=True)
     return f"torch.onnx {torch.__version__}"
-
-
-def _consolidate_external_data(model_path: Path) -> None:
-    """Models over 2 GB come out of torch.onnx as hundreds of weight files: gather them into model.onnx_data."""
-    folder = model_path.parent
-    stray = [p for p in folder.iterdir() if p.name not in (model_path.name, "model.onnx_data", "config.json")]
-    if not stray:
-        return
-    import onnx
-
-    model = onnx.load(str(model_path), load_external_data=True)
-    for path in stray:
-        path.unlink()
-    onnx.save_model(
-        model, str(model_path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx_data"
-    )
 
 
 def _convert_to_fp16(model_path: Path) -> None:
     """fp16 weights and activations with fp32 inputs/outputs (onnxruntime's float16 converter)."""
     import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.float16 import (
+        DEFAULT_OP_BLOCK_LIST,
+        convert_float_to_float16,
+    )
 
     had_external_data = (model_path.parent / "model.onnx_data").exists()
     model = onnx.load(str(model_path), load_external_data=True)
@@ -363,7 +344,7 @@ def export_inpaint_bundle(
             for file in (raw / part).iterdir():
                 if file.name.startswith("model.onnx") or file.name == "config.json":
                     shutil.move(str(file), bundle / part / file.name)
-            _consolidate_external_data(bundle / part / "model.onnx")
+            consolidate_external_data(bundle / part / "model.onnx")
             if precision == "fp16":
                 log(f"converting {part} to fp16")
                 _convert_to_fp16(bundle / part / "model.onnx")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +24,7 @@ from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION, write_manifest
 from engine.errors import ExportError
 from engine.evaluation.preprocess import IMAGE_MEAN, IMAGE_STD
 from engine.evaluation.scores import DEFAULT_THRESHOLD
+from engine.export.onnx_export import export_to_onnx
 from engine.fileio import staged_folder
 
 Log = Callable[[str], None]
@@ -88,12 +88,8 @@ def export_segmenter_bundle(net, destination: str | Path, size: int, name: str |
         onnx_path = bundle / "model.onnx"
         log(f"exporting the judge ({parameter_count(net) / 1e6:.2f} M parameters, {size}×{size}) with torch.onnx, "
             f"opset {opset}")
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module, (example,), str(onnx_path), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                dynamic_axes={INPUT_NAME: {0: "batch_size"}, **{n: {0: "batch_size"} for n in OUTPUT_NAMES}},
-                opset_version=opset, do_constant_folding=True, dynamo=False)
+        export_to_onnx(module, (example,), onnx_path, [INPUT_NAME], list(OUTPUT_NAMES),
+                       {INPUT_NAME: {0: "batch_size"}, **{n: {0: "batch_size"} for n in OUTPUT_NAMES}}, opset)
         checks = torch.randn(3, 3, size, size, generator=generator).numpy()
         if parity_frames is not None and len(parity_frames):
             checks = np.concatenate([checks, np.asarray(parity_frames, np.float32)])
