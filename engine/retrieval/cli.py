@@ -52,7 +52,7 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
                         "polyp boxes padded by 15 px) before storing it, as Polyp-Gen does. Without it the polyp "
                         "frames themselves are the entries: a shortcut (the paper's entries are polyp-free)")
     parser.add_argument("--model", type=Path, default=None,
-                        help="inpainting bundle for --remove-polyps (default: the embedded demo bundle, random weights)")
+                        help="inpainting bundle for --remove-polyps (default: the default model, polypforge-compact)")
     parser.add_argument("--steps", type=positive_int, default=None, help="denoising steps for --remove-polyps")
     parser.add_argument("--features", default=None,
                         help=f"feature bundle (folder or name in exported_models/; build default: {DEFAULT_FEATURES}, "
