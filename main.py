@@ -144,6 +144,8 @@ def _add_batch_options(group) -> None:
                        help="the model sees the whole frame, or the region around the mask (default: the bundle's)")
     group.add_argument("--region-padding", type=int,
                        help="pixels around the mask's box in region mode (default: 30 %% of the box's longer side)")
+    group.add_argument("--blend", choices=("feather", "poisson"), help="paste the generated region with a feathered edge, or Poisson-blended into the frame "
+                       "(default: poisson when removing, feather when adding)")
     group.add_argument("--backend", choices=("local", "ray"),
                        help="local: this process (default); ray: frames sharded over Ray actors (pip install -e \".[ray]\")")
     group.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray instance)")
@@ -173,7 +175,7 @@ def _add_batch_options(group) -> None:
 BATCH_KEYS = ("input", "output", "model", "provider", "threads", "masks", "labels", "split_file", "from_splits",
               "mask_source", "db", "top_k", "box_pad", "mode", "prompt", "negative_prompt", "captions", "variants", "seed", "steps",
               "scheduler", "guidance", "formats", "batch_size", "resume", "inpaint_area", "region_padding",
-              "backend", "ray_address", "workers", "gpus_per_worker", "include_synthetic", "break_lock",
+              "blend", "backend", "ray_address", "workers", "gpus_per_worker", "include_synthetic", "break_lock",
               "judge", "min_judge_score", "max_attempts")
 
 
@@ -192,6 +194,8 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inpaint-area", choices=("frame", "region"), default=None,
                         help="the model sees the whole frame, or the region around the mask (default: the bundle's)")
     parser.add_argument("--region-padding", type=int, default=None, help="pixels around the mask's box in region mode")
+    parser.add_argument("--blend", choices=("feather", "poisson"), default=None, help="paste the generated region with a feathered edge, or Poisson-blended into the frame "
+                       "(default: poisson when removing, feather when adding)")
 
 
 def _run_export(args) -> int:
@@ -234,7 +238,7 @@ def _run_inpaint(args) -> int:
     prompt = args.prompt or pipeline.prompts[args.mode]
     result = pipeline(
         frame, mask, prompt=prompt, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
-        seed=args.seed, inpaint_area=args.inpaint_area, region_padding=args.region_padding,
+        seed=args.seed, inpaint_area=args.inpaint_area, region_padding=args.region_padding, blend=args.blend,
     )
     save_png_atomic(args.out, result.image)
     print(f"{args.out} ({result.seconds:.2f} s on {pipeline.provider.upper()}, seed {args.seed}, prompt {prompt!r})")

@@ -190,6 +190,7 @@ class FrameWork:
                     (generated,) = pipeline.generate_variants(
                         _prepared, [seed], prompt=task.prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
                         guidance_scale=spec.guidance, scheduler=spec.scheduler, progress=_step, cancel=cancelled,
+                        blend=spec.blend or ("poisson" if spec.mode == "remove" else "feather"),
                     )
                     return generated
 
@@ -231,6 +232,7 @@ class FrameWork:
             "guidance": result.settings["guidance_scale"],
             "working_size": result.settings["working_size"],
             "feather_px": result.settings["feather_px"],
+            "blend": result.settings.get("blend", "feather"),
             "inpaint_area": result.settings.get("inpaint_area", "frame"),
             "region_crop": result.settings.get("region_crop"),
             "provider": pipeline.provider,

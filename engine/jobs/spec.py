@@ -14,6 +14,7 @@ from typing import Any
 from engine.bundle.format import shipped_bundles_folder
 from engine.errors import InputError
 from engine.masks.sources import MASK_SOURCES, MODES
+from engine.pipelines.blending import BLEND_MODES
 from engine.pipelines.framing import INPAINT_AREAS
 from engine.schedulers import SCHEDULER_NAMES
 
@@ -56,6 +57,7 @@ class JobSpec:
     batch_size: int = 1
     inpaint_area: str | None = None  # "frame" | "region"; None: the bundle's default (region for the compact model)
     region_padding: int | None = None  # px around the mask's box in region mode; None: automatic (30 % of its side)
+    blend: str | None = None  # "feather" | "poisson" (engine.pipelines.blending); None: poisson to remove, feather to add
     # Who runs the frames: "local" (this process) or "ray" (actors on a Ray cluster, engine/jobs/ray_backend.py).
     backend: str = "local"
     ray_address: str | None = None  # join this cluster; None: $RAY_ADDRESS, else a local Ray instance
@@ -97,6 +99,8 @@ class JobSpec:
             _choice("inpaint_area", self.inpaint_area, INPAINT_AREAS)
         if self.region_padding is not None:
             _at_least("region_padding", self.region_padding, 0)
+        if self.blend is not None:
+            _choice("blend", self.blend, BLEND_MODES)
         _choice("backend", self.backend, BACKENDS)
         if self.workers is not None:
             _at_least("workers", self.workers, 1)
@@ -122,7 +126,7 @@ class JobSpec:
         for key in ("output", "provider", "threads", "resume", "batch_size", "formats", "backend", "ray_address",
                     "workers", "gpus_per_worker", "break_lock"):
             data.pop(key)
-        for key in ("captions", "inpaint_area", "region_padding"):
+        for key in ("captions", "inpaint_area", "region_padding", "blend"):
             if data[key] is None:  # absent, as in jobs written before these existed: they still resume
                 data.pop(key)
         if not data["include_synthetic"]:  # likewise for jobs written before it existed

@@ -27,6 +27,7 @@ from engine.pipelines.diffusion_base import CancelCheck, OnnxDiffusionPipeline, 
 from engine.pipelines.framing import (
     check_frame_and_mask,
     decoded_to_image,
+    default_blend,
     default_feather_px,
     frame_to_model_input,
     model_view,
@@ -107,20 +108,22 @@ class CompactInpaintPipeline(OnnxDiffusionPipeline):
                  steps: int | None = None, guidance_scale: float | None = None, scheduler: str | None = None,
                  seed: int | None = 0, latents: np.ndarray | None = None, working_size=None, inpaint_area=None,
                  region_padding=None, feather_px: int | None = None, progress: ProgressCallback | None = None,
-                 cancel: CancelCheck | None = None) -> InpaintResult:
+                 cancel: CancelCheck | None = None, blend: str | None = None) -> InpaintResult:
         prepared = self.prepare_frame(frame, mask, working_size, inpaint_area, region_padding)
         return self.generate_variants(prepared, [seed], prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                       guidance_scale=guidance_scale, scheduler=scheduler,
                                       latents=None if latents is None else [latents], feather_px=feather_px,
-                                      progress=progress, cancel=cancel)[0]
+                                      progress=progress, cancel=cancel, blend=blend)[0]
 
     def generate_variants(self, prepared: PreparedRegion, seeds: Sequence[int | None], prompt: str | None = None,
                           negative_prompt: str | None = None, steps: int | None = None,
                           guidance_scale: float | None = None, scheduler: str | None = None,
                           latents: Sequence[np.ndarray] | None = None, feather_px: int | None = None,
                           batch_size: int = 1, progress: ProgressCallback | None = None,
-                          cancel: CancelCheck | None = None, masked_image_noise=None) -> list[InpaintResult]:
-        """Variants of one prepared frame, one per seed (``latents`` = explicit initial noise, image-shaped)."""
+                          cancel: CancelCheck | None = None, masked_image_noise=None,
+                          blend: str | None = None) -> list[InpaintResult]:
+        """Variants of one prepared frame, one per seed (``latents`` = explicit initial noise, image-shaped).
+        ``blend``: "feather" or "poisson" (engine.pipelines.blending); None: Poisson for the removal prompt."""
         prompt = self.prompts["add"] if prompt is None else prompt
         negative_prompt = "" if negative_prompt is None else negative_prompt
         steps, guidance_scale, scheduler = self.sampling_settings(steps, guidance_scale, scheduler, batch_size)
@@ -129,10 +132,12 @@ class CompactInpaintPipeline(OnnxDiffusionPipeline):
         work_w, work_h = prepared.working_size
         if feather_px is None:
             feather_px = default_feather_px(prepared.frame.shape[1], prepared.frame.shape[0])
+        blend = default_blend(prompt, self.prompts.get("remove")) if blend is None else blend
         shape = (1, 3, work_h, work_w)
         settings = {"prompt": prompt, "negative_prompt": negative_prompt, "steps": steps,
                     "guidance_scale": guidance_scale, "scheduler": scheduler, "working_size": [work_w, work_h],
-                    "feather_px": feather_px, "inpaint_area": prepared.inpaint_area, "region_crop": list(prepared.crop)}
+                    "feather_px": feather_px, "blend": blend, "inpaint_area": prepared.inpaint_area,
+                    "region_crop": list(prepared.crop)}
         results = []
         for start in range(0, len(seeds), batch_size):
             chunk = range(start, min(start + batch_size, len(seeds)))
@@ -143,7 +148,7 @@ class CompactInpaintPipeline(OnnxDiffusionPipeline):
             per_image = (time.perf_counter() - started) / len(chunk)
             for offset, index in enumerate(chunk):
                 raw = decoded[offset]
-                image = paste_back_in_crop(prepared.frame, raw, prepared.mask, feather_px, prepared.crop)
+                image = paste_back_in_crop(prepared.frame, raw, prepared.mask, feather_px, prepared.crop, blend)
                 results.append(InpaintResult(image=image, raw=raw, seed=seeds[index], settings=dict(settings), seconds=per_image))
         return results
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from engine.errors import InputError
 from engine.masks.geometry import feather_alpha
+from engine.pipelines.blending import BLEND_MODES, poisson_blend
 
 
 def choose_working_size(width: int, height: int, target: int, multiple: int) -> tuple[int, int]:
@@ -64,14 +65,22 @@ def decoded_to_image(decoded: np.ndarray) -> np.ndarray:
     return np.clip(decoded / 2.0 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1).astype(np.float32)
 
 
-def paste_back(frame: np.ndarray, generated: np.ndarray, mask: np.ndarray, feather_px: int) -> np.ndarray:
-    """Composite the generated image (float [0,1], working size) into the frame inside the mask only."""
+def paste_back(frame: np.ndarray, generated: np.ndarray, mask: np.ndarray, feather_px: int,
+               blend: str = "feather") -> np.ndarray:
+    """Composite the generated image (float [0,1], working size) into the frame inside the mask only.
+
+    ``blend="poisson"`` first moves the generated pixels inside the mask to the frame's values at the mask's edge,
+    keeping their gradients (engine.pipelines.blending), then pastes them with the same feathered edge."""
     height, width = frame.shape[:2]
     generated_u8 = np.clip(np.rint(generated * 255.0), 0, 255).astype(np.uint8)
     if generated_u8.shape[:2] != (height, width):
         generated_u8 = np.asarray(
             Image.fromarray(generated_u8).resize((width, height), resample=Image.Resampling.LANCZOS)
         )
+    if blend == "poisson":
+        generated_u8 = poisson_blend(frame, generated_u8, mask)
+    elif blend != "feather":
+        raise InputError(f"blend {blend!r} is not one of {', '.join(BLEND_MODES)}")
     alpha = feather_alpha(mask, feather_px)[:, :, None]
     blended = frame.astype(np.float32) * (1.0 - alpha) + generated_u8.astype(np.float32) * alpha
     blended_u8 = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
@@ -146,11 +155,19 @@ def model_view(frame_w: int, frame_h: int, mask: np.ndarray, inpaint_area: str, 
 
 
 def paste_back_in_crop(frame: np.ndarray, generated: np.ndarray, mask: np.ndarray, feather_px: int,
-                       crop: tuple[int, int, int, int]) -> np.ndarray:
+                       crop: tuple[int, int, int, int], blend: str = "feather") -> np.ndarray:
     """paste_back of a generated crop: the crop's masked pixels change, nothing else does."""
     x0, y0, x1, y1 = crop
     if crop == (0, 0, frame.shape[1], frame.shape[0]):
-        return paste_back(frame, generated, mask, feather_px)
+        return paste_back(frame, generated, mask, feather_px, blend)
     image = frame.copy()
-    image[y0:y1, x0:x1] = paste_back(np.ascontiguousarray(frame[y0:y1, x0:x1]), generated, mask[y0:y1, x0:x1], feather_px)
+    image[y0:y1, x0:x1] = paste_back(np.ascontiguousarray(frame[y0:y1, x0:x1]), generated, mask[y0:y1, x0:x1],
+                                     feather_px, blend)
     return image
+
+
+def default_blend(prompt: str, removal_prompt: str | None) -> str:
+    """Poisson blending when the prompt is the bundle's removal prompt ("Normal": the region should continue the
+    mucosa around it), feathering otherwise (an added polyp keeps its own colour)."""
+    removing = removal_prompt is not None and prompt.strip().lower() == removal_prompt.strip().lower()
+    return "poisson" if removing else "feather"

@@ -31,6 +31,7 @@ from engine.pipelines.diffusion_base import (
 )
 from engine.pipelines.framing import (
     check_frame_and_mask,
+    default_blend,
     default_feather_px,
     frame_to_model_input,
     model_view,
@@ -192,6 +193,7 @@ class InpaintPipeline(OnnxDiffusionPipeline):
         cancel: CancelCheck | None = None,
         inpaint_area: str | None = None,
         region_padding: int | None = None,
+        blend: str | None = None,
     ) -> InpaintResult:
         """One image. ``latents`` / ``masked_image_noise`` (float32, latent shape) replace the noise drawn
         from ``seed`` for the initial latents / the VAE posterior sample, to reproduce diffusers exactly."""
@@ -209,6 +211,7 @@ class InpaintPipeline(OnnxDiffusionPipeline):
             feather_px=feather_px,
             progress=progress,
             cancel=cancel,
+            blend=blend,
         )[0]
 
     def generate_variants(
@@ -226,10 +229,12 @@ class InpaintPipeline(OnnxDiffusionPipeline):
         batch_size: int = 1,
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
+        blend: str | None = None,
     ) -> list[InpaintResult]:
         """Variants of one prepared frame, one per seed, `batch_size` of them per U-Net call.
 
         Each variant's noise comes from its own seed, so a variant's bytes do not depend on the batch size.
+        ``blend``: "feather" or "poisson" (engine.pipelines.blending); None: Poisson for the removal prompt.
         """
         prompt = self.prompts["add"] if prompt is None else prompt
         negative_prompt = self.prompts.get("negative", "") if negative_prompt is None else negative_prompt
@@ -237,6 +242,7 @@ class InpaintPipeline(OnnxDiffusionPipeline):
         work_w, work_h = prepared.working_size
         if feather_px is None:
             feather_px = default_feather_px(prepared.frame.shape[1], prepared.frame.shape[0])
+        blend = default_blend(prompt, self.prompts.get("remove")) if blend is None else blend
         guided = guidance_scale > 1.0
         embeddings = self.encode_prompt(prompt, negative_prompt, guided)
         latent_shape = (1, self.latent_channels, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
@@ -248,6 +254,7 @@ class InpaintPipeline(OnnxDiffusionPipeline):
             "scheduler": scheduler,
             "working_size": [work_w, work_h],
             "feather_px": feather_px,
+            "blend": blend,
             "inpaint_area": prepared.inpaint_area,
             "region_crop": list(prepared.crop),
         }
@@ -276,7 +283,7 @@ class InpaintPipeline(OnnxDiffusionPipeline):
             per_image = (time.perf_counter() - started) / len(chunk)
             for offset, index in enumerate(chunk):
                 raw = decoded[offset]
-                image = paste_back_in_crop(prepared.frame, raw, prepared.mask, feather_px, prepared.crop)
+                image = paste_back_in_crop(prepared.frame, raw, prepared.mask, feather_px, prepared.crop, blend)
                 results.append(
                     InpaintResult(image=image, raw=raw, seed=seeds[index], settings=dict(settings), seconds=per_image)
                 )
