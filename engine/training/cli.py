@@ -2,6 +2,7 @@
 
     main.py train --preset compact --input KVASIR [--normals NORMALS] --run RUN_DIR [--to BUNDLE]
     main.py train --from SD_INPAINT_DIR --input FRAMES --run RUN_DIR [--to BUNDLE]     (Polyp-Gen fine-tuning)
+    main.py train --method ccis --from SD15_DIR --input FRAMES --captions CSV --run RUN_DIR [--to BUNDLE]  (CCIS-Diff)
     accelerate launch main.py train ...                                              (several GPUs)
 
 Only argparse is imported at module level: ``main.py --help`` stays instant and the built app (no torch) can list
@@ -17,6 +18,7 @@ from pathlib import Path
 from engine.errors import InputError
 
 PRESETS = ("compact",)
+METHODS = ("inpaint", "ccis")
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -37,7 +39,24 @@ def register_commands(subparsers) -> dict:
     )
     source = train.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", choices=PRESETS, help="train the compact pixel-space model from scratch")
-    source.add_argument("--from", dest="source", type=Path, help="a local diffusers StableDiffusionInpaintPipeline folder to fine-tune")
+    source.add_argument("--from", dest="source", type=Path,
+                        help="a local diffusers folder: a StableDiffusionInpaintPipeline to fine-tune, or with --method "
+                             "ccis the SD-1.5 text-to-image base of the ControlNet")
+    train.add_argument("--method", choices=METHODS, default="inpaint",
+                       help="inpaint: the inpainting model (--preset compact or --from SD-inpainting; default); ccis: "
+                            "CCIS-Diff's ControlNet on mask + clinical caption, on the --from base (frozen)")
+    ccis = train.add_argument_group("--method ccis (CCIS-Diff's ControlNet)")
+    ccis.add_argument("--captions", type=Path, default=None,
+                      help="captions file for the training frames (CSV/TSV/JSONL, as `main.py caption` writes it)")
+    ccis.add_argument("--text-dropout", type=float, default=0.5,
+                      help="share of samples trained with the empty caption, for classifier-free guidance (0.5)")
+    ccis.add_argument("--no-blur-weighting", action="store_true", help="ablation: no blur-mask weighting branch")
+    ccis.add_argument("--no-text-attention", action="store_true", help="ablation: no text-aware attention")
+    ccis.add_argument("--blur-sigma", type=float, default=8.0, help="σ of the blurred mask in pixels (8 at 512²)")
+    ccis.add_argument("--controlnet-from", type=Path, default=None,
+                      help="continue this ControlNet folder instead of copying the base U-Net's encoder")
+    ccis.add_argument("--allow-uncaptioned", action="store_true",
+                      help="train frames the captions file lacks with the empty caption instead of refusing")
     train.add_argument("--input", type=Path, action="append", required=True,
                        help="frames with polyp masks or labels (any layout the batch job reads); repeatable")
     train.add_argument("--normals", type=Path, action="append", default=[], help="folder of polyp-free frames; repeatable")

@@ -130,4 +130,8 @@ def _what_it_is(task) -> str:
     if task.name == "sd-inpaint":
         return ("A Stable-Diffusion inpainting model fine-tuned with Polyp-Gen's spatial-aware training (BPM masks, "
                 "lesion-guided loss); its U-Net was trained, its VAE and text encoder frozen.")
+    if task.name == "ccis-controlnet":
+        return ("CCIS-Diff's ControlNet: a trainable copy of an SD-1.5 U-Net's encoder conditioned on the polyp mask "
+                "(with blur-mask weighting and text-aware attention unless ablated) and the frame's clinical caption; "
+                "the base model was frozen. It runs with that base as an sd-controlnet bundle.")
     return f"A model trained by PolypForge's trainer (task {task.name})."

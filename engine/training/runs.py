@@ -18,6 +18,9 @@ from engine.training.loop import TrainConfig, train
 
 COMPACT_DEFAULTS = dict(steps=20000, lr=1e-3, warmup_steps=100, batch_size=16, grad_accum=1, ema_decay=0.999,
                         checkpoint_every=200, sample_every=500, validate_every=250, log_every=10, resolution=128)
+# CCIS-Diff's settings: batch 4, lr 1e-5 (the paper); DDIM 20 steps and CFG 7.0 for the sample grid (the task).
+CCIS_DEFAULTS = dict(steps=1000, lr=1e-5, warmup_steps=0, batch_size=4, grad_accum=1, ema_decay=0.0,
+                     checkpoint_every=100, sample_every=250, validate_every=100, log_every=5, resolution=512)
 SD_DEFAULTS = dict(steps=1000, lr=1e-5, warmup_steps=0, batch_size=2, grad_accum=4, ema_decay=0.0,
                    checkpoint_every=100, sample_every=250, validate_every=0, log_every=5, resolution=512)
 
@@ -65,7 +68,14 @@ def run_training(args: argparse.Namespace) -> int:
           f"({time.perf_counter() - started:.1f} s to load)", flush=True)
     for problem in corpus.problems[:10]:
         print(f"  left out: {problem}", flush=True)
-    if args.preset == "compact":
+    method = getattr(args, "method", "inpaint")
+    if method == "ccis":
+        from engine.training.ccis_task import ccis_run
+
+        if args.source is None:
+            raise InputError("--method ccis trains on a base model: give --from SD15_DIR (a text-to-image folder)")
+        task, config, finish = ccis_run(args, corpus, CCIS_DEFAULTS)
+    elif args.preset == "compact":
         task, config, finish = _compact(args, corpus)
     else:
         from engine.training.sd_task import sd_inpaint_run

@@ -1,0 +1,329 @@
+"""Training CCIS-Diff's ControlNet (``main.py train --method ccis --from SD15_DIR --captions FILE``) on the one trainer.
+
+The base is a diffusers SD-1.5-shaped *text-to-image* folder (the paper's base); its VAE, text encoder and U-Net
+are frozen. Only the ControlNet (engine.controlnet.model.CCISControlNetModel: a trainable copy of the base U-Net's
+encoder with zero convolutions, plus blur-mask weighting and text-aware attention, each switchable for the
+paper's ablation) trains. A sample is a training frame resized to ``resolution``², its polyp mask (all of its
+polyps) as the 3-channel condition image, and its clinical caption (``main.py caption`` writes them) as the
+prompt — replaced by "" for ``text_dropout`` of the samples so classifier-free guidance works at sampling time.
+The loss is the base scheduler's prediction type (ε or v) MSE on the VAE latents, the ControlNet's residuals
+added to the frozen U-Net as in diffusers' ControlNet training. Noise, timesteps and the VAE posterior sample
+come from the trainer's per-step generator, so ``--resume`` continues exactly.
+
+At the end the ControlNet is saved as a diffusers folder and, with ``--to``, exported as an "sd-controlnet"
+bundle by the existing exporter (its parity check included), the model card hashed inside.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from engine.dataset.captions import caption_for, read_captions
+from engine.errors import InputError
+from engine.training.corpus import Corpus, CorpusFrame
+from engine.training.loop import TrainingTask
+from engine.training.objectives import target_of
+
+# Words the sample grid swaps to show what the caption does ("pale" ↔ "red", "small" ↔ "large").
+CONTRASTS = {"pale": "red", "red": "pale", "pink": "pale", "whitish": "red", "small": "large", "large": "small",
+             "diminutive": "large"}
+
+
+@dataclass
+class CCISTaskConfig:
+    source: str  # the SD-1.5 text-to-image folder
+    captions: str  # the captions file
+    resolution: int = 512
+    batch_size: int = 4
+    text_dropout: float = 0.5
+    blur_mask_weighting: bool = True
+    text_aware_attention: bool = True
+    blur_sigma: float = 8.0
+    controlnet_from: str | None = None  # continue this ControlNet folder instead of copying the U-Net's encoder
+    allow_uncaptioned: bool = False
+    sample_steps: int = 20
+    sample_guidance: float = 7.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def check_text_to_image_folder(source: Path) -> None:
+    unet_config = source / "unet" / "config.json"
+    if not (source / "model_index.json").is_file():
+        raise InputError(f"{source}: not a diffusers pipeline folder (no model_index.json)")
+    try:
+        channels = json.loads(unet_config.read_text(encoding="utf-8"))["in_channels"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{unet_config}: cannot read the U-Net's in_channels ({exc})") from None
+    if channels != 4:
+        raise InputError(f"{unet_config}: a {channels}-channel U-Net; a CCIS ControlNet trains on a text-to-image "
+                         "base (4 latent channels, SD-1.5-shaped), not an inpainting one")
+
+
+def frame_captions(corpus: Corpus, captions_path: Path, allow_uncaptioned: bool) -> dict[str, str]:
+    """{frame rel: caption} for every training and held-out polyp frame; InputError naming the file when frames
+    have none (unless ``allow_uncaptioned``: they train with the empty caption)."""
+    captions = read_captions(captions_path)
+    found, missing = {}, []
+    for frame in corpus.train + corpus.held_out:
+        if not frame.has_polyp:
+            continue
+        text = caption_for(captions, frame.rel) or caption_for(captions, frame.stem)
+        if text is None:
+            missing.append(frame.stem)
+            text = ""
+        found[frame.rel] = text
+    if missing and not allow_uncaptioned:
+        raise InputError(f"{captions_path}: no caption for {len(missing)} of {len(found)} polyp frames (e.g. "
+                         f"{', '.join(missing[:3])}); run `main.py caption` on the same frames, or pass "
+                         "--allow-uncaptioned to train those with the empty caption")
+    return found
+
+
+class CCISControlNetTask(TrainingTask):
+    name = "ccis-controlnet"
+
+    def __init__(self, corpus: Corpus, config: CCISTaskConfig):
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        source = Path(config.source)
+        check_text_to_image_folder(source)
+        if not 0.0 <= config.text_dropout <= 1.0:
+            raise InputError(f"text dropout {config.text_dropout}: must be between 0 and 1")
+        self.corpus, self.config, self.source = corpus, config, source
+        self.captions = frame_captions(corpus, Path(config.captions), config.allow_uncaptioned)
+        self.uncaptioned = sum(1 for text in self.captions.values() if not text)
+        self.frames = [f for f in corpus.train if f.has_polyp]
+        if not self.frames:
+            raise InputError("no training frame with a polyp mask: a CCIS ControlNet learns from frames + masks")
+        self.vae = AutoencoderKL.from_pretrained(source / "vae", local_files_only=True).eval().requires_grad_(False)
+        self.unet = UNet2DConditionModel.from_pretrained(source / "unet", local_files_only=True).eval().requires_grad_(False)
+        self.tokenizer = CLIPTokenizer.from_pretrained(source / "tokenizer", local_files_only=True)
+        self.text_encoder = CLIPTextModel.from_pretrained(source / "text_encoder", local_files_only=True).eval()
+        self.text_encoder.requires_grad_(False)
+        scheduler_config = DDPMScheduler.load_config(source / "scheduler")
+        self.prediction_type = scheduler_config.get("prediction_type", "epsilon")
+        self.alphas_cumprod = DDPMScheduler.from_config(scheduler_config).alphas_cumprod.to(torch.float32)
+        self.scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.scaling_factor = float(self.vae.config.get("scaling_factor", 0.18215))
+        self._embedding_cache: dict[str, torch.Tensor] = {}
+        if config.resolution % (self.scale * 2 ** (len(self.unet.config.block_out_channels) - 1)):
+            raise InputError(f"resolution {config.resolution} must be a multiple of "
+                             f"{self.scale * 2 ** (len(self.unet.config.block_out_channels) - 1)} for this base")
+
+    # ------------------------------------------------------------------ what the run is
+    def describe(self) -> dict:
+        return {"config": self.config.to_json(),
+                "corpus": {k: v for k, v in self.corpus.describe().items() if k != "held_out"},
+                "captions": {"file": str(Path(self.config.captions).resolve()), "frames": len(self.captions),
+                             "uncaptioned": self.uncaptioned}}
+
+    def build_model(self):
+        from engine.controlnet.model import CCISControlNetModel
+
+        if self.config.controlnet_from:
+            model = CCISControlNetModel.from_pretrained(self.config.controlnet_from, local_files_only=True)
+            switches = (bool(model.config.blur_mask_weighting), bool(model.config.text_aware_attention))
+            if switches != (self.config.blur_mask_weighting, self.config.text_aware_attention):
+                raise InputError(f"{self.config.controlnet_from}: built with blur weighting {switches[0]}, text-aware "
+                                 f"attention {switches[1]}; this run asks for {self.config.blur_mask_weighting}, "
+                                 f"{self.config.text_aware_attention}")
+            return model
+        return CCISControlNetModel.from_unet(self.unet, blur_mask_weighting=self.config.blur_mask_weighting,
+                                             text_aware_attention=self.config.text_aware_attention,
+                                             blur_sigma=self.config.blur_sigma)
+
+    def samples_per_step(self) -> int:
+        return self.config.batch_size
+
+    # ------------------------------------------------------------------ data
+    def _sample(self, frame: CorpusFrame, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+        size = self.config.resolution
+        height, width = frame.image.shape[:2]
+        mask = np.zeros((height, width), bool)
+        for box, instance in zip(frame.boxes, frame.instance_masks):
+            if instance is not None:
+                mask |= instance
+            else:
+                x0, y0, x1, y1 = (int(round(v)) for v in box)
+                mask[y0:y1, x0:x1] = True
+        image = np.asarray(Image.fromarray(frame.image).resize((size, size), Image.Resampling.BILINEAR))
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.NEAREST)) > 127
+        if flip:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+    def _tensors(self, images: list[np.ndarray], masks: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        condition = torch.from_numpy(np.stack(masks)).float()[:, None].repeat(1, 3, 1, 1)  # white = polyp, [0, 1]
+        return pixels, condition
+
+    def make_batch(self, step: int, rng: np.random.Generator) -> dict:
+        images, masks, captions = [], [], []
+        for _ in range(self.config.batch_size):
+            frame = self.frames[int(rng.integers(len(self.frames)))]
+            image, mask = self._sample(frame, bool(rng.integers(2)))
+            images.append(image)
+            masks.append(mask)
+            captions.append("" if rng.random() < self.config.text_dropout else self.captions[frame.rel])
+        pixels, condition = self._tensors(images, masks)
+        return {"pixels": pixels, "condition": condition, "captions": captions}
+
+    # ------------------------------------------------------------------ objective
+    @torch.no_grad()
+    def _embed(self, captions: list[str], device) -> torch.Tensor:
+        missing = [c for c in dict.fromkeys(captions) if c not in self._embedding_cache]
+        if missing:
+            ids = self.tokenizer(missing, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids
+            self.text_encoder.to(device)
+            for caption, embedding in zip(missing, self.text_encoder(ids.to(device))[0]):
+                self._embedding_cache[caption] = embedding.to("cpu")
+        return torch.stack([self._embedding_cache[c] for c in captions]).to(device)
+
+    def _noise_pred(self, model, pixels, condition, captions, generator):
+        device = pixels.device
+        self.vae.to(device)
+        self.unet.to(device)
+        with torch.no_grad():
+            distribution = self.vae.encode(pixels).latent_dist
+            posterior = torch.randn(distribution.mean.shape, generator=generator).to(device)
+            latents = (distribution.mean + distribution.std * posterior) * self.scaling_factor
+            text = self._embed(captions, device)
+        t = torch.randint(0, len(self.alphas_cumprod), (pixels.shape[0],), generator=generator)
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        a = self.alphas_cumprod[t].reshape(-1, 1, 1, 1).to(device)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        down, mid = model(noisy, t.to(device), encoder_hidden_states=text, controlnet_cond=condition, return_dict=False)
+        prediction = self.unet(noisy, t.to(device), encoder_hidden_states=text,
+                               down_block_additional_residuals=[r.to(noisy.dtype) for r in down],
+                               mid_block_additional_residual=mid.to(noisy.dtype)).sample
+        return prediction, target_of(self.prediction_type, latents, noise, self.alphas_cumprod, t)
+
+    def loss(self, model, batch, generator):
+        prediction, target = self._noise_pred(model, batch["pixels"], batch["condition"], batch["captions"], generator)
+        loss = F.mse_loss(prediction.float(), target.float())
+        return loss, {"mse": float(loss.detach())}
+
+    def _held_out(self, count: int) -> list[CorpusFrame]:
+        held = sorted((f for f in self.corpus.held_out if f.has_polyp), key=lambda f: f.stem)
+        return (held or sorted(self.frames, key=lambda f: f.stem))[:count]
+
+    @torch.no_grad()
+    def validate(self, model) -> dict[str, float]:
+        """The loss on up to 4 held-out frames with their captions, fixed noise and timesteps."""
+        frames = self._held_out(4)
+        samples = [self._sample(f, False) for f in frames]
+        pixels, condition = self._tensors([s[0] for s in samples], [s[1] for s in samples])
+        device = next(model.parameters()).device
+        generator = torch.Generator().manual_seed(1234)
+        prediction, target = self._noise_pred(model, pixels.to(device), condition.to(device),
+                                              [self.captions[f.rel] for f in frames], generator)
+        return {"val_loss": float(F.mse_loss(prediction.float(), target.float()))}
+
+    # ------------------------------------------------------------------ pictures and the result
+    def _pipeline(self, model):
+        from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline
+
+        pipe = StableDiffusionControlNetPipeline.from_pretrained(
+            self.source, controlnet=model, unet=self.unet, vae=self.vae, text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def sample_grid(self, model, step: int, path: Path) -> None:
+        """Held-out frames: source | mask | generated with its caption | with a contrasting caption; DDIM, CFG."""
+        from engine.fileio import save_png_atomic
+        from engine.training.plots import image_grid
+
+        frames = self._held_out(3)
+        if not frames:
+            return
+        pipe = self._pipeline(model)
+        size = self.config.resolution
+        rows, labels = [], []
+        for index, frame in enumerate(frames):
+            image, mask = self._sample(frame, False)
+            condition = Image.fromarray(mask.astype(np.uint8) * 255).convert("RGB")
+            caption = self.captions[frame.rel]
+            row = [image, np.asarray(condition)]
+            for text in (caption, contrasting_caption(caption)):
+                out = pipe(prompt=text, image=condition, height=size, width=size,
+                           num_inference_steps=self.config.sample_steps, guidance_scale=self.config.sample_guidance,
+                           generator=torch.Generator().manual_seed(index), output_type="np").images[0]
+                row.append((out * 255).round().astype(np.uint8))
+            rows.append(row)
+            labels.append(frame.stem[:16])
+        save_png_atomic(path, np.asarray(image_grid(rows, labels, tile=min(256, size),
+                                                    header=["source", "mask", "its caption", "contrasting caption"])))
+
+    def save_controlnet(self, model, folder: Path) -> Path:
+        staging = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging, safe_serialization=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        staging.rename(folder)
+        return folder
+
+
+def contrasting_caption(caption: str) -> str:
+    """The caption with its first colour/size word swapped for its contrast ("pale" → "red"); "" stays ""."""
+    words = caption.split(" ")
+    for index, word in enumerate(words):
+        bare = word.strip(",.;").lower()
+        if bare in CONTRASTS:
+            words[index] = word.lower().replace(bare, CONTRASTS[bare])
+            return " ".join(words)
+    return caption
+
+
+def ccis_run(args, corpus: Corpus, defaults: dict):
+    from engine.training.runs import _pick, train_config
+
+    if args.captions is None:
+        raise InputError("--method ccis needs --captions FILE (write one with `main.py caption --input FRAMES "
+                         "--masks MASKS --out captions.csv`)")
+    task_config = CCISTaskConfig(
+        source=str(Path(args.source).resolve()), captions=str(Path(args.captions).resolve()),
+        resolution=_pick(args, "resolution", defaults), batch_size=_pick(args, "batch_size", defaults),
+        text_dropout=args.text_dropout, blur_mask_weighting=not args.no_blur_weighting,
+        text_aware_attention=not args.no_text_attention, blur_sigma=args.blur_sigma,
+        controlnet_from=str(Path(args.controlnet_from).resolve()) if args.controlnet_from else None,
+        allow_uncaptioned=args.allow_uncaptioned,
+    )
+    task = CCISControlNetTask(corpus, task_config)
+    config = train_config(args, defaults)
+
+    def finish(result):
+        from engine.training.model_card import write_model_card
+
+        folder = task.save_controlnet(result.final_model(), Path(args.run) / "controlnet")
+        figures = {"captions": task.describe()["captions"],
+                   "ablation": {"blur_mask_weighting": task_config.blur_mask_weighting,
+                                "text_aware_attention": task_config.text_aware_attention}}
+        card = write_model_card(Path(args.run), folder, task, config, result, corpus, extra_figures=figures)
+        shutil.copyfile(card, folder / "MODEL_CARD.md")
+        print(f"ControlNet folder: {folder}\nmodel card: {card}", flush=True)
+        if args.bundle is not None:
+            from engine.bundle.format import MANIFEST_NAME, write_manifest
+            from engine.export.controlnet_export import export_controlnet_bundle
+
+            export_controlnet_bundle(task.source, folder, args.bundle, name=args.name, overwrite=True)
+            shutil.copyfile(card, Path(args.bundle) / "MODEL_CARD.md")  # hashed with the rest:
+            manifest = json.loads((Path(args.bundle) / MANIFEST_NAME).read_text(encoding="utf-8"))
+            write_manifest(Path(args.bundle), {**manifest, "model_card": "MODEL_CARD.md"})
+            print(f"bundle: {args.bundle}", flush=True)
+
+    return task, config, finish
