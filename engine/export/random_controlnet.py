@@ -39,9 +39,22 @@ TINY_UNET = {
     "layers_per_block": 2,
 }
 
+# Stable Diffusion v1.5's own shapes (its unet/vae/text_encoder config.json), for honest cost measurements.
+SD15_FULL = {
+    "unet": {"sample_size": 64, "block_out_channels": (320, 640, 1280, 1280),
+             "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+             "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, "cross_attention_dim": 768,
+             "attention_head_dim": 8, "layers_per_block": 2},
+    "vae": {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "sample_size": 512},
+    "text_encoder": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12,
+                     "projection_dim": 768},
+    "min_vocab_size": 49408,
+}
 
-def build_random_sd15_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
-    """Save a seeded random-weight StableDiffusionPipeline folder (SD-1.5 layout, tiny) and return it."""
+
+def build_random_sd15_pipeline(out_dir: str | Path, seed: int = 0, size: str = "tiny") -> Path:
+    """Save a seeded random-weight StableDiffusionPipeline folder (SD-1.5 layout; "tiny" shapes, or "full": SD-1.5's
+    own) and return it."""
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -55,15 +68,16 @@ def build_random_sd15_pipeline(out_dir: str | Path, seed: int = 0) -> Path:
     tokenizer_dir = out_dir / "_tokenizer_source"
     ids = write_clip_tokenizer_files(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
-    arch = ARCHITECTURES["tiny"]
+    arch = SD15_FULL if size == "full" else ARCHITECTURES["tiny"]
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(in_channels=4, out_channels=4, **TINY_UNET)
+    unet = UNet2DConditionModel(in_channels=4, out_channels=4, **(SD15_FULL["unet"] if size == "full" else TINY_UNET))
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, **arch["vae"],
     )
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, vocab_size=ids["vocab_size"],
+        max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+        vocab_size=max(ids["vocab_size"], arch.get("min_vocab_size", 0)),
         bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"],
         **arch["text_encoder"],
     ))

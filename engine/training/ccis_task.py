@@ -16,7 +16,6 @@ bundle by the existing exporter (its parity check included), the model card hash
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,27 +45,26 @@ class CCISTaskConfig:
     text_dropout: float = 0.5
     blur_mask_weighting: bool = True
     text_aware_attention: bool = True
-    blur_sigma: float = 8.0
+    blur_sigma: float | None = None  # pixels; None: 8 px at 512² (our reading), scaled with the resolution
     controlnet_from: str | None = None  # continue this ControlNet folder instead of copying the U-Net's encoder
     allow_uncaptioned: bool = False
     sample_steps: int = 20
     sample_guidance: float = 7.0
 
+    def sigma(self) -> float:
+        return 8.0 * self.resolution / 512.0 if self.blur_sigma is None else float(self.blur_sigma)
+
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "blur_sigma": self.sigma()}
 
 
 def check_text_to_image_folder(source: Path) -> None:
-    unet_config = source / "unet" / "config.json"
-    if not (source / "model_index.json").is_file():
-        raise InputError(f"{source}: not a diffusers pipeline folder (no model_index.json)")
-    try:
-        channels = json.loads(unet_config.read_text(encoding="utf-8"))["in_channels"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"{unet_config}: cannot read the U-Net's in_channels ({exc})") from None
+    from engine.training.sd_task import unet_in_channels
+
+    channels = unet_in_channels(source)
     if channels != 4:
-        raise InputError(f"{unet_config}: a {channels}-channel U-Net; a CCIS ControlNet trains on a text-to-image "
-                         "base (4 latent channels, SD-1.5-shaped), not an inpainting one")
+        raise InputError(f"{source / 'unet' / 'config.json'}: a {channels}-channel U-Net; a CCIS ControlNet trains "
+                         "on a text-to-image base (4 latent channels, SD-1.5-shaped), not an inpainting one")
 
 
 def frame_captions(corpus: Corpus, captions_path: Path, allow_uncaptioned: bool) -> dict[str, str]:
@@ -141,7 +139,7 @@ class CCISControlNetTask(TrainingTask):
             return model
         return CCISControlNetModel.from_unet(self.unet, blur_mask_weighting=self.config.blur_mask_weighting,
                                              text_aware_attention=self.config.text_aware_attention,
-                                             blur_sigma=self.config.blur_sigma)
+                                             blur_sigma=self.config.sigma())
 
     def samples_per_step(self) -> int:
         return self.config.batch_size
@@ -301,7 +299,7 @@ def ccis_run(args, corpus: Corpus, defaults: dict):
         text_dropout=args.text_dropout, blur_mask_weighting=not args.no_blur_weighting,
         text_aware_attention=not args.no_text_attention, blur_sigma=args.blur_sigma,
         controlnet_from=str(Path(args.controlnet_from).resolve()) if args.controlnet_from else None,
-        allow_uncaptioned=args.allow_uncaptioned,
+        allow_uncaptioned=args.allow_uncaptioned, sample_steps=args.sample_steps,
     )
     task = CCISControlNetTask(corpus, task_config)
     config = train_config(args, defaults)
@@ -317,13 +315,11 @@ def ccis_run(args, corpus: Corpus, defaults: dict):
         shutil.copyfile(card, folder / "MODEL_CARD.md")
         print(f"ControlNet folder: {folder}\nmodel card: {card}", flush=True)
         if args.bundle is not None:
-            from engine.bundle.format import MANIFEST_NAME, write_manifest
             from engine.export.controlnet_export import export_controlnet_bundle
+            from engine.training.model_card import attach_model_card
 
             export_controlnet_bundle(task.source, folder, args.bundle, name=args.name, overwrite=True)
-            shutil.copyfile(card, Path(args.bundle) / "MODEL_CARD.md")  # hashed with the rest:
-            manifest = json.loads((Path(args.bundle) / MANIFEST_NAME).read_text(encoding="utf-8"))
-            write_manifest(Path(args.bundle), {**manifest, "model_card": "MODEL_CARD.md"})
+            attach_model_card(Path(args.bundle), card)
             print(f"bundle: {args.bundle}", flush=True)
 
     return task, config, finish

@@ -52,9 +52,11 @@ def register_commands(subparsers) -> dict:
                       help="share of samples trained with the empty caption, for classifier-free guidance (0.5)")
     ccis.add_argument("--no-blur-weighting", action="store_true", help="ablation: no blur-mask weighting branch")
     ccis.add_argument("--no-text-attention", action="store_true", help="ablation: no text-aware attention")
-    ccis.add_argument("--blur-sigma", type=float, default=8.0, help="σ of the blurred mask in pixels (8 at 512²)")
+    ccis.add_argument("--blur-sigma", type=float, default=None,
+                      help="σ of the blurred mask in pixels (default 8 at 512², scaled with --resolution)")
     ccis.add_argument("--controlnet-from", type=Path, default=None,
                       help="continue this ControlNet folder instead of copying the base U-Net's encoder")
+    ccis.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the sample grid (20; CFG 7.0)")
     ccis.add_argument("--allow-uncaptioned", action="store_true",
                       help="train frames the captions file lacks with the empty caption instead of refusing")
     train.add_argument("--input", type=Path, action="append", required=True,

@@ -110,6 +110,17 @@ def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpu
     return card
 
 
+def attach_model_card(bundle: Path, card: Path) -> None:
+    """Copy the card into an exported bundle and name it in the manifest, so the bundle's hashes cover it."""
+    import shutil
+
+    from engine.bundle.format import MANIFEST_NAME, write_manifest
+
+    shutil.copyfile(card, Path(bundle) / "MODEL_CARD.md")
+    manifest = json.loads((Path(bundle) / MANIFEST_NAME).read_text(encoding="utf-8"))
+    write_manifest(Path(bundle), {**manifest, "model_card": "MODEL_CARD.md"})
+
+
 def _device() -> str:
     try:
         import torch

@@ -44,19 +44,25 @@ class SDTaskConfig:
         return asdict(self)
 
 
-def check_inpainting_folder(source: Path) -> None:
+def unet_in_channels(source: Path) -> int:
+    """The U-Net's input channels of a diffusers pipeline folder; InputError naming the file it cannot read."""
     import json
 
     unet_config = source / "unet" / "config.json"
     if not (source / "model_index.json").is_file():
         raise InputError(f"{source}: not a diffusers pipeline folder (no model_index.json)")
     try:
-        channels = json.loads(unet_config.read_text(encoding="utf-8"))["in_channels"]
+        return int(json.loads(unet_config.read_text(encoding="utf-8"))["in_channels"])
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"{unet_config}: cannot read the U-Net's in_channels ({exc})") from None
+
+
+def check_inpainting_folder(source: Path) -> None:
+    channels = unet_in_channels(source)
     if channels != 9:
-        raise InputError(f"{unet_config}: a {channels}-channel U-Net; fine-tuning needs an inpainting U-Net "
-                         "(9 channels: latents + mask + masked-image latents), e.g. stable-diffusion-2-inpainting")
+        raise InputError(f"{source / 'unet' / 'config.json'}: a {channels}-channel U-Net; fine-tuning needs an "
+                         "inpainting U-Net (9 channels: latents + mask + masked-image latents), e.g. "
+                         "stable-diffusion-2-inpainting")
 
 
 class SDInpaintTask(TrainingTask):
@@ -221,14 +227,10 @@ def sd_inpaint_run(args, corpus: Corpus, defaults: dict):
         shutil.copyfile(card, folder / "MODEL_CARD.md")
         print(f"diffusers folder: {folder}\nmodel card: {card}", flush=True)
         if args.bundle is not None:
-            import json
-
-            from engine.bundle.format import MANIFEST_NAME, write_manifest
+            from engine.training.model_card import attach_model_card
 
             export_inpaint_bundle(folder, args.bundle, name=args.name, overwrite=True)
-            shutil.copyfile(card, Path(args.bundle) / "MODEL_CARD.md")  # hashed with the rest:
-            manifest = json.loads((Path(args.bundle) / MANIFEST_NAME).read_text(encoding="utf-8"))
-            write_manifest(Path(args.bundle), {**manifest, "model_card": "MODEL_CARD.md"})
+            attach_model_card(Path(args.bundle), card)
             print(f"bundle: {args.bundle}", flush=True)
 
     return task, config, finish
