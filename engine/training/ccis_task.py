@@ -267,13 +267,9 @@ class CCISControlNetTask(TrainingTask):
                                                     header=["source", "mask", "its caption", "contrasting caption"])))
 
     def save_controlnet(self, model, folder: Path) -> Path:
-        staging = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging, safe_serialization=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-        return folder
+        from engine.training.checkpoint import save_pretrained_atomically
+
+        return save_pretrained_atomically(model, folder)
 
 
 def contrasting_caption(caption: str) -> str:

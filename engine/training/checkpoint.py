@@ -48,6 +48,19 @@ class Checkpoint:
         return {k[cut:]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
 
 
+def save_pretrained_atomically(model, folder: Path) -> Path:
+    """``model.save_pretrained`` (safetensors) into ``folder`` through a staging folder renamed over it: a killed
+    save leaves the previous folder, never half of one."""
+    folder = Path(folder)
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    return folder
+
+
 def step_name(step: int) -> str:
     return f"step-{step:08d}"
 

@@ -199,13 +199,9 @@ class SDInpaintTask(TrainingTask):
 
         pipe = StableDiffusionInpaintPipeline.from_pretrained(self.source, unet=model, local_files_only=True,
                                                               safety_checker=None, requires_safety_checker=False)
-        staging = folder.with_name(folder.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        pipe.save_pretrained(staging, safe_serialization=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-        return folder
+        from engine.training.checkpoint import save_pretrained_atomically
+
+        return save_pretrained_atomically(pipe, folder)
 
 
 def sd_inpaint_run(args, corpus: Corpus, defaults: dict):
