@@ -12,7 +12,7 @@ from PIL import Image
 
 import main
 from engine.pipelines.blending import poisson_blend
-from engine.pipelines.framing import default_blend, paste_back
+from engine.pipelines.framing import blend_for_prompt, paste_back
 from engine.samples import generate_sample_set
 
 
@@ -84,10 +84,10 @@ def test_whole_image_mask_and_empty_mask():
 
 
 def test_removal_prompt_defaults_to_poisson():
-    assert default_blend("Normal", "Normal") == "poisson"
-    assert default_blend(" normal ", "Normal") == "poisson"
-    assert default_blend("Polyp", "Normal") == "feather"
-    assert default_blend("Normal", None) == "feather"
+    assert blend_for_prompt("Normal", "Normal") == "poisson"
+    assert blend_for_prompt(" normal ", "Normal") == "poisson"
+    assert blend_for_prompt("Polyp", "Normal") == "feather"
+    assert blend_for_prompt("Normal", None) == "feather"
 
 
 def test_batch_job_removes_with_poisson_by_default_and_records_the_blend(tmp_path):

@@ -28,6 +28,7 @@ from engine.errors import Cancelled, InputError, PolypForgeError
 from engine.evaluation.rejection import generate_judged, open_gate
 from engine.fileio import save_png_atomic
 from engine.masks.sources import Skip, resolve_region
+from engine.pipelines.blending import default_blend
 
 REJECTED_DIR = "rejected"  # where rejected variants' files live: the judge's (here) and the review gallery's
 
@@ -190,7 +191,7 @@ class FrameWork:
                     (generated,) = pipeline.generate_variants(
                         _prepared, [seed], prompt=task.prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
                         guidance_scale=spec.guidance, scheduler=spec.scheduler, progress=_step, cancel=cancelled,
-                        blend=spec.blend or ("poisson" if spec.mode == "remove" else "feather"),
+                        blend=spec.blend or default_blend(spec.mode == "remove"),
                     )
                     return generated
 

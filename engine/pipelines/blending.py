@@ -21,6 +21,13 @@ import numpy as np
 from PIL import Image
 
 BLEND_MODES = ("feather", "poisson")
+
+
+def default_blend(removing: bool) -> str:
+    """The one rule: Poisson when removing a polyp (the region should continue the mucosa around it), feathering when
+    adding one (an added polyp keeps its own colour)."""
+    return "poisson" if removing else "feather"
+
 MAX_UNKNOWNS = 20000  # mask pixels solved exactly; larger masks are solved on a coarser grid
 
 

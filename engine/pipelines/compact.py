@@ -25,9 +25,9 @@ from engine.errors import BundleError, InputError
 from engine.masks.geometry import resize_mask
 from engine.pipelines.diffusion_base import CancelCheck, OnnxDiffusionPipeline, ProgressCallback, given_or_drawn
 from engine.pipelines.framing import (
+    blend_for_prompt,
     check_frame_and_mask,
     decoded_to_image,
-    default_blend,
     default_feather_px,
     frame_to_model_input,
     model_view,
@@ -132,7 +132,7 @@ class CompactInpaintPipeline(OnnxDiffusionPipeline):
         work_w, work_h = prepared.working_size
         if feather_px is None:
             feather_px = default_feather_px(prepared.frame.shape[1], prepared.frame.shape[0])
-        blend = default_blend(prompt, self.prompts.get("remove")) if blend is None else blend
+        blend = blend_for_prompt(prompt, self.prompts.get("remove")) if blend is None else blend
         shape = (1, 3, work_h, work_w)
         settings = {"prompt": prompt, "negative_prompt": negative_prompt, "steps": steps,
                     "guidance_scale": guidance_scale, "scheduler": scheduler, "working_size": [work_w, work_h],

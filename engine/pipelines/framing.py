@@ -14,7 +14,7 @@ from PIL import Image
 
 from engine.errors import InputError
 from engine.masks.geometry import feather_alpha
-from engine.pipelines.blending import BLEND_MODES, poisson_blend
+from engine.pipelines.blending import BLEND_MODES, default_blend, poisson_blend
 
 
 def choose_working_size(width: int, height: int, target: int, multiple: int) -> tuple[int, int]:
@@ -166,8 +166,8 @@ def paste_back_in_crop(frame: np.ndarray, generated: np.ndarray, mask: np.ndarra
     return image
 
 
-def default_blend(prompt: str, removal_prompt: str | None) -> str:
-    """Poisson blending when the prompt is the bundle's removal prompt ("Normal": the region should continue the
-    mucosa around it), feathering otherwise (an added polyp keeps its own colour)."""
+
+def blend_for_prompt(prompt: str, removal_prompt: str | None) -> str:
+    """The default blend of a pipeline call: the removal prompt ("Normal") removes (engine.pipelines.blending)."""
     removing = removal_prompt is not None and prompt.strip().lower() == removal_prompt.strip().lower()
-    return "poisson" if removing else "feather"
+    return default_blend(removing)

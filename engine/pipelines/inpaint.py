@@ -30,8 +30,8 @@ from engine.pipelines.diffusion_base import (
     given_or_drawn,
 )
 from engine.pipelines.framing import (
+    blend_for_prompt,
     check_frame_and_mask,
-    default_blend,
     default_feather_px,
     frame_to_model_input,
     model_view,
@@ -242,7 +242,7 @@ class InpaintPipeline(OnnxDiffusionPipeline):
         work_w, work_h = prepared.working_size
         if feather_px is None:
             feather_px = default_feather_px(prepared.frame.shape[1], prepared.frame.shape[0])
-        blend = default_blend(prompt, self.prompts.get("remove")) if blend is None else blend
+        blend = blend_for_prompt(prompt, self.prompts.get("remove")) if blend is None else blend
         guided = guidance_scale > 1.0
         embeddings = self.encode_prompt(prompt, negative_prompt, guided)
         latent_shape = (1, self.latent_channels, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
