@@ -17,6 +17,9 @@ for added polyps (``blend="poisson"``), where it tints the lesion toward its sur
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import numpy as np
 from PIL import Image
 
@@ -106,35 +109,56 @@ def _clamp_ring(difference: np.ndarray, inside: np.ndarray) -> np.ndarray:
 
 def _solve(source: np.ndarray, guide: np.ndarray, inside: np.ndarray) -> np.ndarray:
     """The Poisson equation above for the pixels of ``inside`` (float64 images) → their values (count, 3)."""
+    ys, xs, neighbours, factors = _system(inside)
+    # A tiny pull toward g keeps the system non-singular when the mask has no boundary (it covers the whole
+    # image: the solution is then g itself); elsewhere it moves the result by far less than one level.
+    rhs = REGULARISER * guide[ys, xs]
+    for p, qy, qx, interior in neighbours:
+        rhs[p] += guide[ys[p], xs[p]] - guide[qy, qx]
+        boundary = ~interior
+        rhs[p[boundary]] += source[qy[boundary], qx[boundary]]
+    return factors.solve(rhs)
+
+
+REGULARISER = 1e-6
+_SYSTEMS: OrderedDict = OrderedDict()  # mask → its factorised system: the variants of one frame share their mask
+_SYSTEMS_KEPT = 4
+
+
+def _system(inside: np.ndarray):
+    """The mask's pixels, their 4-neighbours and the LU factors of the system's matrix (it depends on the mask
+    only), built once per mask and kept for the next few calls."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import splu
 
+    key = (inside.shape, hashlib.blake2b(np.packbits(inside).tobytes(), digest_size=16).digest())
+    if key in _SYSTEMS:
+        _SYSTEMS.move_to_end(key)
+        return _SYSTEMS[key]
     height, width = inside.shape
     ys, xs = np.nonzero(inside)
     count = len(ys)
     index = np.full((height, width), -1, np.int64)
     index[ys, xs] = np.arange(count)
-    rows = [np.arange(count)]
-    cols = [np.arange(count)]
-    # A tiny pull toward g keeps the system non-singular when the mask has no boundary (it covers the whole
-    # image: the solution is then g itself); elsewhere it moves the result by far less than one level.
-    diagonal = np.full(count, 1e-6)
+    rows, cols = [np.arange(count)], [np.arange(count)]
+    diagonal = np.full(count, REGULARISER)
     values: list[np.ndarray] = []
-    rhs = 1e-6 * guide[ys, xs]
+    neighbours = []
     for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
         ny, nx = ys + dy, xs + dx
         valid = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
         p = np.nonzero(valid)[0]
         qy, qx = ny[valid], nx[valid]
         diagonal[p] += 1.0
-        rhs[p] += guide[ys[p], xs[p]] - guide[qy, qx]
         neighbour = index[qy, qx]
         interior = neighbour >= 0
         rows.append(p[interior])
         cols.append(neighbour[interior])
         values.append(np.full(int(interior.sum()), -1.0))
-        boundary = ~interior
-        rhs[p[boundary]] += source[qy[boundary], qx[boundary]]
+        neighbours.append((p, qy, qx, interior))
     matrix = coo_matrix((np.concatenate([diagonal, *values]), (np.concatenate(rows), np.concatenate(cols))),
                         shape=(count, count)).tocsc()
-    return splu(matrix).solve(rhs)
+    _SYSTEMS[key] = system = (ys, xs, neighbours, splu(matrix))
+    while len(_SYSTEMS) > _SYSTEMS_KEPT:
+        _SYSTEMS.popitem(last=False)
+    return system
