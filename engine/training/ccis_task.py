@@ -75,7 +75,7 @@ def frame_captions(corpus: Corpus, captions_path: Path, allow_uncaptioned: bool)
     for frame in corpus.train + corpus.held_out:
         if not frame.has_polyp:
             continue
-        text = caption_for(captions, frame.rel) or caption_for(captions, frame.stem)
+        text = caption_for(captions, frame.rel)  # its relative path, else its stem
         if text is None:
             missing.append(frame.stem)
             text = ""
