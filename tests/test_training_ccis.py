@@ -129,7 +129,7 @@ def test_kill_9_then_resume_equals_uninterrupted_and_other_switches_refuse(setup
 
 
 def test_trained_controlnet_exports_and_the_engine_equals_torch(setup, tmp_path):
-    from diffusers import ControlNetModel  # noqa: F401  (diffusers' loader registers the class)
+    from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
     from engine.bundle import read_bundle
@@ -157,8 +157,7 @@ def test_trained_controlnet_exports_and_the_engine_equals_torch(setup, tmp_path)
     assert manifest["kind"] == "sd-controlnet" and "MODEL_CARD.md" in manifest["files"]
     read_bundle(bundle)  # every file matches its hash
     trained = CCISControlNetModel.from_pretrained(run / "controlnet")
-    initial = CCISControlNetModel.from_unet(
-        __import__("diffusers").UNet2DConditionModel.from_pretrained(setup["sd15"] / "unet"), blur_sigma=2.0)
+    initial = CCISControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(setup["sd15"] / "unet"), blur_sigma=2.0)
     changed = [k for k, v in initial.state_dict().items() if not torch.equal(v, trained.state_dict()[k])]
     assert changed  # the ControlNet learned
 
