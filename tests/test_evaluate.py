@@ -16,6 +16,7 @@ import main as app
 from conftest import REPO_ROOT
 from engine.evaluation.testing import score_frames, summarise
 from engine.fileio import save_png_atomic
+from cli_helpers import run_main
 from judge_helpers import fake_output, polyp_frame
 
 
@@ -109,7 +110,7 @@ def test_the_leak_check_refuses_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "eval" / "runs").exists()
 
 
-EVALUATE = [sys.executable, "main.py", "evaluate", "--seeds", "1", "--steps", "30", "--size", "32",
+EVALUATE = ["evaluate", "--seeds", "1", "--steps", "30", "--size", "32",
             "--widths", "4,8,16", "--validate-every", "10", "--threads", "1", "--quiet"]
 
 
@@ -118,8 +119,7 @@ def test_evaluate_resumes_at_the_run_it_was_in(tmp_path):
     test = _real_folder(tmp_path / "test", range(200, 204))
     synthetic = _synthetic(tmp_path / "synthetic", range(300, 306))
     data = ["--train", str(train), "--synthetic", str(synthetic), "--test", str(test)]
-    straight = subprocess.run(EVALUATE + data + ["--out", str(tmp_path / "a")], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=600)
+    straight = run_main(EVALUATE + data + ["--out", str(tmp_path / "a")])
     assert straight.returncode == 0, straight.stderr[-3000:]
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert set(report["runs"]) == {"real", "real+synthetic"} and len(report["runs"]["real"]) == 1
@@ -127,8 +127,8 @@ def test_evaluate_resumes_at_the_run_it_was_in(tmp_path):
     assert (tmp_path / "a" / "report.html").read_text().count("data:image/png;base64,") == 1
 
     out = tmp_path / "b"
-    process = subprocess.Popen(EVALUATE + data + ["--out", str(out)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "main.py", *EVALUATE, *data, "--out", str(out)], cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     second = out / "runs" / "real-synthetic-seed0" / "checkpoints" / "step-00000010"
     deadline = time.time() + 300
     while not second.exists() and time.time() < deadline:
@@ -137,8 +137,7 @@ def test_evaluate_resumes_at_the_run_it_was_in(tmp_path):
     process.wait()
     assert (out / "results" / "real-seed0.json").is_file()
     assert not (out / "results" / "real-synthetic-seed0.json").exists()
-    resumed = subprocess.run(EVALUATE + data + ["--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True,
-                             timeout=600)
+    resumed = run_main(EVALUATE + data + ["--out", str(out)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "real-seed0: done earlier, reused" in resumed.stderr
     again = json.loads((out / "report.json").read_text())
@@ -146,8 +145,7 @@ def test_evaluate_resumes_at_the_run_it_was_in(tmp_path):
         for seed in ("0",):
             assert again["runs"][arm][seed]["summary"] == report["runs"][arm][seed]["summary"], (arm, seed)
     # other settings in the same folder are refused
-    changed = subprocess.run([*EVALUATE[:6], "20", *EVALUATE[7:], *data, "--out", str(out)], cwd=REPO_ROOT,
-                             capture_output=True, text=True, timeout=300)
+    changed = run_main([*EVALUATE[:4], "20", *EVALUATE[5:], *data, "--out", str(out)])
     assert changed.returncode == 2 and "other settings" in changed.stderr
 
 

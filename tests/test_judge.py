@@ -17,6 +17,7 @@ import main as app
 from conftest import REPO_ROOT
 from engine.errors import BundleError, ExportError
 from engine.evaluation import scores
+from cli_helpers import run_main
 from judge_helpers import (TINY_MIN_VAL_DICE, TINY_SIZE, TINY_STEPS, clean_frame, fake_output, polyp_frame,
                            train_tiny_judge)
 
@@ -177,14 +178,13 @@ def test_train_judge_resumes_exactly_after_a_kill(tmp_path):
     from engine.samples import generate_sample_set
 
     generate_sample_set(tmp_path / "frames", count=12, seed=5, width=96, height=80, with_polyps_every=1)
-    common = [sys.executable, "main.py", "train-judge", "--input", str(tmp_path / "frames"), "--steps", "60",
-              "--size", "32", "--widths", "4,8,16", "--checkpoint-every", "10", "--validate-every", "20",
-              "--threads", "1", "--quiet"]
-    straight = subprocess.run(common + ["--to", str(tmp_path / "a"), "--run-dir", str(tmp_path / "run-a")],
-                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    common = ["train-judge", "--input", str(tmp_path / "frames"), "--steps", "60", "--size", "32", "--widths",
+              "4,8,16", "--checkpoint-every", "10", "--validate-every", "20", "--threads", "1", "--quiet"]
+    straight = run_main(common + ["--to", str(tmp_path / "a"), "--run-dir", str(tmp_path / "run-a")])
     assert straight.returncode == 0, straight.stderr[-2000:]
     run_b = tmp_path / "run-b"
-    process = subprocess.Popen(common + ["--to", str(tmp_path / "b"), "--run-dir", str(run_b)], cwd=REPO_ROOT,
+    process = subprocess.Popen([sys.executable, "main.py", *common, "--to", str(tmp_path / "b"), "--run-dir", str(run_b)],
+                               cwd=REPO_ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (run_b / "checkpoints" / "step-00000020").exists() and time.time() < deadline:
@@ -192,8 +192,7 @@ def test_train_judge_resumes_exactly_after_a_kill(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "b" / "bundle.json").exists()
-    resumed = subprocess.run(common + ["--to", str(tmp_path / "b"), "--run-dir", str(run_b), "--resume"],
-                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    resumed = run_main(common + ["--to", str(tmp_path / "b"), "--run-dir", str(run_b), "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     from safetensors.numpy import load_file
 

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from cli_helpers import run_main
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--resolution", "64", "--threads", "1", "--quiet", "--held-out-fraction", "0.25", "--blur-sigma", "2",
         "--lr", "1e-3", "--batch-size", "2", "--sample-steps", "2"]
@@ -38,11 +40,14 @@ def setup(tmp_path_factory):
     return {"root": root, "corpus": corpus, "captions": captions, "sd15": build_random_sd15_pipeline(root / "sd15", seed=0)}
 
 
-def _train(setup, run: Path, *extra, **kwargs):
-    return subprocess.run([sys.executable, str(REPO / "main.py"), "train", "--method", "ccis", "--from",
-                           str(setup["sd15"]), "--input", str(setup["corpus"]), "--captions", str(setup["captions"]),
-                           "--run", str(run), *TINY, *extra], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          **kwargs)
+def _train_args(setup, run: Path, *extra) -> list[str]:
+    return ["train", "--method", "ccis", "--from", str(setup["sd15"]), "--input", str(setup["corpus"]),
+            "--captions", str(setup["captions"]), "--run", str(run), *TINY, *extra]
+
+
+def _train(setup, run: Path, *extra):
+    """The run in this process (the subprocess would spend ~12 s importing diffusers); only a killed run needs one."""
+    return run_main(_train_args(setup, run, *extra))
 
 
 def _task(setup, **changes):
@@ -104,9 +109,7 @@ def test_kill_9_then_resume_equals_uninterrupted_and_other_switches_refuse(setup
     whole = _train(setup, tmp_path / "whole", *common)
     assert whole.returncode == 0, whole.stderr[-3000:]
     run = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, str(REPO / "main.py"), "train", "--method", "ccis", "--from",
-                                str(setup["sd15"]), "--input", str(setup["corpus"]), "--captions", str(setup["captions"]),
-                                "--run", str(run), *TINY, *common], cwd=REPO,
+    process = subprocess.Popen([sys.executable, str(REPO / "main.py"), *_train_args(setup, run, *common)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not (run / "checkpoints" / "step-00000004").is_dir():
@@ -195,14 +198,11 @@ def test_bad_inputs_give_one_line(setup, tmp_path):
     missing = tmp_path / "few.csv"
     rows = (setup["captions"]).read_text().splitlines()
     missing.write_text("\n".join(rows[:2]) + "\n")
-    done = subprocess.run([sys.executable, str(REPO / "main.py"), "train", "--method", "ccis", "--from",
-                           str(setup["sd15"]), "--input", str(setup["corpus"]), "--captions", str(missing),
-                           "--run", str(tmp_path / "r"), *TINY, "--steps", "1"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    done = run_main(["train", "--method", "ccis", "--from", str(setup["sd15"]), "--input", str(setup["corpus"]),
+                     "--captions", str(missing), "--run", str(tmp_path / "r"), *TINY, "--steps", "1"])
     assert done.returncode == 2 and "few.csv" in done.stderr and "--allow-uncaptioned" in done.stderr
-    no_captions = subprocess.run([sys.executable, str(REPO / "main.py"), "train", "--method", "ccis", "--from",
-                                  str(setup["sd15"]), "--input", str(setup["corpus"]), "--run", str(tmp_path / "r2"),
-                                  *TINY, "--steps", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    no_captions = run_main(["train", "--method", "ccis", "--from", str(setup["sd15"]), "--input", str(setup["corpus"]),
+                            "--run", str(tmp_path / "r2"), *TINY, "--steps", "1"])
     assert no_captions.returncode == 2 and "--captions" in no_captions.stderr
 
     from engine.errors import InputError

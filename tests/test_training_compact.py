@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_main
 
 from engine.training.pairs import convex_polygon_in_box, normal_region_box, polygon_mask, visible_area
 
@@ -135,9 +136,9 @@ def test_a_few_dozen_steps_lower_the_loss_on_a_fixed_batch(sample_corpus):
 
 
 # ---------------------------------------------------------------------------------------------- CLI, kill, resume
-def _train(args, **kwargs):
-    return subprocess.run([sys.executable, str(REPO / "main.py"), "train", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, **kwargs)
+def _train(args):
+    """`main.py train ARGS` in this process; only a run the test kills needs a subprocess of its own."""
+    return run_main(["train", *args])
 
 
 def test_kill_9_then_resume_equals_uninterrupted(sample_corpus, tmp_path):

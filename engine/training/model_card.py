@@ -33,6 +33,21 @@ def _terms_for(sources: list[str], frames: list[str]) -> list[str]:
     return unique or ["the curator's own frames: their terms apply"]
 
 
+def _earlier_training(init_from: str | None) -> dict | None:
+    """What the run a warm start came from had already trained (its card's steps and hours, its own earlier stages
+    included), so a chain of runs states its whole cost; None when that run left no card."""
+    if not init_from:
+        return None
+    for folder in (Path(init_from), Path(init_from).parent):
+        try:
+            training = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))["training"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        return {"from": str(init_from), "steps": int(training.get("steps_in_all", training["steps"])),
+                "hours": float(training.get("hours_in_all", training["hours"]))}
+    return None
+
+
 def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpus, extra_figures: dict | None = None) -> Path:
     info = corpus.describe()
     log_rows = []
@@ -68,6 +83,11 @@ def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpu
         "sample_grid": samples[-1].name if samples else None,
         "provenance": provenance,
     }
+    earlier = _earlier_training(provenance.get("init_from"))
+    if earlier:
+        facts["training"]["earlier"] = earlier
+        facts["training"]["steps_in_all"] = earlier["steps"] + result.step
+        facts["training"]["hours_in_all"] = round(earlier["hours"] + facts["training"]["hours"], 3)
     lines = [
         f"# Model card: {task.name}",
         "",
@@ -85,6 +105,8 @@ def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpu
         f"{facts['training']['hours']} h on {facts['training']['device']}",
         f"- {facts['training']['optimizer']}",
         *([f"- warm start from {provenance['init_from']}"] if provenance.get("init_from") else []),
+        *([f"- in all, with the {earlier['steps']} steps and {earlier['hours']} h it started from: "
+           f"{facts['training']['steps_in_all']} steps, {facts['training']['hours_in_all']} h"] if earlier else []),
         f"- settings: `{json.dumps(facts['training']['task'], sort_keys=True)}`",
         "",
         "## Figures",

@@ -1,0 +1,31 @@
+"""`main.py` run inside the test process, for the runs of a test that are not the one it kills.
+
+A `python main.py train …` subprocess spends 10–13 s importing torch and diffusers before it does anything; a test
+that compares an uninterrupted run with a killed-and-resumed one needs a subprocess only for the run it kills.
+The others go through the same `main.main` entry point here and come back shaped like `subprocess.run`'s result
+(returncode, stdout, stderr), with torch's thread count put back as it was (`--threads` sets it process-wide)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+
+
+def run_main(args: list[str]) -> subprocess.CompletedProcess:
+    """`python main.py ARGS` in this process: exit status and what it printed."""
+    import torch
+
+    import main
+
+    threads = torch.get_num_threads()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main.main([str(a) for a in args])
+            except SystemExit as exit_:  # argparse errors exit 2
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["main.py", *map(str, args)], code, out.getvalue(), err.getvalue())
