@@ -244,3 +244,23 @@ def test_batch_job_runs_a_pixel_inpaint_bundle_in_region_mode(sample_corpus, tmp
     assert all(r["bundle"] == "bundle" for r in ok)
     coco = json.loads((output / "annotations" / "instances.json").read_text())
     assert len(coco["images"]) == len(ok)
+
+
+def test_a_warm_start_begins_at_the_earlier_weights_and_its_card_counts_both_runs(sample_corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--preset", "compact", "--input", str(sample_corpus), *TINY_ARGS, "--sample-every", "0",
+              "--validate-every", "0", "--checkpoint-every", "2"]
+    assert _train([*common, "--steps", "2", "--run", str(first)]).returncode == 0
+    warm = _train([*common, "--steps", "2", "--run", str(second), "--init-from", str(first), "--lr", "0"])
+    assert warm.returncode == 0, warm.stderr[-2000:]
+    # lr 0: the warm-started run's raw weights are still exactly the first run's
+    a = load_file(str(first / "checkpoints" / "step-00000002" / "tensors.safetensors"))
+    b = load_file(str(second / "checkpoints" / "step-00000002" / "tensors.safetensors"))
+    keys = [k for k in a if k.startswith("model.")]
+    assert keys and all(torch.equal(a[k], b[k]) for k in keys)
+    facts = json.loads((second / "model_card.json").read_text())["training"]
+    assert facts["steps"] == 2 and facts["steps_in_all"] == 4 and facts["earlier"]["from"] == str(first.resolve())
+    assert facts["hours_in_all"] >= facts["hours"]
+    assert "in all, with the 2 steps" in (second / "MODEL_CARD.md").read_text()
