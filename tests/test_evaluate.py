@@ -165,3 +165,17 @@ def test_holdout_follows_the_trainers_rule_and_by_rank_still_holds_out():
     assert len(by_rank) == round(0.1 * len(rest))
     assert max(hash_position(rest[i][:-4]) for i in by_rank) < min(
         hash_position(rest[i][:-4]) for i in range(len(rest)) if i not in set(by_rank))
+
+
+def test_evaluate_without_pycocotools_says_how_to_install_it_before_training(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import main as app
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pycocotools" else real_find_spec(name, *a))
+    code = app.main(["evaluate", "--train", str(tmp_path / "t"), "--synthetic", str(tmp_path / "s"), "--test",
+                     str(tmp_path / "x"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pycocotools" in err[0] and "pip install" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.cli_args import positive_int
 
-EXIT_OK, EXIT_INTERRUPTED = 0, 130
+EXIT_OK, EXIT_CANNOT_START, EXIT_INTERRUPTED = 0, 2, 130
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -111,7 +111,20 @@ def register_commands(subparsers) -> dict[str, Handler]:
     return {"train-judge": run_train_judge_command, "evaluate": run_evaluate_command}
 
 
+def missing_evaluation_packages() -> list[str]:
+    """The packages `evaluate` needs that this environment lacks (checked before anything is trained: pycocotools
+    is first needed only after the first run's training, minutes in)."""
+    import importlib.util
+
+    return [name for name in ("torch", "pycocotools") if importlib.util.find_spec(name) is None]
+
+
 def run_evaluate_command(args: argparse.Namespace) -> int:
+    missing = missing_evaluation_packages()
+    if missing:
+        print(f"error: evaluate needs {' and '.join(missing)}: pip install torch==2.13.0 && pip install -e '.[export]'",
+              file=sys.stderr)
+        return EXIT_CANNOT_START
     from engine.evaluation.training.evaluate import EvaluationSettings, run_evaluation
     from engine.training.loop import TrainingInterrupted
 
