@@ -52,6 +52,12 @@ class JobSettings:
     resume: bool = True
     inpaint_area: str = ""  # "" = the bundle's default; "frame" | "region"
     region_padding: int | None = None  # None = automatic (30 % of the mask box's longer side)
+    # the polyp judge (batch job --judge): variants it disagrees with are rejected, and regenerated with the next
+    # seeds up to max_attempts
+    use_judge: bool = False
+    judge: str = "polyp-judge"  # a "segmenter" bundle: a name in exported_models/ or a folder
+    min_judge_score: float = 0.5
+    max_attempts: int = 3
 
     def spec_values(self, input_dir: Path, masks_dir: Path | None) -> dict:
         """Keys for engine.jobs.build_spec (validation, with clear messages, is the engine's)."""
@@ -74,6 +80,8 @@ class JobSettings:
             "inpaint_area": self.inpaint_area or None,
             "region_padding": self.region_padding,
         }
+        if self.use_judge and self.judge.strip():
+            values.update(judge=self.judge.strip(), min_judge_score=self.min_judge_score, max_attempts=self.max_attempts)
         if self.model:
             values["model"] = self.model
         if masks_dir is not None:
@@ -132,7 +140,17 @@ def _parse(name: str, raw, default):
         if value < (1 if name == "variants" else 0):
             raise ValueError(name)
         return value
-    if name == "resume":
+    if name == "max_attempts":
+        value = int(text)
+        if not 1 <= value <= 20:
+            raise ValueError(name)
+        return value
+    if name == "min_judge_score":
+        value = float(text)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(name)
+        return value
+    if name in ("resume", "use_judge"):
         return text.lower() in ("true", "1", "yes")
     if name == "formats":
         values = [v for v in (raw if isinstance(raw, list) else text.split(",")) if v in FORMATS]

@@ -289,3 +289,33 @@ def test_accept_reject_in_the_gallery_waits_for_a_job_writing_the_folder(window,
     assert f"pid {pid}" in messages.texts()[-1] and "cannot accept or reject now" in messages.texts()[-1]
     assert (output / "manifest.jsonl").read_bytes() == before and (output / first.record["image"]).exists()
     assert not window.review.model.items[0].pending and window.review.model.items[0].status == "ok"
+
+
+def test_judge_options_in_the_run_panel_reach_the_job_and_are_remembered(window, qtbot, tmp_path, messages):
+    from desktop.settings import JobSettings
+    from judge_helpers import random_judge
+
+    judge = random_judge(tmp_path / "judge")
+    panel = window.panel
+    assert not panel.judge.isEnabled()  # off by default: its options wait for the switch
+    panel.use_judge.setChecked(True)
+    assert panel.judge.isEnabled() and panel.max_attempts.isEnabled()
+    panel.judge.setText(str(judge))
+    panel.min_judge_score.setValue(1.0)  # nothing scores 1: every attempt is rejected
+    panel.max_attempts.setValue(2)
+    with qtbot.waitSignal(window.job.jobDone, timeout=JOB_TIMEOUT_MS) as done:
+        assert window.run_job()
+    summary = done.args[0]
+    output = tmp_path / "out"
+    records = manifest(output)
+    assert len(records) == 8 and summary.rejected == 8, summary
+    assert all(r["status"] == "rejected" and r["reason"] == "judge" and len(r["judge"]["attempts"]) == 2
+               for r in records)
+    assert not list((output / "images" / "train").glob("*.png")) and coco_files(output) == set()
+    assert messages.messages == []
+
+    remembered = JobSettings.load(window.settings)
+    assert (remembered.use_judge, remembered.judge, remembered.min_judge_score, remembered.max_attempts) == (
+        True, str(judge), 1.0, 2)
+    panel.use_judge.setChecked(False)  # off: the job gets no judge settings at all
+    assert "judge" not in panel.settings().spec_values(tmp_path / "frames", None)

@@ -140,6 +140,37 @@ class SettingsPanel(QWidget):
             formats_row.addWidget(box)
         formats_row.addStretch(1)
 
+        # the polyp judge
+        self.use_judge = QCheckBox("Reject variants the polyp judge does not agree with")
+        self.use_judge.setToolTip("After each variant is made, a polyp segmenter (main.py train-judge) looks at the "
+                                  "region: in add mode it must find a polyp there, in remove mode none. A rejected "
+                                  "variant goes to rejected/, stays out of images, labels, COCO and YOLO, and the "
+                                  "manifest says why; the gallery shows every variant's score.")
+        self.judge = QLineEdit()
+        self.judge.setPlaceholderText("polyp-judge (a segmenter bundle: name or folder)")
+        judge_browse = QToolButton()
+        judge_browse.setText("…")
+        judge_browse.setToolTip("Choose a judge bundle folder (one holding bundle.json, kind segmenter)")
+        judge_browse.clicked.connect(self._browse_judge)
+        judge_row = QHBoxLayout()
+        judge_row.addWidget(self.judge, 1)
+        judge_row.addWidget(judge_browse)
+        self.min_judge_score = QDoubleSpinBox()
+        self.min_judge_score.setRange(0.0, 1.0)
+        self.min_judge_score.setSingleStep(0.05)
+        self.min_judge_score.setDecimals(2)
+        self.min_judge_score.setToolTip("The judge score a variant needs to be kept (0–1)")
+        self.max_attempts = QSpinBox()
+        self.max_attempts.setRange(1, 20)
+        self.max_attempts.setToolTip("Generations per variant: a rejected one is made again with the next seed, "
+                                     "up to this many times")
+        judge_box = QGroupBox("Polyp judge")
+        judge_form = QFormLayout(judge_box)
+        judge_form.addRow(self.use_judge)
+        judge_form.addRow("Judge bundle", judge_row)
+        judge_form.addRow("Minimum score", self.min_judge_score)
+        judge_form.addRow("Attempts per variant", self.max_attempts)
+
         output_box = QGroupBox("Output")
         output_form = QFormLayout(output_box)
         output_form.addRow("Folder", output_row)
@@ -168,16 +199,19 @@ class SettingsPanel(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addWidget(job_box)
+        layout.addWidget(judge_box)
         layout.addWidget(model_box)
         layout.addWidget(output_box)
         layout.addStretch(1)
 
         for widget in (self.mask_source, self.mode, self.scheduler, self.provider, self.inpaint_area):
             widget.currentIndexChanged.connect(self._changed)
-        for widget in (self.box_pad, self.variants, self.steps, self.seed, self.guidance, self.region_padding):
+        for widget in (self.box_pad, self.variants, self.steps, self.seed, self.guidance, self.region_padding,
+                       self.min_judge_score, self.max_attempts):
             widget.valueChanged.connect(self._changed)
-        for box in (self.resume, *self.formats.values()):
+        for box in (self.resume, self.use_judge, *self.formats.values()):
             box.toggled.connect(self._changed)
+        self.judge.editingFinished.connect(self._changed)
         self.output.editingFinished.connect(self._changed)
         self.prompt.editingFinished.connect(self._changed)
         self.captions.editingFinished.connect(self._changed)
@@ -201,6 +235,10 @@ class SettingsPanel(QWidget):
             self.captions.setText(s.captions)
             self.output.setText(s.output)
             self.resume.setChecked(s.resume)
+            self.use_judge.setChecked(s.use_judge)
+            self.judge.setText(s.judge)
+            self.min_judge_score.setValue(s.min_judge_score)
+            self.max_attempts.setValue(s.max_attempts)
             for name, box in self.formats.items():
                 box.setChecked(name in s.formats)
             self._selected_model = s.model
@@ -229,6 +267,10 @@ class SettingsPanel(QWidget):
             captions=self.captions.text(),
             inpaint_area=self.inpaint_area.currentData(),
             region_padding=None if self.region_padding.value() < 0 else self.region_padding.value(),
+            use_judge=self.use_judge.isChecked(),
+            judge=self.judge.text().strip(),
+            min_judge_score=self.min_judge_score.value(),
+            max_attempts=self.max_attempts.value(),
         )
 
     def selected_bundle(self) -> str:
@@ -257,7 +299,8 @@ class SettingsPanel(QWidget):
     def _inputs(self):
         return [self.mask_source, self.mode, self.scheduler, self.provider, self.box_pad, self.variants, self.steps,
                 self.guidance, self.seed, self.inpaint_area, self.region_padding, self.prompt, self.captions,
-                self.output, self.resume, *self.formats.values()]
+                self.output, self.resume, self.use_judge, self.judge, self.min_judge_score, self.max_attempts,
+                *self.formats.values()]
 
     def _browse_output(self) -> None:
         start = self.output.text() or str(Path.home())
@@ -266,7 +309,16 @@ class SettingsPanel(QWidget):
             self.output.setText(folder)
             self._changed()
 
+    def _browse_judge(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Judge bundle (a segmenter bundle folder)",
+                                                  self.judge.text() or str(Path.home()))
+        if folder:
+            self.judge.setText(folder)
+            self._changed()
+
     def _update_enabled(self) -> None:
+        for widget in (self.judge, self.min_judge_score, self.max_attempts):
+            widget.setEnabled(self.use_judge.isChecked())
         self.box_pad.setEnabled(self.mask_source.currentData() == "box")
         self.region_padding.setEnabled(self.inpaint_area.currentData() != "frame")
 
