@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # pulling a multi-GB CUDA one.
 TORCH  ?= torch==2.13.0
 
-.PHONY: train-compact demo test screenshots installer installer-test bench bench-retrieval bench-ray bench-scale demo-bundle demo-features demo-controlnet clean
+.PHONY: train-compact demo test ultralytics-env test-ultralytics screenshots installer installer-test bench bench-retrieval bench-ray bench-scale demo-bundle demo-features demo-controlnet clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,21 @@ train-compact: $(VENV)/.dev-installed
 	    --batch-size 32 --steps $(COMPACT_STEPS) --checkpoint-every 100 --sample-every 500 --validate-every 250 \
 	    --keep-checkpoints 1 --threads $(COMPACT_THREADS) --max-minutes $(COMPACT_MINUTES) \
 	    --to exported_models/polypforge-compact --name polypforge-compact
+
+# `main.py evaluate --trainer ultralytics`: Ultralytics needs torchvision, which does not import beside the CPU
+# torch pin, so it gets its own venv: torch 2.14.1 + torchvision 0.29.1 (the pair that installs and imports here;
+# a CUDA build, about 5.5 GB) + ultralytics 8.4.190.
+ULTRALYTICS_VENV ?= .venv-ultralytics
+$(ULTRALYTICS_VENV)/.installed:
+	$(PYTHON) -m venv $(ULTRALYTICS_VENV)
+	$(ULTRALYTICS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(ULTRALYTICS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check ultralytics==8.4.190
+	touch $@
+ultralytics-env: $(ULTRALYTICS_VENV)/.installed
+
+# The Ultralytics trainer's end-to-end test (needs ultralytics-env); CI runs it after make test.
+test-ultralytics: $(VENV)/.dev-installed $(ULTRALYTICS_VENV)/.installed
+	POLYPFORGE_ULTRALYTICS_PYTHON=$(ULTRALYTICS_VENV)/bin/python $(BIN)/python -m pytest -q tests/test_evaluate_ultralytics.py
 
 clean:
 	rm -rf $(VENV) demo_output samples .pytest_cache

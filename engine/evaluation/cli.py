@@ -96,8 +96,15 @@ def register_commands(subparsers) -> dict[str, Handler]:
     evaluate.add_argument("--seeds", type=positive_int, default=3, help="seeds per arm (default 3)")
     evaluate.add_argument("--synthetic-cap", type=_fraction, default=None,
                           help="at most this share of the training pool is synthetic (default: all variants)")
-    evaluate.add_argument("--trainer", choices=("judge",), default="judge",
-                          help="downstream model: judge (the compact segmenter; Ultralytics is not available here)")
+    evaluate.add_argument("--trainer", choices=("judge", "ultralytics"), default="judge",
+                          help="downstream model: judge (the compact segmenter, default) or ultralytics (YOLO "
+                               "yolo11n-seg from scratch, in its own environment: make ultralytics-env)")
+    evaluate.add_argument("--ultralytics-epochs", type=positive_int, default=None,
+                          help="--trainer ultralytics: epochs per run (default: the same samples as --steps × "
+                               "--batch-size)")
+    evaluate.add_argument("--ultralytics-python", default=None,
+                          help="--trainer ultralytics: the Python of the Ultralytics environment (default: "
+                               "$POLYPFORGE_ULTRALYTICS_PYTHON, this Python if it has ultralytics, .venv-ultralytics)")
     evaluate.add_argument("--steps", type=positive_int, default=600, help="steps per run (default 600)")
     evaluate.add_argument("--size", type=positive_int, default=128, help="network input side (default 128)")
     evaluate.add_argument("--batch-size", type=positive_int, default=8, help="frames per step (default 8)")
@@ -132,6 +139,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
                                   seeds=args.seeds, synthetic_cap=args.synthetic_cap, steps=args.steps,
                                   size=args.size, batch_size=args.batch_size, validate_every=args.validate_every,
                                   threads=args.threads, fresh=args.fresh, trainer=args.trainer,
+                                  ultralytics_epochs=args.ultralytics_epochs, ultralytics_python=args.ultralytics_python,
                                   progress=not args.quiet, **({"widths": args.widths} if args.widths else {}))
     try:
         data = run_evaluation(settings, log=_log)

@@ -183,7 +183,8 @@ def render_html(data: dict, curves: bytes) -> str:
             parts.append(f"<tr><td>{metric}</td><td>{', '.join(f'{v:+.4f}' for v in d['differences'])}</td>"
                          f"<td>{_fmt(d)}</td><td>{_v(d['p_value'], 3)}</td></tr>")
         parts.append(f"</table><p><b>{e(diff['statement'])}</b></p>")
-    parts.append("<h2>Learning curves</h2>"
+    parts.append(f"<h2>Learning curves ({e(data.get('trainer', {}).get('curve_metric', 'val_dice'))} on the held-out "
+                 "real frames)</h2>"
                  f"<img alt='learning curves' src='data:image/png;base64,{base64.b64encode(curves).decode()}'>")
     parts.append("<h2>Runs</h2><table><tr><th>arm</th><th>seed</th><th>Dice</th><th>IoU</th><th>AP50</th>"
                  "<th>AP</th><th>steps kept</th><th>minutes</th></tr>")
@@ -193,7 +194,8 @@ def render_html(data: dict, curves: bytes) -> str:
             parts.append(f"<tr><td>{e(arm)}</td><td>{seed}</td><td>{_v(s['dice'])}</td><td>{_v(s['iou'])}</td>"
                          f"<td>{_v(s['ap50'])}</td><td>{_v(s['ap'])}</td><td>{run.get('best_step', '–')}</td>"
                          f"<td>{run.get('train_minutes', '–')}</td></tr>")
-    parts.append("</table><p class='small'>Dice and IoU: per test frame at its own resolution (p &gt; 0.5), "
+    threshold = data.get("trainer", {}).get("threshold", 0.5)
+    parts.append(f"</table><p class='small'>Dice and IoU: per test frame at its own resolution (p &gt; {threshold}), "
                  "averaged. AP: COCO bbox AP (pycocotools) of the predicted mask components' boxes, scored by "
                  "their mean probability, against the truth masks' component boxes. All figures: report.json."
                  "</p></body></html>")
@@ -201,7 +203,7 @@ def render_html(data: dict, curves: bytes) -> str:
 
 
 def write_evaluation_report(out: Path, data: dict) -> tuple[Path, Path]:
-    curves = curves_png(data["runs"])
+    curves = curves_png(data["runs"], metric=data.get("trainer", {}).get("curve_metric", "val_dice"))
     json_path = atomic_write_bytes(out / "report.json",
                                    (json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode())
     html_path = atomic_write_bytes(out / "report.html", render_html(data, curves).encode("utf-8"))

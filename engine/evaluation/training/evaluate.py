@@ -52,13 +52,15 @@ class EvaluationSettings:
     validate_every: int = 100
     threads: int | None = None
     fresh: bool = False
-    trainer: str = "judge"
+    trainer: str = "judge"  # or "ultralytics" (engine.evaluation.training.ultralytics_trainer)
+    ultralytics_epochs: int | None = None  # None: from the budget (steps × batch over the pool)
+    ultralytics_python: str | None = None  # the Ultralytics environment's Python (None: found)
     progress: bool = True
     cache: int = segdata.DEFAULT_CACHE
 
     def shaping(self, digests: dict) -> dict:
         values = asdict(self)
-        for key in ("out", "threads", "fresh", "progress", "seeds"):
+        for key in ("out", "threads", "fresh", "progress", "seeds", "ultralytics_python"):
             values.pop(key)
         values = {k: (str(Path(v).resolve()) if isinstance(v, Path) else (list(v) if isinstance(v, tuple) else v))
                   for k, v in values.items()}
@@ -120,9 +122,11 @@ def run_evaluation(settings: EvaluationSettings, log: Log = print) -> dict:
     from engine.evaluation.training.train_judge import best_network, torch_predictor
     from engine.training.loop import TrainConfig, train
 
-    if settings.trainer != "judge":
-        raise InputError(f"--trainer {settings.trainer}: only the judge's compact segmenter is available here "
-                         "(Ultralytics needs torchvision, which does not import beside the CPU torch pin)")
+    from engine.evaluation.training import ultralytics_trainer
+
+    if settings.trainer not in ("judge", "ultralytics"):
+        raise InputError(f"--trainer {settings.trainer}: not one of judge, ultralytics")
+    python = ultralytics_trainer.ultralytics_python(settings.ultralytics_python) if settings.trainer == "ultralytics" else None
     if settings.threads:
         torch.set_num_threads(int(settings.threads))
     out = Path(settings.out)
@@ -166,6 +170,20 @@ def run_evaluation(settings: EvaluationSettings, log: Log = print) -> dict:
                     continue
                 except ValueError:
                     pass
+            if python is not None:
+                log(f"{name}: training on {len(pools[arm])} frames")
+                run = ultralytics_trainer.run_ultralytics(pools[arm], real_val, test_entries, seed, settings,
+                                                          out / "runs" / name, python, log)
+                summary = summarise(run["rows"])
+                log(f"{name}: test Dice {summary['dice']:.4f}, IoU {summary['iou']:.4f}, AP50 {summary['ap50']}, "
+                    f"AP {summary['ap']}")
+                record = {"arm": arm, "seed": seed, "summary": summary, "frames": run["rows"], "curve": run["curve"],
+                          "best_step": f"epoch of best val fitness (of {run['epochs']})",
+                          "train_minutes": run["train_minutes"], "training_frames": len(pools[arm])}
+                atomic_write_bytes(result_path, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+                results[arm][seed] = record
+                _write(out, settings, results, real, real_val, synthetic, synthetic_used, test, warnings, started)
+                continue
             task = JudgeTask(pools[arm], real_val, size=settings.size, batch_size=settings.batch_size,
                              widths=settings.widths, description={"arm": arm})
             config = TrainConfig(steps=settings.steps, lr=settings.lr, warmup_steps=min(100, settings.steps // 10),
@@ -199,9 +217,7 @@ def _write(out, settings, results, real, real_val, synthetic, synthetic_used, te
         "synthetic": {"folder": str(settings.synthetic), "frames": len(synthetic), "used": len(synthetic_used),
                       "cap": settings.synthetic_cap},
         "test": {"folder": str(settings.test), "frames": len(test)},
-        "trainer": {"name": "judge", "description": "the judge's compact U-Net trained from scratch",
-                    "steps": settings.steps, "batch_size": settings.batch_size, "size": settings.size,
-                    "widths": list(settings.widths), "lr": settings.lr},
+        "trainer": _trainer_description(settings),
         "warnings": warnings,
         "summary": summarise_runs(results, ARMS),
         "difference": paired(results, ARMS) if all(results[a] for a in ARMS) else None,
@@ -211,3 +227,13 @@ def _write(out, settings, results, real, real_val, synthetic, synthetic_used, te
     html_path, json_path = write_evaluation_report(out, data)
     data["html"], data["json"] = str(html_path), str(json_path)
     return data
+
+
+def _trainer_description(settings: EvaluationSettings) -> dict:
+    if settings.trainer == "ultralytics":
+        from engine.evaluation.training.ultralytics_trainer import describe
+
+        return describe(settings)
+    return {"name": "judge", "description": "the judge's compact U-Net trained from scratch", "steps": settings.steps,
+            "batch_size": settings.batch_size, "size": settings.size, "widths": list(settings.widths),
+            "lr": settings.lr, "threshold": 0.5, "curve_metric": "val_dice"}

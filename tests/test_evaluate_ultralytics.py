@@ -1,0 +1,146 @@
+"""`evaluate --trainer ultralytics`: the YOLO segment data it writes round-trips to the masks, its budget and
+its scoring of the worker's confidence maps are the judge trainer's, a missing environment is one line, and —
+where an Ultralytics environment exists (`make ultralytics-env`; CI runs `make test-ultralytics`) — a real
+yolo11n-seg run from scratch end to end, offline, with both arms in the report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cli_helpers import run_main
+from engine.errors import InputError
+from engine.evaluation import segdata
+from engine.evaluation.training import ultralytics_trainer as ut
+from engine.fileio import save_png_atomic
+from judge_helpers import fake_output, polyp_frame
+
+
+def _real_folder(root, seeds, width=96, height=80):
+    for seed in seeds:
+        frame, mask = polyp_frame(seed, width, height)
+        save_png_atomic(root / "images" / f"p{seed}.png", frame)
+        save_png_atomic(root / "masks" / f"p{seed}.png", mask.astype(np.uint8) * 255)
+    return root
+
+
+def _synthetic(root, seeds):
+    variants = []
+    for seed in seeds:
+        frame, mask = polyp_frame(seed, 96, 80)
+        variants.append({"name": f"s{seed}", "image": frame, "region": mask, "mode": "add",
+                         "source_sha256": f"{seed:064d}"})
+    return fake_output(root, variants)
+
+
+def test_yolo_segment_labels_round_trip_to_the_masks(tmp_path):
+    from engine.dataset.labels import read_yolo
+    from engine.evaluation.scores import iou
+    from engine.masks.instances import Instance
+
+    data = segdata.from_folder(_real_folder(tmp_path / "real", range(10, 14)))
+    assert ut.write_yolo_split(tmp_path / "yolo", data) == 4
+    side = data.images.shape[1]
+    for index in range(4):
+        label = tmp_path / "yolo" / "labels" / f"{index:06d}.txt"
+        instances = read_yolo(label, side, side)
+        assert instances and all(isinstance(i, Instance) for i in instances)
+        drawn = np.zeros((side, side), bool)
+        for instance in instances:
+            drawn |= instance.raster(side, side)
+        assert iou(drawn, data.masks[index] > 0.5) > 0.85, index
+        assert (tmp_path / "yolo" / "images" / f"{index:06d}.png").is_file()
+
+
+def test_dataset_yaml_and_budget(tmp_path):
+    data = segdata.from_folder(_real_folder(tmp_path / "real", range(20, 26)))
+    yaml = ut.write_dataset(tmp_path / "run" / "data", data.subset(range(4)), data.subset([4, 5]))
+    text = yaml.read_text()
+    assert "train: train/images" in text and "val: val/images" in text and "0: polyp" in text
+    assert len(list((tmp_path / "run" / "data" / "val" / "labels").glob("*.txt"))) == 2
+    assert ut.epochs_for(903, 600, 8) == 5 and ut.epochs_for(5000, 10, 8) == 1 and ut.epochs_for(10, 1, 1, 7) == 7
+
+
+def test_the_workers_confidence_maps_are_scored_like_the_judge_trainer(tmp_path, monkeypatch):
+    """The driver's half of a run: given the worker's output (confidence PNGs), the rows are score_frame's."""
+    from engine.evaluation.testing import score_frame
+    from PIL import Image
+
+    test = _real_folder(tmp_path / "test", range(30, 32))
+    _, entries = segdata.folder_entries(test)
+    run_dir = tmp_path / "run"
+    (run_dir / "predictions").mkdir(parents=True)
+    maps = []
+    for index, (_, path, target, _) in enumerate(entries):
+        truth = target(80, 96)
+        confidence = np.where(truth, 0.8 if index == 0 else 0.1, 0.0)  # frame 1 below the 0.25 threshold
+        maps.append(confidence)
+        Image.fromarray(np.round(confidence * 255).astype(np.uint8)).save(run_dir / "predictions" / f"{index:06d}.png")
+    (run_dir / "train_done.json").write_text("{}")
+    (run_dir / "predictions" / "done.json").write_text("{}")
+    worker = tmp_path / "worker.py"  # the finished run's worker: nothing left to do
+    worker.write_text("import sys; sys.exit(0)\n")
+    monkeypatch.setattr(ut, "WORKER", worker)
+
+    class Settings:
+        size, steps, batch_size, threads, ultralytics_epochs = 64, 10, 2, 1, None
+
+    data = segdata.from_folder(_real_folder(tmp_path / "real", range(40, 43)))
+    run = ut.run_ultralytics(data, data.subset([0]), entries, 0, Settings, run_dir, Path(sys.executable),
+                             log=lambda text: None)
+    assert [r["dice"] for r in run["rows"]] == pytest.approx([1.0, 0.0])
+    expected = score_frame(entries[0][0], np.round(maps[0] * 255) / 255, entries[0][2](80, 96), ut.CONFIDENCE_THRESHOLD)
+    assert run["rows"][0]["predicted_boxes"] == expected["predicted_boxes"]
+    assert json.loads((run_dir / "job.json").read_text())["epochs"] == 7  # 10 steps × 2 frames over 3 frames
+
+
+def test_no_ultralytics_environment_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(ut.ENV_VARIABLE, raising=False)
+    monkeypatch.setattr(ut, "DEFAULT_ENV", tmp_path / "nowhere")
+    monkeypatch.setattr(ut, "_torchvision_imports", lambda: False)
+    with pytest.raises(InputError, match="make ultralytics-env"):
+        ut.ultralytics_python()
+    with pytest.raises(InputError, match="no such Python"):
+        ut.ultralytics_python(tmp_path / "missing-python")
+    train = _real_folder(tmp_path / "train", range(50, 56))
+    test = _real_folder(tmp_path / "test", range(60, 62))
+    synthetic = _synthetic(tmp_path / "synthetic", range(70, 72))
+    done = run_main(["evaluate", "--trainer", "ultralytics", "--train", str(train), "--synthetic", str(synthetic),
+                     "--test", str(test), "--out", str(tmp_path / "out"), "--quiet"])
+    assert done.returncode == 2 and "make ultralytics-env" in done.stderr
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_a_real_yolo_run_end_to_end(tmp_path):
+    try:
+        python = ut.ultralytics_python()
+    except InputError as exc:
+        pytest.skip(str(exc))
+    train = _real_folder(tmp_path / "train", range(100, 116))
+    test = _real_folder(tmp_path / "test", range(200, 204))
+    synthetic = _synthetic(tmp_path / "synthetic", range(300, 306))
+    out = tmp_path / "eval"
+    done = run_main(["evaluate", "--trainer", "ultralytics", "--ultralytics-python", str(python), "--seeds", "1",
+                     "--ultralytics-epochs", "2", "--size", "64", "--batch-size", "4", "--threads", "1", "--quiet",
+                     "--train", str(train), "--synthetic", str(synthetic), "--test", str(test), "--out", str(out)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["trainer"]["name"] == "ultralytics" and set(report["runs"]) == {"real", "real+synthetic"}
+    for arm in ("real", "real+synthetic"):
+        run = report["runs"][arm]["0"]
+        assert len(run["frames"]) == 4 and 0.0 <= run["summary"]["dice"] <= 1.0
+        assert run["curve"] and all(row["step"] >= 0 for row in run["curve"])
+    run_dir = out / "runs" / "real-seed0"
+    assert (run_dir / "train" / "weights" / "last.pt").is_file() and (run_dir / "predictions" / "done.json").is_file()
+    # Ultralytics' settings stayed in the run folder, with sync off
+    settings = json.loads(next((run_dir / "ultralytics-config").rglob("settings.json")).read_text())
+    assert settings["sync"] is False and settings["runs_dir"] == str(run_dir)
+    # a rerun reuses every finished run
+    again = run_main(["evaluate", "--trainer", "ultralytics", "--ultralytics-python", str(python), "--seeds", "1",
+                      "--ultralytics-epochs", "2", "--size", "64", "--batch-size", "4", "--threads", "1", "--quiet",
+                      "--train", str(train), "--synthetic", str(synthetic), "--test", str(test), "--out", str(out)])
+    assert again.returncode == 0 and "done earlier, reused" in again.stderr
