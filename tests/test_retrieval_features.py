@@ -189,3 +189,19 @@ def test_engine_retrieval_imports_no_torch():
     completed = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.strip() == "[]"
+
+
+def test_a_judge_bundle_serves_as_the_proposers_feature_model(tmp_path):
+    """`--features polyp-judge`: the judge's patch_features output as local features, through the same grid."""
+    from judge_helpers import random_judge
+
+    from engine.retrieval.features import JudgeFeatureExtractor, open_feature_extractor
+
+    extractor = open_feature_extractor(random_judge(tmp_path / "judge"), provider="cpu")
+    assert isinstance(extractor, JudgeFeatureExtractor) and extractor.identity()["kind"] == "judge"
+    frame = np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    features = extractor.extract(frame)
+    assert features.local.shape == (extractor.grid.count, extractor.dim) == (16 * 16, 8)
+    assert np.allclose(features.global_, features.local.mean(axis=0))
+    other = extractor.extract(frame[::-1].copy())
+    assert not np.allclose(other.local, features.local)  # the features follow the pixels

@@ -60,7 +60,8 @@ class Judge:
         self.threshold = float(manifest["threshold"])
         self.dim = int(manifest["embedding_dim"])
         self.input_name = manifest.get("input_name", "pixel_values")
-        self.output_names = list(manifest.get("output_names", ("probability", "embedding")))
+        # the probability and the embedding (a newer bundle has patch features after them, for retrieval)
+        self.output_names = list(manifest.get("output_names", ("probability", "embedding")))[:2]
         self.provider = part.active_provider
         self.provider_note = part.provider_note
 

@@ -29,7 +29,7 @@ from engine.fileio import staged_folder
 
 Log = Callable[[str], None]
 INPUT_NAME = "pixel_values"
-OUTPUT_NAMES = ("probability", "embedding")
+OUTPUT_NAMES = ("probability", "embedding", "patch_features")
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = (1e-4, 1e-3)  # (atol, rtol), fp32
 
@@ -108,6 +108,10 @@ def export_segmenter_bundle(net, destination: str | Path, size: int, name: str |
             "output_names": list(OUTPUT_NAMES),
             "threshold": DEFAULT_THRESHOLD,
             "embedding_dim": int(net.widths[-1]),
+            # patch_features (B, patch_dim, grid, grid): the retrieval proposer's local features (--features judge)
+            "patch_grid": [net.patch_grid(size)[0]] * 2,
+            "patch_size": net.patch_grid(size)[1],
+            "patch_dim": int(net.widths[-2]),
             "architecture": {"name": "JudgeNet (compact U-Net)", "widths": list(net.widths),
                              "parameters": parameter_count(net)},
             "training": training or {},

@@ -133,9 +133,9 @@ def run_db(args: argparse.Namespace) -> int:
 
 def _load_extractor(features, provider: str, threads):
     from engine.bundle.format import find_bundle
-    from engine.retrieval.features import FeatureExtractor
+    from engine.retrieval.features import open_feature_extractor
 
-    extractor = FeatureExtractor.from_bundle(find_bundle(features), provider=provider, threads=threads)
+    extractor = open_feature_extractor(find_bundle(features), provider=provider, threads=threads)
     if extractor.provider_note:
         _err(extractor.provider_note)
     if extractor.bundle.manifest.get("random_weights"):

@@ -232,6 +232,79 @@ class FeatureExtractor(FeatureIdentity):
         return self.extract_batch([frame])[0]
 
 
+class JudgeFeatureExtractor(FeatureIdentity):
+    """The polyp judge's encoder as the proposer's feature model (a "segmenter" bundle from `main.py train-judge`):
+    its patch_features output, the deepest encoder level above the bottleneck (16 × 16 patches of 8 px, 128-d at
+    the default 128² input), trained on colonoscopy — where a random-weight DINOv2 export is all a curator has.
+    The frame is resized whole to the judge's input, as for DINOv2 (same PatchGrid geometry)."""
+
+    kind = "judge"
+
+    def __init__(self, bundle: Bundle, part):
+        self.bundle = bundle
+        self.part = part
+        manifest = bundle.manifest
+        rows, cols = (int(v) for v in manifest["patch_grid"])
+        self.grid = PatchGrid(rows, cols, int(manifest["patch_size"]))
+        self.dim = int(manifest["patch_dim"])
+        self.mean = [float(v) for v in manifest["image_mean"]]
+        self.std = [float(v) for v in manifest["image_std"]]
+        self.input_name = manifest.get("input_name", "pixel_values")
+        self.provider = part.active_provider
+        self.provider_note = part.provider_note
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike[str], provider: str = "auto", threads: int | None = None,
+                    verify_hashes: bool = True) -> "JudgeFeatureExtractor":
+        from engine.runtime.providers import plan_providers
+        from engine.runtime.session import OnnxPart
+
+        bundle = read_bundle(path, verify_hashes=verify_hashes)
+        if bundle.kind != "segmenter":
+            raise BundleError(bundle.root / "bundle.json", f"kind {bundle.kind!r} is not a judge (\"segmenter\")")
+        if "patch_features" not in bundle.manifest.get("output_names", ()) or "patch_grid" not in bundle.manifest:
+            raise BundleError(bundle.root / "bundle.json", "this judge has no patch_features output (exported before "
+                                                           "they were added): export it again with train-judge")
+        part = OnnxPart(bundle.path_of("model"), plan_providers(provider), threads=threads, role="feature model")
+        side = int(bundle.manifest["image_size"][0])
+        part.expect({bundle.manifest.get("input_name", "pixel_values"): (None, 3, side, side)}, ("patch_features",))
+        return cls(bundle, part)
+
+    @property
+    def bundle_id(self) -> str:
+        return self.bundle.bundle_id
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    def describe(self) -> dict:
+        return {**self.identity(), "path": str(self.bundle.root), "provider": self.provider}
+
+    def extract_batch(self, frames: Sequence[np.ndarray]) -> list[FrameFeatures]:
+        if not frames:
+            return []
+        batch = np.stack([prepare_image(f, self.grid, self.mean, self.std) for f in frames])
+        (patches,) = self.part.run(["patch_features"], {self.input_name: batch})
+        patches = np.asarray(patches, dtype=np.float32)  # (B, dim, rows, cols)
+        expected = (len(frames), self.dim, self.grid.rows, self.grid.cols)
+        if patches.shape != expected:
+            raise BundleError(self.part.path, f"gives patch features of shape {patches.shape}, expected {expected}")
+        local = np.ascontiguousarray(patches.reshape(len(frames), self.dim, -1).transpose(0, 2, 1))
+        return [FrameFeatures(local=t, global_=t.mean(axis=0)) for t in local]
+
+    def extract(self, frame: np.ndarray) -> FrameFeatures:
+        return self.extract_batch([frame])[0]
+
+
+def open_feature_extractor(path: str | os.PathLike[str], provider: str = "auto", threads: int | None = None,
+                           verify_hashes: bool = True):
+    """The proposer's feature model from a bundle: a "dinov2" bundle, or a judge ("segmenter") for its patches."""
+    bundle = read_bundle(path, verify_hashes=verify_hashes)
+    opener = JudgeFeatureExtractor if bundle.kind == "segmenter" else FeatureExtractor
+    return opener.from_bundle(bundle.root, provider=provider, threads=threads, verify_hashes=verify_hashes)
+
+
 class MeanColourExtractor(FeatureIdentity):
     """A deterministic stand-in for FeatureExtractor: each patch's feature is its mean normalised colour.
 

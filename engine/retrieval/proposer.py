@@ -265,15 +265,15 @@ class RetrievalProposer:
         """Open a database with its feature bundle: `features_bundle`, or (None) the bundle recorded in the
         database, found by name in the bundles folder (exported_models/). DatabaseError when they differ."""
         from engine.bundle.format import find_bundle
-        from engine.retrieval.features import FeatureExtractor
+        from engine.retrieval.features import open_feature_extractor
 
         database = RetrievalDatabase.open(db_path)
         if features_bundle is None:
             name = database.features.get("name")
-            if database.features.get("kind") != "dinov2" or not name:
+            if database.features.get("kind") not in ("dinov2", "judge") or not name:
                 raise InputError(f"{database.root}: built with {name!r}, which is not a feature bundle: pass one")
             features_bundle = find_bundle(name)
-        extractor = FeatureExtractor.from_bundle(features_bundle, provider=provider, threads=threads)
+        extractor = open_feature_extractor(features_bundle, provider=provider, threads=threads)
         return cls(database, extractor, **options)
 
     def describe(self) -> dict[str, Any]:

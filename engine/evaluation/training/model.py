@@ -73,24 +73,37 @@ class JudgeNet(nn.Module):
         return bottleneck.mean(dim=(2, 3))
 
     def logits_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, embedding, _ = self.logits_embedding_patches(x)
+        return logits, embedding
+
+    def logits_embedding_patches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, the global embedding, and the patch features: the deepest encoder level above the bottleneck
+        (B, widths[-2], S / 2^(levels − 2), same) — a patch grid for the retrieval proposer (16 × 16 × 128 at
+        128² with the default widths)."""
         bottleneck, skips = self._encode(x)
         y = bottleneck
         for block, skip in zip(self.up, reversed(skips)):
             y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             y = block(torch.cat([y, skip], dim=1))
-        return self.head(y), bottleneck.mean(dim=(2, 3))
+        return self.head(y), bottleneck.mean(dim=(2, 3)), skips[-1]
+
+    def patch_grid(self, size: int) -> tuple[int, int]:
+        """(side of the patch grid, patch size in input pixels) at input side ``size``."""
+        stride = 2 ** (len(self.widths) - 2)
+        return size // stride, stride
 
 
 class Exported(nn.Module):
-    """What the ONNX file computes: normalised pixels → (polyp probability per pixel, encoder embedding)."""
+    """What the ONNX file computes: normalised pixels → (polyp probability per pixel, encoder embedding, patch
+    features)."""
 
     def __init__(self, net: JudgeNet):
         super().__init__()
         self.net = net
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, embedding = self.net.logits_and_embedding(pixel_values)
-        return torch.sigmoid(logits), embedding
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, embedding, patches = self.net.logits_embedding_patches(pixel_values)
+        return torch.sigmoid(logits), embedding, patches
 
 
 def parameter_count(model: nn.Module) -> int:
