@@ -165,7 +165,31 @@ class FeatureIdentity:
         }
 
 
-class FeatureExtractor(FeatureIdentity):
+class BundleFeatureModel(FeatureIdentity):
+    """What the bundle-backed feature models share: identity from the bundle, preprocessing, one-frame extract."""
+
+    bundle: Bundle
+
+    @property
+    def bundle_id(self) -> str:
+        return self.bundle.bundle_id
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    def describe(self) -> dict:
+        return {**self.identity(), "path": str(self.bundle.root), "provider": self.provider}
+
+    def prepare(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """float32 (B, 3, h, w): the frames resized whole to the grid and normalised."""
+        return np.stack([prepare_image(f, self.grid, self.mean, self.std) for f in frames])
+
+    def extract(self, frame: np.ndarray) -> FrameFeatures:
+        return self.extract_batch([frame])[0]
+
+
+class FeatureExtractor(BundleFeatureModel):
     """A "dinov2" bundle loaded in onnxruntime: ``extract(frame)`` → FrameFeatures."""
 
     kind = "dinov2"
@@ -183,7 +207,6 @@ class FeatureExtractor(FeatureIdentity):
         self.output_name = manifest.get("output_name", "patch_tokens")
         self.provider = part.active_provider
         self.provider_note = part.provider_note
-        self._bundle_id = bundle.bundle_id
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike[str], provider: str = "auto", threads: int | None = None,
@@ -206,21 +229,10 @@ class FeatureExtractor(FeatureIdentity):
         part.expect({input_name: (None, 3, rows * patch, cols * patch)}, (output_name,))
         return cls(bundle, part)
 
-    @property
-    def bundle_id(self) -> str:
-        return self._bundle_id
-
-    @property
-    def name(self) -> str:
-        return self.bundle.name
-
-    def describe(self) -> dict:
-        return {**self.identity(), "path": str(self.bundle.root), "provider": self.provider}
-
     def extract_batch(self, frames: Sequence[np.ndarray]) -> list[FrameFeatures]:
         if not frames:
             return []
-        batch = np.stack([prepare_image(f, self.grid, self.mean, self.std) for f in frames])
+        batch = self.prepare(frames)
         (tokens,) = self.part.run([self.output_name], {self.input_name: batch})
         tokens = np.asarray(tokens, dtype=np.float32)
         expected = (len(frames), self.grid.count, self.dim)
@@ -228,11 +240,8 @@ class FeatureExtractor(FeatureIdentity):
             raise BundleError(self.part.path, f"gives patch tokens of shape {tokens.shape}, expected {expected}")
         return [FrameFeatures(local=t, global_=t.mean(axis=0)) for t in tokens]
 
-    def extract(self, frame: np.ndarray) -> FrameFeatures:
-        return self.extract_batch([frame])[0]
 
-
-class JudgeFeatureExtractor(FeatureIdentity):
+class JudgeFeatureExtractor(BundleFeatureModel):
     """The polyp judge's encoder as the proposer's feature model (a "segmenter" bundle from `main.py train-judge`):
     its patch_features output, the deepest encoder level above the bottleneck (16 × 16 patches of 8 px, 128-d at
     the default 128² input), trained on colonoscopy — where a random-weight DINOv2 export is all a curator has.
@@ -270,21 +279,10 @@ class JudgeFeatureExtractor(FeatureIdentity):
         part.expect({bundle.manifest.get("input_name", "pixel_values"): (None, 3, side, side)}, ("patch_features",))
         return cls(bundle, part)
 
-    @property
-    def bundle_id(self) -> str:
-        return self.bundle.bundle_id
-
-    @property
-    def name(self) -> str:
-        return self.bundle.name
-
-    def describe(self) -> dict:
-        return {**self.identity(), "path": str(self.bundle.root), "provider": self.provider}
-
     def extract_batch(self, frames: Sequence[np.ndarray]) -> list[FrameFeatures]:
         if not frames:
             return []
-        batch = np.stack([prepare_image(f, self.grid, self.mean, self.std) for f in frames])
+        batch = self.prepare(frames)
         (patches,) = self.part.run(["patch_features"], {self.input_name: batch})
         patches = np.asarray(patches, dtype=np.float32)  # (B, dim, rows, cols)
         expected = (len(frames), self.dim, self.grid.rows, self.grid.cols)
@@ -292,9 +290,6 @@ class JudgeFeatureExtractor(FeatureIdentity):
             raise BundleError(self.part.path, f"gives patch features of shape {patches.shape}, expected {expected}")
         local = np.ascontiguousarray(patches.reshape(len(frames), self.dim, -1).transpose(0, 2, 1))
         return [FrameFeatures(local=t, global_=t.mean(axis=0)) for t in local]
-
-    def extract(self, frame: np.ndarray) -> FrameFeatures:
-        return self.extract_batch([frame])[0]
 
 
 def open_feature_extractor(path: str | os.PathLike[str], provider: str = "auto", threads: int | None = None,
