@@ -104,6 +104,17 @@ def test_resume_refuses_other_settings(tmp_path):
     assert train(LineFit(), _config(steps=20), tmp_path / "run", resume=True).step == 20
 
 
+def test_checkpoint_carries_its_settings_when_run_json_is_gone(tmp_path):
+    """run.json deleted (or replaced) but checkpoints left: the checkpoint's own record still refuses other settings."""
+    train(LineFit(), _config(steps=10), tmp_path / "run", resume=False)
+    (tmp_path / "run" / "run.json").unlink()
+    with pytest.raises(TrainingError, match="config.lr"):
+        train(LineFit(), _config(steps=20, lr=5e-3), tmp_path / "run", resume=True)
+    assert not (tmp_path / "run" / "run.json").exists()  # the refused run wrote no record of its own settings
+    assert train(LineFit(), _config(steps=20), tmp_path / "run", resume=True).step == 20
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["lr"] == pytest.approx(1e-2)
+
+
 def test_lr_schedule():
     cfg = TrainConfig(lr=1.0, warmup_steps=4, lr_schedule="cosine", steps=14, min_lr=0.1)
     assert cfg.lr_at(0) == pytest.approx(0.25)

@@ -234,6 +234,25 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     atomic_write_bytes(path, data)
 
 
+def _changed_settings(previous: dict, record: dict) -> list[str]:
+    """The ``task.*`` / ``config.*`` settings that differ between two run records (as JSON would store them)."""
+    record = json.loads(json.dumps(record))
+    return sorted(
+        f"{section}.{key}"
+        for section in ("task", "config")
+        for key in set(previous.get(section, {})) | set(record.get(section, {}))
+        if previous.get(section, {}).get(key) != record.get(section, {}).get(key)
+    )
+
+
+def _refuse_other_settings(run_dir: Path, changed: list[str]) -> None:
+    if changed:
+        raise TrainingError(
+            f"{run_dir}: holds a run made with other settings ({', '.join(changed)}); "
+            "resume it with the same settings, or train into another folder"
+        )
+
+
 def _check_run_record(run_dir: Path, record: dict, resume: bool) -> None:
     path = run_dir / RUN_RECORD
     if resume and path.is_file():
@@ -242,17 +261,7 @@ def _check_run_record(run_dir: Path, record: dict, resume: bool) -> None:
         except ValueError:
             previous = None
         if previous is not None:
-            changed = sorted(
-                f"{section}.{key}"
-                for section in ("task", "config")
-                for key in set(previous.get(section, {})) | set(record[section])
-                if previous.get(section, {}).get(key) != record[section].get(key)
-            )
-            if changed:
-                raise TrainingError(
-                    f"{run_dir}: holds a run made with other settings ({', '.join(changed)}); "
-                    "resume it with the same settings, or train into another folder"
-                )
+            _refuse_other_settings(run_dir, _changed_settings(previous, record))
             record = {**record, "provenance": {**record.get("provenance", {}), **previous.get("provenance", {})}}
     atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
@@ -268,10 +277,13 @@ def train(task: TrainingTask, config: TrainConfig, run_dir: Path, resume: bool =
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     rank, is_main = accelerator.process_index, accelerator.is_main_process
     record = {"task_name": task.name, "task": task.describe(), "config": config.shaping(), "provenance": task.provenance()}
+    checkpoint = load_latest_checkpoint(run_dir) if resume else None
+    if checkpoint is not None and "run_record" in checkpoint.state:
+        # The checkpoint carries its own settings: a run folder whose run.json was lost or replaced still refuses
+        # to continue with other ones.
+        _refuse_other_settings(run_dir, _changed_settings(checkpoint.state["run_record"], record))
     if is_main:
         _check_run_record(run_dir, record, resume)
-
-    checkpoint = load_latest_checkpoint(run_dir) if resume else None
     torch.manual_seed(config.seed)
     model = task.build_model()
     if checkpoint is None:
@@ -321,7 +333,8 @@ def train(task: TrainingTask, config: TrainConfig, run_dir: Path, resume: bool =
         tensors["torch_rng"] = torch.get_rng_state()
         state = {"optimizer": opt_state, "ema_updates": ema.updates if ema else 0, "train_seconds": train_seconds,
                  "best_value": best_value, "bad_validations": bad_validations, "best_metrics": best_metrics,
-                 "task_name": task.name, "seed": config.seed}
+                 "task_name": task.name, "seed": config.seed,
+                 "run_record": {"task_name": task.name, "task": record["task"], "config": record["config"]}}
         save_checkpoint(run_dir, step, tensors, state, keep=config.keep_checkpoints)
         _write_log(run_dir / LOG, log_rows)
         _draw_loss_curve(run_dir, log_rows)
