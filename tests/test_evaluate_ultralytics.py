@@ -6,13 +6,17 @@ yolo11n-seg run from scratch end to end, offline, with both arms in the report."
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cli_helpers import run_main
+from conftest import REPO_ROOT
 from engine.errors import InputError
 from engine.evaluation import segdata
 from engine.evaluation.training import ultralytics_trainer as ut
@@ -144,3 +148,43 @@ def test_a_real_yolo_run_end_to_end(tmp_path):
                       "--ultralytics-epochs", "2", "--size", "64", "--batch-size", "4", "--threads", "1", "--quiet",
                       "--train", str(train), "--synthetic", str(synthetic), "--test", str(test), "--out", str(out)])
     assert again.returncode == 0 and "done earlier, reused" in again.stderr
+
+
+def test_a_killed_yolo_run_resumes_from_its_last_epoch(tmp_path):
+    """kill -9 of `evaluate --trainer ultralytics` after the first epoch: the worker dies with it, and the rerun
+    continues the same YOLO run from last.pt (Ultralytics' resume) instead of starting it again."""
+    try:
+        python = ut.ultralytics_python()
+    except InputError as exc:
+        pytest.skip(str(exc))
+    train = _real_folder(tmp_path / "train", range(400, 424))
+    test = _real_folder(tmp_path / "test", range(500, 503))
+    synthetic = _synthetic(tmp_path / "synthetic", range(600, 604))
+    out = tmp_path / "eval"
+    args = ["evaluate", "--trainer", "ultralytics", "--ultralytics-python", str(python), "--seeds", "1",
+            "--ultralytics-epochs", "6", "--size", "64", "--batch-size", "4", "--threads", "1", "--quiet",
+            "--train", str(train), "--synthetic", str(synthetic), "--test", str(test), "--out", str(out)]
+    process = subprocess.Popen([sys.executable, "main.py", *args], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    run_dir = out / "runs" / "real-seed0"
+    last = run_dir / "train" / "weights" / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert last.exists(), "the first epoch never finished"
+    assert not (run_dir / "train_done.json").exists(), "the run finished before it could be killed"
+    time.sleep(1.0)  # the worker gets SIGKILL from its parent's death (PR_SET_PDEATHSIG)
+    job = str(run_dir / "job.json")
+    workers = subprocess.run(["pgrep", "-f", job], capture_output=True, text=True).stdout.split()
+    assert not workers, f"a worker outlived the killed evaluation: {workers}"
+
+    resumed = run_main(args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = (run_dir / "worker.log").read_text(encoding="utf-8", errors="replace")
+    assert "resuming the killed run from" in log
+    epochs = [row["step"] for row in ut.read_curve(run_dir)]
+    assert epochs == sorted(set(epochs)) and len(epochs) == 6, epochs  # each epoch once, none trained twice
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["runs"]) == {"real", "real+synthetic"}

@@ -48,7 +48,12 @@ def _train(job: dict, run_dir: Path) -> None:
         return
     last = run_dir / "train" / "weights" / "last.pt"
     if last.is_file():
-        YOLO(str(last)).train(resume=True)
+        print(f"resuming the killed run from {last}", flush=True)
+        try:
+            YOLO(str(last)).train(resume=True)
+        except AssertionError as exc:  # killed after the last epoch, before train_done.json: nothing left to train
+            if "nothing to resume" not in str(exc):
+                raise
     else:
         YOLO(job["model"], task="segment").train(
             data=job["data"], epochs=int(job["epochs"]), imgsz=int(job["imgsz"]), batch=int(job["batch"]),
