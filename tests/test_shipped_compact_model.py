@@ -1,5 +1,5 @@
 """The committed default model: exported_models/polypforge-compact (the bundle the engine runs) and its torch
-original training_runs/compact/model (what the trainer wrote). The bundle verifies, runs torch-free, and agrees
+original training_runs/compact-anneal/model (what the trainer wrote: the long run's annealed continuation). The bundle verifies, runs torch-free, and agrees
 with the torch model part by part and over a whole sampling run."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE = REPO / "exported_models" / "polypforge-compact"
-TORCH_ORIGINAL = REPO / "training_runs" / "compact" / "model"
+TORCH_ORIGINAL = REPO / "training_runs" / "compact-anneal" / "model"
 
 
 def test_the_default_model_is_the_compact_bundle_and_verifies():
