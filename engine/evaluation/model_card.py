@@ -83,7 +83,9 @@ def write_judge_card(bundle_dir: str | Path, extra_sets: list[CardSet] | None = 
         f"- {architecture.get('name', 'compact U-Net')}, widths {architecture.get('widths')}, "
         f"{architecture.get('parameters', 0) / 1e6:.2f} M parameters, trained from scratch (no pretrained weights)",
         f"- input: the whole frame resized to {judge.size}×{judge.size} (aspect squeezed), ImageNet normalisation; "
-        f"output: polyp probability per pixel (mask = p > {judge.threshold}) and a {judge.dim}-d encoder embedding",
+        f"output: polyp probability per pixel (mask = p > {judge.threshold}) and a {judge.dim}-d encoder embedding"
+        + (f"; patch features ({manifest['patch_grid'][0]}×{manifest['patch_grid'][1]} patches × "
+           f"{manifest['patch_dim']}-d) for the retrieval proposer" if manifest.get("patch_grid") else ""),
         f"- bundle id {judge.bundle_id}",
         "",
         "## Data and terms",
