@@ -221,6 +221,28 @@ def test_detectability_of_a_real_job_has_before_and_ceiling(tiny_judge, tmp_path
     assert not det["notes"] and ceiling["source_frames_with_polyp"] == 4
     assert ceiling["found_rate"] >= 0.75 and overall["before_found_rate"] >= 0.75
     assert overall["count"] == 8 and overall["found_rate"] < ceiling["found_rate"]
+    sizes = det["by_region_size"]
+    assert sum(b["variants"] for b in sizes) == 8 and sum(b["real_polyps"] for b in sizes) == 4
+    assert all(0 < row["region_area"] < 1 for row in det["per_image"])
+    assert all(0 < row["area"] < 1 for row in ceiling["per_frame"])
+
+
+def test_detectability_by_region_size_is_a_hand_count():
+    from engine.evaluation.detectability import by_region_size
+
+    def variant(area, found, mode="add"):
+        return {"mode": mode, "region_area": area, "verdict": {"found": found}}
+
+    rows = [variant(0.01, False), variant(0.015, True), variant(0.03, True), variant(0.3, False),
+            variant(0.01, True, mode="remove"), {"mode": "add", "verdict": None}]
+    real = [{"area": 0.012, "found": False}, {"area": 0.04, "found": True}, {"area": 0.045, "found": False},
+            {"area": 0.5, "found": True}]
+    bins = {(b["area_from"], b["area_to"]): b for b in by_region_size(rows, real)}
+    small, mid, large = bins[(0.0, 0.02)], bins[(0.02, 0.05)], bins[(0.2, 1.0)]
+    assert (small["variants"], small["found_rate"], small["real_polyps"], small["real_found_rate"]) == (2, 0.5, 1, 0.0)
+    assert (mid["variants"], mid["found_rate"], mid["real_polyps"], mid["real_found_rate"]) == (1, 1.0, 2, 0.5)
+    assert (large["variants"], large["found_rate"], large["real_found_rate"]) == (1, 0.0, 1.0)
+    assert bins[(0.05, 0.1)]["found_rate"] is None and bins[(0.05, 0.1)]["variants"] == 0
 
 
 def test_max_minutes_stops_and_exports_the_best_so_far(tmp_path):

@@ -101,7 +101,8 @@ def look_at_source(judge, source) -> tuple[np.ndarray, tuple[int, int], dict | N
         return small[0], (height, width), None
     verdict = judge_region(resize_probability(small[0], width, height), truth, "add", judge.threshold)
     return small[0], (height, width), {"source_frame": source.rel, "found": verdict.found,
-                                       "iou": round(verdict.iou, 4), "confidence": round(verdict.confidence, 4)}
+                                       "iou": round(verdict.iou, 4), "confidence": round(verdict.confidence, 4),
+                                       "area": round(float(truth.mean()), 5)}
 
 
 def _mean(values) -> float | None:
@@ -121,6 +122,32 @@ def _aggregate(rows: list[dict]) -> dict:
         "before_found_rate": _mean(float(r["before"]["found"]) for r in before),
         "before_mean_score": _mean(r["before"]["score"] for r in before),
     }
+
+
+# Region sizes as a share of the frame: a whole-frame judge at 128² sees a polyp of 1 % of the frame as ~160
+# pixels and finds small real polyps far less often than large ones, so each size is compared with the judge on
+# real polyps of the same size.
+SIZE_BINS = ((0.0, 0.02), (0.02, 0.05), (0.05, 0.10), (0.10, 0.20), (0.20, 1.01))
+
+
+def _size_bin(area: float | None) -> int | None:
+    if area is None:
+        return None
+    return next((i for i, (low, high) in enumerate(SIZE_BINS) if low <= area < high), None)
+
+
+def by_region_size(rows: list[dict], ceiling_rows: list[dict]) -> list[dict]:
+    """Per size bin: the add-mode variants' found rate and the judge's found rate on the real source polyps of
+    that size (the ceiling at matched size)."""
+    out = []
+    for index, (low, high) in enumerate(SIZE_BINS):
+        variants = [r for r in rows if r.get("verdict") and r.get("mode") == "add"
+                    and _size_bin(r.get("region_area")) == index]
+        real = [c for c in ceiling_rows if _size_bin(c.get("area")) == index]
+        out.append({"area_from": low, "area_to": min(high, 1.0), "variants": len(variants),
+                    "found_rate": _mean(float(r["verdict"]["found"]) for r in variants),
+                    "real_polyps": len(real), "real_found_rate": _mean(float(c["found"]) for c in real)})
+    return out
 
 
 def compute_detectability(image_set, judge, progress: Progress | None = None,
@@ -156,6 +183,7 @@ def compute_detectability(image_set, judge, progress: Progress | None = None,
                     raise PolypForgeError(f"{item.path}: image and region differ in size")
                 row["verdict"] = judge_region(view.probability, region, record.get("mode", "add"),
                                               judge.threshold).to_json()
+                row["region_area"] = round(float(region.mean()), 5)
                 source = sources.get(record.get("source_frame"))
                 if source is not None:
                     if source.rel not in source_views:
@@ -186,7 +214,7 @@ def compute_detectability(image_set, judge, progress: Progress | None = None,
         "rule": "the judge on the real source frames at their own labelled polyps: found = region IoU ≥ 0.5",
     }
     return {"judge": judge.describe(), "overall": _aggregate(rows), "groups": groups, "ceiling": ceiling,
-            "per_image": rows, "notes": notes,
+            "by_region_size": by_region_size(rows, ceiling_rows), "per_image": rows, "notes": notes,
             "rules": {"add": "score = mean judge probability over the generated region; found = IoU of the judge's "
                              "components touching the region with it ≥ 0.5",
                       "remove": "score = 1 − peak judge probability in the removed polyp's place; found = a "

@@ -341,6 +341,17 @@ def _detectability_html(det: dict) -> str:
                      f"<td>{_fmt(g['mean_score'])}</td><td>{_fmt(g['mean_iou'])}</td>"
                      f"<td>{_fmt(g['mean_confidence'])}</td></tr>")
     parts.append("</table>")
+    sizes = [b for b in det.get("by_region_size", []) if b["variants"] or b["real_polyps"]]
+    if sizes:
+        parts.append("<p>By region size (share of the frame; add mode), next to the judge on the real source "
+                     "polyps of the same size — a whole-frame judge finds small polyps less often:</p>"
+                     "<table><tr><th>region size</th><th>variants</th><th>found</th><th>real polyps</th>"
+                     "<th>real found</th></tr>")
+        for b in sizes:
+            parts.append(f"<tr><td>{b['area_from']:.0%}–{b['area_to']:.0%}</td><td>{b['variants']}</td>"
+                         f"<td>{_rate(b['found_rate'])}</td><td>{b['real_polyps']}</td>"
+                         f"<td>{_rate(b['real_found_rate'])}</td></tr>")
+        parts.append("</table>")
     for note in det["notes"]:
         parts.append(f"<p class='small'>{e(note)}</p>")
     return "\n".join(parts)
