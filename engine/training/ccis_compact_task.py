@@ -231,7 +231,8 @@ class CCISCompactTask(CompactInpaintTask):
             masked = image.copy()
             masked[mask] = 128
             grid_rows.append([image, masked, columns[0][i], columns[1][i]])
-            changed = [f"{a.strip(",.;")}>{b.strip(",.;")}" for a, b in zip(caption.split(), contrast.split()) if a != b]
+            changed = [f"{a}>{b}" for a, b in zip(caption.replace(",", " ").split(), contrast.replace(",", " ").split())
+                       if a != b]
             labels.append(f"{stem[:10]} {' '.join(changed)[:14]}")
         picture = image_grid(grid_rows, labels, tile=max(64, self.config.resolution),
                              header=["source", "mask", "its caption", "contrasting caption"])
