@@ -132,7 +132,8 @@ def _add_batch_options(group) -> None:
     group.add_argument("--prompt", help="override the mode's prompt")
     group.add_argument("--negative-prompt")
     group.add_argument("--captions", type=Path,
-                       help="per-frame prompts for an sd-controlnet bundle: CSV (frame,text) or JSONL, keyed by frame stem")
+                       help="per-frame prompts for an sd-controlnet or pixel-controlnet bundle: CSV (frame,text) "
+                            "or JSONL, keyed by frame stem")
     group.add_argument("--variants", type=int, help="variants per frame (default 1)")
     group.add_argument("--seed", type=int, help="job seed (default 0); each variant's seed derives from it")
     group.add_argument("--steps", type=int)
