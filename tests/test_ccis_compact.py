@@ -295,3 +295,16 @@ def test_the_batch_job_prompts_the_bundle_with_the_captions_file(setup, trained,
     removal = main.main(["--batch", "--input", str(setup["corpus"]), "--output", str(tmp_path / "r"), "--model",
                          str(trained["perturbed_bundle"]), "--mode", "remove", "--steps", "1", "--quiet"])
     assert removal == 2
+
+
+def test_bad_inputs_give_one_line(setup, tmp_path):
+    base_args = ["train", "--method", "ccis", "--preset", "compact", "--input", setup["corpus"], "--run",
+                 tmp_path / "run", *TINY, "--steps", "1", "--no-export"]
+    for extra, expected in ((["--init-from", setup["base"]], "--captions"),
+                            (["--captions", setup["captions"]], "--init-from"),
+                            (["--captions", setup["captions"], "--init-from", setup["base"], "--widths", "8,16"],
+                             "architecture from the base"),
+                            (["--captions", setup["captions"], "--init-from", tmp_path], "not a compact model folder")):
+        done = run_main([*base_args, *extra])
+        assert done.returncode == 2 and expected in done.stderr, (extra, done.stderr)
+        assert len(done.stderr.strip().splitlines()) <= 2, done.stderr

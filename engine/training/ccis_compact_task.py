@@ -286,6 +286,13 @@ def ccis_compact_run(args, corpus: Corpus, defaults: dict):
     if args.init_from is None:
         raise InputError("--method ccis --preset compact trains on a compact base: give --init-from MODEL_DIR "
                          "(e.g. training_runs/compact-anneal/model)")
+    given = [flag for flag, name in (("--widths", "widths"), ("--blocks", "blocks"), ("--stem", "stem"),
+                                     ("--attention-levels", "attention_levels")) if getattr(args, name, None) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)}: the compact CCIS ControlNet takes its architecture from the base "
+                         f"({args.init_from})")
+    if getattr(args, "controlnet_from", None) is not None:
+        raise InputError("--controlnet-from continues an SD-1.5 ControlNet; a compact CCIS run continues with --resume")
     base, base_config = load_compact_model(Path(args.init_from))
     base_task = base_config.get("task", {})
     defaults = {**defaults, "resolution": int(base_task.get("resolution", defaults["resolution"]))}

@@ -57,10 +57,12 @@ def register_commands(subparsers) -> dict:
     ccis.add_argument("--no-blur-weighting", action="store_true", help="ablation: no blur-mask weighting branch")
     ccis.add_argument("--no-text-attention", action="store_true", help="ablation: no text-aware attention")
     ccis.add_argument("--blur-sigma", type=float, default=None,
-                      help="σ of the blurred mask in pixels (default 8 at 512², scaled with --resolution)")
+                      help="σ of the blurred mask in pixels (default 8 at 512², scaled with --resolution; --preset "
+                           "compact: resolution / 32)")
     ccis.add_argument("--controlnet-from", type=Path, default=None,
                       help="continue this ControlNet folder instead of copying the base U-Net's encoder")
-    ccis.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the sample grid (20; CFG 7.0)")
+    ccis.add_argument("--sample-steps", type=int, default=20,
+                      help="DDIM steps of the sample grid (20; CFG 7.0, --preset compact: 3.0)")
     ccis.add_argument("--allow-uncaptioned", action="store_true",
                       help="train frames the captions file lacks with the empty caption instead of refusing")
     train.add_argument("--input", type=Path, action="append", required=True,
@@ -94,7 +96,8 @@ def register_commands(subparsers) -> dict:
     train.add_argument("--attention-levels", type=_int_tuple, default=None, help="compact U-Net levels with attention")
     train.add_argument("--init-from", type=Path, default=None,
                        help="start from these weights: a model folder, or a run folder's newest checkpoint (e.g. a "
-                            "lower-resolution run)")
+                            "lower-resolution run); with --method ccis --preset compact: the compact base model "
+                            "folder (frozen), e.g. training_runs/compact-anneal/model")
     train.add_argument("--box-mask-fraction", type=float, default=None,
                        help="share of pairs trained with the region's box as mask (compact: 0.25)")
     train.add_argument("--held-out-fraction", type=float, default=0.05, help="frames never trained on (by name hash)")
