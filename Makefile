@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # pulling a multi-GB CUDA one.
 TORCH  ?= torch==2.13.0
 
-.PHONY: train-compact anneal-compact demo test ultralytics-env test-ultralytics screenshots installer installer-test bench bench-retrieval bench-ray bench-scale demo-bundle demo-features demo-controlnet clean
+.PHONY: train-compact anneal-compact train-ccis-compact demo test ultralytics-env test-ultralytics screenshots installer installer-test bench bench-retrieval bench-ray bench-scale demo-bundle demo-features demo-controlnet clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -86,6 +86,22 @@ anneal-compact: $(VENV)/.dev-installed
 	$(BIN)/python main.py train $(COMPACT_SHAPE) --run training_runs/compact-anneal --init-from training_runs/compact/model \
 	    --lr 3e-4 --lr-schedule cosine --warmup-steps 20 --steps 600 --checkpoint-every 100 --sample-every 300 --validate-every 300 \
 	    --to exported_models/polypforge-compact --name polypforge-compact
+
+# A compact CCIS ControlNet (issue 14) on the default compact model, frozen: captions from `main.py caption` (written
+# once into the run folder), then CCIS_STEPS steps (~5 s a step on one thread), CCIS_MINUTES per invocation (it
+# resumes where it stopped), exported to .bench/ccis-compact (not shipped).
+CCIS_STEPS   ?= 1000
+CCIS_MINUTES ?= 120
+CCIS_THREADS ?= 1
+CCIS_RUN     ?= training_runs/ccis-compact
+train-ccis-compact: $(VENV)/.dev-installed
+	mkdir -p $(CCIS_RUN)
+	test -f $(CCIS_RUN)/captions.csv || $(BIN)/python main.py caption --input ../shared/data/kvasir-seg/images \
+	    --masks ../shared/data/kvasir-seg/masks --out $(CCIS_RUN)/captions.csv --quiet
+	$(BIN)/python main.py train --method ccis --preset compact --init-from training_runs/compact-anneal/model \
+	    --input ../shared/data/kvasir-seg --captions $(CCIS_RUN)/captions.csv --run $(CCIS_RUN) --steps $(CCIS_STEPS) \
+	    --keep-checkpoints 1 --threads $(CCIS_THREADS) --max-minutes $(CCIS_MINUTES) --to .bench/ccis-compact \
+	    --name polypforge-ccis-compact
 
 # `main.py evaluate --trainer ultralytics`: Ultralytics needs torchvision, which does not import beside the CPU
 # torch pin, so it gets its own venv: torch 2.14.1 + torchvision 0.29.1 (the pair that installs and imports here;

@@ -132,7 +132,8 @@ def _add_batch_options(group) -> None:
     group.add_argument("--prompt", help="override the mode's prompt")
     group.add_argument("--negative-prompt")
     group.add_argument("--captions", type=Path,
-                       help="per-frame prompts for an sd-controlnet bundle: CSV (frame,text) or JSONL, keyed by frame stem")
+                       help="per-frame prompts for an sd-controlnet or pixel-controlnet bundle: CSV (frame,text) "
+                            "or JSONL, keyed by frame stem")
     group.add_argument("--variants", type=int, help="variants per frame (default 1)")
     group.add_argument("--seed", type=int, help="job seed (default 0); each variant's seed derives from it")
     group.add_argument("--steps", type=int)
@@ -226,6 +227,7 @@ def _run_quantize(args) -> int:
 
 def _run_inpaint(args) -> int:
     from engine.dataset.image_reader import read_frame, read_mask
+    from engine.errors import InputError
     from engine.fileio import save_png_atomic
     from engine.jobs.spec import DEFAULT_MODEL
     from engine.pipelines import open_inpainting_pipeline
@@ -235,7 +237,10 @@ def _run_inpaint(args) -> int:
     pipeline = open_inpainting_pipeline(args.model or DEFAULT_MODEL, provider=args.provider, threads=args.threads)
     if pipeline.provider_note:
         print(pipeline.provider_note, file=sys.stderr)
-    prompt = args.prompt or pipeline.prompts[args.mode]
+    prompt = args.prompt or pipeline.prompts.get(args.mode)
+    if prompt is None:  # a pixel-controlnet bundle only adds polyps
+        raise InputError(f"{pipeline.bundle.root}: a {pipeline.bundle.kind} bundle has no {args.mode} mode; "
+                         "use an sd-inpaint or pixel-inpaint bundle")
     result = pipeline(
         frame, mask, prompt=prompt, steps=args.steps, guidance_scale=args.guidance, scheduler=args.scheduler,
         seed=args.seed, inpaint_area=args.inpaint_area, region_padding=args.region_padding, blend=args.blend,

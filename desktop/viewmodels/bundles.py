@@ -15,7 +15,7 @@ from engine.bundle.format import MANIFEST_NAME, bundles_folder, read_bundle
 from engine.jobs.spec import DEFAULT_MODEL
 
 INPAINT_KIND = "sd-inpaint"
-GENERATION_KINDS = (INPAINT_KIND, "pixel-inpaint", "sd-controlnet")  # bundles a job can generate with
+GENERATION_KINDS = (INPAINT_KIND, "pixel-inpaint", "pixel-controlnet", "sd-controlnet")  # bundles a job can generate with
 
 COLUMNS = ("Bundle", "Kind", "Size", "Runs on", "Integrity")
 PATH_ROLE = Qt.ItemDataRole.UserRole + 1

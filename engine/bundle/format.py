@@ -13,6 +13,11 @@ An "sd-controlnet" bundle (CCIS-Diff, engine.pipelines.controlnet) holds text_en
 (an SD-1.5 text-to-image U-Net taking the ControlNet residuals as inputs), controlnet/ (with its mask
 branches) and vae_decoder/; its bundle.json adds a "controlnet" section.
 
+A "pixel-controlnet" bundle (a compact CCIS ControlNet on the compact model, engine.pipelines.compact_controlnet)
+holds text_encoder/ (word ids → text tokens), tokenizer/vocab.json (the word vocabulary), controlnet/ (sample,
+timestep, class label, text tokens → residuals) and unet/ (the compact U-Net taking the residuals as inputs);
+its bundle.json adds a "controlnet" section, the class labels and the vocabulary's size.
+
 A "dinov2" bundle (the retrieval proposer's feature extractor, engine.retrieval) is ``bundle.json`` +
 ``model.onnx``: pixel_values (B, 3, rows·P, cols·P) → patch tokens (B, rows·cols, dim).
 
@@ -41,7 +46,7 @@ from engine.errors import BundleError
 MANIFEST_NAME = "bundle.json"
 FORMAT_NAME = "polypforge-bundle"
 FORMAT_VERSION = 1
-KNOWN_KINDS = ("sd-inpaint", "dinov2", "sd-controlnet", "pixel-inpaint", "segmenter")
+KNOWN_KINDS = ("sd-inpaint", "dinov2", "sd-controlnet", "pixel-inpaint", "pixel-controlnet", "segmenter")
 
 # Files every bundle of a kind must list, and the role each plays.
 REQUIRED_FILES: dict[str, dict[str, str]] = {
@@ -70,6 +75,14 @@ REQUIRED_FILES: dict[str, dict[str, str]] = {
     # prompts "Polyp" / "Normal" are class labels, not text.
     "pixel-inpaint": {
         "unet": "unet/model.onnx",
+    },
+    # The compact model + a compact CCIS ControlNet (engine.pipelines.compact_controlnet): a word-vocabulary text
+    # encoder, the ControlNet (residuals from sample, class, text) and the compact U-Net taking them as inputs.
+    "pixel-controlnet": {
+        "text_encoder": "text_encoder/model.onnx",
+        "controlnet": "controlnet/model.onnx",
+        "unet": "unet/model.onnx",
+        "vocab": "tokenizer/vocab.json",
     },
     # A polyp segmenter (the judge, engine.evaluation.judge): pixel_values (B, 3, S, S) → probability
     # (B, 1, S, S) and embedding (B, D).
@@ -107,6 +120,11 @@ REQUIRED_KEYS_BY_KIND: dict[str, tuple[str, ...]] = {
     "pixel-inpaint": (
         "format", "format_version", "kind", "name", "precision", "image_size", "size_multiple", "image_channels",
         "classes", "scheduler", "sampling", "prompts", "files", "source",
+    ),
+    "pixel-controlnet": (
+        "format", "format_version", "kind", "name", "precision", "image_size", "size_multiple", "image_channels",
+        "classes", "scheduler", "sampling", "prompts", "files", "source", "controlnet", "tokenizer",
+        "text_hidden_size",
     ),
     "dinov2": (
         "format",

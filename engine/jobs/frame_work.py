@@ -97,8 +97,8 @@ def frame_instances(frame: SourceFrame, width: int, height: int):
 
 
 def open_pipeline(spec, threads: int | None = None):
-    """The pipeline of the bundle's kind: sd-inpaint → InpaintPipeline, sd-controlnet → ControlNetPipeline;
-    onnxruntime threads from `threads`, else the job's."""
+    """The pipeline of the bundle's kind: sd-inpaint → InpaintPipeline, sd-controlnet → ControlNetPipeline,
+    pixel-inpaint / pixel-controlnet → the compact pipelines; onnxruntime threads from `threads`, else the job's."""
     from engine.bundle import read_bundle
 
     threads = threads or spec.threads
@@ -112,14 +112,18 @@ def open_pipeline(spec, threads: int | None = None):
     return open_inpainting_pipeline(spec.model, provider=spec.provider, threads=threads)
 
 
+CAPTIONED_KINDS = ("sd-controlnet", "pixel-controlnet")  # bundles prompted with a frame's clinical caption
+
+
 def check_bundle_fits(spec, bundle) -> str:
     """The bundle's kind, or InputError when the job asks what that kind cannot do."""
     kind = bundle.kind
-    if kind == "sd-controlnet" and spec.mode != "add":
-        raise InputError(f"{spec.model}: an sd-controlnet bundle generates polyps at a mask (mode add); "
-                         "mode remove needs an sd-inpaint bundle")
-    if kind != "sd-controlnet" and getattr(spec, "captions", None) is not None:
-        raise InputError(f"{spec.captions}: per-frame captions need an sd-controlnet bundle; {spec.model} is {kind}")
+    if kind in CAPTIONED_KINDS and spec.mode != "add":
+        raise InputError(f"{spec.model}: a {kind} bundle generates polyps at a mask (mode add); "
+                         "mode remove needs an sd-inpaint or pixel-inpaint bundle")
+    if kind not in CAPTIONED_KINDS and getattr(spec, "captions", None) is not None:
+        raise InputError(f"{spec.captions}: per-frame captions need an sd-controlnet or pixel-controlnet bundle; "
+                         f"{spec.model} is {kind}")
     return kind
 
 
@@ -239,9 +243,10 @@ class FrameWork:
             "provider": pipeline.provider,
             "seconds": round(seconds, 3),
         }
-        if pipeline.bundle.kind == "sd-controlnet":
-            record["bundle_kind"] = "sd-controlnet"
-            record["conditioning_scale"] = result.settings["conditioning_scale"]
+        if pipeline.bundle.kind in CAPTIONED_KINDS:
+            record["bundle_kind"] = pipeline.bundle.kind
+            if "conditioning_scale" in result.settings:
+                record["conditioning_scale"] = result.settings["conditioning_scale"]
             if self.captions_file is not None:
                 record["captions"] = str(self.captions_file)
         if proposal is not None:

@@ -46,7 +46,7 @@ class JobSpec:
     mode: str = "add"
     prompt: str | None = None
     negative_prompt: str | None = None
-    captions: Path | None = None  # per-frame prompts (CSV or JSONL: frame stem → text), sd-controlnet bundles
+    captions: Path | None = None  # per-frame prompts (CSV or JSONL: frame stem → text), sd-/pixel-controlnet
     variants: int = 1
     seed: int = 0
     steps: int | None = None

@@ -84,7 +84,12 @@ class PolypRemover:
         from engine.pipelines import open_inpainting_pipeline
 
         self.pipeline = open_inpainting_pipeline(bundle, provider=provider, threads=threads)
-        self.prompt = self.pipeline.prompts["remove"]
+        self.prompt = self.pipeline.prompts.get("remove")
+        if self.prompt is None:
+            from engine.errors import InputError
+
+            raise InputError(f"{bundle}: a {self.pipeline.bundle.kind} bundle cannot remove polyps; use an sd-inpaint "
+                             "or pixel-inpaint bundle")
         self.steps = steps
         self.pad = pad
         self.bundle_id = self.pipeline.bundle.bundle_id

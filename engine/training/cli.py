@@ -3,6 +3,8 @@
     main.py train --preset compact --input KVASIR [--normals NORMALS] --run RUN_DIR [--to BUNDLE]
     main.py train --from SD_INPAINT_DIR --input FRAMES --run RUN_DIR [--to BUNDLE]     (Polyp-Gen fine-tuning)
     main.py train --method ccis --from SD15_DIR --input FRAMES --captions CSV --run RUN_DIR [--to BUNDLE]  (CCIS-Diff)
+    main.py train --method ccis --preset compact --init-from COMPACT_MODEL_DIR --input FRAMES --captions CSV
+                  --run RUN_DIR [--to BUNDLE]                           (CCIS-Diff's ControlNet on the compact base)
     accelerate launch main.py train ...                                              (several GPUs)
 
 Only argparse is imported at module level: ``main.py --help`` stays instant and the built app (no torch) can list
@@ -38,13 +40,15 @@ def register_commands(subparsers) -> dict:
                     "frames, a JSONL log and a loss plot. Ends with a model folder, an exported bundle and a model card.",
     )
     source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", choices=PRESETS, help="train the compact pixel-space model from scratch")
+    source.add_argument("--preset", choices=PRESETS, help="train the compact pixel-space model from scratch (with "
+                        "--method ccis: a compact CCIS ControlNet on the --init-from compact model)")
     source.add_argument("--from", dest="source", type=Path,
                         help="a local diffusers folder: a StableDiffusionInpaintPipeline to fine-tune, or with --method "
                              "ccis the SD-1.5 text-to-image base of the ControlNet")
     train.add_argument("--method", choices=METHODS, default="inpaint",
                        help="inpaint: the inpainting model (--preset compact or --from SD-inpainting; default); ccis: "
-                            "CCIS-Diff's ControlNet on mask + clinical caption, on the --from base (frozen)")
+                            "CCIS-Diff's ControlNet on mask + clinical caption, on the --from base or, with --preset compact, "
+                            "on the --init-from compact model (frozen)")
     ccis = train.add_argument_group("--method ccis (CCIS-Diff's ControlNet)")
     ccis.add_argument("--captions", type=Path, default=None,
                       help="captions file for the training frames (CSV/TSV/JSONL, as `main.py caption` writes it)")
@@ -53,10 +57,12 @@ def register_commands(subparsers) -> dict:
     ccis.add_argument("--no-blur-weighting", action="store_true", help="ablation: no blur-mask weighting branch")
     ccis.add_argument("--no-text-attention", action="store_true", help="ablation: no text-aware attention")
     ccis.add_argument("--blur-sigma", type=float, default=None,
-                      help="σ of the blurred mask in pixels (default 8 at 512², scaled with --resolution)")
+                      help="σ of the blurred mask in pixels (default 8 at 512², scaled with --resolution; --preset "
+                           "compact: resolution / 32)")
     ccis.add_argument("--controlnet-from", type=Path, default=None,
                       help="continue this ControlNet folder instead of copying the base U-Net's encoder")
-    ccis.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the sample grid (20; CFG 7.0)")
+    ccis.add_argument("--sample-steps", type=int, default=20,
+                      help="DDIM steps of the sample grid (20; CFG 7.0, --preset compact: 3.0)")
     ccis.add_argument("--allow-uncaptioned", action="store_true",
                       help="train frames the captions file lacks with the empty caption instead of refusing")
     train.add_argument("--input", type=Path, action="append", required=True,
@@ -77,8 +83,9 @@ def register_commands(subparsers) -> dict:
     train.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None)
     train.add_argument("--ema-decay", type=float, default=None, help="0 turns the EMA off")
     train.add_argument("--resolution", type=int, default=None, help="training crop side (compact) / frame side (--from)")
-    train.add_argument("--mask-mode", choices=("bpm", "pixel", "box"), default="bpm",
-                       help="Polyp masks: boundary-enhanced pseudo mask (default), the polyp's own mask, or its box")
+    train.add_argument("--mask-mode", choices=("bpm", "pixel", "box"), default=None,
+                       help="Polyp masks: boundary-enhanced pseudo mask (default; --method ccis --preset compact: "
+                            "pixel), the polyp's own mask, or its box")
     train.add_argument("--polyp-fraction", type=float, default=0.7, help="share of Polyp pairs (rest: Normal)")
     train.add_argument("--lg-weight", type=float, default=0.5, help="λ of the lesion-guided loss (0: ablation)")
     train.add_argument("--outside-weight", type=float, default=None, help="loss weight outside the mask (compact: 0.1)")
@@ -89,7 +96,8 @@ def register_commands(subparsers) -> dict:
     train.add_argument("--attention-levels", type=_int_tuple, default=None, help="compact U-Net levels with attention")
     train.add_argument("--init-from", type=Path, default=None,
                        help="start from these weights: a model folder, or a run folder's newest checkpoint (e.g. a "
-                            "lower-resolution run)")
+                            "lower-resolution run); with --method ccis --preset compact: the compact base model "
+                            "folder (frozen), e.g. training_runs/compact-anneal/model")
     train.add_argument("--box-mask-fraction", type=float, default=None,
                        help="share of pairs trained with the region's box as mask (compact: 0.25)")
     train.add_argument("--held-out-fraction", type=float, default=0.05, help="frames never trained on (by name hash)")

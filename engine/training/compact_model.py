@@ -144,7 +144,11 @@ class CompactInpaintUNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor,
+                down_residuals: list[torch.Tensor] | None = None, mid_residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The v-prediction. ``down_residuals`` (one per skip, in order) and ``mid_residual`` are a ControlNet's
+        additions (engine.controlnet.compact_model): added to the skips after the down path and to the mid output,
+        as diffusers adds a ControlNet's residuals to its U-Net; None leaves the model as it was trained."""
         s = self.config.stem
         emb = self.time_mlp(timestep_embedding(timestep.reshape(-1).expand(sample.shape[0]), self.config.widths[0]))
         emb = emb + self.class_embedding(class_labels.reshape(-1).long())
@@ -160,6 +164,12 @@ class CompactInpaintUNet(nn.Module):
                     skips.append(h)
         for block in self.mid:
             h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+        if down_residuals is not None:
+            if len(down_residuals) != len(skips):
+                raise ValueError(f"{len(down_residuals)} down residuals for {len(skips)} skips")
+            skips = [skip + residual for skip, residual in zip(skips, down_residuals)]
+        if mid_residual is not None:
+            h = h + mid_residual
         for blocks in self.up:
             for block in blocks:
                 if isinstance(block, ResBlock):

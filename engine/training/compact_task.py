@@ -249,7 +249,10 @@ class CompactInpaintTask(TrainingTask):
         return region_crop(box, width, height, rng.uniform(*self.config.padding_range) * longer)
 
     def _polyp_pair(self, rng, frames):
-        frame = frames[int(rng.integers(len(frames)))]
+        return self._polyp_pair_on(frames[int(rng.integers(len(frames)))], rng)
+
+    def _polyp_pair_on(self, frame: CorpusFrame, rng):
+        """A Polyp pair on ``frame``: one of its polyps, a crop around it, the mask of the task's mask mode."""
         index = int(rng.integers(len(frame.boxes)))
         box = frame.boxes[index]
         crop = self._crop_for(frame, box, rng)

@@ -167,4 +167,10 @@ def _what_it_is(task) -> str:
         return ("CCIS-Diff's ControlNet: a trainable copy of an SD-1.5 U-Net's encoder conditioned on the polyp mask "
                 "(with blur-mask weighting and text-aware attention unless ablated) and the frame's clinical caption; "
                 "the base model was frozen. It runs with that base as an sd-controlnet bundle.")
+    if task.name == "ccis-compact-controlnet":
+        return ("CCIS-Diff's ControlNet on PolypForge's compact polyp model: a trainable copy of the compact U-Net's "
+                "stem, down path and mid (zero 1×1 convolutions into the frozen base's skips), conditioned on the "
+                "polyp mask (with blur-mask weighting unless ablated) and the frame's clinical caption (a word "
+                "vocabulary and a small transformer, text-aware attention unless ablated). The base was frozen; the "
+                "pair runs as a pixel-controlnet bundle (engine.pipelines.compact_controlnet).")
     return f"A model trained by PolypForge's trainer (task {task.name})."

@@ -5,6 +5,9 @@ Defaults per way in:
   steps, batch 16 crops of 128², EMA 0.999, checkpoint every 200 steps, samples every 500.
 - ``--from DIR``: Polyp-Gen's recipe on a diffusers SD-inpainting folder (engine.training.sd_task): AdamW 1e-5
   constant, batch 2 × gradient accumulation 4, 512², mixed precision when a GPU is there.
+- ``--method ccis --from SD15_DIR``: CCIS-Diff's ControlNet on an SD-1.5 base (engine.training.ccis_task).
+- ``--method ccis --preset compact --init-from MODEL_DIR``: a compact CCIS ControlNet on the compact base
+  (engine.training.ccis_compact_task): AdamW 1e-4 constant, batch 16 crops at the base's resolution, no EMA.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ COMPACT_DEFAULTS = dict(steps=20000, lr=1e-3, warmup_steps=100, batch_size=16, g
 # CCIS-Diff's settings: batch 4, lr 1e-5 (the paper); DDIM 20 steps and CFG 7.0 for the sample grid (the task).
 CCIS_DEFAULTS = dict(steps=1000, lr=1e-5, warmup_steps=0, batch_size=4, grad_accum=1, ema_decay=0.0,
                      checkpoint_every=100, sample_every=250, validate_every=100, log_every=5, resolution=512)
+# The compact CCIS ControlNet (--method ccis --preset compact): sized for a CPU; lr 1e-4 (the branch starts
+# from the base's weights, the new modules from zero outputs); resolution: the base's training crop.
+CCIS_COMPACT_DEFAULTS = dict(steps=1000, lr=1e-4, warmup_steps=0, batch_size=16, grad_accum=1, ema_decay=0.0,
+                             checkpoint_every=100, sample_every=250, validate_every=100, log_every=10, resolution=64)
 SD_DEFAULTS = dict(steps=1000, lr=1e-5, warmup_steps=0, batch_size=2, grad_accum=4, ema_decay=0.0,
                    checkpoint_every=100, sample_every=250, validate_every=0, log_every=5, resolution=512)
 
@@ -69,11 +76,16 @@ def run_training(args: argparse.Namespace) -> int:
     for problem in corpus.problems[:10]:
         print(f"  left out: {problem}", flush=True)
     method = getattr(args, "method", "inpaint")
-    if method == "ccis":
+    if method == "ccis" and args.preset == "compact":
+        from engine.training.ccis_compact_task import ccis_compact_run
+
+        task, config, finish = ccis_compact_run(args, corpus, CCIS_COMPACT_DEFAULTS)
+    elif method == "ccis":
         from engine.training.ccis_task import ccis_run
 
         if args.source is None:
-            raise InputError("--method ccis trains on a base model: give --from SD15_DIR (a text-to-image folder)")
+            raise InputError("--method ccis trains on a base model: give --from SD15_DIR (a text-to-image folder), "
+                             "or --preset compact --init-from MODEL_DIR (the compact base)")
         task, config, finish = ccis_run(args, corpus, CCIS_DEFAULTS)
     elif args.preset == "compact":
         task, config, finish = _compact(args, corpus)
@@ -105,7 +117,7 @@ def _compact(args, corpus):
     task_config = CompactTaskConfig(
         resolution=_pick(args, "resolution", COMPACT_DEFAULTS), model=model,
         batch_size=_pick(args, "batch_size", COMPACT_DEFAULTS), polyp_fraction=args.polyp_fraction,
-        mask_mode=args.mask_mode, lg_weight=args.lg_weight,
+        mask_mode=args.mask_mode or "bpm", lg_weight=args.lg_weight,
         outside_weight=defaults.outside_weight if args.outside_weight is None else args.outside_weight,
         min_snr_gamma=gamma,
         box_mask_fraction=defaults.box_mask_fraction if args.box_mask_fraction is None else args.box_mask_fraction,

@@ -210,7 +210,7 @@ def sd_inpaint_run(args, corpus: Corpus, defaults: dict):
     gamma = None if not args.min_snr_gamma else args.min_snr_gamma
     task_config = SDTaskConfig(source=str(Path(args.source).resolve()), resolution=_pick(args, "resolution", defaults),
                                batch_size=_pick(args, "batch_size", defaults), polyp_fraction=args.polyp_fraction,
-                               mask_mode=args.mask_mode, lg_weight=args.lg_weight, min_snr_gamma=gamma)
+                               mask_mode=args.mask_mode or "bpm", lg_weight=args.lg_weight, min_snr_gamma=gamma)
     task = SDInpaintTask(corpus, task_config)
     config = train_config(args, defaults)
 
