@@ -264,3 +264,13 @@ def test_a_warm_start_begins_at_the_earlier_weights_and_its_card_counts_both_run
     assert facts["steps"] == 2 and facts["steps_in_all"] == 4 and facts["earlier"]["from"] == str(first.resolve())
     assert facts["hours_in_all"] >= facts["hours"]
     assert "in all, with the 2 steps" in (second / "MODEL_CARD.md").read_text()
+
+
+def test_model_card_paths_inside_the_working_folder_are_written_relative(tmp_path):
+    from engine.training.model_card import _relative_to_working_folder
+
+    settings = {"captions": str(tmp_path / "runs" / "a" / "captions.csv"), "base": "/elsewhere/model",
+                "nested": [str(tmp_path / "x.txt"), 3], "word": "pale"}
+    relative = _relative_to_working_folder(settings, root=tmp_path)
+    assert relative == {"captions": "runs/a/captions.csv", "base": "/elsewhere/model", "nested": ["x.txt", 3],
+                        "word": "pale"}

@@ -48,6 +48,22 @@ def _earlier_training(init_from: str | None) -> dict | None:
     return None
 
 
+def _relative_to_working_folder(value, root: Path | None = None):
+    """Absolute paths inside the working folder written relative to it (recursively through dicts and lists), so a
+    committed card reads the same on every clone instead of naming the machine it was trained on."""
+    root = root or Path.cwd()
+    if isinstance(value, dict):
+        return {k: _relative_to_working_folder(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_relative_to_working_folder(v, root) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        try:
+            return Path(value).relative_to(root).as_posix()
+        except ValueError:
+            return value
+    return value
+
+
 def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpus, extra_figures: dict | None = None) -> Path:
     info = corpus.describe()
     log_rows = []
@@ -65,6 +81,9 @@ def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpu
         provenance = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8")).get("provenance", {})
     except (OSError, ValueError):
         provenance = {}
+    earlier = _earlier_training(provenance.get("init_from"))
+    provenance = _relative_to_working_folder(provenance)
+    extra_figures = _relative_to_working_folder(extra_figures or {})
     held_out_list = Path(model_dir) / "held_out_frames.txt"
     atomic_write_bytes(held_out_list, ("\n".join(info["held_out"]) + "\n").encode("utf-8"))
     facts = {
@@ -76,15 +95,16 @@ def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpu
         "training": {"steps": result.step, "samples_seen": result.step * task.samples_per_step() * config.grad_accum,
                      "hours": round(result.train_seconds / 3600.0, 3), "device": _device(),
                      "optimizer": f"AdamW lr {config.lr} ({config.lr_schedule}, warmup {config.warmup_steps}), "
-                                  f"EMA {config.ema_decay}", "task": task.describe().get("config", {})},
+                                  f"EMA {config.ema_decay}",
+                     "task": _relative_to_working_folder(task.describe().get("config", {}))},
         "figures": {"final_training_loss": round(losses[-1], 5) if losses else None,
                     "best_validation": result.best_metrics or None,
                     "last_validation": validations[-1] if validations else None, **(extra_figures or {})},
         "sample_grid": samples[-1].name if samples else None,
         "provenance": provenance,
     }
-    earlier = _earlier_training(provenance.get("init_from"))
     if earlier:
+        earlier["from"] = _relative_to_working_folder(earlier["from"])
         facts["training"]["earlier"] = earlier
         facts["training"]["steps_in_all"] = earlier["steps"] + result.step
         facts["training"]["hours_in_all"] = round(earlier["hours"] + facts["training"]["hours"], 3)
