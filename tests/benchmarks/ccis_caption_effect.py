@@ -2,7 +2,8 @@
 """Does the caption change the generated polyp the way its words say? A script, not a test.
 
     python tests/benchmarks/ccis_caption_effect.py --bundle .bench/ccis-compact --data ../shared/data/kvasir-seg \
-        --held-out training_runs/compact/model/held_out_frames.txt --out /tmp/ccis-effect [--frames 16] [--seeds 2]
+        --held-out training_runs/compact/model/held_out_frames.txt --out /tmp/ccis-effect [--frames 16] [--seeds 2] \
+        [--guidance 7]
 
 For each held-out Kvasir-SEG frame with one polyp (frames the ControlNet and its base never trained on): the
 frame's own caption (engine.captioning, measured from its pixels and mask), then the same caption with one word
@@ -67,6 +68,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the bundle's)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -93,7 +95,8 @@ def main() -> int:
             for word in words:
                 prompt = describe({**attributes, attribute: word})
                 for seed in range(args.seeds):
-                    result = pipeline(frame, mask.astype(np.uint8) * 255, prompt=prompt, steps=args.steps, seed=seed)
+                    result = pipeline(frame, mask.astype(np.uint8) * 255, prompt=prompt, steps=args.steps, seed=seed,
+                                      guidance_scale=args.guidance)
                     read_back = caption_frame(result.image, mask).attributes
                     rows.append({"frame": stem, "attribute": attribute, "word": word, "seed": seed, "prompt": prompt,
                                  "read_back": read_back[attribute],
