@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # pulling a multi-GB CUDA one.
 TORCH  ?= torch==2.13.0
 
-.PHONY: train-compact anneal-compact train-ccis-compact demo test ultralytics-env test-ultralytics screenshots installer installer-test bench bench-retrieval bench-ray bench-scale demo-bundle demo-features demo-controlnet clean
+.PHONY: train-compact anneal-compact train-ccis-compact ccis-compact-bundle demo test ultralytics-env test-ultralytics screenshots installer installer-test bench bench-retrieval bench-ray bench-scale demo-bundle demo-features demo-controlnet clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -102,6 +102,12 @@ train-ccis-compact: $(VENV)/.dev-installed
 	    --input ../shared/data/kvasir-seg --captions $(CCIS_RUN)/captions.csv --run $(CCIS_RUN) --steps $(CCIS_STEPS) \
 	    --keep-checkpoints 1 --threads $(CCIS_THREADS) --max-minutes $(CCIS_MINUTES) --to .bench/ccis-compact \
 	    --name polypforge-ccis-compact
+
+# The committed result of that run (training_runs/ccis-compact/controlnet) as a pixel-controlnet bundle, parity-checked,
+# without training: `main.py --batch --model .bench/ccis-compact --captions CAPTIONS ...`.
+ccis-compact-bundle: $(VENV)/.dev-installed
+	$(BIN)/python -c "from pathlib import Path; from engine.export.compact_controlnet_export import export_compact_controlnet_bundle as export; \
+	    export('$(CCIS_RUN)/controlnet', '.bench/ccis-compact', name='polypforge-ccis-compact', card=Path('$(CCIS_RUN)/controlnet/MODEL_CARD.md'))"
 
 # `main.py evaluate --trainer ultralytics`: Ultralytics needs torchvision, which does not import beside the CPU
 # torch pin, so it gets its own venv: torch 2.14.1 + torchvision 0.29.1 (the pair that installs and imports here;
