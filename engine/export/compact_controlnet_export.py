@@ -19,17 +19,15 @@ folder and renamed into place (a failed export leaves nothing).
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import shutil
 import time
 from pathlib import Path
 
-from engine import __version__ as engine_version
 from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION
 from engine.errors import ExportError
 from engine.export.compact_export import DEFAULT_OPSET, TOLERANCE, Log
-from engine.export.onnx_export import export_to_onnx
+from engine.export.onnx_export import export_record, export_to_onnx
 from engine.fileio import staged_folder
 
 KIND = "pixel-controlnet"
@@ -192,7 +190,6 @@ def export_compact_controlnet_bundle(model_dir: str | os.PathLike[str], destinat
         (bundle / "tokenizer" / "vocab.json").write_bytes(tokenizer.to_bytes())
         if card is not None:
             shutil.copyfile(card, bundle / "MODEL_CARD.md")
-        from importlib.metadata import version
 
         manifest = {
             "format": FORMAT_NAME,
@@ -224,15 +221,7 @@ def export_compact_controlnet_bundle(model_dir: str | os.PathLike[str], destinat
                                               "text_dropout", "captions", "init_from") if k in task},
             "architecture": {"base": model.base.config.to_json(), "controlnet": cn.to_json()},
             "parity": parity,
-            "source": {
-                "path": str(model_dir),
-                "model_class": config["model_class"],
-                "exporter": f"torch.onnx {torch.__version__} (TorchScript, dynamo=False)",
-                "opset": opset,
-                "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "exported_by": f"PolypForge {engine_version}",
-                "versions": {"torch": torch.__version__, "onnx": version("onnx"), "onnxruntime": version("onnxruntime")},
-            },
+            "source": export_record(opset, path=str(model_dir), model_class=config["model_class"]),
         }
         write_manifest(bundle, {**manifest, "files": {}})
     log(f"bundle written to {destination} in {time.perf_counter() - started:.1f} s")

@@ -14,17 +14,15 @@ temp folder and renamed into place (a failed export leaves nothing).
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from engine import __version__ as engine_version
 from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION
 from engine.errors import ExportError
-from engine.export.onnx_export import export_to_onnx
+from engine.export.onnx_export import export_record, export_to_onnx
 from engine.fileio import staged_folder
 
 Log = Callable[[str], None]
@@ -76,8 +74,6 @@ def check_parity(model, onnx_path: Path, sizes: list[tuple[int, int]], log: Log)
 def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | os.PathLike[str], name: str | None = None,
                           card: Path | None = None, overwrite: bool = True, description: str = "",
                           extra: dict | None = None, opset: int = DEFAULT_OPSET, log: Log = print) -> Path:
-    import torch
-
     from engine.bundle.format import write_manifest
     from engine.training.compact_model import load_compact_model
 
@@ -103,8 +99,6 @@ def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | 
         parity = check_parity(model, onnx_path, [(resolution, resolution), (multiple * 3, multiple * 5)], log)
         if card is not None:
             shutil.copyfile(card, bundle / "MODEL_CARD.md")
-        from importlib.metadata import version
-
         from engine.training.compact_model import CLASS_NAMES
 
         manifest = {
@@ -128,15 +122,7 @@ def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | 
                                               "polyp_fraction") if k in task},
             "architecture": model.config.to_json(),
             "parity": parity,
-            "source": {
-                "path": str(model_dir),
-                "model_class": "CompactInpaintUNet",
-                "exporter": f"torch.onnx {torch.__version__} (TorchScript, dynamo=False)",
-                "opset": opset,
-                "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "exported_by": f"PolypForge {engine_version}",
-                "versions": {"torch": torch.__version__, "onnx": version("onnx"), "onnxruntime": version("onnxruntime")},
-            },
+            "source": export_record(opset, path=str(model_dir), model_class="CompactInpaintUNet"),
             **(extra or {}),
         }
         write_manifest(bundle, {**manifest, "files": {}})

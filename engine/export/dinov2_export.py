@@ -26,18 +26,16 @@ torch and transformers are imported here only: this is not the inference path.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from engine import __version__ as engine_version
 from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION, write_manifest
 from engine.errors import ExportError
-from engine.export.onnx_export import export_to_onnx
+from engine.export.onnx_export import export_record, export_to_onnx
 from engine.fileio import staged_folder
 
 Log = Callable[[str], None]
@@ -168,7 +166,6 @@ def export_dinov2_bundle(
     `grid` is (rows, cols) of patches: the model input is rows·P × cols·P pixels. `tolerance` is
     (atol, rtol) of the parity check. `source_label` replaces the source path in provenance (a bundle built
     from a temporary folder). `extra` adds keys to bundle.json (e.g. {"random_weights": True})."""
-    import torch
 
     started = time.perf_counter()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -217,16 +214,9 @@ def export_dinov2_bundle(
             "input_name": INPUT_NAME,
             "output_name": OUTPUT_NAME,
             "features": "last hidden state after the final layer norm, class token dropped; global = mean",
-            "source": {
-                "path": source_label or str(source),
-                "model_class": "Dinov2Model",
-                "trained_image_size": config.get("image_size"),
-                "transformers_version": version("transformers"),
-                "exporter": f"torch.onnx {torch.__version__} (TorchScript, dynamo=False)",
-                "opset": opset,
-                "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "engine_version": engine_version,
-            },
+            "source": export_record(opset, path=source_label or str(source), model_class="Dinov2Model",
+                                    trained_image_size=config.get("image_size"),
+                                    transformers_version=version("transformers")),
             "parity": parity,
             **(extra or {}),
         }

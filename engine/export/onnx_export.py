@@ -31,6 +31,23 @@ def export_to_onnx(module, example_inputs: tuple, path: Path, input_names: list[
     return path
 
 
+def export_record(opset: int, **fields) -> dict:
+    """The bundle manifest's ``source`` block for a model exported by :func:`export_to_onnx`: ``fields`` (where the
+    weights came from, their class) then the exporter, opset, time, PolypForge version and the versions that made
+    the graph, so a bundle says how it can be made again."""
+    import datetime as _dt
+    from importlib.metadata import version
+
+    import torch
+
+    from engine import __version__ as engine_version
+
+    return {**fields, "exporter": f"torch.onnx {torch.__version__} (TorchScript, dynamo=False)", "opset": opset,
+            "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "exported_by": f"PolypForge {engine_version}", "engine_version": engine_version,
+            "versions": {"torch": torch.__version__, "onnx": version("onnx"), "onnxruntime": version("onnxruntime")}}
+
+
 def consolidate_external_data(model_path: Path) -> None:
     """Models over 2 GB come out of torch.onnx as hundreds of weight files: gather them into model.onnx_data."""
     model_path = Path(model_path)

@@ -12,19 +12,17 @@ destination and renamed into place (engine.fileio.staged_folder): a failed expor
 
 from __future__ import annotations
 
-import datetime as _dt
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from engine import __version__ as engine_version
 from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION, write_manifest
 from engine.errors import ExportError
 from engine.evaluation.preprocess import IMAGE_MEAN, IMAGE_STD
 from engine.evaluation.scores import DEFAULT_THRESHOLD
-from engine.export.onnx_export import export_to_onnx
+from engine.export.onnx_export import export_record, export_to_onnx
 from engine.fileio import staged_folder
 
 Log = Callable[[str], None]
@@ -115,12 +113,7 @@ def export_segmenter_bundle(net, destination: str | Path, size: int, name: str |
             "architecture": {"name": "JudgeNet (compact U-Net)", "widths": list(net.widths),
                              "parameters": parameter_count(net)},
             "training": training or {},
-            "source": {
-                "exporter": f"torch.onnx {torch.__version__} (TorchScript, dynamo=False)",
-                "opset": opset,
-                "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "engine_version": engine_version,
-            },
+            "source": export_record(opset),
             "parity": parity,
             **(extra or {}),
         }
