@@ -247,32 +247,11 @@ def sample_controlled(model, images: torch.Tensor, masks: torch.Tensor, classes:
                       guidance: float) -> torch.Tensor:
     """The torch original of the engine's pixel-controlnet sampler: diffusers' DDIM on the v-prediction of base +
     ControlNet, classifier-free guidance of (class 0, ``uncond_tokens``) against (``classes``, ``tokens``) as one
-    batch, unconditional half first."""
-    from diffusers import DDIMScheduler
+    batch, unconditional half first: the compact model's sampler with the text as the model's extra input."""
+    from engine.training.compact_task import sample_inpaint
 
-    scheduler = DDIMScheduler.from_config({k: v for k, v in scheduler_config.items() if not k.startswith("_")})
-    scheduler.set_timesteps(steps)
-    guided = guidance > 1.0
-    device = next(model.parameters()).device
-    images, masks, classes, noise = images.to(device), masks.to(device), classes.to(device), noise.to(device)
-    condition = torch.cat([images * (1 - masks), masks], dim=1)
-    labels = torch.cat([torch.zeros_like(classes), classes]) if guided else classes
-    ids = (torch.cat([uncond_tokens, tokens]) if guided else tokens).to(device)
-    x = noise * scheduler.init_noise_sigma
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for t in scheduler.timesteps:
-            copies = 2 if guided else 1
-            model_input = scheduler.scale_model_input(torch.cat([x] * copies), t)
-            prediction = model(torch.cat([model_input, torch.cat([condition] * copies)], dim=1),
-                               t.float().reshape(1).expand(model_input.shape[0]).to(device), labels, ids)
-            if guided:
-                uncond, cond = prediction.chunk(2)
-                prediction = uncond + guidance * (cond - uncond)
-            x = scheduler.step(prediction, t, x).prev_sample
-    model.train(was_training)
-    return x.cpu()
+    return sample_inpaint(model, images, masks, classes, noise, scheduler_config, steps, guidance, tokens=tokens,
+                          uncond_tokens=uncond_tokens)
 
 
 def ccis_compact_run(args, corpus: Corpus, defaults: dict):

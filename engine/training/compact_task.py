@@ -352,9 +352,13 @@ def _digest(items: list[str]) -> str:
 
 
 def sample_inpaint(model, images: torch.Tensor, masks: torch.Tensor, classes: torch.Tensor, noise: torch.Tensor,
-                   scheduler_config: dict, steps: int, guidance: float) -> torch.Tensor:
+                   scheduler_config: dict, steps: int, guidance: float, tokens: torch.Tensor | None = None,
+                   uncond_tokens: torch.Tensor | None = None) -> torch.Tensor:
     """The torch original of the engine's sampler: diffusers' DDIM on the model's v-prediction, classifier-free
-    guidance against the unconditional class as one batch (unconditional half first)."""
+    guidance against the unconditional class as one batch (unconditional half first).
+
+    ``tokens`` (a model that also takes text, the compact CCIS ControlNet): the caption's token ids, guided against
+    (class 0, ``uncond_tokens``)."""
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler.from_config({k: v for k, v in scheduler_config.items() if not k.startswith("_")})
@@ -365,6 +369,7 @@ def sample_inpaint(model, images: torch.Tensor, masks: torch.Tensor, classes: to
     condition = torch.cat([images * (1 - masks), masks], dim=1)
     x = noise * scheduler.init_noise_sigma
     labels = torch.cat([torch.zeros_like(classes), classes]) if guided else classes
+    text = () if tokens is None else ((torch.cat([uncond_tokens, tokens]) if guided else tokens).to(device),)
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -372,7 +377,7 @@ def sample_inpaint(model, images: torch.Tensor, masks: torch.Tensor, classes: to
             copies = 2 if guided else 1
             model_input = scheduler.scale_model_input(torch.cat([x] * copies), t)
             prediction = model(torch.cat([model_input, torch.cat([condition] * copies)], dim=1),
-                               t.float().reshape(1).expand(model_input.shape[0]).to(device), labels)
+                               t.float().reshape(1).expand(model_input.shape[0]).to(device), labels, *text)
             if guided:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + guidance * (cond - uncond)
