@@ -71,16 +71,13 @@ def residual_names(model) -> list[str]:
 
 
 def _example(model, vocab_size: int, batch: int, size: tuple[int, int], seed: int):
+    """The compact exporter's example inputs for the base, then random caption token ids from the same generator."""
     import torch
 
+    from engine.export.compact_export import _example as base_example
+
     generator = torch.Generator().manual_seed(seed)
-    h, w = size
-    noisy = torch.randn(batch, 3, h, w, generator=generator)
-    masked = torch.rand(batch, 3, h, w, generator=generator) * 2 - 1
-    mask = (torch.rand(batch, 1, h, w, generator=generator) > 0.5).float()
-    sample = torch.cat([noisy, masked * (1 - mask), mask], dim=1)
-    timestep = torch.randint(0, 1000, (batch,), generator=generator).float()
-    labels = torch.randint(0, 2, (batch,), generator=generator)
+    sample, timestep, labels = base_example(model.base, batch, size, generator=generator)
     ids = torch.randint(0, vocab_size, (batch, model.controlnet.config.max_tokens), generator=generator)
     return sample, timestep, labels, ids
 

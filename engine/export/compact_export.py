@@ -30,10 +30,12 @@ TOLERANCE = (1e-4, 1e-3)
 DEFAULT_OPSET = 17
 
 
-def _example(model, batch: int, size: tuple[int, int], seed: int):
+def _example(model, batch: int, size: tuple[int, int], seed: int = 0, generator=None):
+    """Random example inputs of the compact U-Net (noisy sample + masked frame + mask, timestep, class), drawn from
+    ``generator`` when given, else from one seeded with ``seed``."""
     import torch
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
     h, w = size
     noisy = torch.randn(batch, 3, h, w, generator=generator)
     masked = torch.rand(batch, 3, h, w, generator=generator) * 2 - 1

@@ -152,14 +152,20 @@ class CompactInpaintPipeline(OnnxDiffusionPipeline):
                 results.append(InpaintResult(image=image, raw=raw, seed=seeds[index], settings=dict(settings), seconds=per_image))
         return results
 
-    def _denoise(self, prepared: PreparedRegion, labels: np.ndarray, noise: np.ndarray, steps: int,
-                 guidance_scale: float, scheduler_name: str, progress, cancel) -> np.ndarray:
-        count = noise.shape[0]
+    @staticmethod
+    def _batch_condition(prepared: PreparedRegion, labels: np.ndarray, count: int) -> tuple[bool, np.ndarray, np.ndarray]:
+        """(guided, masked frame + mask repeated for every variant and guidance copy, class labels in the same
+        order: [uncond × count, cond × count] when guided)."""
         guided = labels.shape[0] == 2
         copies = 2 if guided else 1
         masked = prepared.image * (1.0 - prepared.work_mask)
         condition = np.repeat(np.concatenate([masked, prepared.work_mask], axis=1), count * copies, axis=0).astype(np.float32)
-        class_labels = np.repeat(labels, count)  # [uncond × count, cond × count]
+        return guided, condition, np.repeat(labels, count)
+
+    def _denoise(self, prepared: PreparedRegion, labels: np.ndarray, noise: np.ndarray, steps: int,
+                 guidance_scale: float, scheduler_name: str, progress, cancel) -> np.ndarray:
+        count = noise.shape[0]
+        guided, condition, class_labels = self._batch_condition(prepared, labels, count)
         unet = self.parts["unet"]
 
         def predict(model_input: np.ndarray, t) -> np.ndarray:

@@ -81,11 +81,7 @@ class CompactControlNetPipeline(CompactInpaintPipeline):
                  scheduler_name: str, progress, cancel) -> np.ndarray:
         labels, text = encoded
         count = noise.shape[0]
-        guided = labels.shape[0] == 2
-        copies = 2 if guided else 1
-        masked = prepared.image * (1.0 - prepared.work_mask)
-        condition = np.repeat(np.concatenate([masked, prepared.work_mask], axis=1), count * copies, axis=0).astype(np.float32)
-        class_labels = np.repeat(labels, count)  # [uncond × count, cond × count]
+        guided, condition, class_labels = self._batch_condition(prepared, labels, count)
         tokens = np.repeat(text, count, axis=0).astype(np.float32)
         controlnet, unet = self.parts["controlnet"], self.parts["unet"]
 
