@@ -26,7 +26,7 @@ from pathlib import Path
 
 from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION
 from engine.errors import ExportError
-from engine.export.compact_export import DEFAULT_OPSET, TOLERANCE, Log
+from engine.export.compact_export import DEFAULT_OPSET, TOLERANCE, Log, example_inputs
 from engine.export.onnx_export import export_record, export_to_onnx
 from engine.fileio import staged_folder
 
@@ -74,10 +74,8 @@ def _example(model, vocab_size: int, batch: int, size: tuple[int, int], seed: in
     """The compact exporter's example inputs for the base, then random caption token ids from the same generator."""
     import torch
 
-    from engine.export.compact_export import _example as base_example
-
     generator = torch.Generator().manual_seed(seed)
-    sample, timestep, labels = base_example(model.base, batch, size, generator=generator)
+    sample, timestep, labels = example_inputs(model.base, batch, size, generator=generator)
     ids = torch.randint(0, vocab_size, (batch, model.controlnet.config.max_tokens), generator=generator)
     return sample, timestep, labels, ids
 

@@ -30,7 +30,7 @@ TOLERANCE = (1e-4, 1e-3)
 DEFAULT_OPSET = 17
 
 
-def _example(model, batch: int, size: tuple[int, int], seed: int = 0, generator=None):
+def example_inputs(model, batch: int, size: tuple[int, int], seed: int = 0, generator=None):
     """Random example inputs of the compact U-Net (noisy sample + masked frame + mask, timestep, class), drawn from
     ``generator`` when given, else from one seeded with ``seed``."""
     import torch
@@ -57,7 +57,7 @@ def check_parity(model, onnx_path: Path, sizes: list[tuple[int, int]], log: Log)
     worst = {"max_abs_error": 0.0, "max_abs_value": 0.0}
     atol, rtol = TOLERANCE
     for index, size in enumerate(sizes):
-        sample, timestep, labels = _example(model, 2, size, seed=10 + index)
+        sample, timestep, labels = example_inputs(model, 2, size, seed=10 + index)
         with torch.no_grad():
             expected = model(sample, timestep, labels).numpy()
         (actual,) = session.run(["out_sample"], {"sample": sample.numpy(), "timestep": timestep.numpy(),
@@ -94,7 +94,7 @@ def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | 
         onnx_path = bundle / "unet" / "model.onnx"
         log(f"exporting the compact model ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) "
             f"with torch.onnx, opset {opset}")
-        export_to_onnx(model, _example(model, 2, (resolution, resolution), seed=0), onnx_path,
+        export_to_onnx(model, example_inputs(model, 2, (resolution, resolution), seed=0), onnx_path,
                        ["sample", "timestep", "class_labels"], ["out_sample"],
                        {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
                         "class_labels": {0: "batch"}, "out_sample": {0: "batch", 2: "height", 3: "width"}}, opset)

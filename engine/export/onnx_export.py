@@ -43,7 +43,7 @@ def export_record(opset: int, **fields) -> dict:
     from engine import __version__ as engine_version
 
     return {**fields, "exporter": f"torch.onnx {torch.__version__} (TorchScript, dynamo=False)", "opset": opset,
-            "exported_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "exported_by": f"PolypForge {engine_version}", "engine_version": engine_version,
             "versions": {"torch": torch.__version__, "onnx": version("onnx"), "onnxruntime": version("onnxruntime")}}
 
