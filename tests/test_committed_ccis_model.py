@@ -33,7 +33,7 @@ def test_the_committed_controlnet_carries_its_card_and_held_out_list():
     held_out = (CONTROLNET / "held_out_frames.txt").read_text().split()
     assert len(held_out) == 56
     config = json.loads((CONTROLNET / "config.json").read_text())
-    assert config  # the architecture the loader rebuilds
+    assert config["model_class"] == "CompactCCISControlNet" and config["base"] and config["controlnet"]
 
 
 def test_it_exports_parity_checked_and_runs_torch_free(bundle):
