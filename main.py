@@ -13,13 +13,13 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent
 EXIT_OK, EXIT_FAILURES, EXIT_CANNOT_START, EXIT_CANCELLED = 0, 1, 2, 130
-RETRIEVAL_HANDLERS: dict = {}  # export-features, db, propose: registered by engine.retrieval.cli
-DOCTOR_HANDLERS: dict = {}  # doctor: registered by engine.doctor_cli
-REPORT_HANDLERS: dict = {}  # report: registered by engine.metrics.cli
-CONTROLNET_HANDLERS: dict = {}  # generate: registered by engine.controlnet.cli
-TRAINING_HANDLERS: dict = {}  # train: registered by engine.training.cli
-CAPTION_HANDLERS: dict = {}  # caption: registered by engine.captioning.cli
-EVALUATION_HANDLERS: dict = {}  # train-judge, evaluate: registered by engine.evaluation.cli
+RETRIEVAL_HANDLERS: dict = {}  # export-features, db, propose: registered by engine.cli.retrieval
+DOCTOR_HANDLERS: dict = {}  # doctor: registered by engine.cli.doctor
+REPORT_HANDLERS: dict = {}  # report: registered by engine.cli.report
+CONTROLNET_HANDLERS: dict = {}  # generate: registered by engine.cli.controlnet
+TRAINING_HANDLERS: dict = {}  # train: registered by engine.cli.train
+CAPTION_HANDLERS: dict = {}  # caption: registered by engine.cli.caption
+EVALUATION_HANDLERS: dict = {}  # train-judge, evaluate: registered by engine.cli.evaluate
 
 
 def _version() -> str:
@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto: optimum, falling back to torch.onnx if optimum fails")
     export.add_argument("--name", default=None, help="bundle name (default: the folder name)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
-    from engine.controlnet.cli import add_export_options
-    from engine.controlnet.cli import register_commands as register_controlnet_commands
+    from engine.cli.controlnet import add_export_options
+    from engine.cli.controlnet import register_commands as register_controlnet_commands
 
     add_export_options(export)  # --controlnet DIR: an SD-1.5 folder + a CCIS ControlNet → "sd-controlnet" bundle
 
@@ -89,23 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--provider", choices=("auto", "cpu", "cuda", "tensorrt"), default="auto")
 
-    from engine.retrieval.cli import register_commands  # argparse only: keeps --help instant
+    from engine.cli.retrieval import register_commands  # argparse only: keeps --help instant
 
     RETRIEVAL_HANDLERS.update(register_commands(commands))
-    from engine.doctor_cli import register_commands as register_doctor_commands
+    from engine.cli.doctor import register_commands as register_doctor_commands
 
     DOCTOR_HANDLERS.update(register_doctor_commands(commands))
-    from engine.metrics.cli import register_commands as register_report_commands
+    from engine.cli.report import register_commands as register_report_commands
 
     REPORT_HANDLERS.update(register_report_commands(commands))
     CONTROLNET_HANDLERS.update(register_controlnet_commands(commands))
-    from engine.training.cli import register_commands as register_training_commands
+    from engine.cli.train import register_commands as register_training_commands
 
     TRAINING_HANDLERS.update(register_training_commands(commands))
-    from engine.captioning.cli import register_commands as register_caption_commands
+    from engine.cli.caption import register_commands as register_caption_commands
 
     CAPTION_HANDLERS.update(register_caption_commands(commands))
-    from engine.evaluation.cli import register_commands as register_evaluation_commands
+    from engine.cli.evaluate import register_commands as register_evaluation_commands
 
     EVALUATION_HANDLERS.update(register_evaluation_commands(commands))
     return parser
@@ -201,7 +201,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
 
 def _run_export(args) -> int:
     if getattr(args, "controlnet", None) is not None:
-        from engine.controlnet.cli import run_export
+        from engine.cli.controlnet import run_export
 
         return run_export(args)
     from engine.export.inpaint_export import export_inpaint_bundle

@@ -163,7 +163,7 @@ def _retrieval_shot(window, work: Path, outdir: Path, written: list[Path]) -> No
     import io
 
     from desktop.testing import settle, wait_until
-    from engine.retrieval.cli import register_commands
+    from engine.cli.retrieval import register_commands
     from engine.samples import generate_sample_set
 
     generate_sample_set(work / "polyp-frames", count=8, seed=1, with_polyps_every=1)

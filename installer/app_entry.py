@@ -1,6 +1,6 @@
 """Entry point of the built app (PyInstaller): the commands of main.py, unchanged.
 
-``doctor`` is served from engine.doctor_cli when this main.py does not register it itself yet, so a build
+``doctor`` is served from engine.cli.doctor when this main.py does not register it itself yet, so a build
 from any checkout has it."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def run(argv: list[str]) -> int:
               "app's models folder", file=sys.stderr)
         return 2
     if argv[:1] == ["doctor"] and not _main_knows("doctor"):
-        from engine.doctor_cli import register_commands
+        from engine.cli.doctor import register_commands
 
         parser = argparse.ArgumentParser(prog="polypforge")
         handlers = register_commands(parser.add_subparsers(dest="command"))

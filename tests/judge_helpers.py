@@ -19,7 +19,7 @@ TINY_MIN_VAL_DICE = 0.6
 
 
 def train_tiny_judge(root: Path) -> tuple[Path, dict]:
-    from engine.evaluation.training.train_judge import JudgeTraining, run_train_judge
+    from engine.evaluation.train_judge import JudgeTraining, run_train_judge
     from engine.samples import generate_sample_set
 
     generate_sample_set(root / "frames", count=40, seed=3, width=128, height=96, with_polyps_every=1)
@@ -68,7 +68,7 @@ def random_judge(destination: Path) -> Path:
     """A random-weight judge bundle (32 px; its scores vary from image to image and mean nothing)."""
     import torch
 
-    from engine.evaluation.training.model import JudgeNet
+    from engine.models.segmenter import JudgeNet
     from engine.export.segmenter_export import export_segmenter_bundle
 
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ TINY = ["--threads", "1", "--quiet", "--held-out-fraction", "0.25", "--batch-siz
 
 
 def _tiny_base(folder: Path, stem: int = 1, seed: int = 0):
-    from engine.training.compact_model import CompactConfig, CompactInpaintUNet, save_compact_model
+    from engine.models.compact_unet import CompactConfig, CompactInpaintUNet, save_compact_model
     from engine.training.compact_task import CompactTaskConfig
 
     torch.manual_seed(seed)
@@ -48,7 +48,7 @@ def setup(tmp_path_factory):
 
 def _task(setup, **changes):
     from engine.training.ccis_compact_task import CCISCompactTask, CCISCompactTaskConfig
-    from engine.training.compact_model import load_compact_model
+    from engine.models.compact_unet import load_compact_model
     from engine.training.corpus import load_corpus
 
     base, _ = load_compact_model(setup["base"])
@@ -83,7 +83,7 @@ def _inputs(batch=2, size=32, vocab=20, seed=0):
 # ---------------------------------------------------------------------------------------------- the model
 @pytest.mark.parametrize("stem", [1, 2])
 def test_at_init_base_plus_controlnet_is_the_base_exactly(tmp_path, stem):
-    from engine.controlnet.compact_model import CompactControlledUNet, CompactControlNet, CompactControlNetConfig
+    from engine.models.compact_controlnet import CompactControlledUNet, CompactControlNet, CompactControlNetConfig
 
     base = _tiny_base(tmp_path / "base", stem=stem)
     sample, t, labels, ids = _inputs()
@@ -105,7 +105,7 @@ def test_at_init_base_plus_controlnet_is_the_base_exactly(tmp_path, stem):
 
 
 def test_text_relevance_is_a_per_image_min_max_map_and_reweights_keys():
-    from engine.controlnet.compact_model import TextBlock, text_relevance
+    from engine.models.compact_controlnet import TextBlock, text_relevance
 
     g = torch.Generator().manual_seed(0)
     s = text_relevance(torch.randn(2, 4, 16, 8, generator=g), torch.randn(2, 4, 5, 8, generator=g))
@@ -215,7 +215,7 @@ def trained(setup, tmp_path_factory):
     run, bundle = root / "run", root / "bundle"
     done = _train(setup, run, "--steps", "2", "--sample-every", "2", "--validate-every", "2", "--to", bundle)
     assert done.returncode == 0, done.stderr[-3000:]
-    from engine.controlnet.compact_model import load_controlled_model, save_controlled_model
+    from engine.models.compact_controlnet import load_controlled_model, save_controlled_model
     from engine.export.compact_controlnet_export import export_compact_controlnet_bundle
     from engine.training.ccis_compact_task import CCISCompactTaskConfig
 

@@ -44,7 +44,7 @@ def bundles(folders):
     through the API."""
     import argparse
 
-    from engine.controlnet.cli import add_export_options, run_export
+    from engine.cli.controlnet import add_export_options, run_export
     from engine.export.controlnet_export import export_controlnet_bundle
 
     parser = argparse.ArgumentParser()  # the options main.py's export command has, plus ours
@@ -102,7 +102,7 @@ def _max_diff(a, b):
 def test_shapes_and_diffusers_format_round_trip(folders, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from engine.controlnet.model import CCISControlNetModel
+    from engine.models.sd_controlnet import CCISControlNetModel
 
     model = CCISControlNetModel.from_pretrained(str(folders["ccis"])).eval()
     assert model.config.blur_mask_weighting and model.config.text_aware_attention
@@ -123,7 +123,7 @@ def test_shapes_and_diffusers_format_round_trip(folders, tmp_path):
 def test_additions_off_equals_diffusers_controlnet(folders):
     from diffusers import ControlNetModel
 
-    from engine.controlnet.model import CCISControlNetModel
+    from engine.models.sd_controlnet import CCISControlNetModel
 
     inputs = _torch_inputs(folders)
     plain = ControlNetModel.from_pretrained(str(folders["plain"])).eval()
@@ -141,7 +141,7 @@ def test_additions_off_equals_diffusers_controlnet(folders):
 
 
 def test_each_addition_changes_the_output(folders):
-    from engine.controlnet.model import CCISControlNetModel
+    from engine.models.sd_controlnet import CCISControlNetModel
 
     inputs = _torch_inputs(folders)
     model = CCISControlNetModel.from_pretrained(str(folders["ccis"])).eval()
@@ -161,7 +161,7 @@ def test_each_addition_changes_the_output(folders):
 def test_blur_branch_pieces():
     import torch
 
-    from engine.controlnet.model import BlurMaskWeighting, gaussian_blur
+    from engine.models.sd_controlnet import BlurMaskWeighting, gaussian_blur
 
     mask = torch.zeros(1, 3, 32, 32)
     mask[:, :, 8:24, 8:24] = 1.0
@@ -181,7 +181,7 @@ def test_blur_branch_pieces():
 
 
 def test_text_aware_map_in_unit_range_and_depends_on_prompt(folders):
-    from engine.controlnet.model import CCISControlNetModel
+    from engine.models.sd_controlnet import CCISControlNetModel
 
     model = CCISControlNetModel.from_pretrained(str(folders["ccis"])).eval()
     sample, t, text, cond = _torch_inputs(folders, PROMPT)
@@ -236,7 +236,7 @@ def _diffusers_reference(folders, controlnet_dir, ccis, latents, guidance_scale,
     )
     from PIL import Image
 
-    from engine.controlnet.model import CCISControlNetModel
+    from engine.models.sd_controlnet import CCISControlNetModel
 
     controlnet = (CCISControlNetModel if ccis else ControlNetModel).from_pretrained(str(controlnet_dir)).eval()
     pipe = StableDiffusionControlNetPipeline.from_pretrained(
@@ -340,7 +340,7 @@ def test_generate_command_writes_the_image(bundles, tmp_path):
 
     from PIL import Image
 
-    from engine.controlnet.cli import register_commands
+    from engine.cli.controlnet import register_commands
 
     parser = argparse.ArgumentParser()
     handlers = register_commands(parser.add_subparsers(dest="command"))
@@ -357,7 +357,7 @@ def test_generate_command_writes_the_image(bundles, tmp_path):
 
 def test_trainable_every_new_branch_gets_gradients(folders):
     """One training step's backward pass reaches the blur branch, the weighting MLP and the trainable copy."""
-    from engine.controlnet.model import CCISControlNetModel
+    from engine.models.sd_controlnet import CCISControlNetModel
 
     model = CCISControlNetModel.from_pretrained(str(folders["ccis"])).train()
     sample, t, text, cond = _torch_inputs(folders)

@@ -13,7 +13,7 @@ import pytest
 
 from engine import doctor
 from engine.bundle import format as bundle_format
-from engine.doctor_cli import EXIT_NOT_READY, EXIT_READY, register_commands
+from engine.cli.doctor import EXIT_NOT_READY, EXIT_READY, register_commands
 
 REPO = Path(__file__).resolve().parents[1]
 DEMOS = ("demo-sd-inpaint", "demo-dinov2")

@@ -14,7 +14,7 @@ import pytest
 
 import main as app
 from conftest import REPO_ROOT
-from engine.evaluation.testing import score_frames, summarise
+from engine.judge.accuracy import score_frames, summarise
 from engine.fileio import save_png_atomic
 from cli_helpers import run_main
 from judge_helpers import fake_output, polyp_frame
@@ -150,8 +150,8 @@ def test_evaluate_resumes_at_the_run_it_was_in(tmp_path):
 
 
 def test_holdout_follows_the_trainers_rule_and_by_rank_still_holds_out():
-    from engine.evaluation.segdata import hash_position, holdout
-    from engine.training.corpus import is_held_out
+    from engine.dataset.splits import hash_position, is_held_out
+    from engine.evaluation.segdata import holdout
 
     names = [f"frame{i:04d}.jpg" for i in range(400)]
     for name in names:

@@ -19,7 +19,7 @@ from cli_helpers import run_main
 from conftest import REPO_ROOT
 from engine.errors import InputError
 from engine.evaluation import segdata
-from engine.evaluation.training import ultralytics_trainer as ut
+from engine.evaluation import ultralytics_trainer as ut
 from engine.fileio import save_png_atomic
 from judge_helpers import fake_output, polyp_frame
 
@@ -43,7 +43,7 @@ def _synthetic(root, seeds):
 
 def test_yolo_segment_labels_round_trip_to_the_masks(tmp_path):
     from engine.dataset.labels import read_yolo
-    from engine.evaluation.scores import iou
+    from engine.judge.scores import iou
     from engine.masks.instances import Instance
 
     data = segdata.from_folder(_real_folder(tmp_path / "real", range(10, 14)))
@@ -71,7 +71,7 @@ def test_dataset_yaml_and_budget(tmp_path):
 
 def test_the_workers_confidence_maps_are_scored_like_the_judge_trainer(tmp_path, monkeypatch):
     """The driver's half of a run: given the worker's output (confidence PNGs), the rows are score_frame's."""
-    from engine.evaluation.testing import score_frame
+    from engine.judge.accuracy import score_frame
     from PIL import Image
 
     test = _real_folder(tmp_path / "test", range(30, 32))

@@ -16,7 +16,7 @@ import pytest
 import main as app
 from conftest import REPO_ROOT
 from engine.errors import BundleError, ExportError
-from engine.evaluation import scores
+from engine.judge import scores
 from cli_helpers import run_main
 from judge_helpers import (TINY_MIN_VAL_DICE, TINY_SIZE, TINY_STEPS, clean_frame, fake_output, polyp_frame,
                            train_tiny_judge)
@@ -47,7 +47,7 @@ def test_the_exported_judge_runs_torch_free_and_sees_polyps(tiny_judge):
         "import sys, numpy as np\n"
         "sys.path.insert(0, 'tests')\n"
         "from judge_helpers import polyp_frame, clean_frame\n"
-        "from engine.evaluation.judge import Judge\n"
+        "from engine.judge.model import Judge\n"
         f"judge = Judge.from_bundle({str(bundle)!r}, provider='cpu')\n"
         "hits, frees = [], []\n"
         "for seed in range(900, 906):\n"
@@ -67,14 +67,14 @@ def test_the_exported_judge_runs_torch_free_and_sees_polyps(tiny_judge):
 
 
 def test_parity_beyond_tolerance_refuses_the_bundle(tmp_path):
-    from engine.evaluation.training.model import JudgeNet
+    from engine.models.segmenter import JudgeNet
     from engine.export.segmenter_export import export_segmenter_bundle
 
     with pytest.raises(ExportError, match="differs from torch"):
         export_segmenter_bundle(JudgeNet((4, 8)), tmp_path / "judge", 32, tolerance=(0.0, 0.0), log=lambda t: None)
     assert not (tmp_path / "judge").exists()
     export_segmenter_bundle(JudgeNet((4, 8)), tmp_path / "judge", 32, log=lambda t: None)
-    from engine.evaluation.judge import Judge
+    from engine.judge.model import Judge
 
     judge = Judge.from_bundle(tmp_path / "judge", provider="cpu")
     assert judge.size == 32 and judge.dim == 8
@@ -85,7 +85,7 @@ def test_parity_beyond_tolerance_refuses_the_bundle(tmp_path):
 
 
 def test_a_non_segmenter_bundle_is_refused_as_judge():
-    from engine.evaluation.judge import Judge
+    from engine.judge.model import Judge
 
     with pytest.raises(BundleError, match="not a judge"):
         Judge.from_bundle(REPO_ROOT / "exported_models" / "demo-dinov2")
@@ -121,8 +121,8 @@ def test_region_verdicts_on_constructed_probability_maps():
 
 
 def test_detectability_flags_a_region_without_a_polyp_and_passes_one_with(tiny_judge, tmp_path):
-    from engine.evaluation.detectability import compute_detectability
-    from engine.evaluation.judge import Judge
+    from engine.judge.detectability import compute_detectability
+    from engine.judge.model import Judge
     from engine.metrics.features import list_images
 
     bundle, _ = tiny_judge
@@ -206,8 +206,8 @@ def test_train_judge_resumes_exactly_after_a_kill(tmp_path):
 def test_detectability_of_a_real_job_has_before_and_ceiling(tiny_judge, tmp_path):
     """The demo bundle paints noise over real (generated) polyps: the judge finds the polyps in the source
     frames (the ceiling, and "before" at the same region) far more often than in the variants."""
-    from engine.evaluation.detectability import compute_detectability
-    from engine.evaluation.judge import Judge
+    from engine.judge.detectability import compute_detectability
+    from engine.judge.model import Judge
     from engine.jobs import build_spec, run_job
     from engine.metrics.features import list_images
     from engine.samples import generate_sample_set
@@ -228,7 +228,7 @@ def test_detectability_of_a_real_job_has_before_and_ceiling(tiny_judge, tmp_path
 
 
 def test_detectability_by_region_size_is_a_hand_count():
-    from engine.evaluation.detectability import by_region_size
+    from engine.judge.detectability import by_region_size
 
     def variant(area, found, mode="add"):
         return {"mode": mode, "region_area": area, "verdict": {"found": found}}
@@ -246,7 +246,7 @@ def test_detectability_by_region_size_is_a_hand_count():
 
 
 def test_max_minutes_stops_and_exports_the_best_so_far(tmp_path):
-    from engine.evaluation.training.train_judge import JudgeTraining, run_train_judge
+    from engine.evaluation.train_judge import JudgeTraining, run_train_judge
     from engine.samples import generate_sample_set
 
     generate_sample_set(tmp_path / "frames", count=10, seed=8, width=96, height=80, with_polyps_every=1)

@@ -11,7 +11,7 @@ import pytest
 
 import main
 from engine.errors import InputError
-from engine.evaluation.rejection import attempt_seed
+from engine.judge.rejection import attempt_seed
 from engine.jobs.review import load_records, set_review
 from engine.jobs.runner import variant_seed
 from engine.jobs.spec import shipped_bundles_folder

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import main as app
-from engine.metrics.cli import EXIT_FLAGGED
+from engine.cli.report import EXIT_FLAGGED
 from engine.metrics.report import run_report
 from engine.samples import generate_sample_set
 

@@ -181,7 +181,7 @@ def test_engine_retrieval_imports_no_torch():
     code = (
         "import sys, numpy as np\n"
         "from engine.retrieval import RetrievalProposer, FeatureExtractor\n"
-        "import engine.retrieval.cli, engine.retrieval.explain, engine.retrieval.build\n"
+        "import engine.cli.retrieval, engine.retrieval.explain, engine.retrieval.build\n"
         "fx = FeatureExtractor.from_bundle('demo-dinov2', provider='cpu')\n"
         "fx.extract(np.zeros((64, 80, 3), np.uint8))\n"
         "print(sorted(m for m in ('torch', 'transformers', 'diffusers') if m in sys.modules))\n"

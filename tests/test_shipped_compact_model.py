@@ -32,7 +32,7 @@ def test_onnx_unet_equals_its_torch_original():
     import onnxruntime as ort
     import torch
 
-    from engine.training.compact_model import load_compact_model
+    from engine.models.compact_unet import load_compact_model
 
     model, config = load_compact_model(TORCH_ORIGINAL)
     manifest = json.loads((BUNDLE / "bundle.json").read_text())
@@ -55,7 +55,7 @@ def test_engine_sampling_equals_the_torch_sampler_on_a_frame():
 
     from engine.pipelines.compact import CompactInpaintPipeline
     from engine.samples.frames import generate_frame
-    from engine.training.compact_model import load_compact_model
+    from engine.models.compact_unet import load_compact_model
     from engine.training.compact_task import sample_inpaint
 
     model, config = load_compact_model(TORCH_ORIGINAL)

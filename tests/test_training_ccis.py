@@ -136,7 +136,7 @@ def test_trained_controlnet_exports_and_the_engine_equals_torch(setup, tmp_path)
     from safetensors.torch import load_file
 
     from engine.bundle import read_bundle
-    from engine.controlnet.model import CCISControlNetModel
+    from engine.models.sd_controlnet import CCISControlNetModel
     from engine.pipelines.controlnet import ControlNetPipeline
 
     run, bundle = tmp_path / "run", tmp_path / "bundle"
@@ -180,7 +180,7 @@ def _diffusers_reference(sd15: Path, controlnet_dir: Path, latents: np.ndarray, 
     from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline
     from PIL import Image
 
-    from engine.controlnet.model import CCISControlNetModel
+    from engine.models.sd_controlnet import CCISControlNetModel
 
     controlnet = CCISControlNetModel.from_pretrained(controlnet_dir).eval()
     pipe = StableDiffusionControlNetPipeline.from_pretrained(sd15, controlnet=controlnet, safety_checker=None,

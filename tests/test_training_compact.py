@@ -93,7 +93,7 @@ def test_lesion_guided_loss_equals_hand_computation():
 
 # ---------------------------------------------------------------------------------------------- learning
 def _tiny_task(sample_corpus):
-    from engine.training.compact_model import CompactConfig
+    from engine.models.compact_unet import CompactConfig
     from engine.training.compact_task import CompactInpaintTask, CompactTaskConfig
     from engine.training.corpus import load_corpus
 
@@ -174,7 +174,7 @@ def test_kill_9_then_resume_equals_uninterrupted(sample_corpus, tmp_path):
 
 def test_train_exports_a_bundle_the_engine_runs_like_torch(sample_corpus, tmp_path):
     from engine.pipelines.compact import CompactInpaintPipeline
-    from engine.training.compact_model import load_compact_model
+    from engine.models.compact_unet import load_compact_model
     from engine.training.compact_task import sample_inpaint
 
     run, bundle = tmp_path / "run", tmp_path / "bundle"
@@ -195,7 +195,7 @@ def test_train_exports_a_bundle_the_engine_runs_like_torch(sample_corpus, tmp_pa
     with torch.no_grad():  # a trained-for-6-steps model is near its zero-initialised output: make it speak
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
-    from engine.training.compact_model import save_compact_model
+    from engine.models.compact_unet import save_compact_model
     from engine.training.compact_task import CompactTaskConfig
     from engine.export.compact_export import export_compact_bundle
 

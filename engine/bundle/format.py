@@ -21,7 +21,7 @@ its bundle.json adds a "controlnet" section, the class labels and the vocabulary
 A "dinov2" bundle (the retrieval proposer's feature extractor, engine.retrieval) is ``bundle.json`` +
 ``model.onnx``: pixel_values (B, 3, rows·P, cols·P) → patch tokens (B, rows·cols, dim).
 
-A "segmenter" bundle (the polyp judge, engine.evaluation.judge) is ``bundle.json`` + ``model.onnx``:
+A "segmenter" bundle (the polyp judge, engine.judge.model) is ``bundle.json`` + ``model.onnx``:
 pixel_values (B, 3, S, S) → probability (B, 1, S, S) and embedding (B, D); bundle.json adds the threshold,
 the normalisation, and what it was trained on (engine.export.segmenter_export).
 
@@ -84,7 +84,7 @@ REQUIRED_FILES: dict[str, dict[str, str]] = {
         "unet": "unet/model.onnx",
         "vocab": "tokenizer/vocab.json",
     },
-    # A polyp segmenter (the judge, engine.evaluation.judge): pixel_values (B, 3, S, S) → probability
+    # A polyp segmenter (the judge, engine.judge.model): pixel_values (B, 3, S, S) → probability
     # (B, 1, S, S) and embedding (B, D).
     "segmenter": {
         "model": "model.onnx",

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from engine.fileio import atomic_writer
 
@@ -155,3 +155,17 @@ class Manifest:
         with atomic_writer(self.path) as target:
             for record in records:
                 target.write(encode_record(record))
+
+
+def manifest_groups(records: Sequence[dict | None]) -> dict[str, dict[str, list[int]]]:
+    """{"mask_source": {"random": [indices]}, "mode": {...}, "bundle": {...}}: which of a PolypForge output's
+    variants (their manifest records, in order; None for an image without one) share each setting."""
+    groups: dict[str, dict[str, list[int]]] = {"mask_source": {}, "mode": {}, "bundle": {}}
+    for index, record in enumerate(records):
+        record = record or {}
+        for key, by_value in groups.items():
+            value = record.get(key)
+            if key == "bundle" and record.get("bundle_id"):
+                value = f"{value} ({str(record['bundle_id'])[:12]})"
+            by_value.setdefault(str(value), []).append(index)
+    return groups

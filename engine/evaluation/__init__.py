@@ -1,16 +1,14 @@
-"""Evaluation with a polyp segmenter the project trains itself (the "judge").
+"""The judge lab (torch; never imported by the inference path): training the project's polyp segmenter
+(the "judge") and ``evaluate`` — does synthetic data help a downstream segmenter?
 
-Torch-free (the inference path, onnxruntime only):
+- ``segdata``             — frames + masks (any layout the batch job reads, or a PolypForge output) as cached
+                            arrays, the deterministic held-out split, augmentation;
+- ``judge_task``          — the segmenter's TrainingTask for the one trainer;
+- ``train_judge``         — the ``train-judge`` command's work: train, export a "segmenter" bundle, card;
+- ``evaluate``            — real vs real + synthetic, seeds, paired statistics, report;
+- ``ultralytics_trainer`` — ``evaluate --trainer ultralytics`` (runs ``ultralytics_worker`` in its own Python);
+- ``leaks``, ``evaluation_report``, ``model_card``, ``pictures`` — its checks, report, card and grids.
 
-- ``preprocess``: frames → the judge's input (whole frame resized to a square, normalised); the same code
-  prepares training batches, so training and inference see identical pixels;
-- ``scores``: Dice, IoU, the frame polyp score and the judge's verdict on a variant's labelled region;
-- ``judge``: a "segmenter" bundle in onnxruntime → probability map, polyp score, encoder embedding;
-- ``segdata``: frames + masks (any layout the batch job reads, or a PolypForge output) as cached arrays,
-  the deterministic held-out split by file-name hash, augmentation;
-- ``detectability``: the report's per-variant judge figures, aggregated, with the real-frame ceiling;
-- ``rejection``: the batch job's ``--judge`` check of one variant;
-- ``boxes``: detection AP50 / AP@[.5:.95] from masks' boxes (pycocotools), for ``evaluate``.
-
-Torch code (training and export only) lives in ``engine.evaluation.training`` and ``engine.export``.
+The judge's torch-free runtime (scoring, rejection, detectability) is engine.judge, one floor down; the network
+is engine.models.segmenter.
 """

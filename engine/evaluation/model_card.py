@@ -1,6 +1,6 @@
 """MODEL_CARD.md of a judge bundle: what it is, its data and their terms, the split, minutes of training, and its
 figures — on its own validation frames and on any further folder (frames it did or did not see), measured by
-the exported ONNX model itself (engine.evaluation.judge), at each frame's own resolution.
+the exported ONNX model itself (engine.judge.model), at each frame's own resolution.
 
 For a folder of polyp-free frames the figure that matters is the false-positive rate: the share of frames
 where the judge sees a polyp-sized blob (frame polyp score > threshold), and the share with any predicted
@@ -29,7 +29,7 @@ class CardSet:
 
 def score_set(judge, card_set: CardSet) -> dict:
     from engine.evaluation import segdata
-    from engine.evaluation.testing import score_frames, summarise
+    from engine.judge.accuracy import score_frames, summarise
 
     _, entries = segdata.folder_entries(card_set.folder)
     if card_set.names is not None:
@@ -58,7 +58,7 @@ def _line(label: str, s: dict) -> str:
 
 def write_judge_card(bundle_dir: str | Path, extra_sets: list[CardSet] | None = None, provider: str = "cpu",
                      training_notes: list[str] | None = None) -> tuple[Path, dict]:
-    from engine.evaluation.judge import Judge
+    from engine.judge.model import Judge
 
     bundle_dir = Path(bundle_dir)
     judge = Judge.from_bundle(bundle_dir, provider=provider)

@@ -14,7 +14,7 @@ about 77 KB a frame at 160 px. A frame that cannot be read is left out with a no
 never stops a run. Every frame keeps its source sha256 (the leak check of ``evaluate``).
 
 ``holdout(names, fraction)``: a deterministic split by the sha256 of each file stem (not its path; the
-trainer's rule, engine.training.corpus.is_held_out): the same frames are held out wherever the folder lives.
+trainer's rule, engine.dataset.splits): the same frames are held out wherever the folder lives.
 
 ``augment``: a random crop (60–100 % of the area, aspect 0.8–1.25; sometimes a crop chosen to miss the
 polyp, so real mucosa teaches "no polyp"), resized to the training size, flips, 90° rotations, brightness /
@@ -32,8 +32,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.dataset import splits
 from engine.errors import InputError, PolypForgeError
-from engine.evaluation.preprocess import resize_frame, resize_mask_fraction
+from engine.judge.preprocess import resize_frame, resize_mask_fraction
 
 DEFAULT_CACHE = 160
 HOLDOUT_FRACTION = 0.10
@@ -186,33 +187,10 @@ def from_polypforge_output(folder: str | Path, cache: int = DEFAULT_CACHE,
     return data
 
 
-def hash_position(stem: str) -> float:
-    """The number in [0, 1) that engine.training.corpus.is_held_out compares with the fraction (tests keep the two
-    in step): the first 8 bytes of sha256(stem), little-endian, / 2^64."""
-    return int.from_bytes(hashlib.sha256(stem.encode("utf-8")).digest()[:8], "little") / 2**64
-
-
 def holdout(names: Sequence[str], fraction: float = HOLDOUT_FRACTION, by_rank: bool = False) -> tuple[list[int], list[int]]:
-    """(kept, held out) indices by the trainer's rule (engine.training.corpus.is_held_out: the sha256 of the file
-    stem), so the frames ``main.py train`` holds out at a smaller fraction are held out here too.
-
-    ``by_rank``: hold out the round(fraction·n) frames whose hash is lowest instead — for a set that is itself
-    what remained after that rule took its held-out frames (``evaluate``'s test set is often exactly those), where
-    the threshold would find none. At least one frame is held out and one kept when there are two or more."""
-    from engine.training.corpus import is_held_out
-
-    stems = [Path(n).stem for n in names]
-    if by_rank:
-        order = sorted(range(len(names)), key=lambda i: (hash_position(stems[i]), stems[i]))
-        held = sorted(order[:max(1, round(fraction * len(names)))]) if len(names) >= 2 else []
-    else:
-        held = [i for i, stem in enumerate(stems) if is_held_out(stem, fraction)]
-        if len(names) >= 2 and not held:
-            held = [min(range(len(names)), key=lambda i: (hash_position(stems[i]), stems[i]))]
-    if len(names) >= 2 and len(held) == len(names):
-        held = held[:-1]
-    chosen = set(held)
-    return [i for i in range(len(names)) if i not in chosen], held
+    """(kept, held out) indices by the trainer's hash rule (engine.dataset.splits.holdout), at the judge's
+    default fraction."""
+    return splits.holdout(names, fraction, by_rank)
 
 
 # ---------------------------------------------------------------------------------------------- augmentation

@@ -1,4 +1,4 @@
-"""Export a compact CCIS ControlNet folder (engine.controlnet.compact_model.save_controlled_model: the compact base +
+"""Export a compact CCIS ControlNet folder (engine.models.compact_controlnet.save_controlled_model: the compact base +
 its ControlNet + vocab.json) to a "pixel-controlnet" bundle that engine.pipelines.compact_controlnet runs without
 torch::
 
@@ -142,8 +142,8 @@ def export_compact_controlnet_bundle(model_dir: str | os.PathLike[str], destinat
     import torch
 
     from engine.bundle.format import write_manifest
-    from engine.controlnet.compact_model import load_controlled_model
-    from engine.training.compact_model import CLASS_NAMES
+    from engine.models.compact_controlnet import load_controlled_model
+    from engine.models.compact_unet import CLASS_NAMES
 
     started = time.perf_counter()
     model_dir = Path(model_dir).resolve()

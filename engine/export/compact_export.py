@@ -1,4 +1,4 @@
-"""Export the compact polyp model (engine.training.compact_model: a folder with config.json + model.safetensors)
+"""Export the compact polyp model (engine.models.compact_unet: a folder with config.json + model.safetensors)
 to a "pixel-inpaint" bundle that engine.pipelines.compact runs without torch::
 
     bundle.json      kind "pixel-inpaint": image_size (training crop side), size_multiple, classes (prompt →
@@ -77,7 +77,7 @@ def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | 
                           card: Path | None = None, overwrite: bool = True, description: str = "",
                           extra: dict | None = None, opset: int = DEFAULT_OPSET, log: Log = print) -> Path:
     from engine.bundle.format import write_manifest
-    from engine.training.compact_model import load_compact_model
+    from engine.models.compact_unet import load_compact_model
 
     started = time.perf_counter()
     model_dir = Path(model_dir).resolve()
@@ -101,7 +101,7 @@ def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | 
         parity = check_parity(model, onnx_path, [(resolution, resolution), (multiple * 3, multiple * 5)], log)
         if card is not None:
             shutil.copyfile(card, bundle / "MODEL_CARD.md")
-        from engine.training.compact_model import CLASS_NAMES
+        from engine.models.compact_unet import CLASS_NAMES
 
         manifest = {
             "format": FORMAT_NAME,

@@ -80,7 +80,7 @@ def load_torch_models(source: Path, controlnet: Path):
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from engine.controlnet.model import CCISControlNetModel
+    from engine.models.sd_controlnet import CCISControlNetModel
 
     kwargs = {"local_files_only": True}
     cn_class = _read_json(controlnet / "config.json").get("_class_name")

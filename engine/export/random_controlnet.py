@@ -107,7 +107,7 @@ def build_random_ccis_controlnet(
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    from engine.controlnet.model import CCISControlNetModel
+    from engine.models.sd_controlnet import CCISControlNetModel
 
     unet = UNet2DConditionModel.from_pretrained(str(Path(sd15_dir) / "unet"), local_files_only=True)
     torch.manual_seed(seed)

@@ -1,4 +1,4 @@
-"""Export the judge (engine.evaluation.training.model.JudgeNet) to a "segmenter" bundle.
+"""Export the judge (engine.models.segmenter.JudgeNet) to a "segmenter" bundle.
 
     bundle.json   kind "segmenter": image size, normalisation, threshold, embedding size, what it was trained
                   on (training section), provenance, parity
@@ -20,8 +20,8 @@ import numpy as np
 
 from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION, write_manifest
 from engine.errors import ExportError
-from engine.evaluation.preprocess import IMAGE_MEAN, IMAGE_STD
-from engine.evaluation.scores import DEFAULT_THRESHOLD
+from engine.judge.preprocess import IMAGE_MEAN, IMAGE_STD
+from engine.judge.scores import DEFAULT_THRESHOLD
 from engine.export.onnx_export import export_record, export_to_onnx
 from engine.fileio import staged_folder
 
@@ -69,7 +69,7 @@ def export_segmenter_bundle(net, destination: str | Path, size: int, name: str |
     `parity_frames`: optional normalised real inputs (B, 3, size, size) checked besides the random batch."""
     import torch
 
-    from engine.evaluation.training.model import Exported, parameter_count
+    from engine.models.segmenter import Exported, parameter_count
 
     started = time.perf_counter()
     destination = Path(destination).expanduser().resolve()

@@ -25,7 +25,7 @@ from engine.dataset.discovery import SourceFrame
 from engine.dataset.image_reader import read_frame, read_mask
 from engine.dataset.labels import read_yolo
 from engine.errors import Cancelled, InputError, PolypForgeError
-from engine.evaluation.rejection import generate_judged, open_gate
+from engine.judge.rejection import generate_judged, open_gate
 from engine.fileio import save_png_atomic
 from engine.masks.sources import Skip, resolve_region
 from engine.pipelines.blending import default_blend

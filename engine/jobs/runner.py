@@ -161,7 +161,7 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
         raise JobCannotStart(str(exc)) from None
     settings["bundle_id"] = backend.bundle.bundle_id
     try:
-        from engine.evaluation.rejection import check_judge
+        from engine.judge.rejection import check_judge
 
         if spec.judge is not None:
             settings["judge_bundle_id"] = check_judge(spec)

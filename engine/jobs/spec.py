@@ -67,7 +67,7 @@ class JobSpec:
     # variant's manifest line records the line that made its (synthetic) source. Off: they are never read.
     include_synthetic: bool = False
     break_lock: bool = False  # take the output folder's lock even from a holder that may still be alive
-    judge: Path | None = None  # a "segmenter" bundle: variants it disagrees with are rejected (engine.evaluation.rejection)
+    judge: Path | None = None  # a "segmenter" bundle: variants it disagrees with are rejected (engine.judge.rejection)
     min_judge_score: float = 0.5  # the judge score a variant needs to be kept
     max_attempts: int = 1  # generations per variant with --judge (the next seeds after a rejection)
 

@@ -15,7 +15,7 @@ Feature models (anything with ``extract_batch(frames) -> [FrameFeatures]``, ``na
   ``image_size``, ``image_mean``/``image_std``, ``input_name``/``output_name``, ``files``) and ``model.onnx``
   taking (N, 3, H, W) float32 and giving (N, D) pooled features (2048 for the FID network). Nothing is
   downloaded: "inception" without a folder is refused with a message saying what to supply;
-- a "segmenter" bundle, the polyp judge (``engine.evaluation.judge.JudgeFeatures``; ``--features judge`` is
+- a "segmenter" bundle, the polyp judge (``engine.judge.model.JudgeFeatures``; ``--features judge`` is
   exported_models/polyp-judge): the encoder's bottleneck averaged over space, features trained on
   colonoscopy frames, so the distances mean something about colonoscopy when no DINOv2 export is at hand.
 
@@ -254,7 +254,7 @@ def load_feature_model(features: str | os.PathLike[str] | None = None, provider:
                 "kind \"inception\" + model.onnx giving pooled (N, 2048) features); nothing is downloaded. Give its "
                 "path, or leave --features out to use the DINOv2 bundle")
     if features is not None and str(features).strip().lower() == "judge" and not Path(str(features)).exists():
-        from engine.evaluation.judge import default_judge_bundle
+        from engine.judge.model import default_judge_bundle
 
         features = default_judge_bundle()
     path = default_features_bundle() if features is None else find_bundle(features)
@@ -262,7 +262,7 @@ def load_feature_model(features: str | os.PathLike[str] | None = None, provider:
     if kind == "inception":
         extractor = InceptionExtractor.from_bundle(path, provider=provider, threads=threads)
     elif kind == "segmenter":
-        from engine.evaluation.judge import Judge, JudgeFeatures
+        from engine.judge.model import Judge, JudgeFeatures
 
         extractor = JudgeFeatures(Judge.from_bundle(path, provider=provider, threads=threads))
     else:
@@ -329,19 +329,6 @@ def compute_features(items: Sequence[ImageItem], extractor, batch_size: int = DE
     if not rows:
         return np.zeros((0, 0), np.float32)
     return np.concatenate(rows, axis=0)
-
-
-def manifest_groups(items: Sequence[ImageItem]) -> dict[str, dict[str, list[int]]]:
-    """{"mask_source": {"random": [indices]}, "mode": {...}, "bundle": {...}} for a PolypForge output."""
-    groups: dict[str, dict[str, list[int]]] = {"mask_source": {}, "mode": {}, "bundle": {}}
-    for index, item in enumerate(items):
-        record = item.record or {}
-        for key, by_value in groups.items():
-            value = record.get(key)
-            if key == "bundle" and record.get("bundle_id"):
-                value = f"{value} ({str(record['bundle_id'])[:12]})"
-            by_value.setdefault(str(value), []).append(index)
-    return groups
 
 
 def dumps(data) -> bytes:

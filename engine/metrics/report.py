@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.dataset.manifest import manifest_groups
 from engine.errors import InputError
 from engine.fileio import atomic_write_bytes
 from engine.metrics import stats
@@ -37,7 +38,6 @@ from engine.metrics.features import (
     dumps,
     list_images,
     load_feature_model,
-    manifest_groups,
     random_weights,
     sha256_of,
 )
@@ -106,7 +106,7 @@ def compute_report(real_dir, synthetic_dir, extractor, batch_size: int = DEFAULT
                    progress: Progress | None = None, cancelled: Callable[[], bool] | None = None,
                    tsne: bool = True, judge=None) -> tuple[dict, dict]:
     """All figures (a JSON-able dict) and the pictures ({name: PIL image}); writes nothing. With a `judge`
-    (engine.evaluation.judge.Judge) and a PolypForge output, also the detectability figures."""
+    (engine.judge.model.Judge) and a PolypForge output, also the detectability figures."""
     t0 = time.perf_counter()
     real_set = real_dir if isinstance(real_dir, ImageSet) else list_images(real_dir)
     synth_set = synthetic_dir if isinstance(synthetic_dir, ImageSet) else list_images(synthetic_dir)
@@ -172,7 +172,7 @@ def compute_report(real_dir, synthetic_dir, extractor, batch_size: int = DEFAULT
     # per-source breakdown
     breakdown = []
     if synth_set.polypforge:
-        for key, values in manifest_groups(synth_set.items).items():
+        for key, values in manifest_groups([item.record for item in synth_set.items]).items():
             for value, indices in sorted(values.items()):
                 entry = {"by": key, "value": value, "count": len(indices)}
                 if len(indices) >= 2:
@@ -187,7 +187,7 @@ def compute_report(real_dir, synthetic_dir, extractor, batch_size: int = DEFAULT
                 breakdown.append(entry)
     data["breakdown"] = breakdown
     if judge is not None and synth_set.polypforge:
-        from engine.evaluation.detectability import compute_detectability
+        from engine.judge.detectability import compute_detectability
 
         data["detectability"] = compute_detectability(synth_set, judge, progress=progress, cancelled=cancelled)
         if data["detectability"]["judge"].get("random_weights"):
@@ -393,7 +393,7 @@ def run_report(real_dir, synthetic_dir, out_dir, features: str | os.PathLike[str
 def load_judge(judge: str | os.PathLike[str] | None, provider: str = "auto", log: Callable[[str], None] | None = None):
     """The judge for detectability: None → none; "auto" → the shipped polyp-judge when present; else a bundle."""
     from engine.errors import BundleError
-    from engine.evaluation.judge import Judge, default_judge_bundle
+    from engine.judge.model import Judge, default_judge_bundle
 
     if judge is None:
         return None

@@ -6,7 +6,6 @@
                 curator-supplied normal frames, streaming, with per-stage timing;
 - proposer.py — global top-K retrieval, in-mask patch matching, DBSCAN, scored and merged proposals;
 - explain.py  — the --explain picture;
-- cli.py      — `export-features`, `db build|add|info`, `propose` (register_commands for main.py).
 
 No torch here: the feature model runs in onnxruntime; export lives in engine.export.dinov2_export.
 
@@ -15,7 +14,7 @@ No torch here: the feature model runs in onnxruntime; export lives in engine.exp
     proposals = proposer.propose(frame_rgb_uint8, top_k=5)
 """
 
-# Imported on first use, so that `import engine.retrieval.cli` (main.py's argument parser) stays light.
+# Imported on first use, so that `import engine.cli.retrieval` (main.py's argument parser) stays light.
 _EXPORTS = {
     "Candidate": "engine.retrieval.proposer",
     "DatabaseError": "engine.retrieval.database",

@@ -1,4 +1,4 @@
-"""The word-level vocabulary of the compact CCIS ControlNet's text encoder (engine.controlnet.compact_model).
+"""The word-level vocabulary of the compact CCIS ControlNet's text encoder (engine.models.compact_controlnet).
 
 The compact model has no pretrained text encoder: its captions (``main.py caption``: a few dozen clinical words,
 "pale pink, smooth, sessile ...") are tokenised by words. A word is a run of letters after lowercasing (anything

@@ -1,5 +1,5 @@
 """Training a compact CCIS ControlNet (``main.py train --method ccis --preset compact --init-from BASE``) on the
-one trainer: CCIS-Diff's mask + clinical-text ControlNet (engine.controlnet.compact_model) on the compact polyp
+one trainer: CCIS-Diff's mask + clinical-text ControlNet (engine.models.compact_controlnet) on the compact polyp
 model PolypForge trained itself, which stays frozen.
 
 The data path is the compact task's (engine.training.compact_task) restricted to what CCIS-Diff learns from:
@@ -30,7 +30,7 @@ from PIL import Image
 
 from engine.errors import InputError
 from engine.text.word_tokenizer import MAX_LENGTH, WordTokenizer
-from engine.training.compact_model import CompactConfig, CompactInpaintUNet, parameter_count
+from engine.models.compact_unet import CompactConfig, CompactInpaintUNet, parameter_count
 from engine.training.compact_task import (
     POLYP,
     SCHEDULER_CONFIG,
@@ -113,7 +113,7 @@ class CCISCompactTask(CompactInpaintTask):
         return None  # build_model starts from the base (copied into the branch); the new modules from the seed
 
     def controlnet_config(self):
-        from engine.controlnet.compact_model import CompactControlNetConfig
+        from engine.models.compact_controlnet import CompactControlNetConfig
 
         c = self.config
         return CompactControlNetConfig(vocab_size=self.tokenizer.size, max_tokens=c.max_tokens,
@@ -122,7 +122,7 @@ class CCISCompactTask(CompactInpaintTask):
                                        text_dim=c.text_dim, text_layers=c.text_layers)
 
     def build_model(self) -> torch.nn.Module:
-        from engine.controlnet.compact_model import CompactControlledUNet, CompactControlNet
+        from engine.models.compact_controlnet import CompactControlledUNet, CompactControlNet
 
         base = CompactInpaintUNet(self.config.model)
         base.load_state_dict(self._base_weights)
@@ -256,7 +256,7 @@ def sample_controlled(model, images: torch.Tensor, masks: torch.Tensor, classes:
 
 def ccis_compact_run(args, corpus: Corpus, defaults: dict):
     """(task, trainer config, finish) of ``main.py train --method ccis --preset compact``."""
-    from engine.training.compact_model import load_compact_model
+    from engine.models.compact_unet import load_compact_model
     from engine.training.runs import _pick, train_config
 
     if args.captions is None:
@@ -294,7 +294,7 @@ def ccis_compact_run(args, corpus: Corpus, defaults: dict):
     config = train_config(args, defaults)
 
     def finish(result):
-        from engine.controlnet.compact_model import save_controlled_model
+        from engine.models.compact_controlnet import save_controlled_model
         from engine.training.model_card import write_model_card
 
         folder = save_controlled_model(result.final_model(), task.tokenizer, task_config, Path(args.run) / "controlnet")

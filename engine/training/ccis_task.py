@@ -1,7 +1,7 @@
 """Training CCIS-Diff's ControlNet (``main.py train --method ccis --from SD15_DIR --captions FILE``) on the one trainer.
 
 The base is a diffusers SD-1.5-shaped *text-to-image* folder (the paper's base); its VAE, text encoder and U-Net
-are frozen. Only the ControlNet (engine.controlnet.model.CCISControlNetModel: a trainable copy of the base U-Net's
+are frozen. Only the ControlNet (engine.models.sd_controlnet.CCISControlNetModel: a trainable copy of the base U-Net's
 encoder with zero convolutions, plus blur-mask weighting and text-aware attention, each switchable for the
 paper's ablation) trains. A sample is a training frame resized to ``resolution``², its polyp mask (all of its
 polyps) as the 3-channel condition image, and its clinical caption (``main.py caption`` writes them) as the
@@ -127,7 +127,7 @@ class CCISControlNetTask(TrainingTask):
                              "uncaptioned": self.uncaptioned}}
 
     def build_model(self):
-        from engine.controlnet.model import CCISControlNetModel
+        from engine.models.sd_controlnet import CCISControlNetModel
 
         if self.config.controlnet_from:
             model = CCISControlNetModel.from_pretrained(self.config.controlnet_from, local_files_only=True)

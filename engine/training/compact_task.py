@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from engine.pipelines.framing import auto_region_padding, region_crop
-from engine.training.compact_model import CLASS_NAMES, CompactConfig, CompactInpaintUNet, parameter_count
+from engine.models.compact_unet import CLASS_NAMES, CompactConfig, CompactInpaintUNet, parameter_count
 from engine.training.corpus import Corpus, CorpusFrame
 from engine.training.loop import TrainingTask
 from engine.training.objectives import (

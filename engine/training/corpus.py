@@ -9,7 +9,6 @@ are made on them. A frame that cannot be read is reported and left out; it never
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from PIL import Image
 from engine.dataset.discovery import SourceFrame, discover
 from engine.dataset.image_reader import read_frame, read_mask
 from engine.dataset.labels import read_yolo
+from engine.dataset.splits import is_held_out
 from engine.errors import InputError, PolypForgeError
 from engine.masks.geometry import binarize
 from engine.masks.instances import split_instances
@@ -56,11 +56,6 @@ class Corpus:
             "held_out": sorted(f.stem for f in self.held_out),
             "unreadable": len(self.problems),
         }
-
-
-def is_held_out(stem: str, fraction: float) -> bool:
-    digest = hashlib.sha256(stem.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "little") / 2**64 < fraction
 
 
 def _scaled(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:

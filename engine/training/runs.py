@@ -103,7 +103,7 @@ def run_training(args: argparse.Namespace) -> int:
 
 
 def _compact(args, corpus):
-    from engine.training.compact_model import CompactConfig
+    from engine.models.compact_unet import CompactConfig
     from engine.training.compact_task import CompactInpaintTask, CompactTaskConfig
 
     defaults = CompactTaskConfig()
@@ -128,7 +128,7 @@ def _compact(args, corpus):
 
     def finish(result):
         from engine.export.compact_export import export_compact_bundle
-        from engine.training.compact_model import save_compact_model
+        from engine.models.compact_unet import save_compact_model
         from engine.training.model_card import write_model_card
 
         model_dir = save_compact_model(result.final_model(), task_config, Path(args.run) / "model")

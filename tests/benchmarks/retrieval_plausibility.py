@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     from engine.retrieval.build import EntrySource, build_database
     from engine.retrieval.features import open_feature_extractor
     from engine.retrieval.proposer import RetrievalProposer
-    from engine.training.corpus import is_held_out
+    from engine.dataset.splits import is_held_out
     from engine.training.pairs import visible_area
 
     kvasir = args.data / "kvasir-seg"

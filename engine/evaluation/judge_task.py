@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from engine.evaluation import scores
-from engine.evaluation.preprocess import IMAGE_MEAN, IMAGE_STD, normalise
+from engine.judge import scores
+from engine.judge.preprocess import IMAGE_MEAN, IMAGE_STD, normalise
 from engine.evaluation.segdata import SegmentationSet, augment, at_size
-from engine.evaluation.training.model import DEFAULT_WIDTHS, JudgeNet
+from engine.models.segmenter import DEFAULT_WIDTHS, JudgeNet
 from engine.training.loop import TrainingTask
 
 DEFAULT_SIZE = 128

@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.errors import InputError
 from engine.evaluation import segdata
-from engine.evaluation.training.model import DEFAULT_WIDTHS
+from engine.models.segmenter import DEFAULT_WIDTHS
 
 Log = Callable[[str], None]
 
@@ -79,7 +79,7 @@ def split_data(settings: JudgeTraining, log: Log) -> tuple[segdata.SegmentationS
             keep, held = segdata.holdout(data.names)
             train, val = data.subset(keep), data.subset(held)
             rule = (f"held out when the first 8 bytes of sha256(file stem), little-endian, / 2^64 < "
-                    f"{segdata.HOLDOUT_FRACTION} (engine.training.corpus.is_held_out)")
+                    f"{segdata.HOLDOUT_FRACTION} (engine.dataset.splits.is_held_out)")
     if len(train) < 1:
         raise InputError(f"{settings.input}: no training frames left after the validation split")
     if len(val) < 1:
@@ -115,7 +115,7 @@ def best_network(task, result):
 
 def torch_predictor(task, net) -> Callable:
     """frames → probability maps at frame size, through the same preprocessing as the runtime judge."""
-    from engine.evaluation.preprocess import resize_frame, resize_probability
+    from engine.judge.preprocess import resize_frame, resize_probability
 
     def predict(frames):
         images = np.stack([resize_frame(f, task.size) for f in frames])
@@ -128,8 +128,8 @@ def torch_predictor(task, net) -> Callable:
 def run_train_judge(settings: JudgeTraining, log: Log = print) -> dict:
     import torch
 
-    from engine.evaluation.testing import score_frames, summarise
-    from engine.evaluation.training.task import JudgeTask
+    from engine.judge.accuracy import score_frames, summarise
+    from engine.evaluation.judge_task import JudgeTask
     from engine.export.segmenter_export import export_segmenter_bundle
     from engine.training.loop import train
 
@@ -166,7 +166,7 @@ def run_train_judge(settings: JudgeTraining, log: Log = print) -> dict:
     }
     parity_frames = None
     if len(val_set):
-        from engine.evaluation.preprocess import normalise
+        from engine.judge.preprocess import normalise
 
         images, _ = segdata.at_size(val_set.subset(range(min(4, len(val_set)))), settings.size)
         parity_frames = normalise(images)

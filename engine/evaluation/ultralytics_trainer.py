@@ -7,7 +7,7 @@ imports here is torch 2.14.1 + torchvision 0.29.1 + ultralytics 8.4.190 (`make u
 .venv-ultralytics). This module never imports ultralytics: it writes each run's data as a YOLO segment dataset
 (the same frames, masks and held-out validation frames the judge trainer gets, polygons from the masks'
 outlines), runs ultralytics_worker.py in that Python, and scores the worker's confidence maps with the same
-scorer as the judge trainer (engine.evaluation.testing), so both trainers' figures mean the same thing.
+scorer as the judge trainer (engine.judge.accuracy), so both trainers' figures mean the same thing.
 
 Budget: the same number of training samples as the judge trainer (steps × batch size), as whole epochs over the
 arm's pool (at least 1), unless ``ultralytics_epochs`` is given.
@@ -174,7 +174,7 @@ def run_ultralytics(pool, val, test_entries, seed: int, settings, run_dir: Path,
     """Train one arm × seed in the Ultralytics Python and score it on the test frames (rows as the judge trainer's)."""
     from PIL import Image
 
-    from engine.evaluation.testing import score_frame
+    from engine.judge.accuracy import score_frame
 
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

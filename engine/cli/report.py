@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.cli_args import positive_int
+from engine.cli.args import positive_int
 
 EXIT_OK, EXIT_FLAGGED = 0, 1
 

@@ -4,7 +4,7 @@ Per ok variant of a PolypForge output (its manifest record):
 
 - its labelled region R: add mode, what was generated (the variant's instance mask, else its generated
   instances); remove mode, where the removed polyps were (the record's ``removed`` instances);
-- the judge's verdict on the variant at R (engine.evaluation.scores.judge_region): add — region IoU and
+- the judge's verdict on the variant at R (engine.judge.scores.judge_region): add — region IoU and
   confidence, found = IoU ≥ 0.5; remove — found = a polyp-like blob (peak p > threshold) is still there;
 - the same verdict on its real source frame at the same R ("before"): in add mode with a random or retrieved
   region it should find nothing there; in remove mode it should find the real polyp.
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import PolypForgeError
-from engine.evaluation.preprocess import resize_probability
-from engine.evaluation.scores import judge_region
+from engine.judge.preprocess import resize_probability
+from engine.judge.scores import judge_region
 
 Progress = Callable[[str, int, int], None]
 
@@ -155,7 +155,7 @@ def compute_detectability(image_set, judge, progress: Progress | None = None,
     """Detectability figures of a PolypForge output's ok variants (an engine.metrics.features.ImageSet)."""
     from engine.dataset.image_reader import read_frame
     from engine.errors import Cancelled
-    from engine.metrics.features import manifest_groups
+    from engine.dataset.manifest import manifest_groups
 
     output = Path(image_set.root)
     sources, note = _source_frames(output)
@@ -201,7 +201,7 @@ def compute_detectability(image_set, judge, progress: Progress | None = None,
             progress("judge", done, total)
 
     groups = []
-    for key, values in manifest_groups(image_set.items).items():
+    for key, values in manifest_groups([item.record for item in image_set.items]).items():
         for value, indices in sorted(values.items()):
             groups.append({"by": key, "value": value, **_aggregate([rows[i] for i in indices])})
     ceiling_rows = [ceiling for rel, ceiling in sorted(ceilings.items()) if ceiling is not None]

@@ -46,7 +46,7 @@ exist) and run-time switches (``use_blur_mask``, ``use_text_aware_attention``: w
 for ablation on the same weights.
 
 This is torch code (export and training only): the inference path runs the exported ONNX bundle, and the
-import-isolation test exempts engine/controlnet as it does engine/export.
+import-isolation test exempts engine/models as it does engine/export.
 """
 
 from __future__ import annotations

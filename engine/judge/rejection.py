@@ -3,7 +3,7 @@ regenerated with the next seed.
 
 ``JudgeGate.open(bundle, min_score, max_attempts)`` loads the judge once per job. For each variant,
 ``gate.check(image, mode, generated, removed)`` gives the judge's verdict on the variant's labelled region
-(engine.evaluation.scores: add — mean probability over the generated polyps; remove — 1 − the peak
+(engine.judge.scores: add — mean probability over the generated polyps; remove — 1 − the peak
 probability where the removed polyps were) and whether it passes (score ≥ min_score).
 
 Seeds of the retries are a pure function of the variant's own seed and the attempt number
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.evaluation.scores import DEFAULT_MIN_SCORE, RegionVerdict, judge_region
+from engine.judge.scores import DEFAULT_MIN_SCORE, RegionVerdict, judge_region
 
 REASON = "judge"
 
@@ -40,14 +40,14 @@ def labelled_region(mode: str, generated, removed, height: int, width: int) -> n
 
 @dataclass
 class JudgeGate:
-    judge: object  # engine.evaluation.judge.Judge
+    judge: object  # engine.judge.model.Judge
     min_score: float = DEFAULT_MIN_SCORE
     max_attempts: int = 1
 
     @classmethod
     def open(cls, bundle, min_score: float = DEFAULT_MIN_SCORE, max_attempts: int = 1, provider: str = "auto",
              threads: int | None = None) -> "JudgeGate":
-        from engine.evaluation.judge import Judge
+        from engine.judge.model import Judge
 
         return cls(Judge.from_bundle(bundle, provider=provider, threads=threads), float(min_score), int(max_attempts))
 

@@ -1,6 +1,6 @@
 """``main.py evaluate``: does training with the synthetic set help a segmenter on real frames it never saw?
 
-For each seed, the downstream model (the judge's compact U-Net, engine.evaluation.training.task) is trained
+For each seed, the downstream model (the judge's compact U-Net, engine.evaluation.judge_task) is trained
 twice under the same budget (steps × batch size, same seed, same held-out real frames for picking the best
 weights): on the real training frames alone ("real"), and on them plus the synthetic variants
 ("real+synthetic"; ``synthetic_cap`` limits the synthetic share of the training pool). Each is scored on the
@@ -28,7 +28,7 @@ from typing import Callable
 
 from engine.errors import InputError
 from engine.evaluation import segdata
-from engine.evaluation.training.model import DEFAULT_WIDTHS
+from engine.models.segmenter import DEFAULT_WIDTHS
 from engine.fileio import atomic_write_bytes
 
 Log = Callable[[str], None]
@@ -52,7 +52,7 @@ class EvaluationSettings:
     validate_every: int = 100
     threads: int | None = None
     fresh: bool = False
-    trainer: str = "judge"  # or "ultralytics" (engine.evaluation.training.ultralytics_trainer)
+    trainer: str = "judge"  # or "ultralytics" (engine.evaluation.ultralytics_trainer)
     ultralytics_epochs: int | None = None  # None: from the budget (steps × batch over the pool)
     ultralytics_python: str | None = None  # the Ultralytics environment's Python (None: found)
     progress: bool = True
@@ -117,12 +117,12 @@ def run_evaluation(settings: EvaluationSettings, log: Log = print) -> dict:
     import torch
 
     from engine.evaluation.leaks import check_no_leak
-    from engine.evaluation.testing import score_frames, summarise
-    from engine.evaluation.training.task import JudgeTask
-    from engine.evaluation.training.train_judge import best_network, torch_predictor
+    from engine.judge.accuracy import score_frames, summarise
+    from engine.evaluation.judge_task import JudgeTask
+    from engine.evaluation.train_judge import best_network, torch_predictor
     from engine.training.loop import TrainConfig, train
 
-    from engine.evaluation.training import ultralytics_trainer
+    from engine.evaluation import ultralytics_trainer
 
     if settings.trainer not in ("judge", "ultralytics"):
         raise InputError(f"--trainer {settings.trainer}: not one of judge, ultralytics")
@@ -231,7 +231,7 @@ def _write(out, settings, results, real, real_val, synthetic, synthetic_used, te
 
 def _trainer_description(settings: EvaluationSettings) -> dict:
     if settings.trainer == "ultralytics":
-        from engine.evaluation.training.ultralytics_trainer import describe
+        from engine.evaluation.ultralytics_trainer import describe
 
         return describe(settings)
     return {"name": "judge", "description": "the judge's compact U-Net trained from scratch", "steps": settings.steps,

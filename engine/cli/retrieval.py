@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from engine.cli_args import positive_int
+from engine.cli.args import positive_int
 from engine.errors import InputError
 
 EXIT_OK, EXIT_PROBLEMS = 0, 1

@@ -1,7 +1,7 @@
 """The judge's view of a frame: the whole frame resized to size × size (aspect squeezed, never cropped: a
 polyp may lie anywhere, borders included), scaled to [0, 1] and normalised per channel.
 
-Training (engine.evaluation.segdata) and inference (engine.evaluation.judge) both call ``resize_frame`` and
+Training (engine.evaluation.segdata) and inference (engine.judge.model) both call ``resize_frame`` and
 ``normalise``, so the exported model sees exactly the pixels it was trained on. Probability maps go back to
 the frame with ``resize_probability`` (bilinear, the inverse squeeze).
 """

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from engine.evaluation import scores
+from engine.judge import scores
 from engine.masks.instances import MIN_INSTANCE_PIXELS
 
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.cli_args import positive_int
+from engine.cli.args import positive_int
 
 EXIT_OK, EXIT_CANNOT_START, EXIT_INTERRUPTED = 0, 2, 130
 Handler = Callable[[argparse.Namespace], int]
@@ -132,7 +132,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         print(f"error: evaluate needs {' and '.join(missing)}: pip install torch==2.13.0 && pip install -e '.[export]'",
               file=sys.stderr)
         return EXIT_CANNOT_START
-    from engine.evaluation.training.evaluate import EvaluationSettings, run_evaluation
+    from engine.evaluation.evaluate import EvaluationSettings, run_evaluation
     from engine.training.loop import TrainingInterrupted
 
     settings = EvaluationSettings(train=args.train, synthetic=args.synthetic, test=args.test, out=args.out,
@@ -158,7 +158,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
 
 
 def run_train_judge_command(args: argparse.Namespace) -> int:
-    from engine.evaluation.training.train_judge import JudgeTraining, run_train_judge
+    from engine.evaluation.train_judge import JudgeTraining, run_train_judge
     from engine.training.loop import TrainingInterrupted
 
     settings = JudgeTraining(input=args.input, to=args.to, val=args.val, run_dir=args.run_dir, steps=args.steps,

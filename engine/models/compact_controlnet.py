@@ -1,7 +1,7 @@
-"""A CCIS-Diff ControlNet for the compact polyp model (engine.training.compact_model.CompactInpaintUNet).
+"""A CCIS-Diff ControlNet for the compact polyp model (engine.models.compact_unet.CompactInpaintUNet).
 
 CCIS-Diff (Xie et al., arXiv 2411.12198) conditions a frozen diffusion model on a polyp mask and a clinical
-caption through a ControlNet with blur-mask weighting and text-aware attention. engine.controlnet.model is our
+caption through a ControlNet with blur-mask weighting and text-aware attention. engine.models.sd_controlnet is our
 reading on an SD-1.5 base; this module is the same reading on the compact pixel-space base PolypForge trains
 itself, which has no text encoder and no cross-attention of its own.
 
@@ -34,7 +34,7 @@ The model (``CompactControlledUNet``) is the frozen base plus ``CompactControlNe
   min-max normalised per image to [0, 1] (a constant map gives 0). The self-attention's keys are re-weighted by
   (1 + S): P'_jk ∝ softmax(Q_j·K_k/√d)·(1 + S_k) = softmax(Q_j·K_k/√d + log(1 + S_k)). Pixels that match the
   text weigh more as sources for every pixel; S constant gives back plain self-attention. No new weights.
-  This is the reading engine.controlnet.model documents for the SD variant.
+  This is the reading engine.models.sd_controlnet documents for the SD variant.
 
 Both additions are config switches (``blur_mask_weighting``, ``text_aware_attention``): whether their modules
 exist. The class label (0 unconditional, 1 Polyp) goes to the base and to the branch's copy of the class
@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.training.compact_model import CompactConfig, CompactInpaintUNet, ResBlock, SelfAttention, timestep_embedding
+from engine.models.compact_unet import CompactConfig, CompactInpaintUNet, ResBlock, SelfAttention, timestep_embedding
 
 
 @dataclass

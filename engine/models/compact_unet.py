@@ -147,7 +147,7 @@ class CompactInpaintUNet(nn.Module):
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor,
                 down_residuals: list[torch.Tensor] | None = None, mid_residual: torch.Tensor | None = None) -> torch.Tensor:
         """The v-prediction. ``down_residuals`` (one per skip, in order) and ``mid_residual`` are a ControlNet's
-        additions (engine.controlnet.compact_model): added to the skips after the down path and to the mid output,
+        additions (engine.models.compact_controlnet): added to the skips after the down path and to the mid output,
         as diffusers adds a ControlNet's residuals to its U-Net; None leaves the model as it was trained."""
         s = self.config.stem
         emb = self.time_mlp(timestep_embedding(timestep.reshape(-1).expand(sample.shape[0]), self.config.widths[0]))

@@ -3,7 +3,7 @@
 ``Judge.from_bundle(path)``; ``judge.look(frame)`` → ``JudgeView``: the polyp probability of every frame
 pixel (the model's S × S map resized back over the whole frame), the judge's mask (p > threshold), the frame
 polyp score, and the encoder embedding. ``judge.verdict(frame, region, mode)`` is the judge's opinion of a
-variant (engine.evaluation.scores.judge_region). The judge is an evaluation tool, not a diagnostic device.
+variant (engine.judge.scores.judge_region). The judge is an evaluation tool, not a diagnostic device.
 
 ``JudgeFeatures`` wraps a judge as a feature extractor for the quality report (``--features judge``): the
 global feature of a frame is the encoder's bottleneck averaged over space.
@@ -20,8 +20,8 @@ import numpy as np
 
 from engine.bundle import Bundle, read_bundle
 from engine.errors import BundleError
-from engine.evaluation import scores
-from engine.evaluation.preprocess import check_rgb, prepare_batch, resize_probability
+from engine.judge import scores
+from engine.judge.preprocess import check_rgb, prepare_batch, resize_probability
 
 DEFAULT_JUDGE = "polyp-judge"  # exported_models/polyp-judge
 BATCH = 8

@@ -2,7 +2,7 @@
 
 Standalone on purpose (stdlib, numpy, Pillow and ultralytics only; nothing from engine/): Ultralytics needs
 torchvision, which does not import beside PolypForge's CPU torch pin, so it lives in its own venv
-(`make ultralytics-env`) and the driver (engine.evaluation.training.ultralytics_trainer) runs this file there:
+(`make ultralytics-env`) and the driver (engine.evaluation.ultralytics_trainer) runs this file there:
 
     python ultralytics_worker.py JOB.json
 
