@@ -21,14 +21,15 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["engine", "engine.errors", "engine.fileio", "engine.bundle", "engine.runtime", "engine.dataset",
                     "engine.masks", "engine.schedulers", "engine.text", "engine.samples"]),
     ("networks | inference", ["engine.models", "engine.pipelines", "engine.retrieval", "engine.captioning",
-                              "engine.judge"]),
+                              "engine.judge", "engine.transplant"]),
     ("torch: networks in, bundles out", ["engine.export", "engine.training"]),
     ("orchestration and labs", ["engine.jobs", "engine.metrics", "engine.evaluation", "engine.doctor",
                                 "engine.demo"]),
     ("entry: command line and UI", ["engine.cli", "desktop", "main"]),
 ]
 # Inference packages that must stay torch-free: they never import the torch floor beside them or above them.
-TORCH_FREE = ["engine.pipelines", "engine.retrieval", "engine.captioning", "engine.judge", "engine.runtime",
+TORCH_FREE = ["engine.pipelines", "engine.retrieval", "engine.captioning", "engine.judge", "engine.transplant",
+              "engine.runtime",
               "engine.bundle", "engine.dataset", "engine.masks", "engine.schedulers", "engine.text"]
 TORCH_CODE = ["engine.models", "engine.export", "engine.training", "engine.evaluation"]
 
