@@ -382,3 +382,15 @@ def test_report_max_deviation(capsys):
     with capsys.disabled():
         print(f"\n[schedulers] max abs deviation vs diffusers: ddim={_MAX_SEEN['ddim']:.3g} dpm++={_MAX_SEEN['dpm++']:.3g}")
     assert all(v < TOL for v in _MAX_SEEN.values())
+
+
+@pytest.mark.parametrize("timestep", [0, 250, 999])
+def test_ddim_add_noise_equals_diffusers(timestep):
+    """The forward process SDEdit starts from (a partly noised image), as diffusers' DDIMScheduler.add_noise."""
+    rng = np.random.default_rng(timestep)
+    original = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    noise = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    ours = make_scheduler("ddim", SD2_INPAINT_CONFIG).add_noise(original, noise, timestep)
+    theirs = diffusers.DDIMScheduler.from_config(SD2_INPAINT_CONFIG).add_noise(
+        torch.from_numpy(original), torch.from_numpy(noise), torch.tensor([timestep])).numpy()
+    assert ours.dtype == np.float32 and np.abs(ours - theirs).max() < TOL

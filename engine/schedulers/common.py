@@ -267,6 +267,15 @@ class SchedulerBase:
         """Identity, like ``DDIMScheduler.scale_model_input`` / ``DPMSolverMultistepScheduler.scale_model_input``."""
         return sample
 
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, timestep: Any) -> np.ndarray:
+        """The forward process at one training timestep: sqrt(ᾱ_t)·x₀ + sqrt(1 − ᾱ_t)·ε, float32 — what diffusers'
+        schedulers' ``add_noise`` computes (SDEdit / img2img start from it: a partly noised image instead of pure
+        noise)."""
+        alpha_prod = F32(self.alphas_cumprod[timestep_as_int(timestep)])
+        original = to_float32_array("original", original)
+        noise = to_float32_array("noise", noise)
+        return (sqrt32(alpha_prod) * original + sqrt32(F32(1.0) - alpha_prod) * noise).astype(np.float32)
+
     @property
     def num_train_timesteps(self) -> int:
         return int(self.config["num_train_timesteps"])
