@@ -124,6 +124,9 @@ def _add_batch_options(group) -> None:
     group.add_argument("--split-file", type=Path, help="lines 'PATH_OR_STEM SPLIT'; unlisted frames are left out")
     group.add_argument("--from-splits", help="splits to derive variants from (default train; written to their own split)")
     group.add_argument("--mask-source", choices=("user", "box", "random", "retrieved"))
+    group.add_argument("--sizes", help="random masks' polyp sizes: all (default: the input's own polyps', else the "
+                       "Kvasir-SEG prior), small (< 5 %% of the frame), large (> 20 %%) or a range of percent "
+                       "of the frame such as 2-10")
     group.add_argument("--db", type=Path, help="retrieval database (for --mask-source retrieved)")
     group.add_argument("--top-k", type=int, help="retrieval candidates per frame (default 5)")
     group.add_argument("--box-pad", type=int, help="pixels added around boxes (default 15, as Polyp-Gen)")
@@ -174,7 +177,7 @@ def _add_batch_options(group) -> None:
 
 
 BATCH_KEYS = ("input", "output", "model", "provider", "threads", "masks", "labels", "split_file", "from_splits",
-              "mask_source", "db", "top_k", "box_pad", "mode", "prompt", "negative_prompt", "captions", "variants", "seed", "steps",
+              "mask_source", "sizes", "db", "top_k", "box_pad", "mode", "prompt", "negative_prompt", "captions", "variants", "seed", "steps",
               "scheduler", "guidance", "formats", "batch_size", "resume", "inpaint_area", "region_padding",
               "blend", "backend", "ray_address", "workers", "gpus_per_worker", "include_synthetic", "break_lock",
               "judge", "min_judge_score", "max_attempts")

@@ -13,6 +13,7 @@ One polyp's size is its 8-connected component's pixel count over the frame's (en
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable
@@ -116,6 +117,7 @@ def load(path: Path) -> SizeDistribution:
     return SizeDistribution(tuple(float(q) for q in data["quantiles"]), data["source"])
 
 
+@functools.cache
 def kvasir_seg_prior() -> SizeDistribution:
     """The sizes of Kvasir-SEG's 1000 frames' polyps: what new polyps take when the input has no masks."""
     return load(KVASIR_SEG_PRIOR_FILE)
