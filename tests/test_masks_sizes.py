@@ -123,3 +123,11 @@ def test_size_bins_are_the_reports():
 def test_an_empty_input_has_no_distribution():
     with pytest.raises(InputError):
         SizeDistribution.from_sizes([], "input")
+
+
+def test_a_missing_or_damaged_distribution_file_names_itself(tmp_path):
+    for path, text in ((tmp_path / "missing.json", None), (tmp_path / "damaged.json", '{"source": "x"}')):
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(InputError, match=path.name):
+            size_prior.load(path)

@@ -222,6 +222,12 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
         except PolypForgeError as exc:
             raise JobCannotStart(str(exc)) from None
         settings["retrieval_db_id"] = proposer.describe()["db_id"]
+    sizes = None
+    if spec.mask_source == "random":
+        try:
+            sizes = input_sizes(sources.frames, spec)
+        except InputError as exc:  # the Kvasir-SEG prior's file missing from a damaged install
+            raise JobCannotStart(str(exc)) from None
     _prepare_output(spec, settings)
     try:
         backend.check_output(spec)  # Ray: every worker node sees and writes the output folder
@@ -230,6 +236,8 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
 
     summary = JobSummary(status="ok", output=spec.output, notes=[*lock_notes, *sources.notes], provider=backend.provider)
     summary.notes.extend(backend.notes)
+    if sizes is not None:
+        summary.notes.append(f"random masks' polyp sizes: {sizes.source}")
     items = plan(sources.frames, spec)
     summary.planned = len(items)
     skipped_splits = sum(1 for f in sources.frames if f.split not in spec.from_splits)
@@ -249,10 +257,6 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
                              f"from {spec.captions}; the others use the prompt {prompt!r}")
     emit(JobEvent("started", total=len(items), message=f"{len(items)} variants of {len({i.frame.rel for i in items})} frames on {backend.describe()}"))
 
-    sizes = None
-    if spec.mask_source == "random":
-        sizes = input_sizes(sources.frames, spec)
-        summary.notes.append(f"random masks' polyp sizes: {sizes.source}")
     tasks = frame_tasks(items, done, prompt, captions, spec, sizes)
     collect = RecordCollector(manifest, emit, total=len(items), done=len(items) - sum(len(t.items) for t in tasks))
     summary.reused = collect.done

@@ -110,11 +110,16 @@ def save(distribution: SizeDistribution, path: Path, **about) -> None:
 
 
 def load(path: Path) -> SizeDistribution:
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if len(data["quantiles"]) != len(QUANTILE_PROBABILITIES):
+    """A distribution written by ``save``; InputError naming the file when it is missing or not one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        quantiles, source = data["quantiles"], data["source"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a readable size distribution ({exc})") from None
+    if len(quantiles) != len(QUANTILE_PROBABILITIES):
         raise InputError(f"{path}: a size distribution holds {len(QUANTILE_PROBABILITIES)} quantiles, "
-                         f"not {len(data['quantiles'])}")
-    return SizeDistribution(tuple(float(q) for q in data["quantiles"]), data["source"])
+                         f"not {len(quantiles)}")
+    return SizeDistribution(tuple(float(q) for q in quantiles), source)
 
 
 @functools.cache
