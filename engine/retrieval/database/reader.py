@@ -100,6 +100,10 @@ class RetrievalDatabase:
             self._globals = array[: self.count]
         return self._globals
 
+    def forget_globals(self) -> None:
+        """Drop the memory map of globals.npy: a writer is about to replace the file."""
+        self._globals = None
+
     @property
     def locals(self) -> np.ndarray:
         """Patch features (count, rows·cols, dim), float16, memory-mapped (nothing is read until indexed)."""
@@ -165,6 +169,12 @@ class RetrievalDatabase:
             offsets.append(position)
         self._entries_blob = blob[:position]
         self._entry_offsets = offsets
+
+    def committed_entries_size(self) -> int:
+        """Bytes of entries.jsonl the committed entries take, read afresh from disk: what lies beyond them is
+        an interrupted add's."""
+        self._load_entry_offsets()
+        return len(self._entries_blob)
 
     def entry(self, entry_id: int) -> dict[str, Any]:
         if not 0 <= entry_id < self.count:
@@ -242,7 +252,7 @@ class RetrievalDatabase:
         except RuntimeError as exc:
             problems.append(f"{INDEX}: FAISS cannot read it ({str(exc).splitlines()[0]})")
         try:
-            self._load_entry_offsets()
+            committed = self.committed_entries_size()
             for entry_id in range(self.count):
                 entry = self.entry(entry_id)
                 if entry.get("id") != entry_id:
@@ -250,7 +260,7 @@ class RetrievalDatabase:
                     break
                 if not (root / entry["mask"]).is_file():
                     problems.append(f"{entry['mask']}: missing (entry {entry_id})")
-            extra = (root / ENTRIES).stat().st_size - len(self._entries_blob or b"")
+            extra = (root / ENTRIES).stat().st_size - committed
             if extra > 0:
                 notes.append(f"{ENTRIES}: {extra} bytes beyond the committed entries (an interrupted add): ignored")
         except (DatabaseError, json.JSONDecodeError, UnicodeDecodeError, KeyError) as exc:

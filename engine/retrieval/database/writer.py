@@ -119,8 +119,7 @@ class DatabaseWriter:
                 os.truncate(path, keep)
                 removed[name] = size - keep
         path = self.root / ENTRIES
-        self.db._load_entry_offsets()
-        keep = len(self.db._entries_blob or b"")
+        keep = self.db.committed_entries_size()
         size = path.stat().st_size
         if size > keep:
             os.truncate(path, keep)
@@ -196,7 +195,7 @@ class DatabaseWriter:
         old = np.asarray(self.db.globals, dtype=np.float32) if self.committed else np.zeros((0, self.dim), np.float32)
         new = np.stack(self._pending_globals) if self._pending_globals else np.zeros((0, self.dim), np.float32)
         globals_ = np.ascontiguousarray(np.concatenate([old, new]), dtype=np.float32)
-        self.db._globals = None  # the old memmap is about to be replaced
+        self.db.forget_globals()
         write_npy_atomic(self.root / GLOBALS, globals_)
         faiss = load_faiss()
         index = faiss.IndexFlatL2(self.dim)
