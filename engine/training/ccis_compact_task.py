@@ -43,7 +43,7 @@ from engine.training.compact_task import (
 )
 from engine.training.captions import contrasting_caption, frame_captions
 from engine.training.corpus import Corpus
-from engine.training.loop import TrainConfig
+from engine.training.task import TrainConfig
 from engine.training.objectives import add_noise, inpainting_loss, min_snr_weight, target_of
 from engine.training.recipe import CCIS_COMPACT_DEFAULTS, ModelOutput, TaskRecipe, generator_config, pick
 

@@ -24,7 +24,7 @@ from PIL import Image
 from engine.pipelines.framing import auto_region_padding, region_crop
 from engine.models.compact_unet import CLASS_NAMES, CompactConfig, CompactInpaintUNet, parameter_count
 from engine.training.corpus import Corpus, CorpusFrame
-from engine.training.loop import TrainConfig, TrainingTask
+from engine.training.task import TrainConfig, TrainingError, TrainingTask
 from engine.training.objectives import (
     add_noise,
     alphas_cumprod_of,
@@ -113,7 +113,6 @@ def initial_weights(source: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     from engine.training.checkpoint import load_latest_checkpoint
-    from engine.training.loop import TrainingError
 
     if (source / "model.safetensors").is_file():
         return load_file(str(source / "model.safetensors"))

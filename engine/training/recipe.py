@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from engine.training.loop import TrainConfig, TrainingTask, TrainResult
+from engine.training.task import TrainConfig, TrainingTask, TrainResult
 from engine.training.model_card import write_model_card
 
 COMPACT_DEFAULTS = dict(steps=20000, lr=1e-3, warmup_steps=100, batch_size=16, grad_accum=1, ema_decay=0.999,

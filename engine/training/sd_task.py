@@ -23,7 +23,7 @@ from PIL import Image
 from engine.errors import InputError
 from engine.training.corpus import Corpus, CorpusFrame
 from engine.training.diffusers_folder import unet_in_channels
-from engine.training.loop import TrainConfig, TrainingTask
+from engine.training.task import TrainConfig, TrainingTask
 from engine.training.objectives import inpainting_loss, min_snr_weight, target_of
 from engine.training.pairs import convex_polygon_in_box, normal_region_box, polyp_training_mask, polygon_mask, visible_area
 from engine.training.recipe import SD_DEFAULTS, ModelOutput, TaskRecipe, generator_config, pick
