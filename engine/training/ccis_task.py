@@ -28,9 +28,16 @@ from engine.errors import InputError
 from engine.training.captions import contrasting_caption, frame_captions
 from engine.training.corpus import Corpus, CorpusFrame
 from engine.training.diffusers_folder import unet_in_channels
-from engine.training.task import TrainConfig, TrainingTask
 from engine.training.objectives import target_of
-from engine.training.recipe import CCIS_DEFAULTS, ModelOutput, TaskRecipe, generator_config, pick
+from engine.training.recipe import (
+    CCIS_DEFAULTS,
+    ModelOutput,
+    TaskRecipe,
+    generator_config,
+    pick,
+)
+from engine.training.task import TrainConfig, TrainingTask
+
 
 @dataclass
 class CCISTaskConfig:

@@ -45,7 +45,13 @@ from engine.training.run_files import (
     write_log,
     write_record,
 )
-from engine.training.task import TrainConfig, TrainingError, TrainingInterrupted, TrainingTask, TrainResult
+from engine.training.task import (
+    TrainConfig,
+    TrainingError,
+    TrainingInterrupted,
+    TrainingTask,
+    TrainResult,
+)
 
 
 class ExponentialMovingAverage:

@@ -19,12 +19,13 @@ builds on; it imports no task, so no task reaches back into the command that dis
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
-from engine.training.task import TrainConfig, TrainingTask, TrainResult
 from engine.training.model_card import write_model_card
+from engine.training.task import TrainConfig, TrainingTask, TrainResult
 
 COMPACT_DEFAULTS = dict(steps=20000, lr=1e-3, warmup_steps=100, batch_size=16, grad_accum=1, ema_decay=0.999,
                         checkpoint_every=200, sample_every=500, validate_every=250, log_every=10, resolution=128)
