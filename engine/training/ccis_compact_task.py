@@ -45,7 +45,7 @@ from engine.training.captions import contrasting_caption, frame_captions
 from engine.training.corpus import Corpus
 from engine.training.task import TrainConfig
 from engine.training.objectives import add_noise, inpainting_loss, min_snr_weight, target_of
-from engine.training.recipe import CCIS_COMPACT_DEFAULTS, ModelOutput, TaskRecipe, generator_config, pick
+from engine.training.recipe import CCIS_COMPACT_DEFAULTS, ModelOutput, TaskEntry, generator_config, pick
 
 
 @dataclass
@@ -313,4 +313,4 @@ def output(task: CCISCompactTask) -> ModelOutput:
     return ModelOutput("controlnet", "ControlNet folder", write, export, figures)
 
 
-RECIPE = TaskRecipe(build, output)
+ENTRY = TaskEntry(build, output)

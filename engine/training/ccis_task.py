@@ -32,7 +32,7 @@ from engine.training.objectives import target_of
 from engine.training.recipe import (
     CCIS_DEFAULTS,
     ModelOutput,
-    TaskRecipe,
+    TaskEntry,
     generator_config,
     pick,
 )
@@ -290,4 +290,4 @@ def output(task: CCISControlNetTask) -> ModelOutput:
     return ModelOutput("controlnet", "ControlNet folder", task.save_controlnet, export, figures)
 
 
-RECIPE = TaskRecipe(build, output)
+ENTRY = TaskEntry(build, output)

@@ -38,7 +38,7 @@ from engine.training.pairs import (
     polyp_training_mask,
     visible_area,
 )
-from engine.training.recipe import COMPACT_DEFAULTS, ModelOutput, TaskRecipe, generator_config, pick
+from engine.training.recipe import COMPACT_DEFAULTS, ModelOutput, TaskEntry, generator_config, pick
 
 POLYP, NORMAL, UNCONDITIONAL = CLASS_NAMES.index("Polyp"), CLASS_NAMES.index("Normal"), 0
 
@@ -425,4 +425,4 @@ def output(task: CompactInpaintTask) -> ModelOutput:
     return ModelOutput("model", "model folder", write, export)
 
 
-RECIPE = TaskRecipe(build, output)
+ENTRY = TaskEntry(build, output)

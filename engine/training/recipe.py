@@ -12,7 +12,7 @@ builds on; it imports no task, so no task reaches back into the command that dis
     gradient accumulation 4, 512², mixed precision when a GPU is there;
   - ``--method ccis --from SD15_DIR``: CCIS-Diff's settings (batch 4, lr 1e-5);
   - ``--method ccis --preset compact``: AdamW 1e-4 constant, batch 16 crops at the base's resolution, no EMA.
-- ``TaskRecipe`` / ``ModelOutput`` / ``save_model``: what a task offers the dispatcher (engine.training.runs) and
+- ``TaskEntry`` / ``ModelOutput`` / ``save_model``: what a task offers the dispatcher (engine.training.runs) and
   the one sequence that ends every run: model folder → model card → optional bundle.
 """
 
@@ -92,7 +92,7 @@ class ModelOutput:
 
 
 @dataclass(frozen=True)
-class TaskRecipe:
+class TaskEntry:
     """What a task module offers ``main.py train``: its task and trainer settings from the command's options and
     the training data, and where the trained model goes."""
 

@@ -1,6 +1,6 @@
 """One ``main.py train`` run from start to finish: data → task → the trainer → model folder → model card → bundle.
 
-Which task trains is looked up by (``--method``, ``--preset``) in ``RECIPES``; each task module builds its task and
+Which task trains is looked up by (``--method``, ``--preset``) in ``TASKS``; each task module builds its task and
 trainer settings from the options (engine.training.recipe holds the defaults) and names where its model goes.
 """
 
@@ -13,14 +13,14 @@ from pathlib import Path
 from engine.errors import InputError
 from engine.training import ccis_compact_task, ccis_task, compact_task, sd_task
 from engine.training.loop import train
-from engine.training.recipe import TaskRecipe, save_model
+from engine.training.recipe import TaskEntry, save_model
 
 # (--method, --preset) → the task that trains; no preset: fine-tuning / a ControlNet on the --from folder.
-RECIPES: dict[tuple[str, str | None], TaskRecipe] = {
-    ("inpaint", "compact"): compact_task.RECIPE,
-    ("inpaint", None): sd_task.RECIPE,
-    ("ccis", None): ccis_task.RECIPE,
-    ("ccis", "compact"): ccis_compact_task.RECIPE,
+TASKS: dict[tuple[str, str | None], TaskEntry] = {
+    ("inpaint", "compact"): compact_task.ENTRY,
+    ("inpaint", None): sd_task.ENTRY,
+    ("ccis", None): ccis_task.ENTRY,
+    ("ccis", "compact"): ccis_compact_task.ENTRY,
 }
 
 
@@ -39,11 +39,11 @@ def run_training(args: argparse.Namespace) -> int:
           f"({time.perf_counter() - started:.1f} s to load)", flush=True)
     for problem in corpus.problems[:10]:
         print(f"  left out: {problem}", flush=True)
-    recipe = RECIPES[(getattr(args, "method", "inpaint"), args.preset)]
-    task, config = recipe.build(args, corpus)
+    entry = TASKS[(getattr(args, "method", "inpaint"), args.preset)]
+    task, config = entry.build(args, corpus)
     result = train(task, config, args.run, resume=args.resume)
     print(f"trained to step {result.step} (loss {result.last_loss:.4f}, {result.train_seconds / 3600:.2f} h of "
           f"training in all)" if result.last_loss is not None else f"at step {result.step}", flush=True)
     if not args.no_export:
-        save_model(recipe.output(task), args.run, task, config, result, corpus, bundle=args.bundle, name=args.name)
+        save_model(entry.output(task), args.run, task, config, result, corpus, bundle=args.bundle, name=args.name)
     return 0

@@ -26,7 +26,7 @@ from engine.training.diffusers_folder import unet_in_channels
 from engine.training.task import TrainConfig, TrainingTask
 from engine.training.objectives import inpainting_loss, min_snr_weight, target_of
 from engine.training.pairs import convex_polygon_in_box, normal_region_box, polyp_training_mask, polygon_mask, visible_area
-from engine.training.recipe import SD_DEFAULTS, ModelOutput, TaskRecipe, generator_config, pick
+from engine.training.recipe import SD_DEFAULTS, ModelOutput, TaskEntry, generator_config, pick
 
 
 @dataclass
@@ -216,4 +216,4 @@ def output(task: SDInpaintTask) -> ModelOutput:
     return ModelOutput("diffusers", "diffusers folder", task.save_pipeline, export)
 
 
-RECIPE = TaskRecipe(build, output)
+ENTRY = TaskEntry(build, output)
