@@ -245,7 +245,7 @@ def test_train_writes_the_run_and_a_parity_checked_bundle(trained):
 def test_the_engine_equals_torch_and_keeps_every_byte_outside_the_mask(trained):
     from engine.pipelines import open_inpainting_pipeline
     from engine.training.ccis_compact_task import sample_controlled
-    from engine.training.ccis_task import contrasting_caption
+    from engine.training.captions import contrasting_caption
 
     pipe = open_inpainting_pipeline(trained["perturbed_bundle"])
     model, tokenizer, config = trained["model"], trained["tokenizer"], trained["config"]
