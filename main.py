@@ -223,11 +223,12 @@ def _run_inpaint(args) -> int:
     from engine.errors import InputError
     from engine.fileio import save_png_atomic
     from engine.jobs.spec import DEFAULT_MODEL
-    from engine.pipelines import open_inpainting_pipeline
+    from engine.pipelines import open_pipeline
 
     frame = read_frame(args.frame)
     mask = read_mask(args.mask)
-    pipeline = open_inpainting_pipeline(args.model or DEFAULT_MODEL, provider=args.provider, threads=args.threads)
+    pipeline = open_pipeline(args.model or DEFAULT_MODEL, provider=args.provider, threads=args.threads,
+                             purpose="inpaint")
     if pipeline.provider_note:
         print(pipeline.provider_note, file=sys.stderr)
     prompt = args.prompt or pipeline.prompts.get(args.mode)
