@@ -100,19 +100,15 @@ def frame_instances(frame: SourceFrame, width: int, height: int):
 
 
 def open_pipeline(spec, threads: int | None = None):
-    """The pipeline of the bundle's kind: sd-inpaint → InpaintPipeline, sd-controlnet → ControlNetPipeline,
-    pixel-inpaint / pixel-controlnet → the compact pipelines; onnxruntime threads from `threads`, else the job's."""
+    """The job's pipeline (engine.pipelines.open_pipeline: the pipeline of the bundle's kind). The bundle is read
+    once, here, its files' sha256 checked, and checked against what the job asks (check_bundle_fits) before a model
+    loads; onnxruntime threads from `threads`, else the job's."""
     from engine.bundle import read_bundle
+    from engine.pipelines import open_pipeline as open_bundle_pipeline
 
-    threads = threads or spec.threads
-    kind = check_bundle_fits(spec, read_bundle(spec.model, verify_hashes=False))
-    if kind == "sd-controlnet":
-        from engine.pipelines.controlnet import ControlNetPipeline
-
-        return ControlNetPipeline.from_bundle(spec.model, provider=spec.provider, threads=threads)
-    from engine.pipelines import open_inpainting_pipeline
-
-    return open_inpainting_pipeline(spec.model, provider=spec.provider, threads=threads)
+    bundle = read_bundle(spec.model)
+    check_bundle_fits(spec, bundle)
+    return open_bundle_pipeline(bundle, provider=spec.provider, threads=threads or spec.threads)
 
 
 CAPTIONED_KINDS = ("sd-controlnet", "pixel-controlnet")  # bundles prompted with a frame's clinical caption
