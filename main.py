@@ -124,6 +124,9 @@ def _add_batch_options(group) -> None:
     group.add_argument("--split-file", type=Path, help="lines 'PATH_OR_STEM SPLIT'; unlisted frames are left out")
     group.add_argument("--from-splits", help="splits to derive variants from (default train; written to their own split)")
     group.add_argument("--mask-source", choices=("user", "box", "random", "retrieved"))
+    group.add_argument("--sizes", help="random masks' polyp sizes: all (default: the input's own polyps', else the "
+                       "Kvasir-SEG prior), small (< 5 %% of the frame), large (> 20 %%) or a range of percent "
+                       "of the frame such as 2-10")
     group.add_argument("--db", type=Path, help="retrieval database (for --mask-source retrieved)")
     group.add_argument("--top-k", type=int, help="retrieval candidates per frame (default 5)")
     group.add_argument("--box-pad", type=int, help="pixels added around boxes (default 15, as Polyp-Gen)")
@@ -171,13 +174,6 @@ def _add_batch_options(group) -> None:
                        "after a rejection (default 1)")
     group.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     group.add_argument("--json-summary", type=Path, help="write the job summary as JSON here too")
-
-
-BATCH_KEYS = ("input", "output", "model", "provider", "threads", "masks", "labels", "split_file", "from_splits",
-              "mask_source", "db", "top_k", "box_pad", "mode", "prompt", "negative_prompt", "captions", "variants", "seed", "steps",
-              "scheduler", "guidance", "formats", "batch_size", "resume", "inpaint_area", "region_padding",
-              "blend", "backend", "ray_address", "workers", "gpus_per_worker", "include_synthetic", "break_lock",
-              "judge", "min_judge_score", "max_attempts")
 
 
 def _add_generation_options(parser: argparse.ArgumentParser) -> None:
@@ -230,11 +226,12 @@ def _run_inpaint(args) -> int:
     from engine.errors import InputError
     from engine.fileio import save_png_atomic
     from engine.jobs.spec import DEFAULT_MODEL
-    from engine.pipelines import open_inpainting_pipeline
+    from engine.pipelines import open_pipeline
 
     frame = read_frame(args.frame)
     mask = read_mask(args.mask)
-    pipeline = open_inpainting_pipeline(args.model or DEFAULT_MODEL, provider=args.provider, threads=args.threads)
+    pipeline = open_pipeline(args.model or DEFAULT_MODEL, provider=args.provider, threads=args.threads,
+                             purpose="inpaint")
     if pipeline.provider_note:
         print(pipeline.provider_note, file=sys.stderr)
     prompt = args.prompt or pipeline.prompts.get(args.mode)
@@ -250,14 +247,22 @@ def _run_inpaint(args) -> int:
     return EXIT_OK
 
 
+def batch_flag_values(args: argparse.Namespace) -> dict:
+    """The JobSpec keys given on the command line: every JobSpec field is a --batch flag of the same name
+    (--top-k → top_k), and a flag left out is None, so a job file's value for it stands."""
+    from dataclasses import fields
+
+    from engine.jobs import JobSpec
+
+    values = {spec_field.name: getattr(args, spec_field.name, None) for spec_field in fields(JobSpec)}
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def _run_batch(args) -> int:
     from engine.jobs import build_spec, read_job_file
 
     values = read_job_file(args.job) if args.job else {}
-    for key in BATCH_KEYS:
-        value = getattr(args, key, None)
-        if value is not None:
-            values[key] = value
+    values.update(batch_flag_values(args))
     spec = build_spec(values, str(args.job) if args.job else "command line")
     return _run_job_in_terminal(spec, quiet=args.quiet, json_summary=args.json_summary)
 

@@ -243,11 +243,11 @@ def test_train_writes_the_run_and_a_parity_checked_bundle(trained):
 
 
 def test_the_engine_equals_torch_and_keeps_every_byte_outside_the_mask(trained):
-    from engine.pipelines import open_inpainting_pipeline
+    from engine.pipelines import open_pipeline
     from engine.training.ccis_compact_task import sample_controlled
-    from engine.training.ccis_task import contrasting_caption
+    from engine.training.captions import contrasting_caption
 
-    pipe = open_inpainting_pipeline(trained["perturbed_bundle"])
+    pipe = open_pipeline(trained["perturbed_bundle"], purpose="inpaint")
     model, tokenizer, config = trained["model"], trained["tokenizer"], trained["config"]
     rng = np.random.default_rng(4)
     frame = rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)

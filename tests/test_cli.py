@@ -71,3 +71,17 @@ def test_demo_command_runs_the_batch_job(tmp_path):
     assert "dataset: " in completed.stderr
     records = [__import__("json").loads(line) for line in lines]
     assert {r["bundle"] for r in records} == {"polypforge-compact"} and {r["inpaint_area"] for r in records} == {"region"}
+
+
+def test_every_job_spec_field_is_a_batch_flag():
+    """--batch passes the JobSpec fields on by name (main.batch_flag_values): a field without a flag of the
+    same dest could never be set from the command line."""
+    from dataclasses import fields
+
+    import main
+    from engine.jobs import JobSpec
+
+    dests = {action.dest for action in main.build_parser()._actions}
+    assert {spec_field.name for spec_field in fields(JobSpec)} <= dests
+    args = main.build_parser().parse_args(["--batch", "--top-k", "3", "--fresh", "--from-splits", "train,val"])
+    assert main.batch_flag_values(args) == {"from_splits": "train,val", "top_k": 3, "resume": False}

@@ -38,14 +38,14 @@ def test_the_committed_controlnet_carries_its_card_and_held_out_list():
 
 def test_it_exports_parity_checked_and_runs_torch_free(bundle):
     from engine.bundle import read_bundle
-    from engine.pipelines import open_inpainting_pipeline
+    from engine.pipelines import open_pipeline
 
     manifest = read_bundle(bundle).manifest  # every file against its sha256
     assert manifest["kind"] == "pixel-controlnet"
     for part in ("text_encoder", "controlnet", "unet", "chained"):
         parity = manifest["parity"][part]
         assert parity["max_abs_error"] <= parity["atol"] + parity["rtol"] * parity["max_abs_value"], part
-    pipe = open_inpainting_pipeline(bundle, provider="cpu", threads=1)
+    pipe = open_pipeline(bundle, provider="cpu", threads=1, purpose="inpaint")
     rng = np.random.default_rng(0)
     frame = np.clip(rng.normal((170, 90, 80), 12, (96, 128, 3)), 0, 255).astype(np.uint8)
     mask = np.zeros((96, 128), bool)

@@ -100,6 +100,23 @@ def test_unreadable_frame_is_a_placeholder_and_a_message_when_opened(make_window
     assert any("broken.png" in text for text in messages.texts())
 
 
+def test_a_bad_mask_or_label_file_opens_the_frame_with_the_problem_shown(make_window, samples, messages):
+    """The frame opens with an empty mask and no labels; each unreadable file is a message naming it."""
+    (samples / "masks" / "sample_000.png").write_bytes(b"not a png at all")
+    window = make_window()
+    open_and_wait(window, samples)
+    item = next(i for i in window.dataset.model.items if i.frame.rel == "sample_000.png")
+    item.frame.yolo_path = samples / "sample_000.txt"
+    item.frame.yolo_path.write_text("0 0.5 0.5 two-and-a-half 0.2\n")
+    opened = window.dataset.read_for_editing(item)
+    assert opened.frame.shape == (256, 320, 3) and opened.mask is None and opened.labels == []
+    assert "sample_000.png" in str(opened.mask_problem) and "sample_000.txt" in str(opened.labels_problem)
+    assert window.open_frame(item) is True
+    assert window.editor.active and not window.editor.mask.any()
+    texts = messages.texts()
+    assert any("sample_000.png" in t and "empty mask" in t for t in texts) and any("sample_000.txt" in t for t in texts)
+
+
 def to_widget(canvas, x, y) -> QPoint:
     return canvas.to_widget(QPointF(x, y)).toPoint()
 

@@ -62,7 +62,7 @@ def test_run_job_on_the_demo_bundle_writes_the_dataset_and_fills_the_gallery(win
     with qtbot.waitSignal(window.job.jobDone, timeout=JOB_TIMEOUT_MS) as done:
         assert window.run_job()
         assert window.tabs.currentWidget() is window.run_page
-        assert not window.run_button.isEnabled() and window.cancel_action.isEnabled()
+        assert not window.run_button.isEnabled() and window.menu_actions.cancel_action.isEnabled()
     summary = done.args[0]
     output = tmp_path / "out"
     assert summary.status == "ok" and summary.ok == 8 and summary.provider == "cpu", summary

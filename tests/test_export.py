@@ -66,3 +66,25 @@ def test_existing_destination_needs_overwrite(tiny_pipeline_dir, tmp_path):
     with pytest.raises(ExportError, match="already exists"):
         export_inpaint_bundle(tiny_pipeline_dir, tmp_path / "out", log=lambda _: None)
     assert main.main(["export", "--from", str(tmp_path / "missing"), "--to", str(tmp_path / "x")]) == 2
+
+
+def test_the_parity_comparison_every_exporter_makes(tmp_path):
+    """engine.export.onnx_export.compare_to_torch: the record a manifest keeps, the log line, the refusals (beyond
+    atol + rtol·max|torch|, not finite, another shape), each naming the file."""
+    from engine.export.onnx_export import compare_to_torch
+
+    onnx_path = tmp_path / "unet" / "model.onnx"
+    expected = np.array([[1.0, -4.0], [2.0, 0.5]], np.float32)
+    lines = []
+    record = compare_to_torch(expected + np.float32(1e-3), expected, (1e-4, 1e-3), onnx_path, lines.append, "unet")
+    assert record == pytest.approx({"max_abs_error": 1e-3, "max_abs_value": 4.0, "allowed": 1e-4 + 4e-3}, rel=1e-4)
+    assert lines == ["parity unet: max |onnx - torch| = 0.001 (allowed 0.0041, outputs up to 4)"]
+    several = compare_to_torch([expected, expected * 3], [expected, expected * 3], (0.0, 0.0), onnx_path, print)
+    assert several["max_abs_error"] == 0.0 and several["max_abs_value"] == 12.0
+    with pytest.raises(ExportError, match=r"unet/model\.onnx: onnxruntime output differs from torch by 0\.01 in unet "
+                                          r"\(allowed 0\.0041 at fp16\); the bundle was not written"):
+        compare_to_torch(expected + np.float32(1e-2), expected, (1e-4, 1e-3), onnx_path, print, "unet", " at fp16")
+    with pytest.raises(ExportError, match="differs from torch by nan"):
+        compare_to_torch(expected * np.nan, expected, (1.0, 1.0), onnx_path, print)
+    with pytest.raises(ExportError, match=r"model\.onnx: onnxruntime gives embedding of shape \(2, 1\), torch \(2, 2\)"):
+        compare_to_torch(expected[:, :1], expected, (1.0, 1.0), onnx_path, print, "embedding")

@@ -210,3 +210,38 @@ def test_region_inpainting_equals_diffusers_on_the_crop(engine, tiny_pipeline_di
     assert not np.array_equal(result.image[mask], frame[mask])
     whole = engine(frame, mask, steps=2, seed=0)
     assert whole.settings["inpaint_area"] == "frame" and whole.settings["region_crop"] == [0, 0, 300, 220]
+
+
+def test_open_pipeline_reads_the_bundle_once_and_opens_its_kind(tiny_bundle, monkeypatch):
+    """engine.pipelines.open_pipeline reads (and hashes) the bundle once and hands it to the pipeline it opens."""
+    import engine.pipelines
+    import engine.runtime.opening
+    from engine.bundle import read_bundle
+    from engine.pipelines import open_pipeline
+
+    reads = []
+
+    def counted(path, verify_hashes=True):
+        reads.append(path)
+        return read_bundle(path, verify_hashes=verify_hashes)
+
+    monkeypatch.setattr(engine.pipelines, "read_bundle", counted)
+    monkeypatch.setattr(engine.runtime.opening, "read_bundle", counted)
+    pipe = open_pipeline(tiny_bundle, provider="cpu", purpose="inpaint")
+    assert isinstance(pipe, InpaintPipeline) and len(reads) == 1
+    bundle = read_bundle(tiny_bundle)
+    assert open_pipeline(bundle, provider="cpu").bundle is bundle and len(reads) == 1
+
+
+def test_open_pipeline_refuses_other_kinds_naming_the_file():
+    from conftest import REPO_ROOT
+
+    from engine.errors import BundleError
+    from engine.pipelines import open_pipeline
+
+    controlnet = REPO_ROOT / "exported_models" / "demo-sd-controlnet"
+    with pytest.raises(BundleError, match=r"bundle\.json: kind 'sd-controlnet' is not an inpainting bundle"):
+        open_pipeline(controlnet, provider="cpu", purpose="inpaint")
+    assert open_pipeline(controlnet, provider="cpu").bundle.kind == "sd-controlnet"
+    with pytest.raises(BundleError, match=r"bundle\.json: kind 'dinov2' is not a generation bundle"):
+        open_pipeline(REPO_ROOT / "exported_models" / "demo-dinov2", provider="cpu")

@@ -256,3 +256,82 @@ def test_max_minutes_stops_and_exports_the_best_so_far(tmp_path):
         log=lambda text: None)
     assert 0 < outcome["training"]["steps"] < 100_000 and outcome["training"]["max_minutes"] == 0.05
     assert (tmp_path / "judge" / "bundle.json").is_file() and (tmp_path / "judge" / "MODEL_CARD.md").is_file()
+
+
+# The judge card as the writer before the one model-card writer (engine.training.model_card) wrote it for this
+# manifest and these figures: the merge must keep every word.
+JUDGE_CARD = "\n".join([
+    "# Model card: tiny-judge (polyp judge)",
+    "",
+    "**An evaluation tool, not a diagnostic device.** It measures whether synthetic frames look like "
+    "polyps to a segmenter trained on real ones (`main.py report` detectability, `--judge` in the "
+    "batch job, `main.py evaluate`). It must never be used to find, rule out or show polyps in "
+    "patients.",
+    "",
+    "## What it is",
+    "- compact U-Net, widths [4, 8], 0.12 M parameters, trained from scratch (no pretrained weights)",
+    "- input: the whole frame resized to 64×64 (aspect squeezed), ImageNet normalisation; output: "
+    "polyp probability per pixel (mask = p > 0.5) and a 32-d encoder embedding; patch features (4×4 "
+    "patches × 16-d) for the retrieval proposer",
+    "- bundle id abc123",
+    "",
+    "## Data and terms",
+    "- trained on /data/kvasir-seg: 9 frames, validated on 1",
+    "- split: by hash; the validation frames are listed in bundle.json (training.split.val_names)",
+    "- terms: Kvasir-SEG (Jha et al., MMM 2020; Vestre Viken Health Trust, Norway): free for "
+    "academic and research use; commercial use needs the dataset authors' prior permission; cite the "
+    "paper. A model trained on it is for research use under the same terms.",
+    "",
+    "## Training",
+    "- 40 optimiser steps of 8 frames at 64², 1.5 minutes of training (wall clock) on a CPU with 2 "
+    "thread(s) (shared with other work), lr 0.002 cosine; weights kept: best validation Dice (step "
+    "30)",
+    "- shared CPU",
+    "- augmentation: random crops (60–100 % of the area; 15 % chosen to miss the polyp), flips, 90° "
+    "rotations, brightness / contrast / colour gain; loss BCE + soft Dice; early stopping on "
+    "validation Dice",
+    "",
+    "## Figures (the exported ONNX model, each frame at its own resolution)",
+    "",
+    "| frames | n | with polyp | Dice | IoU | AP50 | AP@[.5:.95] | false positives (score / any) |",
+    "|---|---|---|---|---|---|---|---|",
+    "| own validation split | 1 | 1 | 0.612 | 0.500 | – | 0.250 | – |",
+    "| normal | 3 | 0 | 1.000 | 1.000 | – | – | 0.333 / 0.667 |",
+    "",
+    "- own validation split: held out by the split rule above, never trained on",
+    "- normal: polyp-free",
+    "- Dice and IoU: per frame, averaged (1 for a polyp-free frame where nothing is predicted). AP: "
+    "COCO bbox AP of the predicted components' boxes (scored by mean probability) against the truth "
+    "components' boxes. False positives on polyp-free frames: share of frames whose polyp score "
+    "(peak of the smoothed probability) exceeds the threshold / share with any predicted component.",
+    "",
+    "## Limits",
+    "- Trained on one public dataset (one hospital, one kind of endoscope); Kvasir-SEG has "
+    "near-duplicate frames of the same lesion, so its own validation split is optimistic. Frames "
+    "from elsewhere may score worse.",
+    "- Trained on polyp frames only (polyp-free crops of them are its only negatives): expect false "
+    "positives on polyp-free frames, above all with stool, bubbles or instrument overlays.",
+    "- A small network at low resolution: small and flat polyps are missed more often.",
+    "",
+])
+
+
+def test_the_judge_card_keeps_its_text(tmp_path):
+    from types import SimpleNamespace
+
+    from engine.training.model_card import judge_card
+
+    manifest = {"name": "tiny-judge", "architecture": {"name": "compact U-Net", "widths": [4, 8], "parameters": 123456},
+                "patch_grid": [4, 4], "patch_dim": 16,
+                "training": {"data": "/data/kvasir-seg", "steps": 40, "batch_size": 8, "size": 64, "train_minutes": 1.5,
+                             "threads": 2, "lr": 0.002, "weights": "best validation Dice",
+                             "best_validation_at_training_size": {"val_dice": 0.5, "step": 30},
+                             "split": {"rule": "by hash", "train_frames": 9, "val_frames": 1, "val_names": ["a.png"]}}}
+    judge = SimpleNamespace(bundle=SimpleNamespace(manifest=manifest), size=64, threshold=0.5, dim=32,
+                            bundle_id="abc123")
+    figures = {"own validation split": dict(frames=1, frames_with_polyp=1, dice=0.61234, iou=0.5, ap50=None, ap=0.25),
+               "normal": dict(frames=3, frames_with_polyp=0, dice=1.0, iou=1.0, ap50=None, ap=None,
+                              false_positive_rate_score=0.3333, false_positive_rate_any_component=0.6667)}
+    notes = [("own validation split", "held out by the split rule above, never trained on"), ("normal", "polyp-free")]
+    card = judge_card(tmp_path, judge, figures, notes, training_notes=["shared CPU"])
+    assert card == tmp_path / "MODEL_CARD.md" and card.read_text(encoding="utf-8") == JUDGE_CARD

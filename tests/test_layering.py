@@ -2,8 +2,9 @@
 them back silently.
 
 Every import counts, also one inside a function (a lazy import is still a dependency). A module may import
-modules of its own layer or lower ones, never a higher one; no two packages may import each other, directly or
-round a circle; and the torch-free inference packages never import the torch networks beside them.
+modules of its own layer or lower ones, never a higher one; no two packages, and no two modules, may import each
+other, directly or round a circle; and the torch-free inference packages never import the torch networks beside
+them.
 """
 
 from __future__ import annotations
@@ -91,8 +92,10 @@ def violations(root: Path) -> list[str]:
     modules = source_modules(root)
     found: list[str] = []
     package_edges: dict[str, set[str]] = {}
+    module_edges: dict[str, set[str]] = {}
     for name, path in sorted(modules.items()):
-        for target in sorted(imports_of(name, path, modules)):
+        module_edges[name] = imports_of(name, path, modules)
+        for target in sorted(module_edges[name]):
             if layer_of(target) > layer_of(name):
                 found.append(f"{path.relative_to(root)}: {name} ({LAYERS[layer_of(name)][0]}) imports {target} "
                              f"({LAYERS[layer_of(target)][0]}), a higher layer")
@@ -101,6 +104,12 @@ def violations(root: Path) -> list[str]:
             if package_of(name) != package_of(target):
                 package_edges.setdefault(package_of(name), set()).add(package_of(target))
     found += [f"import circle between packages: {' -> '.join(cycle)}" for cycle in _cycles(package_edges)]
+    # Inside a package too (between packages the line above says it): a package's __init__ that imports its own
+    # modules is not a circle with them.
+    inner = {name: {t for t in targets if package_of(t) == package_of(name)
+                    and not (t == package_of(name) and modules[t].name == "__init__.py")}
+             for name, targets in module_edges.items()}
+    found += [f"import circle between modules: {' -> '.join(cycle)}" for cycle in _cycles(inner)]
     return found
 
 
@@ -170,6 +179,16 @@ def test_an_import_against_the_layers_fails(tmp_path, bad_import, expected):
     found = violations(root)
     assert len(found) == 1 and found[0].startswith("engine/pipelines/compact.py: engine.pipelines.compact")
     assert expected in found[0]
+
+
+def test_a_circle_between_modules_of_one_package_fails(tmp_path):
+    root = _tree(tmp_path, {
+        "engine/__init__.py": "",
+        "engine/training/__init__.py": "", "engine/training/runs.py": "from engine.training import task_a\n",
+        "engine/training/task_a.py": "def f():\n    from engine.training.runs import pick\n",
+    })
+    assert violations(root) == ["import circle between modules: engine.training.runs -> engine.training.task_a -> "
+                                "engine.training.runs"]
 
 
 def test_a_circle_between_packages_fails(tmp_path):

@@ -32,9 +32,9 @@ def test_compact_model_on_real_frames_changes_only_the_region(tmp_path):
     """The default model (region inpainting) on real frames at native size: remove at the padded box, add at a
     polygon; every pixel outside the region keeps its byte and the crop holds the whole region."""
     from engine.jobs.spec import DEFAULT_MODEL
-    from engine.pipelines import open_inpainting_pipeline
+    from engine.pipelines import open_pipeline
 
-    pipeline = open_inpainting_pipeline(DEFAULT_MODEL, provider="cpu")
+    pipeline = open_pipeline(DEFAULT_MODEL, provider="cpu", purpose="inpaint")
     for image_path, mask_path in _real_pairs(3):
         frame = read_frame(image_path)
         mask = read_mask(mask_path)

@@ -211,22 +211,22 @@ def test_add_after_a_crash_ignores_then_truncates_uncommitted_bytes(folders, tmp
 
 
 def test_a_crash_before_the_manifest_is_replaced_changes_nothing(folders, tmp_path, monkeypatch):
-    import engine.retrieval.database as database_module
+    import engine.retrieval.database.writer as writer_module  # where commit() replaces the manifest
 
     extractor = MeanColourExtractor()
     db_path = tmp_path / "db"
     build_database(db_path, _sources(folders / "polyps")[:3], extractor, log=lambda _: None)
-    real_write = database_module.atomic_write_bytes
+    real_write = writer_module.atomic_write_bytes
 
     def dies_at_the_manifest(path, data):
         if str(path).endswith("manifest.json"):
             raise KeyboardInterrupt
         return real_write(path, data)
 
-    monkeypatch.setattr(database_module, "atomic_write_bytes", dies_at_the_manifest)
+    monkeypatch.setattr(writer_module, "atomic_write_bytes", dies_at_the_manifest)
     with pytest.raises(KeyboardInterrupt):
         add_to_database(db_path, _sources(folders / "more"), extractor, log=lambda _: None)
-    monkeypatch.setattr(database_module, "atomic_write_bytes", real_write)
+    monkeypatch.setattr(writer_module, "atomic_write_bytes", real_write)
 
     db = RetrievalDatabase.open(db_path)
     assert db.count == 3

@@ -18,10 +18,10 @@ GENERATE_OFFLINE = textwrap.dedent(
     socket.getaddrinfo = refuse
 
     import numpy as np
-    from engine.pipelines import open_inpainting_pipeline
+    from engine.pipelines import open_pipeline
     from engine.demo import DEMO_BUNDLE
 
-    pipe = open_inpainting_pipeline(sys.argv[1] if len(sys.argv) > 1 else DEMO_BUNDLE, provider="auto")
+    pipe = open_pipeline(sys.argv[1] if len(sys.argv) > 1 else DEMO_BUNDLE, provider="auto", purpose="inpaint")
     frame = np.full((96, 128, 3), 120, np.uint8)
     mask = np.zeros((96, 128), bool); mask[30:60, 40:90] = True
     result = pipe(frame, mask, steps=3, seed=0)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from engine.training.checkpoint import list_checkpoints, load_latest_checkpoint
-from engine.training.loop import TrainConfig, TrainingError, TrainingTask, train
+from engine.training.loop import train
+from engine.training.task import TrainConfig, TrainingError, TrainingTask
 
 
 class LineFit(TrainingTask):

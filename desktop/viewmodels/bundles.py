@@ -156,6 +156,10 @@ class BundleListModel(QAbstractTableModel):
     def busy(self) -> bool:
         return self._pending > 0
 
+    def wait(self, msecs: int = 30_000) -> bool:
+        """Block until the bundle verifications ended (closing the window)."""
+        return self._tasks.wait(msecs)
+
     def row_for(self, path: str | Path) -> int:
         for index, row in enumerate(self.rows):
             if str(row.path) == str(path) or str(row.path) == str(Path(path).expanduser().resolve()):

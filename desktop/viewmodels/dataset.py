@@ -3,9 +3,10 @@ model with lazily loaded thumbnails, filtered by polyp / split, and where a draw
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PySide6.QtCore import (
     QModelIndex,
     QObject,
@@ -15,12 +16,14 @@ from PySide6.QtCore import (
     Signal,
 )
 
-from desktop.imaging import frame_thumbnail
-from desktop.workers.tasks import TaskRunner
+from desktop.imaging import frame_labels, frame_thumbnail
 from desktop.viewmodels.thumbnail_list import ThumbnailListModel
+from desktop.workers.tasks import TaskRunner
 from desktop.workers.thumbnails import ThumbnailLoader
 from engine.dataset.discovery import SourceFrame, SourceSet, discover
+from engine.dataset.image_reader import read_frame, read_mask
 from engine.errors import InputError
+from engine.masks.instances import Instance
 
 THUMB_SIZE = QSize(160, 128)
 ITEM_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -46,6 +49,34 @@ class FrameItem:
             return frame.yolo_path is not None and frame.yolo_path.stat().st_size > 0
         except OSError:
             return False
+
+
+@dataclass
+class OpenedFrame:
+    """A frame read for the editor, with what of its mask and labels could be read: a mask or label file
+    that cannot be read is a problem to show, not a reason to refuse the frame."""
+
+    frame: np.ndarray  # RGB uint8 (H, W, 3)
+    mask: np.ndarray | None = None
+    labels: list[Instance] = field(default_factory=list)
+    mask_problem: InputError | None = None
+    labels_problem: InputError | None = None
+
+
+def read_for_editing(frame: SourceFrame) -> OpenedFrame:
+    """The frame's pixels, its mask and its labels; InputError (naming the file) if the frame cannot be read."""
+    opened = OpenedFrame(read_frame(frame.path))
+    if frame.mask_path is not None:
+        try:
+            opened.mask = read_mask(frame.mask_path)
+        except InputError as exc:
+            opened.mask_problem = exc
+    height, width = opened.frame.shape[:2]
+    try:
+        opened.labels = frame_labels(frame.label_instances, frame.yolo_path, width, height)
+    except InputError as exc:
+        opened.labels_problem = exc
+    return opened
 
 
 def mask_target(sources: SourceSet, frame: SourceFrame) -> Path:
@@ -184,6 +215,14 @@ class DatasetController(QObject):
         items = self.model.items
         polyps = sum(1 for item in items if item.has_polyp)
         return {"frames": len(items), "with": polyps, "without": len(items) - polyps}
+
+    def wait(self, msecs: int = 30_000) -> bool:
+        """Block until discovering a folder ended (closing the window)."""
+        return self._tasks.wait(msecs)
+
+    def read_for_editing(self, item: FrameItem) -> OpenedFrame:
+        """The item's frame, mask and labels for the editor (read_for_editing)."""
+        return read_for_editing(item.frame)
 
     def mask_target(self, item: FrameItem) -> Path:
         return mask_target(self.sources, item.frame)

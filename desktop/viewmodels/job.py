@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
 from desktop.workers.job_worker import JobWorker
-from engine.jobs import JobEvent, JobSummary
+from engine.dataset.manifest import MANIFEST_NAME
+from engine.jobs import JobEvent, JobSpec, JobSummary, build_spec
+from engine.jobs.output_lock import lock_problem
+
+RUNNING_STATES = ("starting", "running", "cancelling")  # a job is under way: no second one, settings fixed
 
 
 @dataclass
@@ -71,7 +76,23 @@ class JobController(QObject):
 
     @property
     def running(self) -> bool:
-        return self.state in ("starting", "running", "cancelling")
+        return self.state in RUNNING_STATES
+
+    @staticmethod
+    def spec_from(values: dict) -> JobSpec:
+        """The job the settings describe (engine.jobs.build_spec); InputError says what is wrong with them."""
+        return build_spec(values, source="job settings")
+
+    @staticmethod
+    def output_problem(output: Path) -> str | None:
+        """Why the job cannot write to ``output`` now (another job, the app's or a terminal's, or a review is
+        writing there), or None."""
+        return lock_problem(output)
+
+    @staticmethod
+    def holds_earlier_job(output: Path) -> bool:
+        """Whether ``output`` holds what an earlier job wrote (starting over there deletes it)."""
+        return (output / MANIFEST_NAME).exists()
 
     def start(self, spec) -> None:
         if self.running:

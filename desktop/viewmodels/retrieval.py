@@ -50,6 +50,17 @@ class RetrievalController(QObject):
     def available(self) -> bool:
         return self.module is not None
 
+    def spec_values(self) -> dict:
+        """The job keys for mask source "retrieved": the open database and the candidates per frame (none
+        without a database)."""
+        if self.db_path is None:
+            return {}
+        return {"db": str(self.db_path), "top_k": self.top_k}
+
+    def wait(self, msecs: int = 30_000) -> bool:
+        """Block until opening a database and proposing ended (closing the window)."""
+        return self._tasks.wait(msecs)
+
     def open_database(self, folder: str | Path) -> None:
         if not self.available:
             return

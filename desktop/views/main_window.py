@@ -1,30 +1,27 @@
-"""The main window: tabs (Frames, Editor, Run, Review) beside the job settings; menus and a toolbar.
+"""The main window: tabs (Frames, Editor, Run, Review) beside the job settings; menus and a toolbar
+(main_actions.py), the settings column with the Run button (job_column.py).
 
 It creates the view-models, connects them to the views and turns every failure into a message box
-naming the file (desktop.errors). It holds no engine logic: the job is engine.jobs' (via JobController),
-the review is engine.jobs.review's (via ReviewController)."""
+naming the file (desktop.errors). It reaches the engine only through the view-models: reading a frame is
+DatasetController's, the job (its spec, its output folder) JobController's, the review ReviewController's.
+From engine.errors it takes InputError, the curator's error that the view-models raise."""
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 from PySide6.QtCore import QSettings, Qt, QUrl
-from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QFileDialog,
     QMainWindow,
     QMessageBox,
-    QPushButton,
-    QScrollArea,
     QSplitter,
     QTabWidget,
-    QVBoxLayout,
     QWidget,
 )
 
 from desktop.errors import RESUME_HINT, describe_error, show_error, show_exception
-from desktop.imaging import frame_labels
 from desktop.settings import JobSettings, open_settings
 from desktop.viewmodels.bundles import BundleListModel
 from desktop.viewmodels.captions import CaptionController
@@ -36,16 +33,12 @@ from desktop.viewmodels.review import ReviewController
 from desktop.views.browser import FrameBrowser
 from desktop.views.editor import EditorPage
 from desktop.views.gallery import ReviewPage
+from desktop.views.job_column import JobColumn
+from desktop.views.main_actions import MainActions
 from desktop.views.run_page import RunPage
-from desktop.views.settings_panel import SettingsPanel
-from engine.dataset.image_reader import read_frame, read_mask
 from engine.errors import InputError
-from engine.jobs import JobSpec, build_spec
-from engine.jobs.output_lock import lock_problem
 
 TAB_FRAMES, TAB_EDITOR, TAB_RUN, TAB_REVIEW = range(4)
-# JobSpec fields for mask source "retrieved" (the retrieval database and candidates per frame).
-RETRIEVAL_DB_KEY, RETRIEVAL_TOP_K_KEY = "db", "top_k"
 
 
 class MainWindow(QMainWindow):
@@ -72,69 +65,34 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.run_page, "Run")
         self.tabs.addTab(self.review_page, "Review")
 
-        self.panel = SettingsPanel(self.bundles)
-        self.run_button = QPushButton("Run job")
-        self.run_button.setDefault(True)
-        self.run_button.setMinimumHeight(34)
-        self.run_button.clicked.connect(self.run_job)
-        side = QWidget()
-        side_layout = QVBoxLayout(side)
-        side_layout.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(self.panel)
-        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        side_layout.addWidget(scroll, 1)
-        side_layout.addWidget(self.run_button)
-        side.setMinimumWidth(420)
-        side.setMaximumWidth(520)
+        self.job_column = JobColumn(self.bundles)
+        self.panel, self.run_button = self.job_column.panel, self.job_column.run_button
 
         splitter = QSplitter(Qt.Orientation.Horizontal)
         splitter.addWidget(self.tabs)
-        splitter.addWidget(side)
+        splitter.addWidget(self.job_column)
         splitter.setStretchFactor(0, 1)
         splitter.setStretchFactor(1, 0)
         splitter.setChildrenCollapsible(False)
         self.setCentralWidget(splitter)
-        self._build_actions()
+        self.menu_actions = MainActions(self)
         self._connect()
         self._restore()
 
     # ------------------------------------------------------------------ construction
-    def _build_actions(self) -> None:
-        def action(text, slot, shortcut=None, tip=""):
-            a = QAction(text, self)
-            a.triggered.connect(lambda checked=False: slot())
-            if shortcut is not None:
-                a.setShortcut(shortcut)
-            a.setToolTip(tip or text)
-            return a
-
-        self.open_action = action("Open frames folder…", self.choose_folder, QKeySequence.StandardKey.Open)
-        self.review_open_action = action("Review a job's output…", self.choose_review_folder)
-        self.add_bundle_action = action("Add model bundle folder…", self.choose_bundle)
-        self.run_action = action("Run", self.run_job, QKeySequence("Ctrl+R"), "Run the job on the opened folder")
-        self.cancel_action = action("Cancel", self.job.cancel, QKeySequence("Ctrl+."), "Stop within a denoising step")
-        self.cancel_action.setEnabled(False)
-        self.output_action = action("Open output folder", self.open_output_folder)
-        quit_action = action("Quit", self.close, QKeySequence.StandardKey.Quit)
-        menu = self.menuBar().addMenu("&File")
-        for a in (self.open_action, self.review_open_action, self.add_bundle_action, self.output_action):
-            menu.addAction(a)
-        menu.addSeparator()
-        menu.addAction(quit_action)
-        job_menu = self.menuBar().addMenu("&Job")
-        job_menu.addAction(self.run_action)
-        job_menu.addAction(self.cancel_action)
-        toolbar = self.addToolBar("Main")
-        toolbar.setObjectName("main-toolbar")
-        toolbar.setMovable(False)
-        toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
-        for a in (self.open_action, self.run_action, self.cancel_action, self.review_open_action, self.output_action):
-            toolbar.addAction(a)
-
     def _connect(self) -> None:
+        actions = self.menu_actions
+        for action, slot in (
+            (actions.open_action, self.choose_folder),
+            (actions.review_open_action, self.choose_review_folder),
+            (actions.add_bundle_action, self.choose_bundle),
+            (actions.run_action, self.run_job),
+            (actions.cancel_action, self.job.cancel),
+            (actions.output_action, self.open_output_folder),
+            (actions.quit_action, self.close),
+        ):
+            actions.connect(action, slot)
+        self.run_button.clicked.connect(self.run_job)
         self.browser.openRequested.connect(self.open_frame)
         self.browser.openFolderRequested.connect(self.choose_folder)
         self.dataset.loaded.connect(self._dataset_loaded)
@@ -219,29 +177,22 @@ class MainWindow(QMainWindow):
         if not self._leave_frame():
             return False
         try:
-            frame = read_frame(item.frame.path)
+            opened = self.dataset.read_for_editing(item)
         except InputError as exc:
             show_exception(self, exc)
             return False
-        mask = None
-        if item.frame.mask_path is not None:
-            try:
-                mask = read_mask(item.frame.mask_path)
-            except InputError as exc:
-                show_error(self, "The frame's mask cannot be read",
-                           f"{exc}\n\nThe editor starts with an empty mask; saving replaces the file.")
-        try:
-            labels = frame_labels(item.frame.label_instances, item.frame.yolo_path, frame.shape[1], frame.shape[0])
-        except InputError as exc:
-            show_exception(self, exc)
-            labels = []
+        if opened.mask_problem is not None:
+            show_error(self, "The frame's mask cannot be read",
+                       f"{opened.mask_problem}\n\nThe editor starts with an empty mask; saving replaces the file.")
+        if opened.labels_problem is not None:
+            show_exception(self, opened.labels_problem)
         self.current_item = item
-        self.editor.load(frame, mask, self.dataset.mask_target(item), item, item.frame.mask_path)
-        self.editor_page.canvas.labels = labels
+        self.editor.load(opened.frame, opened.mask, self.dataset.mask_target(item), item, item.frame.mask_path)
+        self.editor_page.canvas.labels = opened.labels
         self._show_caption()
         self.tabs.setCurrentIndex(TAB_EDITOR)
         self.editor_page.canvas.setFocus()
-        self.retrieval.propose(frame)
+        self.retrieval.propose(opened.frame)
         return True
 
     def step_frame(self, delta: int) -> None:
@@ -307,14 +258,11 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ the job
     def job_values(self) -> dict:
+        """The job's keys: the settings, the opened folder and, for mask source "retrieved", the database."""
         s = self.panel.settings()
         values = s.spec_values(self.dataset.input_dir, self.dataset.masks_dir)
-        if s.mask_source == "retrieved" and self.retrieval.db_path is not None:
-            known = {f.name for f in fields(JobSpec)}
-            if RETRIEVAL_DB_KEY in known:
-                values[RETRIEVAL_DB_KEY] = str(self.retrieval.db_path)
-            if RETRIEVAL_TOP_K_KEY in known:
-                values[RETRIEVAL_TOP_K_KEY] = self.retrieval.top_k
+        if s.mask_source == "retrieved":
+            values.update(self.retrieval.spec_values())
         return values
 
     def run_job(self) -> bool:
@@ -340,18 +288,18 @@ class MainWindow(QMainWindow):
                        "(Retrieval proposals ▸ Choose database folder…). Make one with `main.py db build`.")
             return False
         output = Path(s.output).expanduser()
-        problem = lock_problem(output)  # another job (this app's, a terminal's) or a review is writing there
+        problem = self.job.output_problem(output)
         if problem is not None:
             show_error(self, "The output folder is in use", problem)
             return False
-        if not s.resume and (output / "manifest.jsonl").exists():
+        if not s.resume and self.job.holds_earlier_job(output):
             answer = QMessageBox.question(
                 self, "Start over?", f"{output} holds an earlier job. Starting over deletes its generated images, "
                 "masks, labels and manifest. Continue?")
             if answer != QMessageBox.StandardButton.Yes:
                 return False
         try:
-            spec = build_spec(self.job_values(), source="job settings")
+            spec = self.job.spec_from(self.job_values())
         except InputError as exc:
             show_exception(self, exc)
             return False
@@ -360,14 +308,8 @@ class MainWindow(QMainWindow):
         return True
 
     def _job_state(self, state: str) -> None:
-        running = state in ("starting", "running", "cancelling")
-        self.run_action.setEnabled(not running)
-        self.run_button.setEnabled(not running)
-        self.run_button.setText({"starting": "Starting…", "running": "Running…", "cancelling": "Cancelling…"}
-                                .get(state, "Run job"))
-        self.cancel_action.setEnabled(state in ("starting", "running"))
-        self.panel.setEnabled(not running)
-        self.open_action.setEnabled(not running)
+        self.menu_actions.show_job_state(state)
+        self.job_column.show_job_state(state)
 
     def _job_done(self, summary) -> None:
         if self.job.spec is not None:
@@ -453,8 +395,7 @@ class MainWindow(QMainWindow):
         if self.job.running:
             self.job.cancel()
             self.job.wait(120_000)
-        for runner in (self.dataset._tasks, self.review._tasks, self.bundles._tasks, self.retrieval._tasks,
-                       self.run_page.report_tasks):
+        for runner in (self.dataset, self.review, self.bundles, self.retrieval, self.run_page.report_tasks):
             runner.wait(30_000)
         for loader in (self.dataset.loader, self.review.loader):
             loader.wait(30_000)

@@ -4,7 +4,7 @@ Each function returns ``(value, measures)``: the word the caption uses and the n
 from (written to the captions file's JSON column, so curators can filter and re-threshold). Lengths are
 analysis pixels (the frame's longer side is 512), colours CIE L*a*b* (OpenCV, D65), spreads robust
 (1.4826 · median absolute deviation), levels medians. Thresholds were set by looking at Kvasir-SEG frames
-sorted by each measure (README, "Clinical captions").
+sorted by each measure (docs/captions.md).
 
 Regions
 - lesion: the polyp's mask eroded by ``LESION_ERODE_PX`` (2 px: its edge mixes lesion and mucosa),

@@ -133,7 +133,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_CANNOT_START
     from engine.evaluation.evaluate import EvaluationSettings, run_evaluation
-    from engine.training.loop import TrainingInterrupted
+    from engine.training.task import TrainingInterrupted
 
     settings = EvaluationSettings(train=args.train, synthetic=args.synthetic, test=args.test, out=args.out,
                                   seeds=args.seeds, synthetic_cap=args.synthetic_cap, steps=args.steps,
@@ -159,7 +159,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
 
 def run_train_judge_command(args: argparse.Namespace) -> int:
     from engine.evaluation.train_judge import JudgeTraining, run_train_judge
-    from engine.training.loop import TrainingInterrupted
+    from engine.training.task import TrainingInterrupted
 
     settings = JudgeTraining(input=args.input, to=args.to, val=args.val, run_dir=args.run_dir, steps=args.steps,
                              size=args.size, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

@@ -125,8 +125,8 @@ def run_train(args: argparse.Namespace) -> int:
     except ImportError:
         print("error: training needs torch: pip install torch==2.13.0 && pip install -e '.[export]'", file=sys.stderr)
         return 2
-    from engine.training.loop import TrainingError, TrainingInterrupted
     from engine.training.runs import run_training
+    from engine.training.task import TrainingError, TrainingInterrupted
 
     try:
         return run_training(args)

@@ -41,3 +41,17 @@ def holdout(names: Sequence[str], fraction: float, by_rank: bool = False) -> tup
         held = held[:-1]
     chosen = set(held)
     return [i for i in range(len(names)) if i not in chosen], held
+
+
+def nested_subset(names: Sequence[str], fraction: float, salt: str = "subset") -> list[int]:
+    """Indices (in the order of ``names``) of a fixed share of the frames, for a learning curve: the
+    round(fraction·n) frames (at least one) whose salted stem hash is lowest. Stable (it depends on the stems alone,
+    not on the folder or the order) and nested (the 10 % subset lies inside the 25 % one, which lies inside the
+    whole). The salt keeps it independent of the held-out rule's hash, so a subset is not the frames that just
+    escaped being held out."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    stems = [Path(n).stem for n in names]
+    count = min(len(names), max(1, round(fraction * len(names))))
+    order = sorted(range(len(names)), key=lambda i: (hash_position(f"{salt}:{stems[i]}"), stems[i]))
+    return sorted(order[:count])

@@ -30,6 +30,7 @@ from engine.errors import InputError
 from engine.evaluation import segdata
 from engine.models.segmenter import DEFAULT_WIDTHS
 from engine.fileio import atomic_write_bytes
+from engine.training.run_files import LOG, changed_settings, read_log, read_record, write_record
 
 Log = Callable[[str], None]
 ARMS = ("real", "real+synthetic")
@@ -79,6 +80,8 @@ def cap_synthetic(real_count: int, synthetic: segdata.SegmentationSet, cap: floa
 
 
 def _check_settings(out: Path, record: dict, fresh: bool) -> None:
+    """Refuse an ``out`` folder made with other settings or data (the trainer's own comparison of settings
+    records); ``fresh`` clears what an earlier evaluation left there. Then record these settings."""
     path = out / SETTINGS
     if fresh:
         for name in ("runs", "results"):
@@ -86,30 +89,22 @@ def _check_settings(out: Path, record: dict, fresh: bool) -> None:
         for name in ("report.json", "report.html", "learning_curves.png"):
             (out / name).unlink(missing_ok=True)
     elif path.is_file():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            previous = None
-        if previous is not None and previous != record:
-            changed = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
+        previous = read_record(path)
+        changed = changed_settings(previous, record) if previous is not None else []
+        if changed:
             raise InputError(f"{out}: holds an evaluation made with other settings or data ({', '.join(changed)}); "
                              "use --fresh to start over there, or another --out folder")
-    atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    write_record(path, record)
 
 
 def _curve(run_dir: Path) -> list[dict]:
+    """The learning curve of a run from its log (the trainer's reader): validation Dice / IoU, else the loss."""
     rows = []
-    log = run_dir / "log.jsonl"
-    if log.is_file():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if "val_dice" in row:
-                rows.append({"step": row["step"], "val_dice": row["val_dice"], "val_iou": row.get("val_iou")})
-            elif "loss" in row:
-                rows.append({"step": row["step"], "loss": row["loss"]})
+    for row in read_log(run_dir / LOG):
+        if "val_dice" in row:
+            rows.append({"step": row["step"], "val_dice": row["val_dice"], "val_iou": row.get("val_iou")})
+        elif "loss" in row:
+            rows.append({"step": row["step"], "loss": row["loss"]})
     return rows
 
 
@@ -119,8 +114,8 @@ def run_evaluation(settings: EvaluationSettings, log: Log = print) -> dict:
     from engine.evaluation.leaks import check_no_leak
     from engine.judge.accuracy import score_frames, summarise
     from engine.evaluation.judge_task import JudgeTask
-    from engine.evaluation.train_judge import best_network, torch_predictor
-    from engine.training.loop import TrainConfig, train
+    from engine.evaluation.train_judge import best_network, judge_train_config, torch_predictor
+    from engine.training.loop import train
 
     from engine.evaluation import ultralytics_trainer
 
@@ -186,11 +181,8 @@ def run_evaluation(settings: EvaluationSettings, log: Log = print) -> dict:
                 continue
             task = JudgeTask(pools[arm], real_val, size=settings.size, batch_size=settings.batch_size,
                              widths=settings.widths, description={"arm": arm})
-            config = TrainConfig(steps=settings.steps, lr=settings.lr, warmup_steps=min(100, settings.steps // 10),
-                                 lr_schedule="cosine", min_lr=settings.lr * 0.05, ema_decay=0.999, seed=seed,
-                                 checkpoint_every=max(1, settings.validate_every), validate_every=settings.validate_every,
-                                 log_every=10, early_stop_metric="val_dice", early_stop_mode="max", patience=None,
-                                 threads=settings.threads, progress=settings.progress)
+            config = judge_train_config(settings, seed=seed, warmup_steps=min(100, settings.steps // 10),
+                                        checkpoint_every=max(1, settings.validate_every), ema_decay=0.999)
             log(f"{name}: training {settings.steps} steps on {len(pools[arm])} frames")
             run = train(task, config, out / "runs" / name, resume=True)
             net = best_network(task, run)

@@ -19,7 +19,7 @@ from engine.judge import scores
 from engine.judge.preprocess import IMAGE_MEAN, IMAGE_STD, normalise
 from engine.evaluation.segdata import SegmentationSet, augment, at_size
 from engine.models.segmenter import DEFAULT_WIDTHS, JudgeNet
-from engine.training.loop import TrainingTask
+from engine.training.task import TrainingTask
 
 DEFAULT_SIZE = 128
 DEFAULT_BATCH = 8

@@ -21,6 +21,8 @@ import numpy as np
 from engine.errors import InputError
 from engine.evaluation import segdata
 from engine.models.segmenter import DEFAULT_WIDTHS
+from engine.training.recipe import train_config
+from engine.training.task import TrainConfig
 
 Log = Callable[[str], None]
 
@@ -91,16 +93,12 @@ def split_data(settings: JudgeTraining, log: Log) -> tuple[segdata.SegmentationS
     return train, val, split
 
 
-def train_config(settings: JudgeTraining):
-    from engine.training.loop import TrainConfig
-
-    return TrainConfig(steps=settings.steps, lr=settings.lr, warmup_steps=settings.warmup_steps,
-                       lr_schedule="cosine", min_lr=settings.lr * 0.05, ema_decay=settings.ema_decay,
-                       seed=settings.seed, checkpoint_every=settings.checkpoint_every,
-                       sample_every=settings.validate_every, validate_every=settings.validate_every, log_every=10,
-                       early_stop_metric="val_dice", early_stop_mode="max", patience=settings.patience,
-                       threads=settings.threads, progress=settings.progress,
-                       max_seconds=settings.max_minutes * 60.0 if settings.max_minutes else None)
+def judge_train_config(options, **settings) -> TrainConfig:
+    """The trainer's settings of a judge run (train-judge, and each run of ``evaluate``): the options' steps, lr, …
+    (engine.training.recipe.train_config) over a cosine schedule down to 5 % of the lr, a log row every 10 steps
+    and early stopping on validation Dice, with ``settings`` for the rest."""
+    return train_config(options, {"lr_schedule": "cosine", "min_lr": options.lr * 0.05, "log_every": 10,
+                                  "early_stop_metric": "val_dice", "early_stop_mode": "max", **settings})
 
 
 def best_network(task, result):
@@ -145,7 +143,9 @@ def run_train_judge(settings: JudgeTraining, log: Log = print) -> dict:
     log(f"training into {run_dir} ({settings.steps} steps of {settings.batch_size} frames at {settings.size}², "
         f"{'resuming' if settings.resume else 'fresh'})")
     started = time.perf_counter()
-    result = train(task, train_config(settings), run_dir, resume=settings.resume)
+    # No EMA / no patience when those options are None; a sample grid at each validation.
+    config = judge_train_config(settings, sample_every=settings.validate_every, ema_decay=None, patience=None)
+    result = train(task, config, run_dir, resume=settings.resume)
     net = best_network(task, result)
     log("scoring the kept weights on the validation frames at their own resolution")
     _, entries = segdata.folder_entries(settings.val or settings.input)

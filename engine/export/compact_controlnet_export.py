@@ -27,7 +27,13 @@ from pathlib import Path
 from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION
 from engine.errors import ExportError
 from engine.export.compact_export import DEFAULT_OPSET, TOLERANCE, Log, example_inputs
-from engine.export.onnx_export import export_record, export_to_onnx
+from engine.export.onnx_export import (
+    compare_to_torch,
+    export_record,
+    export_to_onnx,
+    parity_session,
+    worst_parity,
+)
 from engine.fileio import staged_folder
 
 KIND = "pixel-controlnet"
@@ -80,14 +86,6 @@ def _example(model, vocab_size: int, batch: int, size: tuple[int, int], seed: in
     return sample, timestep, labels, ids
 
 
-def _session(path: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def check_parity(model, paths: dict[str, Path], sizes: list[tuple[int, int]], log: Log) -> dict:
     """Each part and the chain text encoder → ControlNet → U-Net, onnxruntime against torch; ExportError beyond
     the tolerance."""
@@ -95,22 +93,14 @@ def check_parity(model, paths: dict[str, Path], sizes: list[tuple[int, int]], lo
     import torch
 
     text_part, control_part, unet_part = _wrappers(model)
-    sessions = {role: _session(path) for role, path in paths.items()}
+    sessions = {role: parity_session(path) for role, path in paths.items()}
     names = residual_names(model)
-    atol, rtol = TOLERANCE
-    worst: dict[str, dict] = {}
+    checks: dict[str, list[dict]] = {}
 
     def compare(role: str, actual, expected, size) -> None:
-        error = float(np.max(np.abs(actual - expected)))
-        scale = float(np.max(np.abs(expected)))
-        allowed = atol + rtol * scale
-        log(f"parity {role} at {size[1]}×{size[0]}: max |onnx - torch| = {error:.3g} (allowed {allowed:.3g})")
-        if not np.isfinite(error) or error > allowed:
-            raise ExportError(f"{paths.get(role, paths['unet'])}: onnxruntime differs from torch by {error:.3g} in "
-                              f"{role} at {size} (allowed {allowed:.3g}); the bundle was not written")
-        previous = worst.get(role, {"max_abs_error": 0.0, "max_abs_value": 0.0})
-        worst[role] = {"max_abs_error": max(previous["max_abs_error"], error),
-                       "max_abs_value": max(previous["max_abs_value"], scale)}
+        onnx_path = paths.get(role, paths["unet"])  # the chain's last part stands for it
+        record = compare_to_torch(actual, expected, TOLERANCE, onnx_path, log, f"{role} at {size[1]}×{size[0]}")
+        checks.setdefault(role, []).append(record)
 
     vocab = model.controlnet.config.vocab_size
     for index, size in enumerate(sizes):
@@ -132,8 +122,9 @@ def check_parity(model, paths: dict[str, Path], sizes: list[tuple[int, int]], lo
         chain_residuals = sessions["controlnet"].run(names, {**feeds, "encoder_hidden_states": onnx_text})
         (onnx_chained,) = sessions["unet"].run(["out_sample"], {**feeds, **dict(zip(names, chain_residuals))})
         compare("chained", onnx_chained, chained.numpy(), size)
-    return {role: {**values, "atol": atol, "rtol": rtol, "sizes": [list(s) for s in sizes]}
-            for role, values in worst.items()}
+    atol, rtol = TOLERANCE
+    return {role: {**worst_parity(records), "atol": atol, "rtol": rtol, "sizes": [list(s) for s in sizes]}
+            for role, records in checks.items()}
 
 
 def export_compact_controlnet_bundle(model_dir: str | os.PathLike[str], destination: str | os.PathLike[str],

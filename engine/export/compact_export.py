@@ -22,7 +22,13 @@ from pathlib import Path
 
 from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION
 from engine.errors import ExportError
-from engine.export.onnx_export import export_record, export_to_onnx
+from engine.export.onnx_export import (
+    compare_to_torch,
+    export_record,
+    export_to_onnx,
+    parity_session,
+    worst_parity,
+)
 from engine.fileio import staged_folder
 
 Log = Callable[[str], None]
@@ -47,30 +53,21 @@ def example_inputs(model, batch: int, size: tuple[int, int], seed: int = 0, gene
 
 
 def check_parity(model, onnx_path: Path, sizes: list[tuple[int, int]], log: Log) -> dict:
+    """The U-Net in onnxruntime against torch on random inputs at each size; ExportError beyond the tolerance."""
     import numpy as np
-    import onnxruntime as ort
     import torch
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
-    worst = {"max_abs_error": 0.0, "max_abs_value": 0.0}
-    atol, rtol = TOLERANCE
+    session = parity_session(onnx_path)
+    checks = []
     for index, size in enumerate(sizes):
         sample, timestep, labels = example_inputs(model, 2, size, seed=10 + index)
         with torch.no_grad():
             expected = model(sample, timestep, labels).numpy()
         (actual,) = session.run(["out_sample"], {"sample": sample.numpy(), "timestep": timestep.numpy(),
                                                  "class_labels": labels.numpy().astype(np.int64)})
-        error = float(np.max(np.abs(actual - expected)))
-        scale = float(np.max(np.abs(expected)))
-        allowed = atol + rtol * scale
-        log(f"parity unet at {size[1]}×{size[0]}: max |onnx - torch| = {error:.3g} (allowed {allowed:.3g})")
-        if not np.isfinite(error) or error > allowed:
-            raise ExportError(f"{onnx_path}: onnxruntime differs from torch by {error:.3g} at {size} (allowed "
-                              f"{allowed:.3g}); the bundle was not written")
-        worst = {"max_abs_error": max(worst["max_abs_error"], error), "max_abs_value": max(worst["max_abs_value"], scale)}
-    return {"unet": {**worst, "atol": atol, "rtol": rtol, "sizes": [list(s) for s in sizes]}}
+        checks.append(compare_to_torch(actual, expected, TOLERANCE, onnx_path, log, f"unet at {size[1]}×{size[0]}"))
+    atol, rtol = TOLERANCE
+    return {"unet": {**worst_parity(checks), "atol": atol, "rtol": rtol, "sizes": [list(s) for s in sizes]}}
 
 
 def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | os.PathLike[str], name: str | None = None,

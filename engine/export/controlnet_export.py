@@ -30,7 +30,7 @@ from engine.export.inpaint_export import (
     sd_manifest_fields,
     source_provenance,
 )
-from engine.export.onnx_export import export_to_onnx
+from engine.export.onnx_export import compare_to_torch, export_to_onnx, parity_session
 from engine.fileio import staged_folder
 
 PARTS = ("text_encoder", "controlnet", "unet", "vae_decoder")
@@ -198,32 +198,20 @@ def _export_part(module, example: dict, signature, target: Path, opset: int) -> 
 def _check_part(part: str, module, example: dict, onnx_path: Path, outputs: list[str], precision: str, log: Log) -> dict:
     """torch vs onnxruntime (CPU) on the same input; ExportError naming the file beyond tolerance."""
     import numpy as np
-    import onnxruntime as ort
     import torch
 
-    atol, rtol = TOLERANCE[precision]
     with torch.no_grad():
         expected = module(**example)
     expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    session = parity_session(onnx_path)
     feeds = {}
     for arg in session.get_inputs():
         value = example[arg.name].numpy()
         feeds[arg.name] = value.astype(np.int64 if arg.type == "tensor(int64)" else np.float32)
     actual = session.run(outputs, feeds)
     del session
-    max_error = max(float(np.max(np.abs(a.astype(np.float32) - e.float().numpy()))) for a, e in zip(actual, expected))
-    scale = max(float(np.max(np.abs(e.float().numpy()))) for e in expected)
-    allowed = atol + rtol * scale
-    log(f"parity {part}: max |onnx - torch| = {max_error:.3g} (allowed {allowed:.3g}, outputs up to {scale:.3g})")
-    if not np.isfinite(max_error) or max_error > allowed:
-        raise ExportError(
-            f"{onnx_path}: onnxruntime output differs from torch by {max_error:.3g} (allowed {allowed:.3g} at "
-            f"{precision}); the bundle was not written"
-        )
-    return {"max_abs_error": max_error, "max_abs_value": scale, "allowed": allowed}
+    return compare_to_torch(actual, [e.float().numpy() for e in expected], TOLERANCE[precision], onnx_path, log, part,
+                            f" at {precision}")
 
 
 def export_controlnet_bundle(

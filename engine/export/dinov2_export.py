@@ -35,7 +35,12 @@ from pathlib import Path
 
 from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION, write_manifest
 from engine.errors import ExportError
-from engine.export.onnx_export import export_record, export_to_onnx
+from engine.export.onnx_export import (
+    compare_to_torch,
+    export_record,
+    export_to_onnx,
+    parity_session,
+)
 from engine.fileio import staged_folder
 
 Log = Callable[[str], None]
@@ -122,30 +127,16 @@ def check_parity(module, onnx_path: Path, grid: tuple[int, int], patch: int, tol
                  log: Log) -> dict:
     """torch vs onnxruntime (CPU) on a random batch of 2; ExportError when they disagree beyond tolerance."""
     import numpy as np
-    import onnxruntime as ort
     import torch
 
-    atol, rtol = tolerance
     example = _random_input(2, grid, patch, seed=1)
     with torch.no_grad():
         expected = module(example).float().numpy()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    session = parity_session(onnx_path)
     (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: example.numpy().astype(np.float32)})
     del session
-    if actual.shape != expected.shape:
-        raise ExportError(f"{onnx_path}: onnxruntime gives shape {actual.shape}, torch {expected.shape}")
-    max_error = float(np.max(np.abs(actual.astype(np.float32) - expected)))
-    scale = float(np.max(np.abs(expected)))
-    allowed = atol + rtol * scale
-    log(f"parity: max |onnx - torch| = {max_error:.3g} (allowed {allowed:.3g}, outputs up to {scale:.3g})")
-    if not np.isfinite(max_error) or max_error > allowed:
-        raise ExportError(
-            f"{onnx_path}: onnxruntime output differs from torch by {max_error:.3g} (allowed {allowed:.3g}); "
-            "the bundle was not written"
-        )
-    return {"max_abs_error": max_error, "max_abs_value": scale, "allowed": allowed, "atol": atol, "rtol": rtol}
+    atol, rtol = tolerance
+    return {**compare_to_torch(actual, expected, tolerance, onnx_path, log), "atol": atol, "rtol": rtol}
 
 
 def export_dinov2_bundle(

@@ -30,7 +30,12 @@ from engine.bundle.format import (
     write_manifest,
 )
 from engine.errors import ExportError
-from engine.export.onnx_export import consolidate_external_data, export_to_onnx
+from engine.export.onnx_export import (
+    compare_to_torch,
+    consolidate_external_data,
+    export_to_onnx,
+    parity_session,
+)
 from engine.fileio import staged_folder
 
 PARTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
@@ -249,21 +254,16 @@ def _convert_to_fp16(model_path: Path) -> None:
 def check_parity(source: Path, bundle_dir: Path, configs: dict, precision: str, pixels: int, log: Log) -> dict:
     """Run each part in torch and onnxruntime (CPU) on the same random input; ExportError if they disagree."""
     import numpy as np
-    import onnxruntime as ort
     import torch
 
-    atol, rtol = TOLERANCE[precision]
     modules = _torch_modules(source)
     results: dict[str, dict[str, float]] = {}
     for part, module in modules.items():
         example = _example_inputs(part, configs, seed=1, pixels=pixels)
         with torch.no_grad():
             expected = module(**example).float().numpy()
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(
-            str(bundle_dir / part / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        onnx_path = bundle_dir / part / "model.onnx"
+        session = parity_session(onnx_path)
         feeds = {}
         for arg in session.get_inputs():
             value = example[arg.name].numpy()
@@ -276,16 +276,8 @@ def check_parity(source: Path, bundle_dir: Path, configs: dict, precision: str, 
             feeds[arg.name] = value
         (actual,) = session.run([SIGNATURES[part][1][0]], feeds)
         del session
-        max_error = float(np.max(np.abs(actual.astype(np.float32) - expected)))
-        scale = float(np.max(np.abs(expected)))
-        allowed = atol + rtol * scale
-        results[part] = {"max_abs_error": max_error, "max_abs_value": scale, "allowed": allowed}
-        log(f"parity {part}: max |onnx - torch| = {max_error:.3g} (allowed {allowed:.3g}, outputs up to {scale:.3g})")
-        if not np.isfinite(max_error) or max_error > allowed:
-            raise ExportError(
-                f"{bundle_dir / part / 'model.onnx'}: onnxruntime output differs from torch by {max_error:.3g} "
-                f"(allowed {allowed:.3g} at {precision}); the bundle was not written"
-            )
+        results[part] = compare_to_torch(actual, expected, TOLERANCE[precision], onnx_path, log, part,
+                                         f" at {precision}")
     return results
 
 

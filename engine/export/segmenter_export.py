@@ -20,10 +20,15 @@ import numpy as np
 
 from engine.bundle.format import FORMAT_NAME, FORMAT_VERSION, write_manifest
 from engine.errors import ExportError
+from engine.export.onnx_export import (
+    compare_to_torch,
+    export_record,
+    export_to_onnx,
+    parity_session,
+)
+from engine.fileio import staged_folder
 from engine.judge.preprocess import IMAGE_MEAN, IMAGE_STD
 from engine.judge.scores import DEFAULT_THRESHOLD
-from engine.export.onnx_export import export_record, export_to_onnx
-from engine.fileio import staged_folder
 
 Log = Callable[[str], None]
 INPUT_NAME = "pixel_values"
@@ -34,30 +39,17 @@ DEFAULT_TOLERANCE = (1e-4, 1e-3)  # (atol, rtol), fp32
 
 def check_parity(module, onnx_path: Path, inputs: np.ndarray, tolerance=DEFAULT_TOLERANCE, log: Log = print) -> dict:
     """torch vs onnxruntime on `inputs` (B, 3, S, S); ExportError naming the output that disagrees."""
-    import onnxruntime as ort
     import torch
 
     atol, rtol = tolerance
     with torch.no_grad():
         expected = [t.float().numpy() for t in module(torch.from_numpy(inputs))]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    session = parity_session(onnx_path)
     actual = session.run(list(OUTPUT_NAMES), {INPUT_NAME: inputs.astype(np.float32)})
     del session
-    result = {"atol": atol, "rtol": rtol, "inputs": int(inputs.shape[0]), "outputs": {}}
-    for name, want, got in zip(OUTPUT_NAMES, expected, actual):
-        if got.shape != want.shape:
-            raise ExportError(f"{onnx_path}: onnxruntime gives {name} of shape {got.shape}, torch {want.shape}")
-        error = float(np.max(np.abs(got.astype(np.float32) - want)))
-        scale = float(np.max(np.abs(want)))
-        allowed = atol + rtol * scale
-        log(f"parity {name}: max |onnx - torch| = {error:.3g} (allowed {allowed:.3g})")
-        if not np.isfinite(error) or error > allowed:
-            raise ExportError(f"{onnx_path}: onnxruntime's {name} differs from torch by {error:.3g} (allowed "
-                              f"{allowed:.3g}); the bundle was not written")
-        result["outputs"][name] = {"max_abs_error": error, "max_abs_value": scale, "allowed": allowed}
-    return result
+    outputs = {name: compare_to_torch(got, want, tolerance, onnx_path, log, name)
+               for name, want, got in zip(OUTPUT_NAMES, expected, actual)}
+    return {"atol": atol, "rtol": rtol, "inputs": int(inputs.shape[0]), "outputs": outputs}
 
 
 def export_segmenter_bundle(net, destination: str | Path, size: int, name: str | None = None,

@@ -27,6 +27,7 @@ from engine.dataset.labels import read_yolo
 from engine.errors import Cancelled, InputError, PolypForgeError
 from engine.judge.rejection import generate_judged, open_gate
 from engine.fileio import save_png_atomic
+from engine.masks.size_prior import SizeDistribution
 from engine.masks.sources import Skip, resolve_region
 from engine.pipelines.blending import default_blend
 
@@ -47,12 +48,14 @@ class WorkItem:
 
 @dataclass
 class FrameTask:
-    """One frame and the variants of it still to make, with the prompt they use."""
+    """One frame and the variants of it still to make, with the prompt they use (and, for random masks, the
+    job's polyp size distribution: it travels with the task to whichever worker makes it)."""
 
     frame: SourceFrame
     items: list[WorkItem]
     prompt: str
     prompt_source: str  # "captions", "job" or "bundle"
+    sizes: SizeDistribution | None = None
 
 
 def file_sha256(path: Path) -> str | None:
@@ -97,19 +100,15 @@ def frame_instances(frame: SourceFrame, width: int, height: int):
 
 
 def open_pipeline(spec, threads: int | None = None):
-    """The pipeline of the bundle's kind: sd-inpaint → InpaintPipeline, sd-controlnet → ControlNetPipeline,
-    pixel-inpaint / pixel-controlnet → the compact pipelines; onnxruntime threads from `threads`, else the job's."""
+    """The job's pipeline (engine.pipelines.open_pipeline: the pipeline of the bundle's kind). The bundle is read
+    once, here, its files' sha256 checked, and checked against what the job asks (check_bundle_fits) before a model
+    loads; onnxruntime threads from `threads`, else the job's."""
     from engine.bundle import read_bundle
+    from engine.pipelines import open_pipeline as open_bundle_pipeline
 
-    threads = threads or spec.threads
-    kind = check_bundle_fits(spec, read_bundle(spec.model, verify_hashes=False))
-    if kind == "sd-controlnet":
-        from engine.pipelines.controlnet import ControlNetPipeline
-
-        return ControlNetPipeline.from_bundle(spec.model, provider=spec.provider, threads=threads)
-    from engine.pipelines import open_inpainting_pipeline
-
-    return open_inpainting_pipeline(spec.model, provider=spec.provider, threads=threads)
+    bundle = read_bundle(spec.model)
+    check_bundle_fits(spec, bundle)
+    return open_bundle_pipeline(bundle, provider=spec.provider, threads=threads or spec.threads)
 
 
 CAPTIONED_KINDS = ("sd-controlnet", "pixel-controlnet")  # bundles prompted with a frame's clinical caption
@@ -180,7 +179,7 @@ class FrameWork:
             proposal = proposals[item.variant % len(proposals)] if proposals else None
             try:
                 region = resolve_region(spec.mode, spec.mask_source, pixels, user_mask, labels, spec.box_pad,
-                                        item.seed, proposal.box if proposal is not None else None)
+                                        item.seed, proposal.box if proposal is not None else None, task.sizes)
                 region_key = region.mask.tobytes() if spec.mask_source in ("random", "retrieved") else "fixed"
                 if prepared is None or prepared_for != region_key:
                     prepared = pipeline.prepare_frame(pixels, region.mask, inpaint_area=spec.inpaint_area,
@@ -249,6 +248,8 @@ class FrameWork:
                 record["conditioning_scale"] = result.settings["conditioning_scale"]
             if self.captions_file is not None:
                 record["captions"] = str(self.captions_file)
+        if region.size is not None:  # random masks: the size drawn, the size placed, where the size came from
+            record.update(region.size)
         if proposal is not None:
             record["retrieval"] = {"db": str(spec.db), "db_id": self.retrieval_db_id, "proposal": proposal.to_json()}
         record.update(judged.record(self.gate))

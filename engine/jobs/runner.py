@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,24 @@ from engine.dataset.rebuild import rebuild_outputs
 from engine.errors import Cancelled, InputError, OutputLocked, PolypForgeError
 from engine.fileio import atomic_write_bytes, save_png_atomic
 from engine.jobs.events import JobEvent
-from engine.jobs.frame_work import FrameTask, FrameWork, WorkItem, file_sha256, open_pipeline, open_proposer
+from engine.jobs.frame_work import (
+    FrameTask,
+    FrameWork,
+    WorkItem,
+    file_sha256,
+    frame_instances,
+    open_pipeline,
+    open_proposer,
+)
 from engine.jobs.output_lock import take_output_lock
+from engine.masks.size_prior import (
+    INPUT_SOURCE,
+    MIN_INPUT_POLYPS,
+    SizeDistribution,
+    instance_sizes,
+    job_sizes,
+    kvasir_seg_prior,
+)
 
 OWNED_OUTPUTS = ("images", "masks", "labels", "yolo-seg", "annotations", "rejected")
 
@@ -83,6 +100,37 @@ def plan(frames: list[SourceFrame], spec) -> list[WorkItem]:
             name = f"{_flat_name(frame.rel)}__{spec.mode}-{spec.mask_source}-v{variant:02d}.png"
             items.append(WorkItem(frame, variant, variant_seed(spec.seed, frame.rel, variant), f"images/{out_split}/{name}"))
     return items
+
+
+SIZE_SAMPLE_FRAMES = 500  # annotated frames read for an input's polyp sizes, evenly spread over the input
+
+
+def input_sizes(frames: list[SourceFrame], spec) -> SizeDistribution:
+    """The job's polyp size distribution for random masks: the sizes of the input's own polyps (its masks, else
+    its labels; a box-only label counts as the ellipse in its box) in the frames the job derives from, read
+    from at most SIZE_SAMPLE_FRAMES of them; the Kvasir-SEG prior when they hold fewer than MIN_INPUT_POLYPS
+    polyps. Narrowed as the job's ``sizes`` says. An unreadable file is left out here: the frame's own
+    variants record the failure."""
+    from PIL import Image
+
+    from engine.dataset.image_reader import read_mask
+
+    annotated = [frame for frame in frames if frame.split in spec.from_splits and not frame.made_by
+                 and (frame.mask_path or frame.label_instances or frame.yolo_path)]
+    sizes: list[float] = []
+    for frame in annotated[::max(1, -(-len(annotated) // SIZE_SAMPLE_FRAMES))]:
+        try:
+            if frame.mask_path is not None:
+                sizes.extend(instance_sizes(read_mask(frame.mask_path)))
+                continue
+            with Image.open(frame.path) as image:
+                width, height = image.size
+            for instance in frame_instances(frame, width, height):
+                sizes.append(instance.area * (math.pi / 4 if instance.shape == "box" else 1.0) / (width * height))
+        except (PolypForgeError, OSError):
+            continue
+    base = SizeDistribution.from_sizes(sizes, INPUT_SOURCE) if len(sizes) >= MIN_INPUT_POLYPS else kvasir_seg_prior()
+    return job_sizes(base, spec.sizes)
 
 
 def _prepare_output(spec, settings: dict) -> None:
@@ -174,6 +222,12 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
         except PolypForgeError as exc:
             raise JobCannotStart(str(exc)) from None
         settings["retrieval_db_id"] = proposer.describe()["db_id"]
+    sizes = None
+    if spec.mask_source == "random":
+        try:
+            sizes = input_sizes(sources.frames, spec)
+        except InputError as exc:  # the Kvasir-SEG prior's file missing from a damaged install
+            raise JobCannotStart(str(exc)) from None
     _prepare_output(spec, settings)
     try:
         backend.check_output(spec)  # Ray: every worker node sees and writes the output folder
@@ -182,6 +236,8 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
 
     summary = JobSummary(status="ok", output=spec.output, notes=[*lock_notes, *sources.notes], provider=backend.provider)
     summary.notes.extend(backend.notes)
+    if sizes is not None:
+        summary.notes.append(f"random masks' polyp sizes: {sizes.source}")
     items = plan(sources.frames, spec)
     summary.planned = len(items)
     skipped_splits = sum(1 for f in sources.frames if f.split not in spec.from_splits)
@@ -201,7 +257,7 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
                              f"from {spec.captions}; the others use the prompt {prompt!r}")
     emit(JobEvent("started", total=len(items), message=f"{len(items)} variants of {len({i.frame.rel for i in items})} frames on {backend.describe()}"))
 
-    tasks = frame_tasks(items, done, prompt, captions, spec)
+    tasks = frame_tasks(items, done, prompt, captions, spec, sizes)
     collect = RecordCollector(manifest, emit, total=len(items), done=len(items) - sum(len(t.items) for t in tasks))
     summary.reused = collect.done
     try:
@@ -226,8 +282,10 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
     return summary
 
 
-def frame_tasks(items: list[WorkItem], done: dict, prompt: str, captions: dict[str, str], spec) -> list[FrameTask]:
-    """The frames with variants left to make, in plan order, each with its variants and prompt."""
+def frame_tasks(items: list[WorkItem], done: dict, prompt: str, captions: dict[str, str], spec,
+                sizes: SizeDistribution | None = None) -> list[FrameTask]:
+    """The frames with variants left to make, in plan order, each with its variants, prompt and (random
+    masks) the job's polyp size distribution."""
     by_frame: dict[str, list[WorkItem]] = {}
     for item in items:
         by_frame.setdefault(item.frame.rel, []).append(item)
@@ -243,7 +301,7 @@ def frame_tasks(items: list[WorkItem], done: dict, prompt: str, captions: dict[s
 
             caption = caption_for(captions, frame.rel)
         source = "captions" if caption is not None else ("job" if spec.prompt else "bundle")
-        tasks.append(FrameTask(frame, pending, caption if caption is not None else prompt, source))
+        tasks.append(FrameTask(frame, pending, caption if caption is not None else prompt, source, sizes))
     return tasks
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from engine.bundle.format import shipped_bundles_folder
 from engine.errors import InputError
+from engine.masks.size_prior import parse_sizes
 from engine.masks.sources import MASK_SOURCES, MODES
 from engine.pipelines.blending import BLEND_MODES
 from engine.pipelines.framing import INPAINT_AREAS
@@ -43,6 +44,9 @@ class JobSpec:
     db: Path | None = None  # retrieval database, for mask_source "retrieved"
     top_k: int = 5  # retrieval candidates per frame
     box_pad: int = 15
+    # Random masks' polyp sizes: "all" (the input's own polyps', else the Kvasir-SEG prior), "small" (< 5 % of
+    # the frame), "large" (> 20 %) or a range of percent of the frame such as "2-10" (engine.masks.size_prior).
+    sizes: str = "all"
     mode: str = "add"
     prompt: str | None = None
     negative_prompt: str | None = None
@@ -74,6 +78,9 @@ class JobSpec:
     def validate(self) -> "JobSpec":
         _choice("mode", self.mode, MODES)
         _choice("mask_source", self.mask_source, MASK_SOURCES)
+        parse_sizes(self.sizes)
+        if self.sizes != "all" and self.mask_source != "random":
+            raise InputError(f"sizes {self.sizes!r} applies to mask_source random only (add --mask-source random)")
         _choice("provider", self.provider, PROVIDERS)
         if self.scheduler is not None:
             _choice("scheduler", self.scheduler, SCHEDULER_NAMES)
@@ -131,6 +138,8 @@ class JobSpec:
                 data.pop(key)
         if not data["include_synthetic"]:  # likewise for jobs written before it existed
             data.pop("include_synthetic")
+        if data["mask_source"] != "random":  # sizes shape random masks only
+            data.pop("sizes")
         if data["judge"] is None:  # no judge: its settings shape nothing
             for key in ("judge", "min_judge_score", "max_attempts"):
                 data.pop(key)

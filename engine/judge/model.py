@@ -11,17 +11,16 @@ global feature of a frame is the encoder's bottleneck averaged over space.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from engine.bundle import Bundle, read_bundle
-from engine.errors import BundleError
+from engine.bundle import Bundle
 from engine.judge import scores
 from engine.judge.preprocess import check_rgb, prepare_batch, resize_probability
+from engine.runtime.opening import BundleSource, OnePartModel, Signature
 
 DEFAULT_JUDGE = "polyp-judge"  # exported_models/polyp-judge
 BATCH = 8
@@ -49,11 +48,14 @@ class JudgeView:
         return scores.peak_score(self.probability)
 
 
-class Judge:
+class Judge(OnePartModel):
+    KIND = "segmenter"
+    REFUSAL = 'a judge ("segmenter"; make one with `main.py train-judge`)'
+    ROLE = "judge"
+
     def __init__(self, bundle: Bundle, part):
+        super().__init__(bundle, part)
         manifest = bundle.manifest
-        self.bundle = bundle
-        self.part = part
         self.size = int(manifest["image_size"][0])
         self.mean = [float(v) for v in manifest["image_mean"]]
         self.std = [float(v) for v in manifest["image_std"]]
@@ -62,32 +64,19 @@ class Judge:
         self.input_name = manifest.get("input_name", "pixel_values")
         # the probability and the embedding (a newer bundle has patch features after them, for retrieval)
         self.output_names = list(manifest.get("output_names", ("probability", "embedding")))[:2]
-        self.provider = part.active_provider
-        self.provider_note = part.provider_note
 
     @classmethod
-    def from_bundle(cls, path: str | os.PathLike[str] | None = None, provider: str = "auto",
-                    threads: int | None = None) -> "Judge":
-        from engine.runtime.providers import plan_providers
-        from engine.runtime.session import OnnxPart
+    def from_bundle(cls, source: BundleSource | None = None, provider: str = "auto", threads: int | None = None,
+                    verify_hashes: bool = True) -> Judge:
+        """The judge of ``source``, by default exported_models/polyp-judge."""
+        return super().from_bundle(default_judge_bundle() if source is None else source, provider, threads,
+                                   verify_hashes)
 
-        bundle = read_bundle(default_judge_bundle() if path is None else path)
-        if bundle.kind != "segmenter":
-            raise BundleError(bundle.root / "bundle.json", f"kind {bundle.kind!r} is not a judge (\"segmenter\"; make "
-                                                           "one with `main.py train-judge`)")
-        part = OnnxPart(bundle.path_of("model"), plan_providers(provider), threads=threads, role="judge")
-        size = int(bundle.manifest["image_size"][0])
-        names = list(bundle.manifest.get("output_names", ("probability", "embedding")))
-        part.expect({bundle.manifest.get("input_name", "pixel_values"): (None, 3, size, size)}, tuple(names))
-        return cls(bundle, part)
-
-    @property
-    def name(self) -> str:
-        return self.bundle.name
-
-    @property
-    def bundle_id(self) -> str:
-        return self.bundle.bundle_id
+    @classmethod
+    def signature(cls, manifest: dict) -> Signature:
+        size = int(manifest["image_size"][0])
+        names = list(manifest.get("output_names", ("probability", "embedding")))
+        return {manifest.get("input_name", "pixel_values"): (None, 3, size, size)}, tuple(names)
 
     def describe(self) -> dict:
         return {"name": self.name, "kind": "segmenter", "bundle_id": self.bundle_id, "path": str(self.bundle.root),

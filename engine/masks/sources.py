@@ -3,8 +3,11 @@
 - ``user``: the frame's mask file, as drawn (pixel mask → polygon labels);
 - ``box``: each polyp's bounding box widened by ``box_pad`` pixels (Polyp-Gen's sampler uses 15); the label
   of a box-masked generation is that box, flagged ``shape="box"`` (its outline is unknown);
-- ``random``: a random convex polygon of 5–12 vertices in a free, visible part of the frame (Polyp-Gen's
-  training masks are such polygons); add mode only;
+- ``random``: a polyp outline (a lobulated ellipse, engine.masks.outlines) of a size drawn from the job's size
+  distribution (the input's own polyps', else the Kvasir-SEG prior: engine.masks.size_prior), on free,
+  visible mucosa (engine.masks.placement), sometimes cut by the view's border; add mode only. The region
+  says the size drawn, the size placed (smaller when it had to shrink to fit, or was cut) and where the
+  size came from;
 - ``retrieved``: a box proposed by the retrieval proposer (engine.retrieval) from a database of frames whose
   polyps were removed: where similar frames had theirs. The label is that box (``shape="box"``).
 
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from engine.errors import InputError
@@ -28,6 +30,8 @@ from engine.masks.instances import (
     overlap_fraction,
     padded_box_mask,
 )
+from engine.masks.placement import NoPlace, place_polyp
+from engine.masks.size_prior import SizeDistribution, kvasir_seg_prior
 
 MASK_SOURCES = ("user", "box", "random", "retrieved")
 MODES = ("add", "remove")
@@ -45,6 +49,7 @@ class Region:
     generated: list[Instance] = field(default_factory=list)
     removed: list[Instance] = field(default_factory=list)
     kept: list[Instance] = field(default_factory=list)
+    size: dict | None = None  # random masks: size_drawn, size_placed (fractions of the frame), size_source
 
 
 def _check_coverage(mask: np.ndarray, what: str) -> None:
@@ -60,36 +65,16 @@ def _split_existing(existing: list[Instance], region: np.ndarray) -> tuple[list[
     return covered, kept
 
 
-def random_polygon_mask(frame: np.ndarray, avoid: list[Instance], seed: int, attempts: int = 200) -> np.ndarray:
-    """A convex 5–12-gon inscribed in a random box of 12–30 % of the shorter side, fully on visible mucosa
-    (not the black endoscope border) and clear of existing polyps."""
-    height, width = frame.shape[:2]
-    visible = cv2.erode((frame.max(axis=2) > 30).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
-    blocked = np.zeros((height, width), bool)
-    for instance in avoid:
-        blocked |= padded_box_mask(instance.bbox, 10, height, width)
+def random_region(frame: np.ndarray, avoid: list[Instance], seed: int, sizes: SizeDistribution) -> Region:
+    """A new polyp of a size drawn from `sizes`, placed on free, visible mucosa; every choice from `seed`."""
     rng = np.random.default_rng(seed)
-    side = min(height, width)
-    for _ in range(attempts):
-        box_h = rng.uniform(0.12, 0.30) * side
-        box_w = box_h * rng.uniform(0.7, 1.4)
-        if box_w >= width - 2 or box_h >= height - 2:
-            continue
-        cx = rng.uniform(box_w / 2 + 1, width - box_w / 2 - 1)
-        cy = rng.uniform(box_h / 2 + 1, height - box_h / 2 - 1)
-        vertices = int(rng.integers(5, 13))
-        angles = np.sort(rng.uniform(0, 2 * np.pi, vertices))
-        radii = rng.uniform(0.75, 1.0, vertices)
-        points = np.stack([cx + np.cos(angles) * radii * box_w / 2, cy + np.sin(angles) * radii * box_h / 2], axis=1)
-        hull = cv2.convexHull(np.round(points).astype(np.int32))
-        mask = np.zeros((height, width), np.uint8)
-        cv2.fillPoly(mask, [hull], 1)
-        mask = mask.astype(bool)
-        # Random angles can bunch up into a sliver: keep shapes that fill most of their ellipse.
-        if mask.sum() < max(64, 0.5 * np.pi / 4 * box_w * box_h) or (mask & ~visible).any() or (mask & blocked).any():
-            continue
-        return mask
-    raise Skip("no free, visible place for a polyp on this frame")
+    try:
+        placement = place_polyp(frame, avoid, sizes.sample(rng), rng)
+    except NoPlace as reason:
+        raise Skip(str(reason)) from None
+    size = {"size_drawn": round(placement.size_drawn, 6), "size_placed": round(placement.size_placed, 6),
+            "size_source": sizes.source}
+    return Region(placement.mask, generated=[instance_from_mask(placement.mask, "generated")], kept=avoid, size=size)
 
 
 def resolve_region(
@@ -101,8 +86,10 @@ def resolve_region(
     box_pad: int,
     seed: int,
     proposal_box: tuple[float, float, float, float] | None = None,
+    sizes: SizeDistribution | None = None,
 ) -> Region:
-    """The region to inpaint and the resulting labels, for one frame (and, for `random`, one variant seed)."""
+    """The region to inpaint and the resulting labels, for one frame (and, for `random`, one variant seed and
+    the job's size distribution: the Kvasir-SEG prior when none is given)."""
     height, width = frame.shape[:2]
     if user_mask is not None and user_mask.shape != (height, width):
         raise InputError(f"mask is {user_mask.shape[1]}×{user_mask.shape[0]} but the frame is {width}×{height}")
@@ -140,8 +127,7 @@ def resolve_region(
     if mask_source == "random":
         if mode != "add":
             raise InputError("the random mask source only adds polyps: removing needs to know where a polyp is")
-        region = random_polygon_mask(frame, existing, seed)
-        return Region(region, generated=[instance_from_mask(region, "generated")], kept=existing)
+        return random_region(frame, existing, seed, sizes or kvasir_seg_prior())
 
     if mask_source == "retrieved":
         if proposal_box is None:

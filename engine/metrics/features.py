@@ -37,6 +37,7 @@ import numpy as np
 
 from engine.errors import BundleError, InputError
 from engine.retrieval.features import FrameFeatures, check_frame
+from engine.runtime.opening import OnePartModel, Signature
 
 SKIPPED_FOLDERS = {"masks", "labels", "rejected", "annotations", "yolo-seg"}
 DEFAULT_BATCH = 16
@@ -182,15 +183,15 @@ def _bundle_kind(path: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None  # read_bundle says what is wrong
 
-class InceptionExtractor:
+class InceptionExtractor(OnePartModel):
     """A local "inception" bundle in onnxruntime: pooled features (N, D) of frames resized to image_size."""
 
     kind = "inception"
+    ROLE = "Inception model"
 
     def __init__(self, bundle, part):
+        super().__init__(bundle, part)
         manifest = bundle.manifest
-        self.bundle = bundle
-        self.part = part
         width, height = (int(v) for v in manifest.get("image_size", (299, 299)))
         self.input_size = (width, height)
         self.mean = np.asarray(manifest.get("image_mean", (0.5, 0.5, 0.5)), np.float32)
@@ -198,28 +199,16 @@ class InceptionExtractor:
         self.input_name = manifest.get("input_name", "images")
         self.output_name = manifest.get("output_name", "features")
         self.dim = int(manifest.get("feature_dim", 2048))
-        self.provider = part.active_provider
-        self.provider_note = part.provider_note
 
     @classmethod
-    def from_bundle(cls, path, provider: str = "auto", threads: int | None = None) -> InceptionExtractor:
-        from engine.runtime.providers import plan_providers
-        from engine.runtime.session import OnnxPart
+    def read(cls, source, verify_hashes: bool = True) -> InceptionBundle:
+        """An Inception bundle is read here (every file's sha256 checked), not by engine.bundle."""
+        return read_inception_bundle(source)
 
-        bundle = read_inception_bundle(path)
-        part = OnnxPart(bundle.path_of("model"), plan_providers(provider), threads=threads, role="Inception model")
-        width, height = (int(v) for v in bundle.manifest.get("image_size", (299, 299)))
-        part.expect({bundle.manifest.get("input_name", "images"): (None, 3, height, width)},
-                    (bundle.manifest.get("output_name", "features"),))
-        return cls(bundle, part)
-
-    @property
-    def name(self) -> str:
-        return self.bundle.name
-
-    @property
-    def bundle_id(self) -> str:
-        return self.bundle.bundle_id
+    @classmethod
+    def signature(cls, manifest: dict) -> Signature:
+        width, height = (int(v) for v in manifest.get("image_size", (299, 299)))
+        return {manifest.get("input_name", "images"): (None, 3, height, width)}, (manifest.get("output_name", "features"),)
 
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind, "bundle_id": self.bundle_id, "dim": self.dim,

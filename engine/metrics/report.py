@@ -79,19 +79,27 @@ def _features_for(image_set: ImageSet, extractor, batch_size, stage, progress, c
     return compute_features(image_set.items, extractor, batch_size=batch_size, progress=step, cancelled=cancelled)
 
 
-def _own_sources(real_set: ImageSet, synth_set: ImageSet) -> tuple[list[set[int]], list[int | None]]:
-    """Per synthetic image: the real indices that are its source frame (by sha256), and the first of them."""
-    wanted = {(item.record or {}).get("source_sha256") for item in synth_set.items} - {None}
+def _donor_sha(record: dict | None) -> str | None:
+    """The sha256 of the frame a transplant variant's polyp was taken from; None for any other variant."""
+    return ((record or {}).get("transplant") or {}).get("donor", {}).get("frame_sha256")
+
+
+def _own_sources(real_set: ImageSet, synth_set: ImageSet) -> tuple[list[set[int]], list[int | None], list[set[int]]]:
+    """Per synthetic image: the real indices that are its source frame (by sha256), the first of them, and the
+    real indices that are its donor frame (a transplant's polyp comes from there: a copy by design)."""
+    records = [item.record or {} for item in synth_set.items]
+    wanted = {r.get("source_sha256") for r in records} | {_donor_sha(r) for r in records}
     by_sha: dict[str, list[int]] = {}
-    if wanted:
+    if wanted - {None}:
         for index, item in enumerate(real_set.items):
             by_sha.setdefault(sha256_of(item.path), []).append(index)
-    exclude, first = [], []
-    for item in synth_set.items:
-        own = by_sha.get((item.record or {}).get("source_sha256"), [])
+    exclude, first, donors = [], [], []
+    for record in records:
+        own = by_sha.get(record.get("source_sha256"), [])
         exclude.append(set(own))
         first.append(own[0] if own else None)
-    return exclude, first
+        donors.append(set(by_sha.get(_donor_sha(record), [])))
+    return exclude, first, donors
 
 
 def _fd_kid(real: np.ndarray, synth: np.ndarray, subsets: int) -> dict:
@@ -131,7 +139,7 @@ def compute_report(real_dir, synthetic_dir, extractor, batch_size: int = DEFAULT
                            "that the report runs; they say nothing about image quality")
 
     # memorisation
-    exclude, own = _own_sources(real_set, synth_set)
+    exclude, own, donors = _own_sources(real_set, synth_set)
     nn_dist, nn_index = stats.nearest(synth, real, exclude=exclude)
     loo = stats.real_nn_distances(real)
     threshold = float(np.percentile(loo, copy_percentile))
@@ -140,11 +148,15 @@ def compute_report(real_dir, synthetic_dir, extractor, batch_size: int = DEFAULT
     rows = []
     for i, item in enumerate(synth_set.items):
         j = int(nn_index[i])
+        close = bool(j >= 0 and nn_dist[i] < threshold)
+        # A transplant whose nearest real frame is its donor's frame copies that polyp on purpose.
+        by_design = close and j in donors[i]
         rows.append({
             "synthetic": str(item.path.relative_to(synth_set.root)),
             "nearest_real": str(real_set.items[j].path.relative_to(real_set.root)) if j >= 0 else None,
             "distance": float(nn_dist[i]) if j >= 0 else None,
-            "flagged": bool(j >= 0 and nn_dist[i] < threshold),
+            "flagged": close and not by_design,
+            "copy_by_design": by_design,
             "own_source": str(real_set.items[own[i]].path.relative_to(real_set.root)) if own[i] is not None else None,
             "distance_to_own_source": own_dist[i],
         })
@@ -160,6 +172,8 @@ def compute_report(real_dir, synthetic_dir, extractor, batch_size: int = DEFAULT
                          "min": float(valid.min()) if valid.size else None},
         "own_source_excluded": int(sum(1 for e in exclude if e)),
         "flagged": int(sum(r["flagged"] for r in rows)),
+        "transplants": int(sum(1 for item in synth_set.items if _donor_sha(item.record))),
+        "copies_by_design": int(sum(r["copy_by_design"] for r in rows)),
         "per_image": rows,
     }
     if data["memorisation"]["own_source_excluded"]:
@@ -288,6 +302,11 @@ def render_html(data: dict, pictures: dict) -> str:
         f"nearest real: median {_fmt(mem['synthetic_nn']['median'])}, min {_fmt(mem['synthetic_nn']['min'])}. "
         f"<b>{mem['flagged']} of {len(mem['per_image'])} flagged.</b></p>"),
     ]
+    if mem.get("transplants"):
+        parts.append(f"<p class='small'>{mem['transplants']} variants are transplants: each carries a real polyp "
+                     "from one of the curator's own frames, a copy of that donor by design. "
+                     f"{mem['copies_by_design']} of them are nearest to their donor's frame within τ; they are "
+                     "counted here, not flagged.</p>")
     if mem["own_source_excluded"]:
         own = mem["distance_to_own_source"]
         parts.append(f"<p class='small'>{mem['own_source_excluded']} variants have their own source frame in the "

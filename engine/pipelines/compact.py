@@ -13,59 +13,38 @@ unconditional and conditional labels as one batch (unconditional half first).
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 
-from engine.bundle import Bundle, read_bundle
-from engine.errors import BundleError, InputError
-from engine.masks.geometry import resize_mask
-from engine.pipelines.diffusion_base import CancelCheck, OnnxDiffusionPipeline, ProgressCallback, given_or_drawn
-from engine.pipelines.framing import (
-    blend_for_prompt,
-    check_frame_and_mask,
-    decoded_to_image,
-    default_feather_px,
-    frame_to_model_input,
-    model_view,
-    paste_back_in_crop,
+from engine.bundle import Bundle
+from engine.errors import InputError
+from engine.pipelines.diffusion_base import (
+    CancelCheck,
+    InpaintingPipeline,
+    PreparedFrame,
+    ProgressCallback,
 )
-from engine.pipelines.inpaint import InpaintResult
+from engine.pipelines.framing import decoded_to_image
+from engine.runtime.opening import BundleSource
 from engine.runtime.providers import plan_providers
 from engine.runtime.session import OnnxPart
 
 STAGES = ("unet",)
 
 
-@dataclass
-class PreparedRegion:
-    """A frame and its mask made ready once, for any number of variants."""
-
-    frame: np.ndarray  # uint8 (H, W, 3), original resolution
-    mask: np.ndarray  # bool (H, W), original resolution
-    crop: tuple[int, int, int, int]  # (x0, y0, x1, y1) of the frame the model sees (the whole frame in frame mode)
-    inpaint_area: str
-    working_size: tuple[int, int]  # (w, h)
-    image: np.ndarray  # float32 (1, 3, h, w) in [-1, 1]
-    work_mask: np.ndarray  # float32 (1, 1, h, w) in {0, 1}
-
-
-class CompactInpaintPipeline(OnnxDiffusionPipeline):
+class CompactInpaintPipeline(InpaintingPipeline):
+    KIND = "pixel-inpaint"
+    REFUSAL = "a pixel-inpaint bundle"
     STAGES = STAGES
+    DEFAULT_INPAINT_AREA = "region"
 
     def __init__(self, bundle: Bundle, parts: dict[str, OnnxPart]):
         super().__init__(bundle, parts, tokenizer=None)
         self.classes = list(bundle.manifest["classes"])
 
     @classmethod
-    def from_bundle(cls, path: str | Path, provider: str = "auto", threads: int | None = None,
-                    verify_hashes: bool = True) -> "CompactInpaintPipeline":
-        bundle = read_bundle(path, verify_hashes=verify_hashes)
-        if bundle.kind != "pixel-inpaint":
-            raise BundleError(bundle.root / "bundle.json", f"kind {bundle.kind!r} is not a pixel-inpaint bundle")
+    def from_bundle(cls, source: BundleSource, provider: str = "auto", threads: int | None = None,
+                    verify_hashes: bool = True) -> CompactInpaintPipeline:
+        bundle = cls.read(source, verify_hashes)
         plan = plan_providers(provider, fp16=bundle.manifest["precision"] == "fp16")
         unet = OnnxPart(bundle.path_of("unet"), plan, threads=threads, role="U-Net")
         channels = int(bundle.manifest["image_channels"])
@@ -89,71 +68,17 @@ class CompactInpaintPipeline(OnnxDiffusionPipeline):
         label = self.class_of(prompt)
         return np.array([0, label] if guided else [label], dtype=np.int64)
 
-    # ------------------------------------------------------------------ frame
-    def prepare_frame(self, frame: np.ndarray, mask: np.ndarray, working_size: tuple[int, int] | None = None,
-                      inpaint_area: str | None = None, region_padding: int | None = None) -> PreparedRegion:
-        frame, mask = check_frame_and_mask(frame, mask)
-        height, width = frame.shape[:2]
-        area = inpaint_area or self.defaults.get("inpaint_area", "region")
-        crop, (work_w, work_h) = model_view(width, height, mask, area, region_padding, self.image_size,
-                                            self.size_multiple, working_size)
-        x0, y0, x1, y1 = crop
-        image = frame_to_model_input(np.ascontiguousarray(frame[y0:y1, x0:x1]), work_w, work_h)
-        work_mask = resize_mask(mask[y0:y1, x0:x1], work_w, work_h).astype(np.float32)[None, None]
-        return PreparedRegion(frame=frame, mask=mask, crop=crop, inpaint_area=area, working_size=(work_w, work_h),
-                              image=image.astype(np.float32), work_mask=work_mask)
+    def default_negative_prompt(self) -> str:
+        """Empty, whatever the bundle says: the compact models guide against the unconditional class, not a text."""
+        return ""
 
     # ------------------------------------------------------------------ generation
-    def __call__(self, frame: np.ndarray, mask: np.ndarray, prompt: str | None = None, negative_prompt: str | None = None,
-                 steps: int | None = None, guidance_scale: float | None = None, scheduler: str | None = None,
-                 seed: int | None = 0, latents: np.ndarray | None = None, working_size=None, inpaint_area=None,
-                 region_padding=None, feather_px: int | None = None, progress: ProgressCallback | None = None,
-                 cancel: CancelCheck | None = None, blend: str | None = None) -> InpaintResult:
-        prepared = self.prepare_frame(frame, mask, working_size, inpaint_area, region_padding)
-        return self.generate_variants(prepared, [seed], prompt=prompt, negative_prompt=negative_prompt, steps=steps,
-                                      guidance_scale=guidance_scale, scheduler=scheduler,
-                                      latents=None if latents is None else [latents], feather_px=feather_px,
-                                      progress=progress, cancel=cancel, blend=blend)[0]
-
-    def generate_variants(self, prepared: PreparedRegion, seeds: Sequence[int | None], prompt: str | None = None,
-                          negative_prompt: str | None = None, steps: int | None = None,
-                          guidance_scale: float | None = None, scheduler: str | None = None,
-                          latents: Sequence[np.ndarray] | None = None, feather_px: int | None = None,
-                          batch_size: int = 1, progress: ProgressCallback | None = None,
-                          cancel: CancelCheck | None = None, masked_image_noise=None,
-                          blend: str | None = None) -> list[InpaintResult]:
-        """Variants of one prepared frame, one per seed (``latents`` = explicit initial noise, image-shaped).
-        ``blend``: "feather" or "poisson" (engine.pipelines.blending); None: Poisson for the removal prompt."""
-        prompt = self.prompts["add"] if prompt is None else prompt
-        negative_prompt = "" if negative_prompt is None else negative_prompt
-        steps, guidance_scale, scheduler = self.sampling_settings(steps, guidance_scale, scheduler, batch_size)
-        guided = guidance_scale > 1.0
-        labels = self.encode_prompt(prompt, negative_prompt, guided)
-        work_w, work_h = prepared.working_size
-        if feather_px is None:
-            feather_px = default_feather_px(prepared.frame.shape[1], prepared.frame.shape[0])
-        blend = blend_for_prompt(prompt, self.prompts.get("remove")) if blend is None else blend
-        shape = (1, 3, work_h, work_w)
-        settings = {"prompt": prompt, "negative_prompt": negative_prompt, "steps": steps,
-                    "guidance_scale": guidance_scale, "scheduler": scheduler, "working_size": [work_w, work_h],
-                    "feather_px": feather_px, "blend": blend, "inpaint_area": prepared.inpaint_area,
-                    "region_crop": list(prepared.crop)}
-        results = []
-        for start in range(0, len(seeds), batch_size):
-            chunk = range(start, min(start + batch_size, len(seeds)))
-            started = time.perf_counter()
-            initial = [given_or_drawn(latents, i, np.random.default_rng(seeds[i]), shape, "latents") for i in chunk]
-            final = self._denoise(prepared, labels, np.concatenate(initial), steps, guidance_scale, scheduler, progress, cancel)
-            decoded = decoded_to_image(final)
-            per_image = (time.perf_counter() - started) / len(chunk)
-            for offset, index in enumerate(chunk):
-                raw = decoded[offset]
-                image = paste_back_in_crop(prepared.frame, raw, prepared.mask, feather_px, prepared.crop, blend)
-                results.append(InpaintResult(image=image, raw=raw, seed=seeds[index], settings=dict(settings), seconds=per_image))
-        return results
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Pixel space: the denoised sample is the image."""
+        return decoded_to_image(latents)
 
     @staticmethod
-    def _batch_condition(prepared: PreparedRegion, labels: np.ndarray, count: int) -> tuple[bool, np.ndarray, np.ndarray]:
+    def _batch_condition(prepared: PreparedFrame, labels: np.ndarray, count: int) -> tuple[bool, np.ndarray, np.ndarray]:
         """(guided, masked frame + mask repeated for every variant and guidance copy, class labels in the same
         order: [uncond × count, cond × count] when guided)."""
         guided = labels.shape[0] == 2
@@ -162,10 +87,11 @@ class CompactInpaintPipeline(OnnxDiffusionPipeline):
         condition = np.repeat(np.concatenate([masked, prepared.work_mask], axis=1), count * copies, axis=0).astype(np.float32)
         return guided, condition, np.repeat(labels, count)
 
-    def _denoise(self, prepared: PreparedRegion, labels: np.ndarray, noise: np.ndarray, steps: int,
-                 guidance_scale: float, scheduler_name: str, progress, cancel) -> np.ndarray:
-        count = noise.shape[0]
-        guided, condition, class_labels = self._batch_condition(prepared, labels, count)
+    def _denoise(self, prepared: PreparedFrame, labels: np.ndarray, noise: dict[str, np.ndarray], steps: int,
+                 guidance_scale: float, scheduler_name: str, settings: dict, progress: ProgressCallback | None,
+                 cancel: CancelCheck | None) -> np.ndarray:
+        latents = noise["latents"]
+        guided, condition, class_labels = self._batch_condition(prepared, labels, latents.shape[0])
         unet = self.parts["unet"]
 
         def predict(model_input: np.ndarray, t) -> np.ndarray:
@@ -173,4 +99,4 @@ class CompactInpaintPipeline(OnnxDiffusionPipeline):
                      "timestep": np.full((model_input.shape[0],), t, dtype=np.float32), "class_labels": class_labels}
             return self.timed_run("unet", unet, ["out_sample"], feeds)[0]
 
-        return self.denoise(noise, steps, scheduler_name, guidance_scale, guided, predict, progress, cancel)
+        return self.denoise(latents, steps, scheduler_name, guidance_scale, guided, predict, progress, cancel)

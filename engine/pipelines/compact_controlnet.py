@@ -14,13 +14,17 @@ The pipeline gets a prompt string and knows nothing of caption files: the batch 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from engine.bundle import Bundle, read_bundle
-from engine.errors import BundleError
-from engine.pipelines.compact import CompactInpaintPipeline, PreparedRegion
+from engine.bundle import Bundle
+from engine.pipelines.compact import CompactInpaintPipeline
+from engine.pipelines.diffusion_base import (
+    CancelCheck,
+    PreparedFrame,
+    ProgressCallback,
+    check_controlnet_section,
+)
+from engine.runtime.opening import BundleSource
 from engine.runtime.providers import plan_providers
 from engine.runtime.session import OnnxPart
 from engine.text.word_tokenizer import WordTokenizer
@@ -30,6 +34,8 @@ STAGES = ("text_encoder", "controlnet", "unet")
 
 
 class CompactControlNetPipeline(CompactInpaintPipeline):
+    KIND = KIND
+    REFUSAL = f"a {KIND} bundle"
     STAGES = STAGES
     PROMPT_CACHE_SIZE = 64  # captions: a prompt per frame
 
@@ -40,14 +46,11 @@ class CompactControlNetPipeline(CompactInpaintPipeline):
         self.polyp_class = int(bundle.manifest["controlnet"].get("class_label", 1))
 
     @classmethod
-    def from_bundle(cls, path: str | Path, provider: str = "auto", threads: int | None = None,
-                    verify_hashes: bool = True) -> "CompactControlNetPipeline":
-        bundle = read_bundle(path, verify_hashes=verify_hashes)
-        if bundle.kind != KIND:
-            raise BundleError(bundle.root / "bundle.json", f"kind {bundle.kind!r} is not a {KIND} bundle")
+    def from_bundle(cls, source: BundleSource, provider: str = "auto", threads: int | None = None,
+                    verify_hashes: bool = True) -> CompactControlNetPipeline:
+        bundle = cls.read(source, verify_hashes)
+        check_controlnet_section(bundle, cls.REFUSAL)
         manifest = bundle.manifest
-        if not isinstance(manifest.get("controlnet"), dict) or not manifest["controlnet"].get("residuals"):
-            raise BundleError(bundle.root / "bundle.json", f"lacks controlnet.residuals, which a {KIND} bundle needs")
         tokenizer = WordTokenizer.from_file(bundle.path_of("vocab"))
         plan = plan_providers(provider, fp16=manifest["precision"] == "fp16")
         residuals = tuple(manifest["controlnet"]["residuals"])
@@ -77,10 +80,12 @@ class CompactControlNetPipeline(CompactInpaintPipeline):
         return self.tokenizer.unknown_words(prompt)
 
     # ------------------------------------------------------------------ generation
-    def _denoise(self, prepared: PreparedRegion, encoded, noise: np.ndarray, steps: int, guidance_scale: float,
-                 scheduler_name: str, progress, cancel) -> np.ndarray:
+    def _denoise(self, prepared: PreparedFrame, encoded, noise: dict[str, np.ndarray], steps: int,
+                 guidance_scale: float, scheduler_name: str, settings: dict, progress: ProgressCallback | None,
+                 cancel: CancelCheck | None) -> np.ndarray:
         labels, text = encoded
-        count = noise.shape[0]
+        latents = noise["latents"]
+        count = latents.shape[0]
         guided, condition, class_labels = self._batch_condition(prepared, labels, count)
         tokens = np.repeat(text, count, axis=0).astype(np.float32)
         controlnet, unet = self.parts["controlnet"], self.parts["unet"]
@@ -94,5 +99,5 @@ class CompactControlNetPipeline(CompactInpaintPipeline):
             feeds.update({name: r.astype(np.float32) for name, r in zip(self.residual_names, residuals)})
             return self.timed_run("unet", unet, ["out_sample"], feeds)[0]
 
-        return self.denoise(noise, steps, scheduler_name, guidance_scale, guided, predict, progress, cancel)
+        return self.denoise(latents, steps, scheduler_name, guidance_scale, guided, predict, progress, cancel)
 

@@ -16,24 +16,23 @@ scale and added inside the U-Net. The bundle's defaults are the paper's: DDIM, 2
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from engine.bundle import Bundle, read_bundle
+from engine.bundle import Bundle
 from engine.errors import BundleError, InputError
 from engine.masks.geometry import binarize, resize_mask
-from engine.pipelines.framing import (
-    check_frame,
-    choose_working_size,
-    default_feather_px,
-    paste_back,
+from engine.pipelines.diffusion_base import (
+    CancelCheck,
+    OnnxDiffusionPipeline,
+    ProgressCallback,
+    VariantResult,
+    check_controlnet_section,
 )
-from engine.pipelines.diffusion_base import CancelCheck, OnnxDiffusionPipeline, ProgressCallback, given_or_drawn
+from engine.pipelines.framing import check_frame, choose_working_size, paste_back
+from engine.runtime.opening import BundleSource
 from engine.runtime.providers import plan_providers
 from engine.runtime.session import OnnxPart
 from engine.text.clip_tokenizer import PromptTokenizer
@@ -52,18 +51,11 @@ class PreparedMask:
     control: np.ndarray  # float32 (1, C, h, w) in {0, 1}: the ControlNet's condition
 
 
-@dataclass
-class ControlNetResult:
-    image: np.ndarray  # uint8 (H, W, 3): the generated image at the mask's resolution, or the composited frame
-    raw: np.ndarray  # float32 (h, w, 3) in [0, 1]: the decoded image at working size (what diffusers returns)
-    seed: int | None
-    settings: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-
 class ControlNetPipeline(OnnxDiffusionPipeline):
     """Load with ``from_bundle``; call with a mask and a prompt; ``generate_variants`` for several seeds."""
 
+    KIND = KIND
+    REFUSAL = f"an {KIND} bundle"
     STAGES = STAGES
     PROMPT_CACHE_SIZE = 64  # captions: a prompt per frame
 
@@ -76,16 +68,13 @@ class ControlNetPipeline(OnnxDiffusionPipeline):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_bundle(
-        cls, path: str | Path, provider: str = "auto", threads: int | None = None, verify_hashes: bool = True
+        cls, source: BundleSource, provider: str = "auto", threads: int | None = None, verify_hashes: bool = True
     ) -> ControlNetPipeline:
-        """Verify and load an sd-controlnet bundle. The text encoder stays loaded: prompts change per frame
-        (captions), and SD-1.5's text encoder is small beside its U-Net."""
-        bundle = read_bundle(path, verify_hashes=verify_hashes)
-        if bundle.kind != KIND:
-            raise BundleError(bundle.root / "bundle.json", f"kind {bundle.kind!r} is not an {KIND} bundle")
+        """Verify (unless ``source`` is a Bundle already read) and load an sd-controlnet bundle. The text encoder
+        stays loaded: prompts change per frame (captions), and SD-1.5's text encoder is small beside its U-Net."""
+        bundle = cls.read(source, verify_hashes)
+        check_controlnet_section(bundle, cls.REFUSAL)
         manifest = bundle.manifest
-        if not isinstance(manifest.get("controlnet"), dict) or not manifest["controlnet"].get("residuals"):
-            raise BundleError(bundle.root / "bundle.json", "lacks controlnet.residuals, which an sd-controlnet bundle needs")
         plan = plan_providers(provider, fp16=manifest["precision"] == "fp16")
         tok = manifest["tokenizer"]
         tokenizer = PromptTokenizer(bundle.path_of("tokenizer"), tok["max_length"], tok["pad_token_id"], tok["eos_token_id"])
@@ -143,7 +132,7 @@ class ControlNetPipeline(OnnxDiffusionPipeline):
         conditioning_scale: float = 1.0,
         progress: ProgressCallback | None = None,
         cancel: CancelCheck | None = None,
-    ) -> ControlNetResult:
+    ) -> VariantResult:
         """One image. ``latents`` (float32, latent shape) replaces the noise drawn from ``seed``."""
         prepared = self.prepare(mask, frame=frame, working_size=working_size)
         return self.generate_variants(
@@ -152,70 +141,24 @@ class ControlNetPipeline(OnnxDiffusionPipeline):
             feather_px=feather_px, conditioning_scale=conditioning_scale, progress=progress, cancel=cancel,
         )[0]
 
-    def generate_variants(
-        self,
-        prepared: PreparedMask,
-        seeds: Sequence[int | None],
-        prompt: str | None = None,
-        negative_prompt: str | None = None,
-        steps: int | None = None,
-        guidance_scale: float | None = None,
-        scheduler: str | None = None,
-        latents: Sequence[np.ndarray] | None = None,
-        feather_px: int | None = None,
-        conditioning_scale: float = 1.0,
-        batch_size: int = 1,
-        progress: ProgressCallback | None = None,
-        cancel: CancelCheck | None = None,
-        **_ignored,
-    ) -> list[ControlNetResult]:
-        """Variants of one prepared mask, one per seed (each variant's noise from its own seed, so its bytes
-        do not depend on the batch size). Unknown keywords of InpaintPipeline (masked_image_noise) are ignored."""
-        prompt = self.prompts.get("add", "") if prompt is None else prompt
-        negative_prompt = self.prompts.get("negative", "") if negative_prompt is None else negative_prompt
-        steps, guidance_scale, scheduler = self.sampling_settings(steps, guidance_scale, scheduler, batch_size)
-        work_w, work_h = prepared.working_size
-        height, width = prepared.mask.shape
-        if feather_px is None:
-            feather_px = default_feather_px(width, height)
-        guided = guidance_scale > 1.0
-        embeddings = self.encode_prompt(prompt, negative_prompt, guided)
-        latent_shape = (1, self.latent_channels, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
-        settings = {
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "steps": steps,
-            "guidance_scale": guidance_scale,
-            "scheduler": scheduler,
-            "conditioning_scale": float(conditioning_scale),
-            "working_size": [work_w, work_h],
-            "feather_px": feather_px,
-            "paste_back": prepared.frame is not None,
-        }
-        results: list[ControlNetResult] = []
-        for start in range(0, len(seeds), batch_size):
-            chunk = range(start, min(start + batch_size, len(seeds)))
-            started = time.perf_counter()
-            initial = []
-            for index in chunk:
-                rng = np.random.default_rng(seeds[index])
-                initial.append(given_or_drawn(latents, index, rng, latent_shape, "latents"))
-            final = self._denoise(prepared, embeddings, np.concatenate(initial), steps, guidance_scale, scheduler,
-                                  float(conditioning_scale), progress, cancel)
-            decoded = self.decode(final)
-            per_image = (time.perf_counter() - started) / len(chunk)
-            for offset, index in enumerate(chunk):
-                raw = decoded[offset]
-                if prepared.frame is not None:
-                    image = paste_back(prepared.frame, raw, prepared.mask, feather_px)
-                else:
-                    image = _to_size(raw, width, height)
-                results.append(ControlNetResult(image=image, raw=raw, seed=seeds[index], settings=dict(settings),
-                                                seconds=per_image))
-        return results
+    def variant_settings(self, prepared: PreparedMask, prompt: str, feather_px: int, blend: str | None,
+                         conditioning_scale: float) -> dict:
+        """The settings of a variant; ``blend`` is not this pipeline's (it pastes back with a feathered edge)."""
+        return {"conditioning_scale": float(conditioning_scale), "working_size": list(prepared.working_size),
+                "feather_px": feather_px, "paste_back": prepared.frame is not None}
 
-    def _denoise(self, prepared, embeddings, latents, steps, guidance_scale, scheduler_name, conditioning_scale,
-                 progress, cancel) -> np.ndarray:
+    def finish(self, prepared: PreparedMask, raw: np.ndarray, settings: dict) -> np.ndarray:
+        """The masked region pasted into the frame, or without a frame the whole image at the mask's size."""
+        if prepared.frame is not None:
+            return paste_back(prepared.frame, raw, prepared.mask, settings["feather_px"])
+        height, width = prepared.mask.shape
+        return _to_size(raw, width, height)
+
+    def _denoise(self, prepared: PreparedMask, embeddings: np.ndarray, noise: dict[str, np.ndarray], steps: int,
+                 guidance_scale: float, scheduler_name: str, settings: dict, progress: ProgressCallback | None,
+                 cancel: CancelCheck | None) -> np.ndarray:
+        latents = noise["latents"]
+        conditioning_scale = settings["conditioning_scale"]
         count = latents.shape[0]
         guided = embeddings.shape[0] == 2
         copies = 2 if guided else 1

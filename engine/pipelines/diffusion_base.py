@@ -1,22 +1,37 @@
-"""What the inpainting (Polyp-Gen) and ControlNet (CCIS-Diff) pipelines share: the bundle's sampling fields,
-prompt encoding with a cache, the sampling defaults, per-variant initial noise, the classifier-free-guided
-denoising loop (progress and cancel each step) and one-at-a-time VAE decoding.
+"""What every pipeline shares (sd-inpaint: Polyp-Gen; sd-controlnet: CCIS-Diff; pixel-inpaint and pixel-controlnet:
+the compact models): opening the bundle (read once, kind checked), the bundle's sampling fields, prompt encoding
+with a cache, the sampling defaults, ``generate_variants`` (per-variant noise from its seed, batches of variants,
+timing, the settings a variant records), the classifier-free-guided denoising loop (progress and cancel each step)
+and one-at-a-time VAE decoding; and what the three pipelines that inpaint a frame share (``InpaintingPipeline``:
+the model's view of the frame, its default blend, the paste-back into the crop).
 
-A subclass supplies the model call of one step: ``predict(model_input, t) -> noise`` on the 2·N batch
-(unconditional half first when guided).
+A subclass supplies what differs: ``_denoise`` (the model calls of one step, as ``predict(model_input, t) -> noise``
+on the 2·N batch, unconditional half first when guided), what else a variant's settings say (``variant_settings``),
+and how a decoded image becomes the result (``finish``).
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
 from engine.bundle import Bundle
-from engine.errors import Cancelled, InputError
-from engine.pipelines.framing import decoded_to_image
+from engine.errors import BundleError, Cancelled, InputError
+from engine.masks.geometry import resize_mask
+from engine.pipelines.framing import (
+    blend_for_prompt,
+    check_frame_and_mask,
+    decoded_to_image,
+    default_feather_px,
+    frame_to_model_input,
+    model_view,
+    paste_back_in_crop,
+)
+from engine.runtime.opening import BundleSource, bundle_of_kind
 from engine.runtime.session import OnnxPart
 from engine.schedulers import SCHEDULER_NAMES, make_scheduler
 from engine.text.clip_tokenizer import PromptTokenizer
@@ -26,9 +41,26 @@ CancelCheck = Callable[[], bool]
 NoisePredictor = Callable[[np.ndarray, int], np.ndarray]
 
 
+@dataclass
+class VariantResult:
+    """One generated variant."""
+
+    image: np.ndarray  # uint8 (H, W, 3): the frame with the masked region generated (or, for an sd-controlnet
+    # pipeline given no frame, the generated image at the mask's resolution)
+    raw: np.ndarray  # float32 (h, w, 3) in [0, 1]: the decoded image at working size (what diffusers returns)
+    seed: int | None
+    settings: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
 class OnnxDiffusionPipeline:
+    KIND = ""  # the bundle kind it runs
+    REFUSAL = ""  # what a bundle of another kind is told it is not ("an inpainting bundle")
     STAGES: tuple[str, ...] = ()
     PROMPT_CACHE_SIZE = 16
+    # Noise drawn per variant after its initial latents, from the same seed (replaceable like them, by the
+    # generate_variants keyword of that name)
+    EXTRA_NOISE: tuple[str, ...] = ()
 
     def __init__(self, bundle: Bundle, parts: dict[str, OnnxPart], tokenizer: PromptTokenizer | None):
         self.bundle = bundle
@@ -49,6 +81,11 @@ class OnnxDiffusionPipeline:
         self.provider_note: str | None = "; ".join(sorted(notes)) or None
         self.stage_seconds = dict.fromkeys(self.STAGES, 0.0)
         self._prompt_cache: OrderedDict[tuple[str, str, bool], np.ndarray] = OrderedDict()
+
+    @classmethod
+    def read(cls, source: BundleSource, verify_hashes: bool = True) -> Bundle:
+        """The bundle at ``source`` (or the Bundle already read), of this pipeline's kind; BundleError otherwise."""
+        return bundle_of_kind(source, cls.KIND, cls.REFUSAL, verify_hashes)
 
     def describe(self) -> dict:
         return {**self.bundle.describe(), "provider": self.provider, "provider_note": self.provider_note}
@@ -84,6 +121,95 @@ class OnnxDiffusionPipeline:
 
     def _after_text_encoder(self, part: OnnxPart) -> None:
         """Hook: keep or release the text encoder after use (the inpainting pipeline releases it)."""
+
+    def default_negative_prompt(self) -> str:
+        return self.prompts.get("negative", "")
+
+    # ------------------------------------------------------------------ generation
+    def generate_variants(
+        self,
+        prepared,
+        seeds: Sequence[int | None],
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        scheduler: str | None = None,
+        latents: Sequence[np.ndarray] | None = None,
+        masked_image_noise: Sequence[np.ndarray] | None = None,
+        feather_px: int | None = None,
+        batch_size: int = 1,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+        blend: str | None = None,
+        conditioning_scale: float = 1.0,
+    ) -> list[VariantResult]:
+        """Variants of one prepared frame (``prepare_frame``), one per seed, ``batch_size`` of them per model call.
+
+        Each variant's noise comes from its own seed, so a variant's bytes do not depend on the batch size;
+        ``latents`` (one array per seed, latent-shaped) replaces a variant's initial noise, and
+        ``masked_image_noise`` its VAE posterior sample (sd-inpaint), to reproduce diffusers exactly. Every
+        pipeline takes every keyword, so the batch job calls them alike, and ignores what is not its own:
+        ``blend`` ("feather" or "poisson", engine.pipelines.blending; None: Poisson for the removal prompt) is
+        how an inpainting pipeline pastes back, ``conditioning_scale`` how strongly the sd-controlnet pipeline
+        adds its ControlNet's residuals.
+        """
+        prompt = self.prompts.get("add", "") if prompt is None else prompt
+        negative_prompt = self.default_negative_prompt() if negative_prompt is None else negative_prompt
+        steps, guidance_scale, scheduler = self.sampling_settings(steps, guidance_scale, scheduler, batch_size)
+        height, width = prepared.mask.shape
+        if feather_px is None:
+            feather_px = default_feather_px(width, height)
+        guided = guidance_scale > 1.0
+        embeddings = self.encode_prompt(prompt, negative_prompt, guided)
+        work_w, work_h = prepared.working_size
+        noise_shape = (1, self.latent_channels, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
+        settings = {
+            "prompt": prompt,
+            "negative_prompt": negative_prompt,
+            "steps": steps,
+            "guidance_scale": guidance_scale,
+            "scheduler": scheduler,
+            **self.variant_settings(prepared, prompt, feather_px, blend, conditioning_scale),
+        }
+        given = {"latents": latents, "masked_image_noise": masked_image_noise}
+        noise_names = ("latents", *self.EXTRA_NOISE)
+
+        results: list[VariantResult] = []
+        for start in range(0, len(seeds), batch_size):
+            chunk = range(start, min(start + batch_size, len(seeds)))
+            started = time.perf_counter()
+            drawn: dict[str, list[np.ndarray]] = {name: [] for name in noise_names}
+            for index in chunk:
+                rng = np.random.default_rng(seeds[index])
+                for name in noise_names:
+                    drawn[name].append(given_or_drawn(given[name], index, rng, noise_shape, name))
+            noise = {name: np.concatenate(arrays) for name, arrays in drawn.items()}
+            final = self._denoise(prepared, embeddings, noise, steps, guidance_scale, scheduler, settings, progress,
+                                  cancel)
+            decoded = self.decode(final)
+            per_image = (time.perf_counter() - started) / len(chunk)
+            for offset, index in enumerate(chunk):
+                raw = decoded[offset]
+                results.append(VariantResult(image=self.finish(prepared, raw, settings), raw=raw, seed=seeds[index],
+                                             settings=dict(settings), seconds=per_image))
+        return results
+
+    def variant_settings(self, prepared, prompt: str, feather_px: int, blend: str | None,
+                         conditioning_scale: float) -> dict:
+        """What a variant's settings say after the prompts and the sampling (in the order they are recorded),
+        with this pipeline's own keywords resolved: ``finish`` and ``_denoise`` read them from here."""
+        raise NotImplementedError
+
+    def _denoise(self, prepared, embeddings, noise: dict[str, np.ndarray], steps: int, guidance_scale: float,
+                 scheduler_name: str, settings: dict, progress: ProgressCallback | None,
+                 cancel: CancelCheck | None) -> np.ndarray:
+        """The final latents of a batch of variants: ``noise["latents"]`` (and each of EXTRA_NOISE) stacked."""
+        raise NotImplementedError
+
+    def finish(self, prepared, raw: np.ndarray, settings: dict) -> np.ndarray:
+        """A variant's image from its decoded one (float [0, 1] at working size)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ sampling
     def sampling_settings(self, steps, guidance_scale, scheduler, batch_size) -> tuple[int, float, str]:
@@ -148,6 +274,102 @@ class OnnxDiffusionPipeline:
         result = part.run(outputs, feeds)
         self.stage_seconds[stage] += time.perf_counter() - started
         return result
+
+
+@dataclass
+class PreparedFrame:
+    """A frame and its mask made ready once, for any number of variants: what the model sees of it."""
+
+    frame: np.ndarray  # uint8 (H, W, 3), original resolution
+    mask: np.ndarray  # bool (H, W), original resolution
+    crop: tuple[int, int, int, int]  # (x0, y0, x1, y1) of the frame the model sees (the whole frame in frame mode)
+    inpaint_area: str
+    working_size: tuple[int, int]  # (w, h) the model sees
+    image: np.ndarray  # float32 (1, 3, h, w) in [-1, 1]: the crop at working size
+    work_mask: np.ndarray  # float32 (1, 1, h, w) in {0, 1}
+    # sd-inpaint only (engine.pipelines.inpaint): the mask at latent size and the VAE posterior of the masked crop
+    latent_mask: np.ndarray | None = None  # float32 (1, 1, h/8, w/8)
+    posterior_mean: np.ndarray | None = None  # float32 (1, 4, h/8, w/8)
+    posterior_std: np.ndarray | None = None  # float32 (1, 4, h/8, w/8)
+
+
+class InpaintingPipeline(OnnxDiffusionPipeline):
+    """What the pipelines that inpaint a frame share (sd-inpaint, pixel-inpaint, pixel-controlnet): the model's
+    view of the frame (the whole frame, or with ``inpaint_area="region"`` the crop around the mask:
+    engine.pipelines.framing.model_view), the blend for the prompt, and the paste-back of the masked region into
+    the crop (every pixel outside the mask keeps its byte)."""
+
+    DEFAULT_INPAINT_AREA = "frame"  # when neither the call nor the bundle's sampling defaults say
+
+    def prepare_frame(self, frame: np.ndarray, mask: np.ndarray, working_size: tuple[int, int] | None = None,
+                      inpaint_area: str | None = None, region_padding: int | None = None) -> PreparedFrame:
+        """Crop (in region mode) and resize the frame and its mask to working size, once."""
+        frame, mask = check_frame_and_mask(frame, mask)
+        height, width = frame.shape[:2]
+        area = inpaint_area or self.defaults.get("inpaint_area", self.DEFAULT_INPAINT_AREA)
+        crop, (work_w, work_h) = model_view(width, height, mask, area, region_padding, self.image_size,
+                                            self.size_multiple, working_size)
+        x0, y0, x1, y1 = crop
+        image = frame_to_model_input(np.ascontiguousarray(frame[y0:y1, x0:x1]), work_w, work_h)
+        work_mask = resize_mask(mask[y0:y1, x0:x1], work_w, work_h).astype(np.float32)[None, None]
+        return PreparedFrame(frame=frame, mask=mask, crop=crop, inpaint_area=area, working_size=(work_w, work_h),
+                             image=image.astype(np.float32), work_mask=work_mask)
+
+    def __call__(
+        self,
+        frame: np.ndarray,
+        mask: np.ndarray,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        scheduler: str | None = None,
+        seed: int | None = 0,
+        latents: np.ndarray | None = None,
+        masked_image_noise: np.ndarray | None = None,
+        working_size: tuple[int, int] | None = None,
+        feather_px: int | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCheck | None = None,
+        inpaint_area: str | None = None,
+        region_padding: int | None = None,
+        blend: str | None = None,
+    ) -> VariantResult:
+        """One image. ``latents`` / ``masked_image_noise`` (float32, latent shape) replace the noise drawn
+        from ``seed`` for the initial latents / the VAE posterior sample (sd-inpaint), to reproduce a reference."""
+        prepared = self.prepare_frame(frame, mask, working_size, inpaint_area, region_padding)
+        return self.generate_variants(
+            prepared,
+            seeds=[seed],
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            scheduler=scheduler,
+            latents=None if latents is None else [latents],
+            masked_image_noise=None if masked_image_noise is None else [masked_image_noise],
+            feather_px=feather_px,
+            progress=progress,
+            cancel=cancel,
+            blend=blend,
+        )[0]
+
+    def variant_settings(self, prepared: PreparedFrame, prompt: str, feather_px: int, blend: str | None,
+                         conditioning_scale: float) -> dict:
+        blend = blend_for_prompt(prompt, self.prompts.get("remove")) if blend is None else blend
+        return {"working_size": list(prepared.working_size), "feather_px": feather_px, "blend": blend,
+                "inpaint_area": prepared.inpaint_area, "region_crop": list(prepared.crop)}
+
+    def finish(self, prepared: PreparedFrame, raw: np.ndarray, settings: dict) -> np.ndarray:
+        return paste_back_in_crop(prepared.frame, raw, prepared.mask, settings["feather_px"], prepared.crop,
+                                  settings["blend"])
+
+
+def check_controlnet_section(bundle: Bundle, refusal: str) -> None:
+    """A ControlNet bundle's manifest names its residuals; BundleError naming bundle.json otherwise."""
+    section = bundle.manifest.get("controlnet")
+    if not isinstance(section, dict) or not section.get("residuals"):
+        raise BundleError(bundle.root / "bundle.json", f"lacks controlnet.residuals, which {refusal} needs")
 
 
 def given_or_drawn(given: Sequence[np.ndarray] | None, index: int, rng, shape, name: str) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The retrieval mask proposer (Polyp-Gen's hierarchical retrieval): where in a frame a polyp belongs.
 
 - features.py — DINOv2 patch features from a "dinov2" bundle (onnxruntime), the frame → patch-grid geometry;
-- database.py — the on-disk database (FAISS index of global features, memory-mapped local features, masks);
+- database/   — the on-disk database (FAISS index of global features, memory-mapped local features, masks):
+                its layout, reader and writer;
 - build.py    — filling it from polyp frames (optionally made polyp-free by the inpainting engine) and
                 curator-supplied normal frames, streaming, with per-stage timing;
 - proposer.py — global top-K retrieval, in-mask patch matching, DBSCAN, scored and merged proposals;

@@ -81,9 +81,9 @@ class PolypRemover:
 
     def __init__(self, bundle: str | os.PathLike[str], provider: str = "auto", steps: int | None = None,
                  threads: int | None = None, pad: int = REMOVE_BOX_PAD):
-        from engine.pipelines import open_inpainting_pipeline
+        from engine.pipelines import open_pipeline
 
-        self.pipeline = open_inpainting_pipeline(bundle, provider=provider, threads=threads)
+        self.pipeline = open_pipeline(bundle, provider=provider, threads=threads, purpose="inpaint")
         self.prompt = self.pipeline.prompts.get("remove")
         if self.prompt is None:
             from engine.errors import InputError

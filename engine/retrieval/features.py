@@ -35,6 +35,7 @@ import numpy as np
 
 from engine.bundle import Bundle, read_bundle
 from engine.errors import BundleError, InputError
+from engine.runtime.opening import BundleSource, OnePartModel, Signature
 
 
 @dataclass(frozen=True)
@@ -165,18 +166,11 @@ class FeatureIdentity:
         }
 
 
-class BundleFeatureModel(FeatureIdentity):
-    """What the bundle-backed feature models share: identity from the bundle, preprocessing, one-frame extract."""
+class BundleFeatureModel(FeatureIdentity, OnePartModel):
+    """What the bundle-backed feature models share: opening (engine.runtime.opening), identity from the bundle,
+    preprocessing, one-frame extract."""
 
     bundle: Bundle
-
-    @property
-    def bundle_id(self) -> str:
-        return self.bundle.bundle_id
-
-    @property
-    def name(self) -> str:
-        return self.bundle.name
 
     def describe(self) -> dict:
         return {**self.identity(), "path": str(self.bundle.root), "provider": self.provider}
@@ -193,10 +187,12 @@ class FeatureExtractor(BundleFeatureModel):
     """A "dinov2" bundle loaded in onnxruntime: ``extract(frame)`` → FrameFeatures."""
 
     kind = "dinov2"
+    KIND = "dinov2"
+    REFUSAL = 'a feature bundle ("dinov2"; make one with `main.py export-features`)'
+    ROLE = "feature model"
 
     def __init__(self, bundle: Bundle, part):
-        self.bundle = bundle
-        self.part = part
+        super().__init__(bundle, part)
         manifest = bundle.manifest
         rows, cols = (int(v) for v in manifest["grid"])
         self.grid = PatchGrid(rows, cols, int(manifest["patch_size"]))
@@ -205,29 +201,13 @@ class FeatureExtractor(BundleFeatureModel):
         self.std = [float(v) for v in manifest["image_std"]]
         self.input_name = manifest.get("input_name", "pixel_values")
         self.output_name = manifest.get("output_name", "patch_tokens")
-        self.provider = part.active_provider
-        self.provider_note = part.provider_note
 
     @classmethod
-    def from_bundle(cls, path: str | os.PathLike[str], provider: str = "auto", threads: int | None = None,
-                    verify_hashes: bool = True) -> "FeatureExtractor":
-        from engine.runtime.providers import plan_providers
-        from engine.runtime.session import OnnxPart
-
-        bundle = read_bundle(path, verify_hashes=verify_hashes)
-        if bundle.kind != "dinov2":
-            raise BundleError(
-                bundle.root / "bundle.json",
-                f"kind {bundle.kind!r} is not a feature bundle (\"dinov2\"; make one with `main.py export-features`)",
-            )
-        part = OnnxPart(bundle.path_of("model"), plan_providers(provider), threads=threads, role="feature model")
-        manifest = bundle.manifest
+    def signature(cls, manifest: dict) -> Signature:
         rows, cols = (int(v) for v in manifest["grid"])
         patch = int(manifest["patch_size"])
         input_name = manifest.get("input_name", "pixel_values")
-        output_name = manifest.get("output_name", "patch_tokens")
-        part.expect({input_name: (None, 3, rows * patch, cols * patch)}, (output_name,))
-        return cls(bundle, part)
+        return {input_name: (None, 3, rows * patch, cols * patch)}, (manifest.get("output_name", "patch_tokens"),)
 
     def extract_batch(self, frames: Sequence[np.ndarray]) -> list[FrameFeatures]:
         if not frames:
@@ -248,10 +228,12 @@ class JudgeFeatureExtractor(BundleFeatureModel):
     The frame is resized whole to the judge's input, as for DINOv2 (same PatchGrid geometry)."""
 
     kind = "judge"
+    KIND = "segmenter"
+    REFUSAL = 'a judge ("segmenter")'
+    ROLE = "feature model"
 
     def __init__(self, bundle: Bundle, part):
-        self.bundle = bundle
-        self.part = part
+        super().__init__(bundle, part)
         manifest = bundle.manifest
         rows, cols = (int(v) for v in manifest["patch_grid"])
         self.grid = PatchGrid(rows, cols, int(manifest["patch_size"]))
@@ -259,25 +241,19 @@ class JudgeFeatureExtractor(BundleFeatureModel):
         self.mean = [float(v) for v in manifest["image_mean"]]
         self.std = [float(v) for v in manifest["image_std"]]
         self.input_name = manifest.get("input_name", "pixel_values")
-        self.provider = part.active_provider
-        self.provider_note = part.provider_note
 
     @classmethod
-    def from_bundle(cls, path: str | os.PathLike[str], provider: str = "auto", threads: int | None = None,
-                    verify_hashes: bool = True) -> "JudgeFeatureExtractor":
-        from engine.runtime.providers import plan_providers
-        from engine.runtime.session import OnnxPart
-
-        bundle = read_bundle(path, verify_hashes=verify_hashes)
-        if bundle.kind != "segmenter":
-            raise BundleError(bundle.root / "bundle.json", f"kind {bundle.kind!r} is not a judge (\"segmenter\")")
+    def read(cls, source: BundleSource, verify_hashes: bool = True) -> Bundle:
+        bundle = super().read(source, verify_hashes)
         if "patch_features" not in bundle.manifest.get("output_names", ()) or "patch_grid" not in bundle.manifest:
             raise BundleError(bundle.root / "bundle.json", "this judge has no patch_features output (exported before "
                                                            "they were added): export it again with train-judge")
-        part = OnnxPart(bundle.path_of("model"), plan_providers(provider), threads=threads, role="feature model")
-        side = int(bundle.manifest["image_size"][0])
-        part.expect({bundle.manifest.get("input_name", "pixel_values"): (None, 3, side, side)}, ("patch_features",))
-        return cls(bundle, part)
+        return bundle
+
+    @classmethod
+    def signature(cls, manifest: dict) -> Signature:
+        side = int(manifest["image_size"][0])
+        return {manifest.get("input_name", "pixel_values"): (None, 3, side, side)}, ("patch_features",)
 
     def extract_batch(self, frames: Sequence[np.ndarray]) -> list[FrameFeatures]:
         if not frames:
@@ -294,10 +270,11 @@ class JudgeFeatureExtractor(BundleFeatureModel):
 
 def open_feature_extractor(path: str | os.PathLike[str], provider: str = "auto", threads: int | None = None,
                            verify_hashes: bool = True):
-    """The proposer's feature model from a bundle: a "dinov2" bundle, or a judge ("segmenter") for its patches."""
+    """The proposer's feature model from a bundle: a "dinov2" bundle, or a judge ("segmenter") for its patches.
+    The bundle is read once, here, and handed to the model's opener."""
     bundle = read_bundle(path, verify_hashes=verify_hashes)
     opener = JudgeFeatureExtractor if bundle.kind == "segmenter" else FeatureExtractor
-    return opener.from_bundle(bundle.root, provider=provider, threads=threads, verify_hashes=verify_hashes)
+    return opener.from_bundle(bundle, provider=provider, threads=threads)
 
 
 class MeanColourExtractor(FeatureIdentity):

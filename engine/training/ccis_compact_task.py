@@ -41,8 +41,11 @@ from engine.training.compact_task import (
     _polygon_in_crop,
     initial_weights,
 )
+from engine.training.captions import contrasting_caption, frame_captions
 from engine.training.corpus import Corpus
+from engine.training.task import TrainConfig
 from engine.training.objectives import add_noise, inpainting_loss, min_snr_weight, target_of
+from engine.training.recipe import CCIS_COMPACT_DEFAULTS, ModelOutput, TaskEntry, generator_config, pick
 
 
 @dataclass
@@ -80,8 +83,6 @@ class CCISCompactTask(CompactInpaintTask):
     name = "ccis-compact-controlnet"
 
     def __init__(self, corpus: Corpus, config: CCISCompactTaskConfig, grid_rows: int = 4):
-        from engine.training.ccis_task import frame_captions
-
         if not config.init_from:
             raise InputError("--method ccis --preset compact trains on a compact base: give --init-from MODEL_DIR "
                              "(e.g. training_runs/compact-anneal/model)")
@@ -185,8 +186,6 @@ class CCISCompactTask(CompactInpaintTask):
     def grid_rows_data(self):
         """Held-out polyp frames (else training ones): the crop the engine would take around the first polyp,
         its own mask, its caption and the contrasting caption ("pale" ↔ "red", "small" ↔ "large")."""
-        from engine.training.ccis_task import contrasting_caption
-
         if hasattr(self, "_grid"):
             return self._grid
         held = sorted((f for f in self.corpus.held_out if f.has_polyp), key=lambda f: f.stem) or \
@@ -254,59 +253,64 @@ def sample_controlled(model, images: torch.Tensor, masks: torch.Tensor, classes:
                           uncond_tokens=uncond_tokens)
 
 
-def ccis_compact_run(args, corpus: Corpus, defaults: dict):
-    """(task, trainer config, finish) of ``main.py train --method ccis --preset compact``."""
+def build(options, corpus: Corpus) -> tuple[CCISCompactTask, TrainConfig]:
+    """The task and trainer settings of ``main.py train --method ccis --preset compact``: the architecture,
+    scheduler and resolution come from the --init-from base, the rest from the options or CCIS_COMPACT_DEFAULTS."""
     from engine.models.compact_unet import load_compact_model
-    from engine.training.runs import _pick, train_config
 
-    if args.captions is None:
+    if options.captions is None:
         raise InputError("--method ccis needs --captions FILE (write one with `main.py caption --input FRAMES "
                          "--masks MASKS --out captions.csv`)")
-    if args.init_from is None:
+    if options.init_from is None:
         raise InputError("--method ccis --preset compact trains on a compact base: give --init-from MODEL_DIR "
                          "(e.g. training_runs/compact-anneal/model)")
     given = [flag for flag, name in (("--widths", "widths"), ("--blocks", "blocks"), ("--stem", "stem"),
-                                     ("--attention-levels", "attention_levels")) if getattr(args, name, None) is not None]
+                                     ("--attention-levels", "attention_levels")) if getattr(options, name, None) is not None]
     if given:
         raise InputError(f"{', '.join(given)}: the compact CCIS ControlNet takes its architecture from the base "
-                         f"({args.init_from})")
-    if getattr(args, "controlnet_from", None) is not None:
+                         f"({options.init_from})")
+    if getattr(options, "controlnet_from", None) is not None:
         raise InputError("--controlnet-from continues an SD-1.5 ControlNet; a compact CCIS run continues with --resume")
-    base, base_config = load_compact_model(Path(args.init_from))
+    base, base_config = load_compact_model(Path(options.init_from))
     base_task = base_config.get("task", {})
-    defaults = {**defaults, "resolution": int(base_task.get("resolution", defaults["resolution"]))}
+    resolution = int(base_task.get("resolution", CCIS_COMPACT_DEFAULTS["resolution"]))
+    defaults = {**CCIS_COMPACT_DEFAULTS, "resolution": resolution}
     plain = CCISCompactTaskConfig()
-    gamma = plain.min_snr_gamma if args.min_snr_gamma is None else (args.min_snr_gamma or None)
+    gamma = plain.min_snr_gamma if options.min_snr_gamma is None else (options.min_snr_gamma or None)
     task_config = CCISCompactTaskConfig(
-        resolution=_pick(args, "resolution", defaults), model=base.config,
-        batch_size=_pick(args, "batch_size", defaults),
-        mask_mode=args.mask_mode or plain.mask_mode, lg_weight=args.lg_weight,
-        outside_weight=plain.outside_weight if args.outside_weight is None else args.outside_weight,
+        resolution=pick(options, "resolution", defaults), model=base.config,
+        batch_size=pick(options, "batch_size", defaults),
+        mask_mode=options.mask_mode or plain.mask_mode, lg_weight=options.lg_weight,
+        outside_weight=plain.outside_weight if options.outside_weight is None else options.outside_weight,
         min_snr_gamma=gamma,
-        box_mask_fraction=plain.box_mask_fraction if args.box_mask_fraction is None else args.box_mask_fraction,
-        scheduler=dict(base_task.get("scheduler", SCHEDULER_CONFIG)), sample_steps=args.sample_steps,
-        init_from=str(Path(args.init_from).resolve()), captions=str(Path(args.captions).resolve()),
-        text_dropout=args.text_dropout, allow_uncaptioned=args.allow_uncaptioned,
-        blur_mask_weighting=not args.no_blur_weighting, text_aware_attention=not args.no_text_attention,
-        blur_sigma=args.blur_sigma,
+        box_mask_fraction=plain.box_mask_fraction if options.box_mask_fraction is None else options.box_mask_fraction,
+        scheduler=dict(base_task.get("scheduler", SCHEDULER_CONFIG)), sample_steps=options.sample_steps,
+        init_from=str(Path(options.init_from).resolve()), captions=str(Path(options.captions).resolve()),
+        text_dropout=options.text_dropout, allow_uncaptioned=options.allow_uncaptioned,
+        blur_mask_weighting=not options.no_blur_weighting, text_aware_attention=not options.no_text_attention,
+        blur_sigma=options.blur_sigma,
     )
-    task = CCISCompactTask(corpus, task_config)
-    config = train_config(args, defaults)
+    return CCISCompactTask(corpus, task_config), generator_config(options, defaults)
 
-    def finish(result):
+
+def output(task: CCISCompactTask) -> ModelOutput:
+    """The model folder (base + ControlNet + vocab.json) and a "pixel-controlnet" bundle; the card adds the
+    captions, the base and the ablation switches."""
+
+    def write(model, folder: Path) -> Path:
         from engine.models.compact_controlnet import save_controlled_model
-        from engine.training.model_card import write_model_card
 
-        folder = save_controlled_model(result.final_model(), task.tokenizer, task_config, Path(args.run) / "controlnet")
-        figures = {"captions": task.describe()["captions"], "base": task_config.init_from,
-                   "ablation": {"blur_mask_weighting": task_config.blur_mask_weighting,
-                                "text_aware_attention": task_config.text_aware_attention}}
-        card = write_model_card(Path(args.run), folder, task, config, result, corpus, extra_figures=figures)
-        print(f"ControlNet folder: {folder}\nmodel card: {card}", flush=True)
-        if args.bundle is not None:
-            from engine.export.compact_controlnet_export import export_compact_controlnet_bundle
+        return save_controlled_model(model, task.tokenizer, task.config, folder)
 
-            bundle = export_compact_controlnet_bundle(folder, args.bundle, name=args.name, card=card)
-            print(f"bundle: {bundle}", flush=True)
+    def export(folder: Path, bundle: Path, name: str | None, card: Path) -> Path:
+        from engine.export.compact_controlnet_export import export_compact_controlnet_bundle
 
-    return task, config, finish
+        return export_compact_controlnet_bundle(folder, bundle, name=name, card=card)
+
+    figures = {"captions": task.describe()["captions"], "base": task.config.init_from,
+               "ablation": {"blur_mask_weighting": task.config.blur_mask_weighting,
+                            "text_aware_attention": task.config.text_aware_attention}}
+    return ModelOutput("controlnet", "ControlNet folder", write, export, figures)
+
+
+ENTRY = TaskEntry(build, output)

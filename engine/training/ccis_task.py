@@ -16,7 +16,6 @@ bundle by the existing exporter (its parity check included), the model card hash
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,15 +24,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engine.dataset.captions import caption_for, read_captions
 from engine.errors import InputError
+from engine.training.captions import contrasting_caption, frame_captions
 from engine.training.corpus import Corpus, CorpusFrame
-from engine.training.loop import TrainingTask
+from engine.training.diffusers_folder import unet_in_channels
 from engine.training.objectives import target_of
-
-# Words the sample grid swaps to show what the caption does ("pale" ↔ "red", "small" ↔ "large").
-CONTRASTS = {"pale": "red", "red": "pale", "pink": "pale", "whitish": "red", "small": "large", "large": "small",
-             "diminutive": "large"}
+from engine.training.recipe import (
+    CCIS_DEFAULTS,
+    ModelOutput,
+    TaskEntry,
+    generator_config,
+    pick,
+)
+from engine.training.task import TrainConfig, TrainingTask
 
 
 @dataclass
@@ -59,32 +62,10 @@ class CCISTaskConfig:
 
 
 def check_text_to_image_folder(source: Path) -> None:
-    from engine.training.sd_task import unet_in_channels
-
     channels = unet_in_channels(source)
     if channels != 4:
         raise InputError(f"{source / 'unet' / 'config.json'}: a {channels}-channel U-Net; a CCIS ControlNet trains "
                          "on a text-to-image base (4 latent channels, SD-1.5-shaped), not an inpainting one")
-
-
-def frame_captions(corpus: Corpus, captions_path: Path, allow_uncaptioned: bool) -> dict[str, str]:
-    """{frame rel: caption} for every training and held-out polyp frame; InputError naming the file when frames
-    have none (unless ``allow_uncaptioned``: they train with the empty caption)."""
-    captions = read_captions(captions_path)
-    found, missing = {}, []
-    for frame in corpus.train + corpus.held_out:
-        if not frame.has_polyp:
-            continue
-        text = caption_for(captions, frame.rel)  # its relative path, else its stem
-        if text is None:
-            missing.append(frame.stem)
-            text = ""
-        found[frame.rel] = text
-    if missing and not allow_uncaptioned:
-        raise InputError(f"{captions_path}: no caption for {len(missing)} of {len(found)} polyp frames (e.g. "
-                         f"{', '.join(missing[:3])}); run `main.py caption` on the same frames, or pass "
-                         "--allow-uncaptioned to train those with the empty caption")
-    return found
 
 
 class CCISControlNetTask(TrainingTask):
@@ -272,50 +253,41 @@ class CCISControlNetTask(TrainingTask):
         return save_pretrained_atomically(model, folder)
 
 
-def contrasting_caption(caption: str) -> str:
-    """The caption with its first colour/size word swapped for its contrast ("pale" → "red"); "" stays ""."""
-    words = caption.split(" ")
-    for index, word in enumerate(words):
-        bare = word.strip(",.;").lower()
-        if bare in CONTRASTS:
-            words[index] = word.lower().replace(bare, CONTRASTS[bare])
-            return " ".join(words)
-    return caption
-
-
-def ccis_run(args, corpus: Corpus, defaults: dict):
-    from engine.training.runs import _pick, train_config
-
-    if args.captions is None:
+def build(options, corpus: Corpus) -> tuple[CCISControlNetTask, TrainConfig]:
+    """The task and trainer settings of ``main.py train --method ccis --from SD15_DIR`` (CCIS_DEFAULTS where unset)."""
+    if options.source is None:
+        raise InputError("--method ccis trains on a base model: give --from SD15_DIR (a text-to-image folder), "
+                         "or --preset compact --init-from MODEL_DIR (the compact base)")
+    if options.captions is None:
         raise InputError("--method ccis needs --captions FILE (write one with `main.py caption --input FRAMES "
                          "--masks MASKS --out captions.csv`)")
     task_config = CCISTaskConfig(
-        source=str(Path(args.source).resolve()), captions=str(Path(args.captions).resolve()),
-        resolution=_pick(args, "resolution", defaults), batch_size=_pick(args, "batch_size", defaults),
-        text_dropout=args.text_dropout, blur_mask_weighting=not args.no_blur_weighting,
-        text_aware_attention=not args.no_text_attention, blur_sigma=args.blur_sigma,
-        controlnet_from=str(Path(args.controlnet_from).resolve()) if args.controlnet_from else None,
-        allow_uncaptioned=args.allow_uncaptioned, sample_steps=args.sample_steps,
+        source=str(Path(options.source).resolve()), captions=str(Path(options.captions).resolve()),
+        resolution=pick(options, "resolution", CCIS_DEFAULTS), batch_size=pick(options, "batch_size", CCIS_DEFAULTS),
+        text_dropout=options.text_dropout, blur_mask_weighting=not options.no_blur_weighting,
+        text_aware_attention=not options.no_text_attention, blur_sigma=options.blur_sigma,
+        controlnet_from=str(Path(options.controlnet_from).resolve()) if options.controlnet_from else None,
+        allow_uncaptioned=options.allow_uncaptioned, sample_steps=options.sample_steps,
     )
-    task = CCISControlNetTask(corpus, task_config)
-    config = train_config(args, defaults)
+    return CCISControlNetTask(corpus, task_config), generator_config(options, CCIS_DEFAULTS)
 
-    def finish(result):
-        from engine.training.model_card import write_model_card
 
-        folder = task.save_controlnet(result.final_model(), Path(args.run) / "controlnet")
-        figures = {"captions": task.describe()["captions"],
-                   "ablation": {"blur_mask_weighting": task_config.blur_mask_weighting,
-                                "text_aware_attention": task_config.text_aware_attention}}
-        card = write_model_card(Path(args.run), folder, task, config, result, corpus, extra_figures=figures)
-        shutil.copyfile(card, folder / "MODEL_CARD.md")
-        print(f"ControlNet folder: {folder}\nmodel card: {card}", flush=True)
-        if args.bundle is not None:
-            from engine.export.controlnet_export import export_controlnet_bundle
-            from engine.training.model_card import attach_model_card
+def output(task: CCISControlNetTask) -> ModelOutput:
+    """The ControlNet as a diffusers folder and an "sd-controlnet" bundle (with its base) carrying the model card;
+    the card adds the captions and the ablation switches."""
 
-            export_controlnet_bundle(task.source, folder, args.bundle, name=args.name, overwrite=True)
-            attach_model_card(Path(args.bundle), card)
-            print(f"bundle: {args.bundle}", flush=True)
+    def export(folder: Path, bundle: Path, name: str | None, card: Path) -> Path:
+        from engine.export.controlnet_export import export_controlnet_bundle
+        from engine.training.model_card import attach_model_card
 
-    return task, config, finish
+        export_controlnet_bundle(task.source, folder, bundle, name=name, overwrite=True)
+        attach_model_card(bundle, card)
+        return bundle
+
+    figures = {"captions": task.describe()["captions"],
+               "ablation": {"blur_mask_weighting": task.config.blur_mask_weighting,
+                            "text_aware_attention": task.config.text_aware_attention}}
+    return ModelOutput("controlnet", "ControlNet folder", task.save_controlnet, export, figures)
+
+
+ENTRY = TaskEntry(build, output)

@@ -24,7 +24,7 @@ from PIL import Image
 from engine.pipelines.framing import auto_region_padding, region_crop
 from engine.models.compact_unet import CLASS_NAMES, CompactConfig, CompactInpaintUNet, parameter_count
 from engine.training.corpus import Corpus, CorpusFrame
-from engine.training.loop import TrainingTask
+from engine.training.task import TrainConfig, TrainingError, TrainingTask
 from engine.training.objectives import (
     add_noise,
     alphas_cumprod_of,
@@ -38,6 +38,7 @@ from engine.training.pairs import (
     polyp_training_mask,
     visible_area,
 )
+from engine.training.recipe import COMPACT_DEFAULTS, ModelOutput, TaskEntry, generator_config, pick
 
 POLYP, NORMAL, UNCONDITIONAL = CLASS_NAMES.index("Polyp"), CLASS_NAMES.index("Normal"), 0
 
@@ -112,7 +113,6 @@ def initial_weights(source: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     from engine.training.checkpoint import load_latest_checkpoint
-    from engine.training.loop import TrainingError
 
     if (source / "model.safetensors").is_file():
         return load_file(str(source / "model.safetensors"))
@@ -384,3 +384,45 @@ def sample_inpaint(model, images: torch.Tensor, masks: torch.Tensor, classes: to
             x = scheduler.step(prediction, t, x).prev_sample
     model.train(was_training)
     return x.cpu()
+
+
+def build(options, corpus: Corpus) -> tuple[CompactInpaintTask, TrainConfig]:
+    """The task and trainer settings of ``main.py train --preset compact``: each option the command leaves unset
+    (None) keeps CompactTaskConfig's value or COMPACT_DEFAULTS'."""
+    defaults = CompactTaskConfig()
+    model = defaults.model
+    model = CompactConfig(
+        widths=options.widths or model.widths, blocks=options.blocks if options.blocks is not None else model.blocks,
+        stem=options.stem if options.stem is not None else model.stem,
+        attention_levels=options.attention_levels if options.attention_levels is not None else model.attention_levels,
+    )
+    gamma = defaults.min_snr_gamma if options.min_snr_gamma is None else (options.min_snr_gamma or None)
+    task_config = CompactTaskConfig(
+        resolution=pick(options, "resolution", COMPACT_DEFAULTS), model=model,
+        batch_size=pick(options, "batch_size", COMPACT_DEFAULTS), polyp_fraction=options.polyp_fraction,
+        mask_mode=options.mask_mode or "bpm", lg_weight=options.lg_weight,
+        outside_weight=defaults.outside_weight if options.outside_weight is None else options.outside_weight,
+        min_snr_gamma=gamma,
+        box_mask_fraction=defaults.box_mask_fraction if options.box_mask_fraction is None else options.box_mask_fraction,
+        init_from=str(Path(options.init_from).resolve()) if options.init_from else None,
+    )
+    return CompactInpaintTask(corpus, task_config), generator_config(options, COMPACT_DEFAULTS)
+
+
+def output(task: CompactInpaintTask) -> ModelOutput:
+    """The model folder (engine.models.compact_unet) and a "pixel-inpaint" bundle."""
+
+    def write(model, folder: Path) -> Path:
+        from engine.models.compact_unet import save_compact_model
+
+        return save_compact_model(model, task.config, folder)
+
+    def export(model_dir: Path, bundle: Path, name: str | None, card: Path) -> Path:
+        from engine.export.compact_export import export_compact_bundle
+
+        return export_compact_bundle(model_dir, bundle, name=name, card=card)
+
+    return ModelOutput("model", "model folder", write, export)
+
+
+ENTRY = TaskEntry(build, output)

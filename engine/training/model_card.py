@@ -1,7 +1,10 @@
-"""The model card every trained model carries: data and its terms, steps, hours, figures, limits.
+"""The model card every trained model carries: what it is, its data and their terms, its training, figures, limits.
 
-Written as MODEL_CARD.md in the run folder (and copied into the model folder and the bundle) plus
-model_card.json with the same facts for tools.
+- ``write_model_card``: a generator trained by ``main.py train``, from its run folder: MODEL_CARD.md in the run
+  folder and the model folder (``attach_model_card`` puts it into the bundle) plus model_card.json with the same
+  facts for tools;
+- ``write_judge_card``: the judge (``main.py train-judge``), from its bundle's manifest and the figures the lab
+  measured with the exported model (engine.evaluation.model_card), as MODEL_CARD.md in the bundle.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import platform
 from pathlib import Path
 
 from engine.fileio import atomic_write_bytes
+from engine.training.run_files import LOG, RUN_RECORD, read_log, read_record
 
 KNOWN_TERMS = {
     "kvasir": "Kvasir-SEG (Jha et al., MMM 2020; Vestre Viken Health Trust, Norway): free for research and "
@@ -20,6 +24,10 @@ KNOWN_TERMS = {
              "use only; cite the paper.",
     "nerthus": "Nerthus (Pogorelov et al., MMSys 2017): research and educational use only; cite the paper.",
 }
+
+KVASIR_TERMS = ("Kvasir-SEG (Jha et al., MMM 2020; Vestre Viken Health Trust, Norway): free for academic and "
+                "research use; commercial use needs the dataset authors' prior permission; cite the paper. A model "
+                "trained on it is for research use under the same terms.")
 
 
 def _terms_for(sources: list[str], frames: list[str]) -> list[str]:
@@ -64,23 +72,21 @@ def _relative_to_working_folder(value, root: Path | None = None):
     return value
 
 
+def write_card(lines: list[str], *paths: Path) -> Path:
+    """The card's lines as MODEL_CARD.md text at each of ``paths`` (atomically); returns the first."""
+    text = "\n".join(lines).encode("utf-8")
+    for path in paths:
+        atomic_write_bytes(path, text)
+    return Path(paths[0])
+
+
 def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpus, extra_figures: dict | None = None) -> Path:
     info = corpus.describe()
-    log_rows = []
-    log_path = Path(run_dir) / "log.jsonl"
-    if log_path.is_file():
-        for line in log_path.read_text(encoding="utf-8").splitlines():
-            try:
-                log_rows.append(json.loads(line))
-            except ValueError:
-                pass
+    log_rows = read_log(Path(run_dir) / LOG)
     losses = [r["loss"] for r in log_rows if "loss" in r]
     validations = [r for r in log_rows if "val_loss" in r]
     samples = sorted((Path(run_dir) / "samples").glob("step-*.png"))
-    try:
-        provenance = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8")).get("provenance", {})
-    except (OSError, ValueError):
-        provenance = {}
+    provenance = (read_record(Path(run_dir) / RUN_RECORD) or {}).get("provenance", {})
     earlier = _earlier_training(provenance.get("init_from"))
     provenance = _relative_to_working_folder(provenance)
     extra_figures = _relative_to_working_folder(extra_figures or {})
@@ -145,10 +151,8 @@ def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpu
         "- The data's terms above carry over to the model and to what it generates.",
         "",
     ]
-    card = Path(run_dir) / "MODEL_CARD.md"
-    atomic_write_bytes(card, "\n".join(lines).encode("utf-8"))
+    card = write_card(lines, Path(run_dir) / "MODEL_CARD.md", Path(model_dir) / "MODEL_CARD.md")
     atomic_write_bytes(Path(run_dir) / "model_card.json", (json.dumps(facts, indent=1, default=str) + "\n").encode("utf-8"))
-    atomic_write_bytes(Path(model_dir) / "MODEL_CARD.md", "\n".join(lines).encode("utf-8"))
     return card
 
 
@@ -194,3 +198,81 @@ def _what_it_is(task) -> str:
                 "vocabulary and a small transformer, text-aware attention unless ablated). The base was frozen; the "
                 "pair runs as a pixel-controlnet bundle (engine.pipelines.compact_controlnet).")
     return f"A model trained by PolypForge's trainer (task {task.name})."
+
+
+def judge_card(bundle_dir: Path, judge, figures: dict[str, dict], notes: list[tuple[str, str]],
+               training_notes: list[str] | None = None) -> Path:
+    """MODEL_CARD.md of a judge bundle (``judge``: its engine.judge.model.Judge): what it is, its data and terms,
+    its training (from the manifest), and ``figures`` ({label: summary} measured on each set of frames; ``notes``:
+    (label, what that set is))."""
+    manifest = judge.bundle.manifest
+    training = manifest.get("training", {})
+    split = training.get("split", {})
+    data = training.get("data", "?")
+    architecture = manifest.get("architecture", {})
+    terms = KVASIR_TERMS if "kvasir" in str(data).lower() else "the terms of the frames it was trained on apply."
+    lines = [
+        f"# Model card: {manifest['name']} (polyp judge)",
+        "",
+        "**An evaluation tool, not a diagnostic device.** It measures whether synthetic frames look like polyps to a "
+        "segmenter trained on real ones (`main.py report` detectability, `--judge` in the batch job, `main.py "
+        "evaluate`). It must never be used to find, rule out or show polyps in patients.",
+        "",
+        "## What it is",
+        f"- {architecture.get('name', 'compact U-Net')}, widths {architecture.get('widths')}, "
+        f"{architecture.get('parameters', 0) / 1e6:.2f} M parameters, trained from scratch (no pretrained weights)",
+        f"- input: the whole frame resized to {judge.size}×{judge.size} (aspect squeezed), ImageNet normalisation; "
+        f"output: polyp probability per pixel (mask = p > {judge.threshold}) and a {judge.dim}-d encoder embedding"
+        + (f"; patch features ({manifest['patch_grid'][0]}×{manifest['patch_grid'][1]} patches × "
+           f"{manifest['patch_dim']}-d) for the retrieval proposer" if manifest.get("patch_grid") else ""),
+        f"- bundle id {judge.bundle_id}",
+        "",
+        "## Data and terms",
+        f"- trained on {data}: {split.get('train_frames', '?')} frames, validated on {split.get('val_frames', '?')}",
+        f"- split: {split.get('rule', '?')}; the validation frames are listed in bundle.json (training.split.val_names)",
+        f"- terms: {terms}",
+        "",
+        "## Training",
+        f"- {training.get('steps', '?')} optimiser steps of {training.get('batch_size', '?')} frames at "
+        f"{training.get('size', '?')}², {training.get('train_minutes', '?')} minutes of training (wall clock) on a CPU with "
+        f"{training.get('threads', '?')} thread(s) (shared with other work), lr {training.get('lr', '?')} cosine; "
+        f"weights kept: {training.get('weights', '?')}"
+        + (f" (step {training.get('best_validation_at_training_size', {}).get('step')})"
+           if training.get("best_validation_at_training_size") else ""),
+        *[f"- {note}" for note in training_notes or []],
+        "- augmentation: random crops (60–100 % of the area; 15 % chosen to miss the polyp), flips, 90° rotations, "
+        "brightness / contrast / colour gain; loss BCE + soft Dice; early stopping on validation Dice",
+        "",
+        "## Figures (the exported ONNX model, each frame at its own resolution)",
+        "",
+        "| frames | n | with polyp | Dice | IoU | AP50 | AP@[.5:.95] | false positives (score / any) |",
+        "|---|---|---|---|---|---|---|---|",
+        *[_figures_row(label, s) for label, s in figures.items()],
+        "",
+        *[f"- {label}: {note}" for label, note in notes if note],
+        "- Dice and IoU: per frame, averaged (1 for a polyp-free frame where nothing is predicted). AP: COCO bbox AP "
+        "of the predicted components' boxes (scored by mean probability) against the truth components' boxes. "
+        "False positives on polyp-free frames: share of frames whose polyp score (peak of the smoothed probability) "
+        "exceeds the threshold / share with any predicted component.",
+        "",
+        "## Limits",
+        "- Trained on one public dataset (one hospital, one kind of endoscope); Kvasir-SEG has near-duplicate frames "
+        "of the same lesion, so its own validation split is optimistic. Frames from elsewhere may score worse.",
+        "- Trained on polyp frames only (polyp-free crops of them are its only negatives): expect false positives on "
+        "polyp-free frames, above all with stool, bubbles or instrument overlays.",
+        "- A small network at low resolution: small and flat polyps are missed more often.",
+        "",
+    ]
+    return write_card(lines, Path(bundle_dir) / "MODEL_CARD.md")
+
+
+def _figures_row(label: str, s: dict) -> str:
+    def f(v):
+        return "–" if v is None else f"{v:.3f}"
+
+    text = f"| {label} | {s['frames']} | {s['frames_with_polyp']} | {f(s['dice'])} | {f(s['iou'])} | {f(s['ap50'])} | {f(s['ap'])} |"
+    if "false_positive_rate_score" in s:
+        text += f" {f(s['false_positive_rate_score'])} / {f(s['false_positive_rate_any_component'])} |"
+    else:
+        text += " – |"
+    return text

@@ -12,7 +12,6 @@ prediction type; the loss is MSE + λ·lesion-guided MSE over the latent mask (e
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,9 +22,11 @@ from PIL import Image
 
 from engine.errors import InputError
 from engine.training.corpus import Corpus, CorpusFrame
-from engine.training.loop import TrainingTask
+from engine.training.diffusers_folder import unet_in_channels
+from engine.training.task import TrainConfig, TrainingTask
 from engine.training.objectives import inpainting_loss, min_snr_weight, target_of
 from engine.training.pairs import convex_polygon_in_box, normal_region_box, polyp_training_mask, polygon_mask, visible_area
+from engine.training.recipe import SD_DEFAULTS, ModelOutput, TaskEntry, generator_config, pick
 
 
 @dataclass
@@ -42,19 +43,6 @@ class SDTaskConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def unet_in_channels(source: Path) -> int:
-    """The U-Net's input channels of a diffusers pipeline folder; InputError naming the file it cannot read."""
-    import json
-
-    unet_config = source / "unet" / "config.json"
-    if not (source / "model_index.json").is_file():
-        raise InputError(f"{source}: not a diffusers pipeline folder (no model_index.json)")
-    try:
-        return int(json.loads(unet_config.read_text(encoding="utf-8"))["in_channels"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"{unet_config}: cannot read the U-Net's in_channels ({exc})") from None
 
 
 def check_inpainting_folder(source: Path) -> None:
@@ -204,29 +192,28 @@ class SDInpaintTask(TrainingTask):
         return save_pretrained_atomically(pipe, folder)
 
 
-def sd_inpaint_run(args, corpus: Corpus, defaults: dict):
-    from engine.training.runs import _pick, train_config
+def build(options, corpus: Corpus) -> tuple[SDInpaintTask, TrainConfig]:
+    """The task and trainer settings of ``main.py train --from SD_INPAINT_DIR`` (SD_DEFAULTS where unset)."""
+    gamma = None if not options.min_snr_gamma else options.min_snr_gamma
+    task_config = SDTaskConfig(source=str(Path(options.source).resolve()),
+                               resolution=pick(options, "resolution", SD_DEFAULTS),
+                               batch_size=pick(options, "batch_size", SD_DEFAULTS), polyp_fraction=options.polyp_fraction,
+                               mask_mode=options.mask_mode or "bpm", lg_weight=options.lg_weight, min_snr_gamma=gamma)
+    return SDInpaintTask(corpus, task_config), generator_config(options, SD_DEFAULTS)
 
-    gamma = None if not args.min_snr_gamma else args.min_snr_gamma
-    task_config = SDTaskConfig(source=str(Path(args.source).resolve()), resolution=_pick(args, "resolution", defaults),
-                               batch_size=_pick(args, "batch_size", defaults), polyp_fraction=args.polyp_fraction,
-                               mask_mode=args.mask_mode or "bpm", lg_weight=args.lg_weight, min_snr_gamma=gamma)
-    task = SDInpaintTask(corpus, task_config)
-    config = train_config(args, defaults)
 
-    def finish(result):
+def output(task: SDInpaintTask) -> ModelOutput:
+    """The fine-tuned pipeline as a diffusers folder and an "sd-inpaint" bundle carrying the model card."""
+
+    def export(folder: Path, bundle: Path, name: str | None, card: Path) -> Path:
         from engine.export.inpaint_export import export_inpaint_bundle
-        from engine.training.model_card import write_model_card
+        from engine.training.model_card import attach_model_card
 
-        folder = task.save_pipeline(result.final_model(), Path(args.run) / "diffusers")
-        card = write_model_card(Path(args.run), folder, task, config, result, corpus)
-        shutil.copyfile(card, folder / "MODEL_CARD.md")
-        print(f"diffusers folder: {folder}\nmodel card: {card}", flush=True)
-        if args.bundle is not None:
-            from engine.training.model_card import attach_model_card
+        export_inpaint_bundle(folder, bundle, name=name, overwrite=True)
+        attach_model_card(bundle, card)
+        return bundle
 
-            export_inpaint_bundle(folder, args.bundle, name=args.name, overwrite=True)
-            attach_model_card(Path(args.bundle), card)
-            print(f"bundle: {args.bundle}", flush=True)
+    return ModelOutput("diffusers", "diffusers folder", task.save_pipeline, export)
 
-    return task, config, finish
+
+ENTRY = TaskEntry(build, output)

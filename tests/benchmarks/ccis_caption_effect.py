@@ -57,7 +57,7 @@ def main() -> int:
     from engine.captioning.captioner import NoPolyp, caption_frame
     from engine.captioning.template import describe
     from engine.dataset.image_reader import read_frame, read_mask
-    from engine.pipelines import open_inpainting_pipeline
+    from engine.pipelines import open_pipeline
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--bundle", type=Path, required=True)
@@ -72,7 +72,7 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    pipeline = open_inpainting_pipeline(args.bundle, provider="cpu", threads=args.threads)
+    pipeline = open_pipeline(args.bundle, provider="cpu", threads=args.threads, purpose="inpaint")
     stems = [s.strip() for s in args.held_out.read_text().splitlines() if s.strip()]
     rows, grid_rows = [], []
     for stem in stems:
