@@ -124,14 +124,20 @@ def _add_batch_options(group) -> None:
     group.add_argument("--split-file", type=Path, help="lines 'PATH_OR_STEM SPLIT'; unlisted frames are left out")
     group.add_argument("--from-splits", help="splits to derive variants from (default train; written to their own split)")
     group.add_argument("--mask-source", choices=("user", "box", "random", "retrieved"))
-    group.add_argument("--sizes", help="random masks' polyp sizes: all (default: the input's own polyps', else the "
+    group.add_argument("--sizes", help="new polyps' sizes (random masks, transplants): all (default: the input's own polyps', else the "
                        "Kvasir-SEG prior), small (< 5 %% of the frame), large (> 20 %%) or a range of percent "
                        "of the frame such as 2-10")
     group.add_argument("--db", type=Path, help="retrieval database (for --mask-source retrieved)")
     group.add_argument("--top-k", type=int, help="retrieval candidates per frame (default 5)")
     group.add_argument("--box-pad", type=int, help="pixels added around boxes (default 15, as Polyp-Gen)")
-    group.add_argument("--mode", choices=("add", "remove"),
-                       help='add: generate a polyp in the mask ("Polyp"); remove: generate mucosa ("Normal")')
+    group.add_argument("--mode", choices=("add", "remove", "transplant"),
+                       help='add: generate a polyp in the mask ("Polyp"); remove: generate mucosa ("Normal"); '
+                       "transplant: move one of the input's own annotated polyps (train frames) to free mucosa")
+    group.add_argument("--harmonize", choices=("none", "poisson", "model"),
+                       help="transplant: how the moved polyp joins its place — none (copy-paste with a soft margin), "
+                       "poisson, or model (default: the model redraws the paste and a band around it at --strength)")
+    group.add_argument("--strength", type=float,
+                       help="transplant with --harmonize model: how far the paste is re-noised, 0-1 (default 0.4)")
     group.add_argument("--prompt", help="override the mode's prompt")
     group.add_argument("--negative-prompt")
     group.add_argument("--captions", type=Path,

@@ -13,12 +13,15 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings
 
+from engine.transplant import DEFAULT_STRENGTH
+
 ORGANISATION = "PolypForge"
 APPLICATION = "PolypForge"
 SETTINGS_ENV = "POLYPFORGE_SETTINGS"
 
 MASK_SOURCES = ("user", "box", "random", "retrieved")
-MODES = ("add", "remove")
+MODES = ("add", "remove", "transplant")
+HARMONIZE = ("model", "poisson", "none")  # engine.transplant.HARMONIZE_MODES, the default first
 SCHEDULERS = ("", "ddim", "dpm++")  # "" = the bundle's default
 FORMATS = ("coco", "yolo", "yolo-seg")
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
@@ -41,6 +44,8 @@ class JobSettings:
     mask_source: str = "user"
     box_pad: int = 15
     mode: str = "add"
+    harmonize: str = "model"  # mode transplant: model (the default), poisson or none (copy-paste)
+    strength: float = DEFAULT_STRENGTH  # mode transplant, harmonize model: how far the paste is re-noised
     variants: int = 1
     seed: int = 0
     steps: int | None = None
@@ -80,6 +85,10 @@ class JobSettings:
             "inpaint_area": self.inpaint_area or None,
             "region_padding": self.region_padding,
         }
+        if self.mode == "transplant":
+            values["harmonize"] = self.harmonize
+            if self.harmonize == "model":
+                values["strength"] = self.strength
         if self.use_judge and self.judge.strip():
             values.update(judge=self.judge.strip(), min_judge_score=self.min_judge_score, max_attempts=self.max_attempts)
         if self.model:
@@ -145,6 +154,11 @@ def _parse(name: str, raw, default):
         if not 1 <= value <= 20:
             raise ValueError(name)
         return value
+    if name == "strength":
+        value = float(text)
+        if not 0.0 < value <= 1.0:
+            raise ValueError(name)
+        return value
     if name == "min_judge_score":
         value = float(text)
         if not 0.0 <= value <= 1.0:
@@ -155,7 +169,8 @@ def _parse(name: str, raw, default):
     if name == "formats":
         values = [v for v in (raw if isinstance(raw, list) else text.split(",")) if v in FORMATS]
         return values or default
-    choices = {"mask_source": MASK_SOURCES, "mode": MODES, "scheduler": SCHEDULERS, "provider": PROVIDERS,
+    choices = {"mask_source": MASK_SOURCES, "mode": MODES, "harmonize": HARMONIZE, "scheduler": SCHEDULERS,
+               "provider": PROVIDERS,
                "inpaint_area": ("", "frame", "region")}
     if name in choices and text not in choices[name]:
         raise ValueError(name)

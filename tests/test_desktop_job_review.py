@@ -319,3 +319,25 @@ def test_judge_options_in_the_run_panel_reach_the_job_and_are_remembered(window,
         True, str(judge), 1.0, 2)
     panel.use_judge.setChecked(False)  # off: the job gets no judge settings at all
     assert "judge" not in panel.settings().spec_values(tmp_path / "frames", None)
+
+
+def test_transplant_from_the_window_moves_the_frames_own_polyps(window, qtbot, tmp_path, messages):
+    """Mode transplant in the settings panel: the blending and strength reach the job and its manifest, and the
+    strength is only editable with the model blending."""
+    panel = window.panel
+    panel.mask_source.setCurrentIndex(panel.mask_source.findData("user"))
+    panel.mode.setCurrentIndex(panel.mode.findData("transplant"))
+    panel.harmonize.setCurrentIndex(panel.harmonize.findData("poisson"))
+    assert panel.harmonize.isEnabled() and not panel.strength.isEnabled()
+    panel.harmonize.setCurrentIndex(panel.harmonize.findData("model"))
+    assert panel.strength.isEnabled()
+    panel.strength.setValue(0.45)
+    with qtbot.waitSignal(window.job.jobDone, timeout=JOB_TIMEOUT_MS) as done:
+        assert window.run_job()
+    summary = done.args[0]
+    assert summary.status == "ok" and summary.ok >= 2, (summary, messages.texts())
+    ok = [r for r in manifest(tmp_path / "out") if r["status"] == "ok"]
+    assert {r["mode"] for r in ok} == {"transplant"}
+    assert {(r["transplant"]["harmonize"], r["transplant"]["strength"]) for r in ok} == {("model", 0.45)}
+    panel.mode.setCurrentIndex(panel.mode.findData("add"))
+    assert not panel.harmonize.isEnabled() and not panel.strength.isEnabled()

@@ -91,7 +91,7 @@ def test_sizes_are_honoured(known_input, tmp_path, sizes, low, high):
 @pytest.mark.parametrize("args, message", [
     (["--mask-source", "random", "--sizes", "huge"], "sizes 'huge' is not all, small"),
     (["--mask-source", "random", "--sizes", "10-2"], "sizes '10-2' is not all, small"),
-    (["--mask-source", "user", "--sizes", "small"], "applies to mask_source random only"),
+    (["--mask-source", "user", "--sizes", "small"], "applies to new polyps only"),
 ])
 def test_a_bad_sizes_says_so_in_one_line(tmp_path, capsys, args, message):
     generate_sample_set(tmp_path / "in", count=1, seed=2, with_polyps_every=0)

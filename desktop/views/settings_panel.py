@@ -35,7 +35,10 @@ MASK_SOURCE_TEXT = (
     ("random", "Random place on free mucosa"),
     ("retrieved", "Retrieved proposal"),
 )
-MODE_TEXT = (("add", "Add a polyp"), ("remove", "Remove the polyp"))
+MODE_TEXT = (("add", "Add a polyp"), ("remove", "Remove the polyp"),
+             ("transplant", "Transplant my polyps (move them to new places)"))
+HARMONIZE_TEXT = (("model", "model (redrawn by the bundle)"), ("poisson", "Poisson blend"),
+                  ("none", "none (copy-paste)"))
 SCHEDULER_TEXT = (("", "Bundle default"), ("dpm++", "DPM-Solver++"), ("ddim", "DDIM"))
 
 
@@ -102,6 +105,17 @@ class SettingsPanel(QWidget):
         self.mode = QComboBox()
         for value, text in MODE_TEXT:
             self.mode.addItem(text, value)
+        self.harmonize = QComboBox()
+        for value, text in HARMONIZE_TEXT:
+            self.harmonize.addItem(text, value)
+        self.harmonize.setToolTip("How a moved polyp joins its new place: the model re-noises the paste and a band "
+                                  "around it and denoises it; Poisson keeps its texture and takes the seam's colour "
+                                  "from the frame; none is a plain paste with a soft margin")
+        self.strength = QDoubleSpinBox()
+        self.strength.setRange(0.05, 1.0)
+        self.strength.setSingleStep(0.05)
+        self.strength.setDecimals(2)
+        self.strength.setToolTip("How far the model re-noises the paste: low keeps the donor, high redraws it")
         self.variants = QSpinBox()
         self.variants.setRange(1, 100)
         self.steps = QSpinBox()
@@ -186,6 +200,8 @@ class SettingsPanel(QWidget):
         form = QFormLayout(job_box)
         form.addRow("Mode", self.mode)
         form.addRow("Mask source", self.mask_source)
+        form.addRow("Blending", self.harmonize)
+        form.addRow("Strength", self.strength)
         form.addRow("Box padding", self.box_pad)
         form.addRow("Variants per frame", self.variants)
         form.addRow("Steps", self.steps)
@@ -204,10 +220,10 @@ class SettingsPanel(QWidget):
         layout.addWidget(output_box)
         layout.addStretch(1)
 
-        for widget in (self.mask_source, self.mode, self.scheduler, self.provider, self.inpaint_area):
+        for widget in (self.mask_source, self.mode, self.harmonize, self.scheduler, self.provider, self.inpaint_area):
             widget.currentIndexChanged.connect(self._changed)
         for widget in (self.box_pad, self.variants, self.steps, self.seed, self.guidance, self.region_padding,
-                       self.min_judge_score, self.max_attempts):
+                       self.min_judge_score, self.max_attempts, self.strength):
             widget.valueChanged.connect(self._changed)
         for box in (self.resume, self.use_judge, *self.formats.values()):
             box.toggled.connect(self._changed)
@@ -222,6 +238,8 @@ class SettingsPanel(QWidget):
         try:
             _select(self.mask_source, s.mask_source)
             _select(self.mode, s.mode)
+            _select(self.harmonize, s.harmonize)
+            self.strength.setValue(s.strength)
             _select(self.scheduler, s.scheduler)
             _select(self.provider, s.provider)
             self.box_pad.setValue(s.box_pad)
@@ -256,6 +274,8 @@ class SettingsPanel(QWidget):
             mask_source=self.mask_source.currentData(),
             box_pad=self.box_pad.value(),
             mode=self.mode.currentData(),
+            harmonize=self.harmonize.currentData(),
+            strength=self.strength.value(),
             variants=self.variants.value(),
             seed=self.seed.value(),
             steps=self.steps.value() or None,
@@ -297,7 +317,7 @@ class SettingsPanel(QWidget):
             self._changed()
 
     def _inputs(self):
-        return [self.mask_source, self.mode, self.scheduler, self.provider, self.box_pad, self.variants, self.steps,
+        return [self.mask_source, self.mode, self.harmonize, self.strength, self.scheduler, self.provider, self.box_pad, self.variants, self.steps,
                 self.guidance, self.seed, self.inpaint_area, self.region_padding, self.prompt, self.captions,
                 self.output, self.resume, self.use_judge, self.judge, self.min_judge_score, self.max_attempts,
                 *self.formats.values()]
@@ -320,6 +340,9 @@ class SettingsPanel(QWidget):
         for widget in (self.judge, self.min_judge_score, self.max_attempts):
             widget.setEnabled(self.use_judge.isChecked())
         self.box_pad.setEnabled(self.mask_source.currentData() == "box")
+        transplanting = self.mode.currentData() == "transplant"
+        self.harmonize.setEnabled(transplanting)
+        self.strength.setEnabled(transplanting and self.harmonize.currentData() == "model")
         self.region_padding.setEnabled(self.inpaint_area.currentData() != "frame")
 
     def _changed(self, *args) -> None:

@@ -27,9 +27,12 @@ from engine.dataset.labels import read_yolo
 from engine.errors import Cancelled, InputError, PolypForgeError
 from engine.judge.rejection import generate_judged, open_gate
 from engine.fileio import save_png_atomic
+from engine.masks.instances import Instance, instance_from_mask, instances_from_mask
+from engine.masks.placement import NoPlace
 from engine.masks.size_prior import SizeDistribution
-from engine.masks.sources import Skip, resolve_region
+from engine.masks.sources import Region, Skip, resolve_region
 from engine.pipelines.blending import default_blend
+from engine.transplant import DonorPool, Transplant, harmonize_region, transplant_variant
 
 REJECTED_DIR = "rejected"  # where rejected variants' files live: the judge's (here) and the review gallery's
 
@@ -56,6 +59,18 @@ class FrameTask:
     prompt: str
     prompt_source: str  # "captions", "job" or "bundle"
     sizes: SizeDistribution | None = None
+    donors: DonorPool | None = None  # mode transplant: the input's train frames' polyps
+
+
+@dataclass
+class MovedPolyp:
+    """A transplant variant: its image, the settings its manifest line records (those of the model pass with
+    harmonize "model"), the transplant itself and the region the variant changed."""
+
+    image: np.ndarray
+    settings: dict
+    transplant: Transplant
+    region: np.ndarray  # bool (H, W)
 
 
 def file_sha256(path: Path) -> str | None:
@@ -153,6 +168,11 @@ class FrameWork:
         self.write_png = write_png
         self.gate = open_gate(spec)  # --judge: the variants it disagrees with are rejected (engine.evaluation)
 
+    @property
+    def uses_no_model(self) -> bool:
+        """True when no variant calls the model (copy-paste or Poisson transplants): frames may run in threads."""
+        return self.spec.mode == "transplant" and self.spec.harmonize != "model"
+
     def run(self, task: FrameTask, on_record: OnRecord, on_step: OnStep | None = None,
             cancel: Callable[[], bool] | None = None) -> None:
         spec, pipeline = self.spec, self.pipeline
@@ -177,6 +197,9 @@ class FrameWork:
             t0 = time.perf_counter()
             # Variants of a frame take the proposals in turn: diversity across variants.
             proposal = proposals[item.variant % len(proposals)] if proposals else None
+            if spec.mode == "transplant":
+                self._run_transplant(task, item, pixels, user_mask, labels, on_record, on_step, cancelled, t0)
+                continue
             try:
                 region = resolve_region(spec.mode, spec.mask_source, pixels, user_mask, labels, spec.box_pad,
                                         item.seed, proposal.box if proposal is not None else None, task.sizes)
@@ -207,7 +230,60 @@ class FrameWork:
                 continue
             on_record(self._write_variant(item, task, pixels, region, judged, proposal, time.perf_counter() - t0))
 
-    def _write_variant(self, item: WorkItem, task: FrameTask, pixels, region, judged, proposal, started_seconds) -> dict:
+    def _run_transplant(self, task: FrameTask, item: WorkItem, pixels, user_mask, labels: list[Instance], on_record,
+                        on_step, cancelled, t0: float) -> None:
+        """One transplant variant: a donor polyp moved onto free mucosa of this frame (engine.transplant), then
+        with harmonize "model" redrawn by the bundle over its footprint and a band at ``strength``."""
+        spec, pipeline = self.spec, self.pipeline
+        existing = instances_from_mask(user_mask, "mask") if user_mask is not None and user_mask.any() else list(labels)
+
+        def step(done_steps, total_steps):
+            if on_step is not None:
+                on_step(item, done_steps, total_steps)
+
+        def generate(seed) -> MovedPolyp:
+            moved = transplant_variant(pixels, existing, task.donors, task.sizes, seed, spec.harmonize)
+            if spec.harmonize != "model":
+                settings = {"prompt": None, "negative_prompt": None, "steps": 0, "scheduler": None,
+                            "guidance_scale": None, "working_size": None, "feather_px": None,
+                            "blend": spec.harmonize, "inpaint_area": None, "region_crop": None}
+                return MovedPolyp(moved.image, settings, moved, moved.footprint)
+            region = harmonize_region(moved)
+            prepared = pipeline.prepare_frame(moved.image, region, inpaint_area=spec.inpaint_area,
+                                              region_padding=spec.region_padding)
+            (result,) = pipeline.generate_variants(
+                prepared, [seed], prompt=task.prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
+                guidance_scale=spec.guidance, scheduler=spec.scheduler, progress=step, cancel=cancelled,
+                blend=spec.blend or default_blend(False), strength=spec.strength)
+            return MovedPolyp(result.image, result.settings, moved, region)
+
+        def new_polyp(result: MovedPolyp) -> list[Instance]:
+            return [instance_from_mask(result.transplant.label, "transplant")]
+
+        try:
+            judged = generate_judged(self.gate, generate, item.seed, spec.mode, new_polyp, [])
+        except NoPlace as reason:
+            on_record(base_record(item, spec, pipeline.bundle) | {"status": "skipped", "reason": str(reason)})
+            return
+        except PolypForgeError as exc:  # no usable donor, a strength the bundle cannot take
+            on_record(failed_record(item, spec, pipeline.bundle, str(exc)))
+            return
+        moved = judged.result
+        region = Region(moved.region, generated=new_polyp(moved), kept=existing)
+        record = self._write_variant(item, task, pixels, region, judged, None, time.perf_counter() - t0,
+                                     exact_masks=[moved.transplant.label])
+        record["transplant"] = moved.transplant.record | (
+            {"strength": moved.settings["strength"]} if "strength" in moved.settings else {})
+        for key in ("size_drawn", "size_placed", "size_source"):
+            if key in moved.transplant.record:
+                record[key] = moved.transplant.record[key]
+        on_record(record)
+
+    def _write_variant(self, item: WorkItem, task: FrameTask, pixels, region, judged, proposal, started_seconds,
+                       exact_masks: list[np.ndarray] | None = None) -> dict:
+        """Write the variant's image and instance mask (the generated polyps' outlines rasterised, or
+        ``exact_masks`` where the pixels are known: a transplant's label is its pasted mask, exactly) and return
+        its manifest record."""
         spec, pipeline = self.spec, self.pipeline
         result = judged.result
         t0 = time.perf_counter()
@@ -217,7 +293,8 @@ class FrameWork:
         self.write_png(folder / item.image, result.image)
         instance_map = np.zeros(region.mask.shape, np.uint8)
         for index, instance in enumerate(region.generated, start=1):
-            instance_map[instance.raster(*region.mask.shape) & region.mask] = index
+            pixels_of = exact_masks[index - 1] if exact_masks is not None else instance.raster(*region.mask.shape)
+            instance_map[pixels_of & region.mask] = index
         mask_path = item.image.replace("images/", "masks/", 1)
         self.write_png(folder / mask_path, instance_map)
         seconds = started_seconds + (time.perf_counter() - t0)

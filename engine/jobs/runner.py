@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -223,11 +225,19 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
             raise JobCannotStart(str(exc)) from None
         settings["retrieval_db_id"] = proposer.describe()["db_id"]
     sizes = None
-    if spec.mask_source == "random":
+    if spec.mask_source == "random" or spec.mode == "transplant":
         try:
             sizes = input_sizes(sources.frames, spec)
         except InputError as exc:  # the Kvasir-SEG prior's file missing from a damaged install
             raise JobCannotStart(str(exc)) from None
+    donors = None
+    if spec.mode == "transplant":
+        from engine.transplant import DonorPool
+
+        donors = DonorPool.of(sources.frames)  # train frames only: val/test frames stay unseen
+        if not donors:
+            raise JobCannotStart(f"{spec.input}: mode transplant needs train frames with outlined polyps (mask files "
+                                 "or polygon labels) to take donors from; none found")
     _prepare_output(spec, settings)
     try:
         backend.check_output(spec)  # Ray: every worker node sees and writes the output folder
@@ -237,7 +247,10 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
     summary = JobSummary(status="ok", output=spec.output, notes=[*lock_notes, *sources.notes], provider=backend.provider)
     summary.notes.extend(backend.notes)
     if sizes is not None:
-        summary.notes.append(f"random masks' polyp sizes: {sizes.source}")
+        summary.notes.append(f"{'transplanted' if donors is not None else 'random masks'}' polyp sizes: {sizes.source}")
+    if donors is not None:
+        summary.notes.append(f"donor polyps from {len(donors)} train frames; harmonize {spec.harmonize}"
+                             + (f" at strength {spec.strength:g}" if spec.strength is not None else ""))
     items = plan(sources.frames, spec)
     summary.planned = len(items)
     skipped_splits = sum(1 for f in sources.frames if f.split not in spec.from_splits)
@@ -248,7 +261,7 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
     if previous.damaged:
         summary.notes.append(f"{previous.damaged} damaged manifest line(s) from an interrupted run were dropped")
     done = previous.done_keys(spec.output)
-    prompt = spec.prompt or backend.prompts["add" if spec.mode == "add" else "remove"]
+    prompt = spec.prompt or backend.prompts["remove" if spec.mode == "remove" else "add"]
     if captions:
         from engine.dataset.captions import caption_for
 
@@ -257,7 +270,7 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
                              f"from {spec.captions}; the others use the prompt {prompt!r}")
     emit(JobEvent("started", total=len(items), message=f"{len(items)} variants of {len({i.frame.rel for i in items})} frames on {backend.describe()}"))
 
-    tasks = frame_tasks(items, done, prompt, captions, spec, sizes)
+    tasks = frame_tasks(items, done, prompt, captions, spec, sizes, donors)
     collect = RecordCollector(manifest, emit, total=len(items), done=len(items) - sum(len(t.items) for t in tasks))
     summary.reused = collect.done
     try:
@@ -283,9 +296,9 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
 
 
 def frame_tasks(items: list[WorkItem], done: dict, prompt: str, captions: dict[str, str], spec,
-                sizes: SizeDistribution | None = None) -> list[FrameTask]:
-    """The frames with variants left to make, in plan order, each with its variants, prompt and (random
-    masks) the job's polyp size distribution."""
+                sizes: SizeDistribution | None = None, donors=None) -> list[FrameTask]:
+    """The frames with variants left to make, in plan order, each with its variants, prompt and (random masks,
+    transplants) the job's polyp size distribution and (transplants) the donor pool."""
     by_frame: dict[str, list[WorkItem]] = {}
     for item in items:
         by_frame.setdefault(item.frame.rel, []).append(item)
@@ -301,7 +314,7 @@ def frame_tasks(items: list[WorkItem], done: dict, prompt: str, captions: dict[s
 
             caption = caption_for(captions, frame.rel)
         source = "captions" if caption is not None else ("job" if spec.prompt else "bundle")
-        tasks.append(FrameTask(frame, pending, caption if caption is not None else prompt, source, sizes))
+        tasks.append(FrameTask(frame, pending, caption if caption is not None else prompt, source, sizes, donors))
     return tasks
 
 
@@ -377,11 +390,33 @@ class LocalBackend:
             retrieval_db_id: str | None = None, captions_file: Path | None = None) -> None:
         work = FrameWork(self.spec, self.pipeline, proposer, retrieval_db_id, captions_file=captions_file,
                          write_png=save_png_atomic)
+        if work.uses_no_model:
+            self._run_threaded(work, tasks, collect, cancelled)
+            return
         for task in tasks:
             if cancelled():
                 raise Cancelled("cancelled between frames")
             collect.frame_started(task.frame.rel)
             work.run(task, collect, on_step=collect.step, cancel=cancelled)
+
+    def _run_threaded(self, work: FrameWork, tasks: list[FrameTask], collect: RecordCollector, cancelled) -> None:
+        """Frames whose variants need no model call (copy-paste and Poisson transplants: numpy, OpenCV and PNG
+        encoding, which release the GIL) run on ``threads`` threads; each frame's records are handed on in plan
+        order once its files exist."""
+        def one(task: FrameTask) -> list[dict]:
+            if cancelled():
+                return []
+            records: list[dict] = []
+            work.run(task, records.append, cancel=cancelled)
+            return records
+
+        with ThreadPoolExecutor(max_workers=self.spec.threads or os.cpu_count() or 1) as pool:
+            for task, records in zip(tasks, pool.map(one, tasks)):
+                if cancelled():
+                    raise Cancelled("cancelled between frames")
+                collect.frame_started(task.frame.rel)
+                for record in records:
+                    collect(record)
 
     def stage_seconds(self) -> dict[str, float]:
         return self.pipeline.stage_seconds

@@ -18,7 +18,9 @@ from engine.masks.sources import MASK_SOURCES, MODES
 from engine.pipelines.blending import BLEND_MODES
 from engine.pipelines.framing import INPAINT_AREAS
 from engine.schedulers import SCHEDULER_NAMES
+from engine.transplant import DEFAULT_HARMONIZE, DEFAULT_STRENGTH, HARMONIZE_MODES
 
+JOB_MODES = (*MODES, "transplant")  # transplant: the input's own polyps moved to new places (engine.transplant)
 FORMATS = ("coco", "yolo", "yolo-seg")
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 SPLITS = ("train", "val", "test")
@@ -44,10 +46,15 @@ class JobSpec:
     db: Path | None = None  # retrieval database, for mask_source "retrieved"
     top_k: int = 5  # retrieval candidates per frame
     box_pad: int = 15
-    # Random masks' polyp sizes: "all" (the input's own polyps', else the Kvasir-SEG prior), "small" (< 5 % of
-    # the frame), "large" (> 20 %) or a range of percent of the frame such as "2-10" (engine.masks.size_prior).
+    # New polyps' sizes (random masks, transplants): "all" (the input's own polyps', else the Kvasir-SEG prior),
+    # "small" (< 5 % of the frame), "large" (> 20 %) or a range of percent of the frame such as "2-10"
+    # (engine.masks.size_prior).
     sizes: str = "all"
     mode: str = "add"
+    # mode transplant: how a moved polyp joins its new place — "none" (copy-paste), "poisson", or "model" (the
+    # bundle re-noises the paste and a band around it to `strength` and denoises it); None: "model"
+    harmonize: str | None = None
+    strength: float | None = None  # None: engine.transplant.DEFAULT_STRENGTH with harmonize "model"
     prompt: str | None = None
     negative_prompt: str | None = None
     captions: Path | None = None  # per-frame prompts (CSV or JSONL: frame stem → text), sd-/pixel-controlnet
@@ -76,11 +83,13 @@ class JobSpec:
     max_attempts: int = 1  # generations per variant with --judge (the next seeds after a rejection)
 
     def validate(self) -> "JobSpec":
-        _choice("mode", self.mode, MODES)
+        _choice("mode", self.mode, JOB_MODES)
         _choice("mask_source", self.mask_source, MASK_SOURCES)
         parse_sizes(self.sizes)
-        if self.sizes != "all" and self.mask_source != "random":
-            raise InputError(f"sizes {self.sizes!r} applies to mask_source random only (add --mask-source random)")
+        if self.sizes != "all" and self.mask_source != "random" and self.mode != "transplant":
+            raise InputError(f"sizes {self.sizes!r} applies to new polyps only (--mask-source random or "
+                             "--mode transplant)")
+        self._validate_transplant()
         _choice("provider", self.provider, PROVIDERS)
         if self.scheduler is not None:
             _choice("scheduler", self.scheduler, SCHEDULER_NAMES)
@@ -127,18 +136,37 @@ class JobSpec:
             raise InputError("mask_source retrieved needs a retrieval database: --db DB (make one with `main.py db build`)")
         return self
 
+    def _validate_transplant(self) -> None:
+        if self.mode != "transplant":
+            given = [name for name in ("harmonize", "strength") if getattr(self, name) is not None]
+            if given:
+                raise InputError(f"{', '.join(given)} apply to mode transplant only (add --mode transplant)")
+            return
+        if self.mask_source != "user":
+            raise InputError(f"mode transplant moves the input's own annotated polyps (their masks): mask_source "
+                             f"user, not {self.mask_source!r}")
+        if self.harmonize is None:
+            self.harmonize = DEFAULT_HARMONIZE
+        _choice("harmonize", self.harmonize, HARMONIZE_MODES)
+        if self.harmonize == "model":
+            self.strength = DEFAULT_STRENGTH if self.strength is None else float(self.strength)
+            if not 0.0 < self.strength <= 1.0:
+                raise InputError(f"strength must be in (0, 1] (how far the model re-noises a paste), got {self.strength}")
+        elif self.strength is not None:
+            raise InputError(f"strength applies to harmonize model only, not {self.harmonize!r}")
+
     def settings_that_shape_output(self) -> dict[str, Any]:
         """What must match for a resumed run to continue an earlier one (paths and speed knobs excluded)."""
         data = asdict(self)
         for key in ("output", "provider", "threads", "resume", "batch_size", "formats", "backend", "ray_address",
                     "workers", "gpus_per_worker", "break_lock"):
             data.pop(key)
-        for key in ("captions", "inpaint_area", "region_padding", "blend"):
+        for key in ("captions", "inpaint_area", "region_padding", "blend", "harmonize", "strength"):
             if data[key] is None:  # absent, as in jobs written before these existed: they still resume
                 data.pop(key)
         if not data["include_synthetic"]:  # likewise for jobs written before it existed
             data.pop("include_synthetic")
-        if data["mask_source"] != "random":  # sizes shape random masks only
+        if data["mask_source"] != "random" and data["mode"] != "transplant":  # sizes shape new polyps only
             data.pop("sizes")
         if data["judge"] is None:  # no judge: its settings shape nothing
             for key in ("judge", "min_judge_score", "max_attempts"):

@@ -83,14 +83,17 @@ class JudgedResult:
 
 def generate_judged(gate: JudgeGate | None, generate, seed: int, mode: str, generated, removed) -> JudgedResult:
     """``generate(seed)`` once without a gate; with one, until the judge agrees or max_attempts are spent (the
-    last attempt's image is kept, rejected, so a curator can still look at it and accept it)."""
+    last attempt's image is kept, rejected, so a curator can still look at it and accept it). ``generated``: the
+    new polyps' instances, or a function of the attempt's result giving them (a transplant's place depends on
+    its seed)."""
     if gate is None:
         return JudgedResult(generate(seed), seed, True, None, [])
     attempts = []
     for attempt in range(gate.max_attempts):
         attempt_seed_value = attempt_seed(seed, attempt)
         result = generate(attempt_seed_value)
-        accepted, verdict = gate.check(result.image, mode, generated, removed)
+        new_polyps = generated(result) if callable(generated) else generated
+        accepted, verdict = gate.check(result.image, "remove" if mode == "remove" else "add", new_polyps, removed)
         attempts.append({"seed": attempt_seed_value, "score": verdict.score})
         if accepted:
             break

@@ -35,6 +35,7 @@ class CompactInpaintPipeline(InpaintingPipeline):
     KIND = "pixel-inpaint"
     REFUSAL = "a pixel-inpaint bundle"
     STAGES = STAGES
+    STARTS_FROM_FRAME = True
     DEFAULT_INPAINT_AREA = "region"
 
     def __init__(self, bundle: Bundle, parts: dict[str, OnnxPart]):
@@ -99,4 +100,6 @@ class CompactInpaintPipeline(InpaintingPipeline):
                      "timestep": np.full((model_input.shape[0],), t, dtype=np.float32), "class_labels": class_labels}
             return self.timed_run("unet", unet, ["out_sample"], feeds)[0]
 
-        return self.denoise(latents, steps, scheduler_name, guidance_scale, guided, predict, progress, cancel)
+        strength = settings.get("strength")
+        return self.denoise(latents, steps, scheduler_name, guidance_scale, guided, predict, progress, cancel,
+                            start=None if strength is None else prepared.image, strength=strength or 1.0)

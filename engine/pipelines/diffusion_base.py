@@ -57,6 +57,7 @@ class OnnxDiffusionPipeline:
     KIND = ""  # the bundle kind it runs
     REFUSAL = ""  # what a bundle of another kind is told it is not ("an inpainting bundle")
     STAGES: tuple[str, ...] = ()
+    STARTS_FROM_FRAME = False  # can start from the prepared frame partly noised (``strength``): SDEdit
     PROMPT_CACHE_SIZE = 16
     # Noise drawn per variant after its initial latents, from the same seed (replaceable like them, by the
     # generate_variants keyword of that name)
@@ -143,6 +144,7 @@ class OnnxDiffusionPipeline:
         cancel: CancelCheck | None = None,
         blend: str | None = None,
         conditioning_scale: float = 1.0,
+        strength: float | None = None,
     ) -> list[VariantResult]:
         """Variants of one prepared frame (``prepare_frame``), one per seed, ``batch_size`` of them per model call.
 
@@ -152,11 +154,16 @@ class OnnxDiffusionPipeline:
         pipeline takes every keyword, so the batch job calls them alike, and ignores what is not its own:
         ``blend`` ("feather" or "poisson", engine.pipelines.blending; None: Poisson for the removal prompt) is
         how an inpainting pipeline pastes back, ``conditioning_scale`` how strongly the sd-controlnet pipeline
-        adds its ControlNet's residuals.
+        adds its ControlNet's residuals. ``strength`` (0 < s ≤ 1; pixel-space bundles): start from the prepared
+        frame itself noised to that point of the schedule instead of from pure noise, and run only the last
+        round(s · steps) steps (SDEdit): the frame's structure inside the mask stays, its seams and light are
+        redrawn — the model-harmonized transplant.
         """
         prompt = self.prompts.get("add", "") if prompt is None else prompt
         negative_prompt = self.default_negative_prompt() if negative_prompt is None else negative_prompt
         steps, guidance_scale, scheduler = self.sampling_settings(steps, guidance_scale, scheduler, batch_size)
+        if strength is not None:
+            self.check_strength(strength)
         height, width = prepared.mask.shape
         if feather_px is None:
             feather_px = default_feather_px(width, height)
@@ -171,6 +178,7 @@ class OnnxDiffusionPipeline:
             "guidance_scale": guidance_scale,
             "scheduler": scheduler,
             **self.variant_settings(prepared, prompt, feather_px, blend, conditioning_scale),
+            **({"strength": float(strength)} if strength is not None else {}),
         }
         given = {"latents": latents, "masked_image_noise": masked_image_noise}
         noise_names = ("latents", *self.EXTRA_NOISE)
@@ -194,6 +202,14 @@ class OnnxDiffusionPipeline:
                 results.append(VariantResult(image=self.finish(prepared, raw, settings), raw=raw, seed=seeds[index],
                                              settings=dict(settings), seconds=per_image))
         return results
+
+    def check_strength(self, strength: float) -> None:
+        """InputError unless this pipeline can start from a partly noised frame at ``strength``."""
+        if not 0.0 < float(strength) <= 1.0:
+            raise InputError(f"strength must be in (0, 1], got {strength}")
+        if not self.STARTS_FROM_FRAME:
+            raise InputError(f"{self.bundle.name}: starting from a partly noised frame (strength) needs a "
+                             f"pixel-inpaint bundle; this one is {self.bundle.kind}")
 
     def variant_settings(self, prepared, prompt: str, feather_px: int, blend: str | None,
                          conditioning_scale: float) -> dict:
@@ -235,16 +251,32 @@ class OnnxDiffusionPipeline:
         predict: NoisePredictor,
         progress: ProgressCallback | None,
         cancel: CancelCheck | None,
+        start: np.ndarray | None = None,
+        strength: float = 1.0,
     ) -> np.ndarray:
         """The sampling loop: scale the initial noise, then per timestep predict (on [latents] × 2 when
-        guided), guide, and step the numpy scheduler; cancel is checked before every step."""
+        guided), guide, and step the numpy scheduler; cancel is checked before every step.
+
+        With ``start`` (the clean sample, latent-shaped) and ``strength`` < 1, as diffusers' img2img pipelines:
+        only the last min(int(steps · strength), steps) timesteps run, from ``start`` noised to the first of them
+        with ``latents`` as the noise."""
         copies = 2 if guided else 1
         scheduler = make_scheduler(scheduler_name, self.scheduler_config)
         scheduler.set_timesteps(steps)
-        scheduler.set_begin_index(0)  # as diffusers' pipelines do at strength 1 (matters for repeated timesteps)
-        latents = (latents * scheduler.init_noise_sigma).astype(np.float32)
-        total = len(scheduler.timesteps)
-        for step_index, t in enumerate(scheduler.timesteps):
+        timesteps = scheduler.timesteps
+        if start is None:
+            scheduler.set_begin_index(0)  # as diffusers' pipelines do at strength 1 (matters for repeated timesteps)
+            latents = (latents * scheduler.init_noise_sigma).astype(np.float32)
+        else:
+            begin = max(steps - min(int(steps * strength), steps), 0)
+            timesteps = timesteps[begin:]
+            if len(timesteps) == 0:
+                return np.repeat(start, latents.shape[0] // start.shape[0], axis=0).astype(np.float32)
+            scheduler.set_begin_index(begin)
+            latents = scheduler.add_noise(np.repeat(start, latents.shape[0] // start.shape[0], axis=0), latents,
+                                          timesteps[0])
+        total = len(timesteps)
+        for step_index, t in enumerate(timesteps):
             if cancel is not None and cancel():
                 raise Cancelled(f"cancelled at step {step_index} of {total}")
             model_input = scheduler.scale_model_input(np.concatenate([latents] * copies), t).astype(np.float32)

@@ -8,7 +8,17 @@ and the start of the model-harmonized transplant).
 Torch-free (numpy, OpenCV): it runs on the batch job's inference path.
 """
 
-from engine.transplant.compose import HARMONIZE_MODES, NoPlace, Transplant, transplant
-from engine.transplant.donors import Donor, cut_donors
+from engine.masks.placement import NoPlace
+from engine.transplant.compose import (
+    DEFAULT_HARMONIZE,
+    DEFAULT_STRENGTH,
+    HARMONIZE_MODES,
+    Transplant,
+    harmonize_region,
+    transplant,
+    transplant_variant,
+)
+from engine.transplant.donors import Donor, DonorPool, cut_donors
 
-__all__ = ["HARMONIZE_MODES", "Donor", "NoPlace", "Transplant", "cut_donors", "transplant"]
+__all__ = ["DEFAULT_HARMONIZE", "DEFAULT_STRENGTH", "HARMONIZE_MODES", "Donor", "DonorPool", "NoPlace",
+           "Transplant", "cut_donors", "harmonize_region", "transplant", "transplant_variant"]

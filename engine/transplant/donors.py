@@ -13,17 +13,27 @@ val/test ones, which stay unseen).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+
+from engine.dataset.discovery import SourceFrame
+from engine.dataset.image_reader import read_frame, read_mask
+from engine.errors import PolypForgeError
+from engine.masks.instances import split_instances
+from engine.masks.placement import visible_mucosa
 
 MARGIN_FRACTION = 0.25  # mucosa kept around the polyp's box, as a fraction of the box's larger side
 MIN_MARGIN_PX = 6
 RING_FRACTION = 0.15  # the colour ring's width, as a fraction of the polyp's equivalent diameter
 MIN_RING_PX = 4
 MIN_DONOR_PIXELS = 64
-VISIBLE_LEVEL = 30  # brightest channel below this: the endoscope's black border, not tissue
+CACHED_FRAMES = 64  # donor frames whose cut donors a pool keeps in memory
+DONOR_TRIES = 12  # donor frames tried for one variant before giving up (a frame may have no usable polyp)
 
 
 @dataclass(frozen=True)
@@ -49,18 +59,11 @@ class Donor:
                 "box": list(self.box), "area_fraction": round(self.area_fraction, 6)}
 
 
-def visible_area(frame: np.ndarray) -> np.ndarray:
-    """Tissue, not the black border of the endoscope's view: the brightest channel above ``VISIBLE_LEVEL``, with
-    specks closed."""
-    visible = (frame.max(axis=2) > VISIBLE_LEVEL).astype(np.uint8)
-    return cv2.morphologyEx(visible, cv2.MORPH_OPEN, np.ones((5, 5), np.uint8)).astype(bool)
-
-
 def cut_donors(frame: np.ndarray, polyp_masks: list[np.ndarray], source: str, source_sha256: str) -> list[Donor]:
     """The donors of one frame: one per polyp mask (bool, frame-sized) that is large enough, lies wholly on the
     visible view and is not clipped by the frame's edge; others are passed over."""
     height, width = frame.shape[:2]
-    visible = visible_area(frame)
+    visible = visible_mucosa(frame)
     all_polyps = np.zeros((height, width), bool)
     for mask in polyp_masks:
         all_polyps |= mask
@@ -76,7 +79,7 @@ def cut_donors(frame: np.ndarray, polyp_masks: list[np.ndarray], source: str, so
             continue  # cut by the frame's edge
         grown = cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
         if (grown & ~visible).any():
-            continue  # touches or is cut by the endoscope's border
+            continue  # touches or is cut by the endoscope's border (or an overlay box)
         margin = max(MIN_MARGIN_PX, round(MARGIN_FRACTION * max(y1 - y0, x1 - x0)))
         cy0, cy1 = max(0, y0 - margin), min(height, y1 + margin)
         cx0, cx1 = max(0, x0 - margin), min(width, x1 + margin)
@@ -89,3 +92,75 @@ def cut_donors(frame: np.ndarray, polyp_masks: list[np.ndarray], source: str, so
                             box=(cx0, cy0, cx1 - cx0, cy1 - cy0), pixels=frame[cy0:cy1, cx0:cx1].copy(),
                             mask=crop_mask.copy(), ring=ring, frame_pixels=height * width))
     return donors
+
+
+@dataclass
+class DonorPool:
+    """The frames whose polyps may be transplanted (the input's train frames with outlined polyps), read lazily:
+    a variant draws a frame, its donors are cut once and kept for the next variants. Light to send to a Ray
+    worker (paths only; the cache is left behind)."""
+
+    frames: list[SourceFrame]
+    _cache: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, frames: list[SourceFrame]) -> "DonorPool":
+        """Donor frames among ``frames``: split "train", a real frame (not an earlier job's variant), with a mask
+        file or outlined labels."""
+        return cls([f for f in frames if f.split == "train" and f.made_by is None
+                    and (f.mask_path is not None or any(i.shape == "polygon" for i in f.label_instances or ()))])
+
+    def __getstate__(self):
+        return {"frames": self.frames}
+
+    def __setstate__(self, state):
+        self.frames = state["frames"]
+        self._cache = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def donors_of(self, index: int) -> list[Donor]:
+        """The donors of frame ``index`` (cut once); [] when it has none usable or cannot be read. Safe to call
+        from several threads."""
+        with self._lock:
+            if index in self._cache:
+                self._cache.move_to_end(index)
+                return self._cache[index]
+        frame = self.frames[index]
+        try:
+            pixels = read_frame(frame.path)
+            donors = cut_donors(pixels, self._polyp_masks(frame, *pixels.shape[:2]), frame.rel,
+                                hashlib.sha256(frame.path.read_bytes()).hexdigest())
+        except (PolypForgeError, OSError):
+            donors = []  # an unreadable donor frame is passed over; as a target it fails on its own
+        with self._lock:
+            self._cache[index] = donors
+            while len(self._cache) > CACHED_FRAMES:
+                self._cache.popitem(last=False)
+        return donors
+
+    @staticmethod
+    def _polyp_masks(frame: SourceFrame, height: int, width: int) -> list[np.ndarray]:
+        """One mask per polyp: the mask file's components, else the outlined labels (box-only ones have no
+        outline to carry)."""
+        if frame.mask_path is not None:
+            mask = read_mask(frame.mask_path)
+            if mask.shape != (height, width):
+                return []
+            return split_instances(mask)
+        return [i.raster(height, width) for i in frame.label_instances or () if i.shape == "polygon"]
+
+    def draw(self, rng: np.random.Generator) -> Donor:
+        """A donor polyp: a donor frame drawn uniformly, then one of its polyps; PolypForgeError when
+        ``DONOR_TRIES`` frames in a row have none usable."""
+        if not self.frames:
+            raise PolypForgeError("no donor polyps: the input has no train frames with outlined polyps (masks)")
+        for _ in range(DONOR_TRIES):
+            donors = self.donors_of(int(rng.integers(len(self.frames))))
+            if donors:
+                return donors[int(rng.integers(len(donors)))]
+        raise PolypForgeError(f"no usable donor polyp in {DONOR_TRIES} donor frames drawn (polyps cut by the view's "
+                              "border, or too small, are not used)")

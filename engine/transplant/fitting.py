@@ -34,7 +34,8 @@ class Fit:
     warp_seed: int
 
     def to_json(self) -> dict:
-        return {key: (round(value, 6) if isinstance(value, float) else value) for key, value in asdict(self).items()}
+        """Full precision (JSON keeps a float exactly): the record must redo the same pixels."""
+        return asdict(self)
 
 
 def draw_fit(rng: np.random.Generator, scale: float, warp: float = 0.04) -> Fit:
@@ -69,16 +70,15 @@ def transform(pixels: np.ndarray, mask: np.ndarray, ring: np.ndarray, fit: Fit) 
 
 
 def _elastic(layers: np.ndarray, fit: Fit, diameter: float) -> np.ndarray:
-    """A smooth displacement field (Gaussian-filtered noise) of amplitude ``fit.warp × diameter``."""
+    """A smooth displacement field of amplitude ``fit.warp × diameter``: random offsets on a coarse grid (about
+    four cells across the polyp) interpolated bicubically — smooth at the polyp's scale, and cheap at any size."""
     height, width = layers.shape[:2]
     rng = np.random.default_rng(fit.warp_seed)
-    sigma = max(2.0, diameter / 4.0)
-    fields = []
-    for _ in range(2):
-        noise = rng.standard_normal((height, width)).astype(np.float32)
-        smooth = cv2.GaussianBlur(noise, (0, 0), sigma)
-        smooth /= max(float(np.abs(smooth).max()), 1e-6)
-        fields.append(smooth * fit.warp * diameter)
+    cell = max(4.0, diameter / 4.0)
+    grid = (max(2, int(np.ceil(width / cell)) + 1), max(2, int(np.ceil(height / cell)) + 1))
+    amplitude = fit.warp * diameter
+    fields = [cv2.resize(rng.uniform(-amplitude, amplitude, (grid[1], grid[0])).astype(np.float32), (width, height),
+                         interpolation=cv2.INTER_CUBIC) for _ in range(2)]
     grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
     return cv2.remap(layers, grid_x + fields[0], grid_y + fields[1], interpolation=cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
