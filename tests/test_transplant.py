@@ -104,3 +104,28 @@ def test_same_seed_same_bytes():
     first = transplant(target, free, donor, 0.04, np.random.default_rng(3), harmonize="poisson")
     second = transplant(target, free, donor, 0.04, np.random.default_rng(3), harmonize="poisson")
     assert first.image.tobytes() == second.image.tobytes() and first.record == second.record
+
+
+def test_a_pixel_pipeline_starts_from_the_partly_noised_frame_and_others_refuse():
+    """SDEdit, the model blending's engine: strength s runs the last s·steps steps from the frame noised to that
+    point, so a lower strength stays closer to the frame; outside the mask every byte is kept; an SD bundle
+    (latent space) refuses a strength in one line."""
+    from engine.bundle.format import shipped_bundles_folder
+    from engine.errors import InputError
+    from engine.pipelines import open_pipeline
+
+    frame, polyp = _frame(8, size=(96, 128))
+    mask = np.zeros(polyp.shape, bool)
+    mask[30:70, 40:100] = True
+    pipe = open_pipeline(shipped_bundles_folder() / "polypforge-compact", provider="cpu", threads=1)
+    prepared = pipe.prepare_frame(frame, mask)
+    distance = {}
+    for strength in (0.2, 1.0):
+        (result,) = pipe.generate_variants(prepared, [4], steps=10, strength=strength)
+        assert result.settings["strength"] == strength
+        assert (result.image[~mask] == frame[~mask]).all()
+        distance[strength] = np.abs(result.image[mask].astype(int) - frame[mask]).mean()
+    assert distance[0.2] < distance[1.0]
+    sd = open_pipeline(shipped_bundles_folder() / "demo-sd-inpaint", provider="cpu", threads=1)
+    with pytest.raises(InputError, match="needs a pixel-inpaint bundle"):
+        sd.generate_variants(sd.prepare_frame(frame, mask), [0], steps=2, strength=0.5)
