@@ -214,3 +214,16 @@ def test_more_workers_than_the_cluster_holds_cannot_start(ray_address, frames, t
     with pytest.raises(JobCannotStart, match=r"3 worker\(s\) × 1 CPU\(s\) do not fit the Ray cluster \(2 CPUs"):
         run_job(ray_spec(frames, tmp_path / "out", workers=3, threads=1))
     assert not (tmp_path / "out").exists()  # refused before the output folder is touched
+
+
+def test_a_sharded_transplant_job_equals_the_local_run(ray_address, frames, tmp_path):
+    """Transplants on Ray workers: each worker reads its donors from the pool's paths, the bytes are the local
+    run's."""
+    from engine.jobs import build_spec, run_job
+
+    values = {"input": frames, "mode": "transplant", "harmonize": "model", "strength": 0.4, "variants": 2,
+              "steps": STEPS, "seed": 4}
+    local = run_job(build_spec({**values, "output": tmp_path / "local"}))
+    sharded = run_job(build_spec({**values, "output": tmp_path / "ray", "backend": "ray", "workers": 2}))
+    assert local.ok == sharded.ok >= 4
+    assert comparable(tmp_path / "ray") == comparable(tmp_path / "local")
