@@ -3,8 +3,9 @@
 Blending (``harmonize``):
 - ``none``: the fitted donor pasted with a feathered alpha (1 on the polyp, falling to 0 over a margin of its own
   mucosa) — the copy-paste baseline (Simple Copy-Paste; Ghiasi et al. 2021);
-- ``poisson``: the same paste, then gradient-domain blending over the pasted footprint (engine.pipelines.blending),
-  so the seam's values come from the target frame and the donor keeps its texture;
+- ``poisson``: seamless cloning over the footprint (engine.pipelines.blending): the donor's own pixels there are the
+  guide, so it keeps its texture while the values at the footprint's edge — and, smoothly, inside — come from
+  the target frame (a feathered paste would already match the frame at that edge, leaving Poisson nothing to do);
 - ``model`` (done by the caller, engine.jobs): the paste re-noised and denoised by the diffusion model over the
   footprint plus a band (SDEdit).
 
@@ -147,11 +148,15 @@ def transplant(frame: np.ndarray, free: np.ndarray, donor: Donor, area_fraction:
         pixels, colour_record = match_colour(pixels, ring, lab_statistics(frame, target_ring))
 
     image = frame.copy()
-    region = image[box].astype(np.float32)
-    blended = region * (1.0 - alpha[..., None]) + pixels.astype(np.float32) * alpha[..., None]
-    image[box] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
     if harmonize == "poisson":
+        # Seamless cloning: the donor's own pixels over the whole footprint are the guide (their gradients: its
+        # texture and its margin's), the frame's pixels at the footprint's edge the boundary values.
+        image[box] = np.where(footprint[box][..., None], pixels, image[box])
         image = poisson_blend(frame, image, footprint)
+    else:
+        region = image[box].astype(np.float32)
+        blended = region * (1.0 - alpha[..., None]) + pixels.astype(np.float32) * alpha[..., None]
+        image[box] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
     record = {
         "donor": donor.describe(), "fit": fit.to_json(), "place": {"top": top, "left": left},
         "size_drawn": round(float(area_fraction), 6), "size_placed": round(float(label.sum()) / (height * width), 6),
