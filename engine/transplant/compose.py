@@ -147,16 +147,18 @@ def transplant(frame: np.ndarray, free: np.ndarray, donor: Donor, area_fraction:
         target_ring = cv2.dilate(label.astype(np.uint8), kernel).astype(bool) & ~label & free
         pixels, colour_record = match_colour(pixels, ring, lab_statistics(frame, target_ring))
 
-    image = frame.copy()
     if harmonize == "poisson":
         # Seamless cloning: the donor's own pixels over the whole footprint are the guide (their gradients: its
-        # texture and its margin's), the frame's pixels at the footprint's edge the boundary values.
-        image[box] = np.where(footprint[box][..., None], pixels, image[box])
-        image = poisson_blend(frame, image, footprint)
-    else:
-        region = image[box].astype(np.float32)
-        blended = region * (1.0 - alpha[..., None]) + pixels.astype(np.float32) * alpha[..., None]
-        image[box] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+        # texture and its margin's), the frame's pixels at the footprint's edge the boundary values; the result is
+        # then pasted with the same feathered alpha, as the pipelines' paste-back does, which hides the coarse
+        # solve's error along the edge of a large footprint (engine.pipelines.blending.poisson_blend).
+        guide = frame.copy()
+        guide[box] = np.where(footprint[box][..., None], pixels, guide[box])
+        pixels = poisson_blend(frame, guide, footprint)[box]
+    image = frame.copy()
+    region = image[box].astype(np.float32)
+    blended = region * (1.0 - alpha[..., None]) + pixels.astype(np.float32) * alpha[..., None]
+    image[box] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
     record = {
         "donor": donor.describe(), "fit": fit.to_json(), "place": {"top": top, "left": left},
         "size_drawn": round(float(area_fraction), 6), "size_placed": round(float(label.sum()) / (height * width), 6),
