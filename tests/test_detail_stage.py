@@ -39,7 +39,11 @@ def _speaking(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory) -> Path:
     """A random-weight compact base at 16² (size multiple 2), as a model folder."""
-    from engine.models.compact_unet import CompactConfig, CompactInpaintUNet, save_compact_model
+    from engine.models.compact_unet import (
+        CompactConfig,
+        CompactInpaintUNet,
+        save_compact_model,
+    )
     from engine.training.compact_task import CompactTaskConfig
 
     torch.manual_seed(0)
@@ -59,11 +63,12 @@ def _detail_args(corpus: Path, base: Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- training
 def test_batches_carry_the_real_crop_brought_down_and_up(sample_corpus, tiny_base):
+    from PIL import Image
+
+    from engine.models.detail_unet import DetailConfig
     from engine.pipelines.compact import upsampled_condition
     from engine.training.corpus import load_corpus
     from engine.training.detail_task import DetailTask, DetailTaskConfig
-    from engine.models.detail_unet import DetailConfig
-    from PIL import Image
 
     corpus = load_corpus([sample_corpus], held_out_fraction=0.25)
     task = DetailTask(corpus, DetailTaskConfig(resolution=32, base_resolution=16, batch_size=4,
@@ -122,7 +127,7 @@ def trained(sample_corpus, tiny_base, tmp_path_factory) -> dict:
     task_config = DetailTaskConfig(**{**task, "model": model.config, "padding_range": tuple(task["padding_range"])})
     task_config.min_region_side = 40  # the tiny frames' crops: run above 40 px
     save_detail_model(_speaking(model, 2), task_config, root / "speaking")
-    quiet = lambda _: None  # noqa: E731
+    quiet = lambda _: None
     with_detail = export_compact_bundle(tiny_base, root / "with-detail", detail_dir=root / "speaking", log=quiet)
     without = export_compact_bundle(tiny_base, root / "without", log=quiet)
     return {"run": run, "bundle": bundle, "with": with_detail, "without": without, "detail": root / "speaking"}
@@ -171,7 +176,11 @@ def _frame_and_masks():
 def test_engine_runs_the_stage_above_the_threshold_like_torch(trained, tiny_base):
     from engine.models.compact_unet import load_compact_model
     from engine.models.detail_unet import load_detail_model
-    from engine.pipelines.compact import CompactInpaintPipeline, detail_noise, upsampled_condition
+    from engine.pipelines.compact import (
+        CompactInpaintPipeline,
+        detail_noise,
+        upsampled_condition,
+    )
     from engine.training.compact_task import sample_inpaint
     from engine.training.detail_task import sample_detail
 

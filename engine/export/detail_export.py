@@ -17,7 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.errors import ExportError
-from engine.export.onnx_export import compare_to_torch, export_record, export_to_onnx, parity_session, worst_parity
+from engine.export.onnx_export import (
+    compare_to_torch,
+    export_record,
+    export_to_onnx,
+    parity_session,
+    worst_parity,
+)
 
 TOLERANCE = (1e-4, 1e-3)
 PART = "detail"

@@ -28,13 +28,28 @@ import torch
 from PIL import Image
 
 from engine.errors import InputError
-from engine.models.detail_unet import DetailConfig, DetailUNet
 from engine.models.compact_unet import parameter_count
+from engine.models.detail_unet import DetailConfig, DetailUNet
 from engine.pipelines.compact import DETAIL_MIN_REGION_SIDE, upsampled_condition
-from engine.training.compact_task import SCHEDULER_CONFIG, CompactInpaintTask, CompactTaskConfig
+from engine.training.compact_task import (
+    SCHEDULER_CONFIG,
+    CompactInpaintTask,
+    CompactTaskConfig,
+)
 from engine.training.corpus import Corpus
-from engine.training.objectives import add_noise, inpainting_loss, min_snr_weight, target_of
-from engine.training.recipe import DETAIL_DEFAULTS, ModelOutput, TaskEntry, generator_config, pick
+from engine.training.objectives import (
+    add_noise,
+    inpainting_loss,
+    min_snr_weight,
+    target_of,
+)
+from engine.training.recipe import (
+    DETAIL_DEFAULTS,
+    ModelOutput,
+    TaskEntry,
+    generator_config,
+    pick,
+)
 from engine.training.task import TrainConfig
 
 

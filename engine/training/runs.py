@@ -11,7 +11,13 @@ import time
 from pathlib import Path
 
 from engine.errors import InputError
-from engine.training import ccis_compact_task, ccis_task, compact_task, detail_task, sd_task
+from engine.training import (
+    ccis_compact_task,
+    ccis_task,
+    compact_task,
+    detail_task,
+    sd_task,
+)
 from engine.training.loop import train
 from engine.training.recipe import TaskEntry, save_model
 
