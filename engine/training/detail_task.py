@@ -162,7 +162,7 @@ class DetailTask(CompactInpaintTask):
         columns.append(real)
         _, labels = self.grid_rows_data()
         grid_rows = [[column[i] for column in columns] for i in range(len(real))]
-        header = ["masked", f"{self.config.base_resolution}² bicubic", "detail s0", "detail s1", "real"]
+        header = ["masked", f"{self.config.base_resolution}px bicubic", "detail s0", "detail s1", "real"]
         picture = image_grid(grid_rows, labels, tile=self.config.resolution, header=header)
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG")
