@@ -13,6 +13,9 @@ An "sd-controlnet" bundle (CCIS-Diff, engine.pipelines.controlnet) holds text_en
 (an SD-1.5 text-to-image U-Net taking the ControlNet residuals as inputs), controlnet/ (with its mask
 branches) and vae_decoder/; its bundle.json adds a "controlnet" section.
 
+A "pixel-inpaint" bundle (the compact model, engine.pipelines.compact) holds unet/ and, optionally, detail/ (the
+detail stage: the region repainted at a larger working size from the base's result) with a "detail" section.
+
 A "pixel-controlnet" bundle (a compact CCIS ControlNet on the compact model, engine.pipelines.compact_controlnet)
 holds text_encoder/ (word ids → text tokens), tokenizer/vocab.json (the word vocabulary), controlnet/ (sample,
 timestep, class label, text tokens → residuals) and unet/ (the compact U-Net taking the residuals as inputs);
@@ -88,6 +91,16 @@ REQUIRED_FILES: dict[str, dict[str, str]] = {
     # (B, 1, S, S) and embedding (B, D).
     "segmenter": {
         "model": "model.onnx",
+    },
+}
+
+# Files a bundle of a kind may hold, the role each plays, and the manifest section that describes it (a bundle
+# that lists the file must have the section). A pixel-inpaint bundle's "detail" part is the compact model's
+# detail stage (engine.models.detail_unet): the region repainted at a larger working size from the base's result;
+# bundles without it run as they always did.
+OPTIONAL_FILES: dict[str, dict[str, str]] = {
+    "pixel-inpaint": {
+        "detail": "detail/model.onnx",
     },
 }
 
@@ -179,7 +192,15 @@ class Bundle:
         return bundle_digest(self.manifest["files"])
 
     def path_of(self, role: str) -> Path:
-        return self.root / REQUIRED_FILES[self.kind][role]
+        parts = {**REQUIRED_FILES[self.kind], **OPTIONAL_FILES.get(self.kind, {})}
+        return self.root / parts[role]
+
+    def has_part(self, role: str) -> bool:
+        """Whether the bundle holds the part ``role``: always for a required one, when listed for an optional one."""
+        if role in REQUIRED_FILES[self.kind]:
+            return True
+        rel = OPTIONAL_FILES.get(self.kind, {}).get(role)
+        return rel is not None and rel in self.manifest["files"]
 
     def size_bytes(self) -> int:
         return sum((self.root / rel).stat().st_size for rel in self.manifest["files"])
@@ -294,6 +315,9 @@ def _load_manifest(root: Path) -> dict[str, Any]:
     for role, rel in REQUIRED_FILES[manifest["kind"]].items():
         if rel not in files:
             raise BundleError(manifest_path, f"does not list {rel} (the {role}), which a {manifest['kind']} bundle needs")
+    for role, rel in OPTIONAL_FILES.get(manifest["kind"], {}).items():
+        if rel in files and not isinstance(manifest.get(role), dict):
+            raise BundleError(manifest_path, f"lists {rel} (the {role} part) but has no {role!r} section describing it")
     return manifest
 
 

@@ -5,6 +5,8 @@
     main.py train --method ccis --from SD15_DIR --input FRAMES --captions CSV --run RUN_DIR [--to BUNDLE]  (CCIS-Diff)
     main.py train --method ccis --preset compact --init-from COMPACT_MODEL_DIR --input FRAMES --captions CSV
                   --run RUN_DIR [--to BUNDLE]                           (CCIS-Diff's ControlNet on the compact base)
+    main.py train --method detail --preset compact --init-from COMPACT_MODEL_DIR --input KVASIR --run RUN_DIR
+                  [--to BUNDLE]                    (the compact model's detail stage: its region at 2× the base's size)
     accelerate launch main.py train ...                                              (several GPUs)
 
 Only argparse is imported at module level: ``main.py --help`` stays instant and the built app (no torch) can list
@@ -20,7 +22,7 @@ from pathlib import Path
 from engine.errors import InputError
 
 PRESETS = ("compact",)
-METHODS = ("inpaint", "ccis")
+METHODS = ("inpaint", "ccis", "detail")
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:
@@ -48,7 +50,9 @@ def register_commands(subparsers) -> dict:
     train.add_argument("--method", choices=METHODS, default="inpaint",
                        help="inpaint: the inpainting model (--preset compact or --from SD-inpainting; default); ccis: "
                             "CCIS-Diff's ControlNet on mask + clinical caption, on the --from base or, with --preset compact, "
-                            "on the --init-from compact model (frozen)")
+                            "on the --init-from compact model (frozen); detail (with --preset compact): the detail stage "
+                            "of the --init-from compact model, trained from scratch on real crops at twice its resolution, "
+                            "its bundle the base's with the detail part")
     ccis = train.add_argument_group("--method ccis (CCIS-Diff's ControlNet)")
     ccis.add_argument("--captions", type=Path, default=None,
                       help="captions file for the training frames (CSV/TSV/JSONL, as `main.py caption` writes it)")
@@ -97,7 +101,8 @@ def register_commands(subparsers) -> dict:
     train.add_argument("--init-from", type=Path, default=None,
                        help="start from these weights: a model folder, or a run folder's newest checkpoint (e.g. a "
                             "lower-resolution run); with --method ccis --preset compact: the compact base model "
-                            "folder (frozen), e.g. training_runs/compact-anneal/model")
+                            "folder (frozen), e.g. training_runs/compact-anneal/model; with --method detail: the compact "
+                            "base the detail stage belongs to")
     train.add_argument("--box-mask-fraction", type=float, default=None,
                        help="share of pairs trained with the region's box as mask (compact: 0.25)")
     train.add_argument("--held-out-fraction", type=float, default=0.05, help="frames never trained on (by name hash)")

@@ -6,6 +6,8 @@ to a "pixel-inpaint" bundle that engine.pipelines.compact runs without torch::
     unet/model.onnx  sample (B, 7, H, W) [noisy image, masked image, mask], timestep (B,), class_labels (B,)
                      → out_sample (B, 3, H, W): the v-prediction
     MODEL_CARD.md    what it was trained on, how long, its figures and limits (hashed like every other file)
+    detail/          optional (``detail_dir``): the detail stage and the manifest's "detail" section
+                     (engine.export.detail_export)
 
 torch.onnx (TorchScript exporter, dynamic batch and spatial axes); torch and onnxruntime are run on the same random
 input at two sizes and the bundle is refused if they differ by more than ``1e-4 + 1e-3·max|torch|``. Built in a
@@ -72,7 +74,10 @@ def check_parity(model, onnx_path: Path, sizes: list[tuple[int, int]], log: Log)
 
 def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | os.PathLike[str], name: str | None = None,
                           card: Path | None = None, overwrite: bool = True, description: str = "",
-                          extra: dict | None = None, opset: int = DEFAULT_OPSET, log: Log = print) -> Path:
+                          extra: dict | None = None, opset: int = DEFAULT_OPSET, log: Log = print,
+                          detail_dir: str | os.PathLike[str] | None = None, detail_card: Path | None = None) -> Path:
+    """The bundle of the compact model in ``model_dir``; with ``detail_dir``, with that detail stage (its card,
+    ``detail_card``, goes to detail/MODEL_CARD.md). Without it the bundle is what it always was."""
     from engine.bundle.format import write_manifest
     from engine.models.compact_unet import load_compact_model
 
@@ -98,6 +103,12 @@ def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | 
         parity = check_parity(model, onnx_path, [(resolution, resolution), (multiple * 3, multiple * 5)], log)
         if card is not None:
             shutil.copyfile(card, bundle / "MODEL_CARD.md")
+        detail = None
+        if detail_dir is not None:
+            from engine.export.detail_export import export_detail_part
+
+            detail = export_detail_part(Path(detail_dir).resolve(), bundle, dict(task["scheduler"]), resolution, opset,
+                                        card=detail_card, log=log)
         from engine.models.compact_unet import CLASS_NAMES
 
         manifest = {
@@ -122,6 +133,7 @@ def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | 
             "architecture": model.config.to_json(),
             "parity": parity,
             "source": export_record(opset, path=str(model_dir), model_class="CompactInpaintUNet"),
+            **({"detail": detail} if detail is not None else {}),
             **(extra or {}),
         }
         write_manifest(bundle, {**manifest, "files": {}})

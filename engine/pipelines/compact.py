@@ -9,26 +9,58 @@ masked region back into the original frame. Every pixel outside the mask keeps i
 The maths equals engine.training.compact_task.sample_inpaint (diffusers' DDIMScheduler driving the torch model)
 on the same noise: the U-Net input is [noisy image, image · (1 − mask), mask], classifier-free guidance runs the
 unconditional and conditional labels as one batch (unconditional half first).
+
+The detail stage (a bundle with the optional "detail" part, engine.models.detail_unet): when the region crop's
+longer side exceeds the bundle's ``min_region_side``, the base's result (inside the mask; the real view outside)
+is brought up ``scale``× (``upsampled_condition``), noised to the bundle's conditioning level, and a second U-Net
+repaints the region at that size in a few unguided DDIM steps, seeing it, the masked crop at that size and the
+mask; the paste-back then takes the larger picture. Its noise is drawn from a generator seeded by the variant's
+initial noise, so a variant's bytes still depend on its seed only. It equals
+engine.training.detail_task.sample_detail. A bundle without the part runs exactly as before.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
+from PIL import Image
 
 from engine.bundle import Bundle
-from engine.errors import InputError
+from engine.errors import BundleError, InputError
+from engine.masks.geometry import resize_mask
 from engine.pipelines.diffusion_base import (
     CancelCheck,
     InpaintingPipeline,
     PreparedFrame,
     ProgressCallback,
 )
-from engine.pipelines.framing import decoded_to_image
+from engine.pipelines.framing import decoded_to_image, frame_to_model_input
 from engine.runtime.opening import BundleSource
 from engine.runtime.providers import plan_providers
 from engine.runtime.session import OnnxPart
+from engine.schedulers import make_scheduler
 
 STAGES = ("unet",)
+DETAIL_STAGE = "detail"
+# The detail stage runs on region crops whose longer side is above this (px): a smaller crop's base result at
+# 64² already has about its own resolution. The exporter writes it into the bundle's "detail" section.
+DETAIL_MIN_REGION_SIDE = 96
+
+
+def upsampled_condition(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The detail stage's low-resolution input: uint8 (h, w, 3) brought to ``size`` (w, h) bicubic, as float32
+    (3, H, W) in [-1, 1]. Training (on real crops brought down) and the engine (on the base's result) share it."""
+    resized = np.asarray(Image.fromarray(image).resize(size, resample=Image.Resampling.BICUBIC))
+    return (resized.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)
+
+
+def detail_noise(initial_noise: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(sampling noise, conditioning noise) of one variant's detail stage, each of ``shape``, from a generator
+    seeded by the variant's initial noise (its seed, or the latents given for it)."""
+    digest = hashlib.sha256(np.ascontiguousarray(initial_noise, dtype=np.float32).tobytes()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
 
 
 class CompactInpaintPipeline(InpaintingPipeline):
@@ -39,6 +71,9 @@ class CompactInpaintPipeline(InpaintingPipeline):
     DEFAULT_INPAINT_AREA = "region"
 
     def __init__(self, bundle: Bundle, parts: dict[str, OnnxPart]):
+        self.detail: dict | None = bundle.manifest["detail"] if DETAIL_STAGE in parts else None
+        if self.detail is not None:
+            self.STAGES = STAGES + (DETAIL_STAGE,)
         super().__init__(bundle, parts, tokenizer=None)
         self.classes = list(bundle.manifest["classes"])
 
@@ -51,7 +86,14 @@ class CompactInpaintPipeline(InpaintingPipeline):
         channels = int(bundle.manifest["image_channels"])
         unet.expect({"sample": (None, 2 * channels + 1, None, None), "timestep": (None,), "class_labels": (None,)},
                     ("out_sample",))
-        return cls(bundle, {"unet": unet})
+        parts = {"unet": unet}
+        if bundle.has_part(DETAIL_STAGE):
+            check_detail_section(bundle)
+            detail = OnnxPart(bundle.path_of(DETAIL_STAGE), plan, threads=threads, role="detail U-Net")
+            detail.expect({"sample": (None, 3 * channels + 1, None, None), "timestep": (None,),
+                           "noise_level": (None,)}, ("out_sample",))
+            parts[DETAIL_STAGE] = detail
+        return cls(bundle, parts)
 
     # ------------------------------------------------------------------ prompt
     def class_of(self, prompt: str) -> int:
@@ -100,6 +142,91 @@ class CompactInpaintPipeline(InpaintingPipeline):
                      "timestep": np.full((model_input.shape[0],), t, dtype=np.float32), "class_labels": class_labels}
             return self.timed_run("unet", unet, ["out_sample"], feeds)[0]
 
-        strength = settings.get("strength")
-        return self.denoise(latents, steps, scheduler_name, guidance_scale, guided, predict, progress, cancel,
-                            start=None if strength is None else prepared.image, strength=strength or 1.0)
+        strength = settings.get("strength")  # SDEdit: start from the prepared frame, partly noised
+        start = None if strength is None else prepared.image
+        plan = settings.get("detail")
+        if plan is None or not plan["ran"]:
+            return self.denoise(latents, steps, scheduler_name, guidance_scale, guided, predict, progress, cancel,
+                                start=start, strength=strength or 1.0)
+        more = int(plan["steps"])
+
+        def base_progress(done: int, total: int) -> None:
+            progress(done, total + more)
+
+        base = self.denoise(latents, steps, scheduler_name, guidance_scale, guided, predict,
+                            base_progress if progress is not None else None, cancel, start=start,
+                            strength=strength or 1.0)
+        base_steps = steps if start is None else min(int(steps * strength), steps)
+        return self._detail_stage(prepared, base, latents, plan, base_steps, progress, cancel)
+
+    # ------------------------------------------------------------------ detail stage
+    def variant_settings(self, prepared: PreparedFrame, prompt: str, feather_px: int, blend: str | None,
+                         conditioning_scale: float) -> dict:
+        settings = super().variant_settings(prepared, prompt, feather_px, blend, conditioning_scale)
+        if self.detail is not None:
+            settings["detail"] = self.detail_plan(prepared)
+        return settings
+
+    def detail_plan(self, prepared: PreparedFrame) -> dict:
+        """Whether the detail stage runs on this frame's view and how (recorded in every variant's settings):
+        only on a region crop whose longer side is above the bundle's ``min_region_side``."""
+        x0, y0, x1, y1 = prepared.crop
+        side, threshold = max(x1 - x0, y1 - y0), int(self.detail["min_region_side"])
+        ran = prepared.inpaint_area == "region" and side > threshold
+        scale = int(self.detail["scale"])
+        work_w, work_h = prepared.working_size
+        plan = {"ran": ran, "region_side": side, "min_region_side": threshold}
+        if ran:
+            plan.update(working_size=[scale * work_w, scale * work_h], steps=int(self.detail["steps"]),
+                        noise_level=int(self.detail["noise_level"]), scheduler=self.detail["scheduler"])
+        return plan
+
+    def _detail_stage(self, prepared: PreparedFrame, base: np.ndarray, initial_noise: np.ndarray, plan: dict,
+                      done: int, progress: ProgressCallback | None, cancel: CancelCheck | None) -> np.ndarray:
+        """The region at the detail size: the base's result (inside the mask) brought up, noised to the
+        conditioning level, repainted in ``plan["steps"]`` unguided steps beside the masked crop at that size."""
+        width, height = plan["working_size"]
+        x0, y0, x1, y1 = prepared.crop
+        image = frame_to_model_input(np.ascontiguousarray(prepared.frame[y0:y1, x0:x1]), width, height)
+        mask = resize_mask(prepared.mask[y0:y1, x0:x1], width, height).astype(np.float32)[None, None]
+        composite = np.clip(base, -1.0, 1.0) * prepared.work_mask + prepared.image * (1.0 - prepared.work_mask)
+        low_pixels = np.rint((composite / 2.0 + 0.5) * 255.0).clip(0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+        count, shape = base.shape[0], (3, height, width)
+        noises = [detail_noise(initial_noise[i], shape) for i in range(count)]
+        alpha = float(make_scheduler(plan["scheduler"], self.scheduler_config).alphas_cumprod[plan["noise_level"]])
+        low = np.stack([np.sqrt(alpha) * upsampled_condition(p, (width, height)) + np.sqrt(1.0 - alpha) * n[1]
+                        for p, n in zip(low_pixels, noises)]).astype(np.float32)
+        condition = np.concatenate([low, np.repeat(np.concatenate([image * (1.0 - mask), mask], axis=1), count, axis=0)],
+                                   axis=1).astype(np.float32)
+        level = np.full((count,), plan["noise_level"], dtype=np.float32)
+        part = self.parts[DETAIL_STAGE]
+        total = done + int(plan["steps"])
+
+        def predict(model_input: np.ndarray, t) -> np.ndarray:
+            feeds = {"sample": np.concatenate([model_input, condition], axis=1),
+                     "timestep": np.full((model_input.shape[0],), t, dtype=np.float32), "noise_level": level}
+            return self.timed_run(DETAIL_STAGE, part, ["out_sample"], feeds)[0]
+
+        def detail_progress(step: int, _steps: int) -> None:
+            progress(done + step, total)
+
+        noise = np.stack([n[0] for n in noises])
+        return self.denoise(noise, int(plan["steps"]), plan["scheduler"], 1.0, False, predict,
+                            detail_progress if progress is not None else None, cancel)
+
+
+def check_detail_section(bundle: Bundle) -> None:
+    """A detail part's section says how it runs, with the base's noise schedule (the stage shares the
+    scheduler config of the bundle); BundleError naming bundle.json otherwise."""
+    section = bundle.manifest.get(DETAIL_STAGE)
+    needed = ("scale", "size_multiple", "steps", "noise_level", "min_region_side", "scheduler", "scheduler_config")
+    missing = [key for key in needed if not isinstance(section, dict) or key not in section]
+    if missing:
+        raise BundleError(bundle.root / "bundle.json", f"the detail section lacks {', '.join(missing)}")
+    if (int(section["scale"]) * int(bundle.manifest["size_multiple"])) % int(section["size_multiple"]):
+        raise BundleError(bundle.root / "bundle.json", f"the detail stage's sides must be a multiple of "
+                                                       f"{section['size_multiple']}, which {section['scale']}× the "
+                                                       f"base's multiple {bundle.manifest['size_multiple']} is not")
+    if section["scheduler_config"] != bundle.manifest["scheduler"]:
+        raise BundleError(bundle.root / "bundle.json", "the detail stage's scheduler_config differs from the base's "
+                                                       "scheduler: this engine runs both on one noise schedule")

@@ -11,7 +11,9 @@ builds on; it imports no task, so no task reaches back into the command that dis
   - ``--from DIR``: Polyp-Gen's recipe on a diffusers SD-inpainting folder: AdamW 1e-5 constant, batch 2 ×
     gradient accumulation 4, 512², mixed precision when a GPU is there;
   - ``--method ccis --from SD15_DIR``: CCIS-Diff's settings (batch 4, lr 1e-5);
-  - ``--method ccis --preset compact``: AdamW 1e-4 constant, batch 16 crops at the base's resolution, no EMA.
+  - ``--method ccis --preset compact``: AdamW 1e-4 constant, batch 16 crops at the base's resolution, no EMA;
+  - ``--method detail --preset compact``: the detail stage, from scratch like the compact preset (AdamW 1e-3
+    after 100 warmup steps, EMA 0.999), batch 16 crops at twice the base's resolution, checkpoint every 100 steps.
 - ``TaskEntry`` / ``ModelOutput`` / ``save_model``: what a task offers the dispatcher (engine.training.runs) and
   the one sequence that ends every run: model folder → model card → optional bundle.
 """
@@ -36,6 +38,10 @@ CCIS_DEFAULTS = dict(steps=1000, lr=1e-5, warmup_steps=0, batch_size=4, grad_acc
 # from the base's weights, the new modules from zero outputs); resolution: the base's training crop.
 CCIS_COMPACT_DEFAULTS = dict(steps=1000, lr=1e-4, warmup_steps=0, batch_size=16, grad_accum=1, ema_decay=0.0,
                              checkpoint_every=100, sample_every=250, validate_every=100, log_every=10, resolution=64)
+# The compact model's detail stage (--method detail --preset compact): the compact preset's recipe (it trains from
+# scratch too); resolution: twice the base's (engine.training.detail_task sets it from the --init-from base).
+DETAIL_DEFAULTS = dict(steps=20000, lr=1e-3, warmup_steps=100, batch_size=16, grad_accum=1, ema_decay=0.999,
+                       checkpoint_every=100, sample_every=250, validate_every=250, log_every=10, resolution=128)
 SD_DEFAULTS = dict(steps=1000, lr=1e-5, warmup_steps=0, batch_size=2, grad_accum=4, ema_decay=0.0,
                    checkpoint_every=100, sample_every=250, validate_every=0, log_every=5, resolution=512)
 

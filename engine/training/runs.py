@@ -11,7 +11,13 @@ import time
 from pathlib import Path
 
 from engine.errors import InputError
-from engine.training import ccis_compact_task, ccis_task, compact_task, sd_task
+from engine.training import (
+    ccis_compact_task,
+    ccis_task,
+    compact_task,
+    detail_task,
+    sd_task,
+)
 from engine.training.loop import train
 from engine.training.recipe import TaskEntry, save_model
 
@@ -21,6 +27,7 @@ TASKS: dict[tuple[str, str | None], TaskEntry] = {
     ("inpaint", None): sd_task.ENTRY,
     ("ccis", None): ccis_task.ENTRY,
     ("ccis", "compact"): ccis_compact_task.ENTRY,
+    ("detail", "compact"): detail_task.ENTRY,
 }
 
 
@@ -39,7 +46,11 @@ def run_training(args: argparse.Namespace) -> int:
           f"({time.perf_counter() - started:.1f} s to load)", flush=True)
     for problem in corpus.problems[:10]:
         print(f"  left out: {problem}", flush=True)
-    entry = TASKS[(getattr(args, "method", "inpaint"), args.preset)]
+    method = getattr(args, "method", "inpaint")
+    entry = TASKS.get((method, args.preset))
+    if entry is None:
+        raise InputError(f"--method {method} needs --preset compact" if args.preset is None
+                         else f"--method {method} has no --preset {args.preset}")
     task, config = entry.build(args, corpus)
     result = train(task, config, args.run, resume=args.resume)
     print(f"trained to step {result.step} (loss {result.last_loss:.4f}, {result.train_seconds / 3600:.2f} h of "

@@ -1,0 +1,157 @@
+"""The detail stage of the compact model: a small pixel-space conditional diffusion U-Net (PyTorch; export and
+training only) that repaints the region crop at twice the base's working size (128² for the 64² base), seeing
+the base's result upsampled (SR3 / Cascaded Diffusion, Saharia et al. 2021, Ho et al. 2021).
+
+Why a second stage and not a bigger base: the 64² base is trained and good at structure (where the lesion is,
+its shape, its colour); what it lacks at large regions is resolution. A stage that only has to add detail to a
+given low-resolution picture learns fast and samples in a few steps, because the low-resolution input fixes the
+structure. Why it is cheap: a space-to-depth stem of 2 runs its first level at 64², no attention.
+
+Input: [noisy image (3), low-resolution image upsampled to this size (3), masked image (3; 0 inside the mask),
+mask (1)] in [-1, 1] / {0, 1}, a timestep, and the conditioning-augmentation level: the timestep (of the same
+noise schedule) at which Gaussian noise was added to the low-resolution image. Training draws that level at
+random so the stage learns not to trust the low-resolution input's fine detail; sampling uses a small fixed
+one (the base's output is not a real downsampled crop). Output: the v-prediction of the image, same shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.models.compact_unet import ResBlock, timestep_embedding
+
+MODEL_CLASS = "DetailUNet"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class DetailConfig:
+    image_channels: int = 3
+    widths: tuple[int, ...] = (32, 64, 128)
+    blocks: int = 1  # res blocks per level (down); the up path has blocks + 1
+    stem: int = 2  # space-to-depth factor of the stem: the first level runs at half the resolution
+    groups: int = 8
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> DetailConfig:
+        values = dict(data)
+        values["widths"] = tuple(values.get("widths", ()))
+        return cls(**values)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be a multiple of this: the stem times one halving per level below the first."""
+        return self.stem * 2 ** (len(self.widths) - 1)
+
+    @property
+    def input_channels(self) -> int:
+        """Noisy image, low-resolution image, masked image, mask."""
+        return 3 * self.image_channels + 1
+
+
+class DetailUNet(nn.Module):
+    """sample (B, 10, H, W), timestep (B,), noise_level (B,) → v (B, 3, H, W)."""
+
+    def __init__(self, config: DetailConfig | None = None):
+        super().__init__()
+        self.config = config = config or DetailConfig()
+        widths, s = config.widths, config.stem
+        emb = 4 * widths[0]
+        self.time_mlp = nn.Sequential(nn.Linear(widths[0], emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.level_mlp = nn.Sequential(nn.Linear(widths[0], emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.conv_in = nn.Conv2d(config.input_channels * s * s, widths[0], 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skip_channels = [widths[0]]
+        current = widths[0]
+        for level, width in enumerate(widths):
+            blocks = nn.ModuleList()
+            for _ in range(config.blocks):
+                blocks.append(ResBlock(current, width, emb, config.groups))
+                current = width
+                skip_channels.append(width)
+            if level < len(widths) - 1:
+                blocks.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+                skip_channels.append(width)
+            self.down.append(blocks)
+        self.mid = nn.ModuleList([ResBlock(current, current, emb, config.groups),
+                                  ResBlock(current, current, emb, config.groups)])
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            width = widths[level]
+            blocks = nn.ModuleList()
+            for _ in range(config.blocks + 1):
+                blocks.append(ResBlock(current + skip_channels.pop(), width, emb, config.groups))
+                current = width
+            if level > 0:
+                blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                blocks.append(nn.Conv2d(width, width, 3, padding=1))
+            self.up.append(blocks)
+        self.norm_out = nn.GroupNorm(min(config.groups, current), current)
+        self.conv_out = nn.Conv2d(current, config.image_channels * s * s, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+        s, batch, width0 = self.config.stem, sample.shape[0], self.config.widths[0]
+        emb = self.time_mlp(timestep_embedding(timestep.reshape(-1).expand(batch), width0))
+        emb = emb + self.level_mlp(timestep_embedding(noise_level.reshape(-1).expand(batch), width0))
+        h = self.conv_in(F.pixel_unshuffle(sample, s) if s > 1 else sample)
+        skips = [h]
+        for blocks in self.down:
+            for block in blocks:
+                h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+                skips.append(h)
+        for block in self.mid:
+            h = block(h, emb)
+        for blocks in self.up:
+            for block in blocks:
+                h = block(torch.cat([h, skips.pop()], dim=1), emb) if isinstance(block, ResBlock) else block(h)
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(out, s) if s > 1 else out
+
+
+def save_detail_model(model: DetailUNet, task_config, folder):
+    """The torch original as a folder: config.json (architecture + training settings) + model.safetensors."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save
+
+    from engine.fileio import atomic_write_bytes
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(folder / WEIGHTS_NAME, save(state))
+    config = {"model_class": MODEL_CLASS, "model": model.config.to_json(), "task": task_config.to_json()}
+    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(config, indent=1) + "\n").encode("utf-8"))
+    return folder
+
+
+def load_detail_model(folder) -> tuple[DetailUNet, dict]:
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from engine.errors import InputError
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{folder / CONFIG_NAME}: not a detail model folder ({exc})") from None
+    if config.get("model_class") != MODEL_CLASS:
+        raise InputError(f"{folder / CONFIG_NAME}: model_class is {config.get('model_class')!r}, not {MODEL_CLASS}")
+    model = DetailUNet(DetailConfig.from_json(config["model"]))
+    model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
+    return model.eval(), config
