@@ -54,7 +54,6 @@ from engine.evaluation.curve_arms import (
     write_split_file,
 )
 from engine.fileio import atomic_write_bytes
-from engine.models.segmenter import DEFAULT_WIDTHS
 
 FROM_FOLDERS = "synthetic"  # the arm of --synthetic FRACTION=DIR
 DEFAULT_FRACTIONS = (0.1, 0.25)
@@ -90,7 +89,7 @@ class CurveSettings:
     validate_every: int = VALIDATE_EVERY
     size: int = 128
     batch_size: int = 8
-    widths: tuple[int, ...] = DEFAULT_WIDTHS
+    widths: tuple[int, ...] | None = None  # None: the judge's (engine.models.segmenter.DEFAULT_WIDTHS)
     lr: float = 2e-3
     threads: int | None = None
     fresh: bool = False
@@ -112,6 +111,18 @@ class CurveSettings:
     def arm_names(self) -> list[str]:
         return [REAL, *([FROM_FOLDERS] if self.synthetic else []), *self.arms]
 
+    def network_widths(self) -> tuple[int, ...]:
+        from engine.models.segmenter import DEFAULT_WIDTHS
+
+        return tuple(self.widths or DEFAULT_WIDTHS)
+
+    def judge_task(self, train: segdata.SegmentationSet, val: segdata.SegmentationSet, **options):
+        """The downstream segmenter's training task (engine.evaluation.judge_task; torch is imported here)."""
+        from engine.evaluation.judge_task import JudgeTask
+
+        return JudgeTask(train, val, size=self.size, batch_size=self.batch_size, widths=self.network_widths(),
+                         **options)
+
     def trainer_settings(self) -> dict:
         """The downstream model and its budget: the same for every run, recorded in each results file."""
         if self.trainer == "ultralytics":
@@ -119,7 +130,7 @@ class CurveSettings:
 
             return describe(self)
         return {"name": "judge", "description": "the judge's compact U-Net trained from scratch",
-                "size": self.size, "batch_size": self.batch_size, "widths": list(self.widths), "lr": self.lr,
+                "size": self.size, "batch_size": self.batch_size, "widths": list(self.network_widths()), "lr": self.lr,
                 "max_steps": self.max_steps, "validate_every": self.validate_every, "patience": self.patience,
                 "stopping": f"validation Dice every {self.validate_every} steps; stop after {self.patience} "
                             f"validations without a better one, at most {self.max_steps} steps; the best "
@@ -256,9 +267,7 @@ def measure_seconds_per_step(settings: CurveSettings, train: segdata.Segmentatio
     import numpy as np
     import torch
 
-    from engine.evaluation.judge_task import JudgeTask
-
-    task = JudgeTask(train, train.subset([]), size=settings.size, batch_size=settings.batch_size, widths=settings.widths)
+    task = settings.judge_task(train, train.subset([]))
     torch.manual_seed(0)
     net = task.build_model()
     optimiser = torch.optim.AdamW(net.parameters(), lr=settings.lr)
@@ -418,17 +427,16 @@ def _normals_record(normal_set, rows: list[dict], threshold: float) -> dict:
 
 
 def _train_judge(run: PlannedRun, pool, val, settings: CurveSettings, data: _Data, progress: _Progress) -> dict:
-    from engine.evaluation.judge_task import JudgeTask
     from engine.evaluation.train_judge import best_network, judge_train_config, torch_predictor
     from engine.evaluation.evaluate import run_curve
     from engine.training.loop import train
 
-    task = JudgeTask(pool, val, size=settings.size, batch_size=settings.batch_size, widths=settings.widths,
-                     description={"arm": run.arm, "fraction": run.fraction}, on_step=progress.step)
+    task = settings.judge_task(pool, val, description={"arm": run.arm, "fraction": run.fraction},
+                               on_step=progress.step)
     config = judge_train_config(settings, seed=run.seed, warmup_steps=min(100, settings.max_steps // 10),
                                 checkpoint_every=settings.validate_every, ema_decay=0.999, progress=False)
     result = train(task, config, run.run_dir(settings.out), resume=True)
-    progress.emit("score", f"{run.name}: scoring")
+    progress.emit("score", "scoring")
     tests, normals = _score(torch_predictor(task, best_network(task, result)), data)
     return {"steps": result.step, "stopped_early": result.stopped_early, "best_step": result.best_metrics.get("step"),
             "best_val_dice": result.best_metrics.get("val_dice"), "train_minutes": round(result.train_seconds / 60, 2),
@@ -487,13 +495,12 @@ def _rescore(record: dict, run: PlannedRun, settings: CurveSettings, pool, val, 
     """An earlier judge run scored on test sets added since, from its kept weights (no retraining)."""
     from safetensors.torch import load_file
 
-    from engine.evaluation.judge_task import JudgeTask
     from engine.evaluation.train_judge import torch_predictor
 
     weights = run.run_dir(settings.out) / "best.safetensors"
     if settings.trainer != "judge" or not weights.is_file():
         return {}
-    task = JudgeTask(pool, val, size=settings.size, batch_size=settings.batch_size, widths=settings.widths)
+    task = settings.judge_task(pool, val)
     net = task.build_model()
     net.load_state_dict(load_file(str(weights)))
     tests, normals = _score(torch_predictor(task, net.eval()), data)
@@ -524,12 +531,15 @@ def run_learning_curve(settings: CurveSettings, on_progress: Callable[[CurveProg
         log(line)
     if plan_only:
         return {"plan": plan, "runs": len(runs)}
-    _prepare_out(settings)
     out = Path(settings.out)
     to_train = [r for r in runs if not r.result_path(out).is_file()]
     progress = _Progress(len(to_train) * settings.max_steps, on_progress, cancel)
+    # Folders given beforehand are checked before anything is trained; a job's output when it has run.
+    synthetic_sets = {(fraction, FROM_FOLDERS): _synthetic_for(settings, data, data.parts[fraction], FROM_FOLDERS,
+                                                                progress, log)
+                      for fraction in settings.synthetic}
+    _prepare_out(settings)
     results: dict[float, dict[str, dict[int, dict]]] = {}
-    synthetic_sets: dict[tuple[float, str], segdata.SegmentationSet] = {}
 
     def report() -> dict:
         return write_curve_report(out, settings, data, runs, results, time.perf_counter() - started)
