@@ -160,9 +160,12 @@ def test_a_killed_evaluation_resumes_to_the_same_results(frames, tmp_path):
     out = tmp_path / "b"
     process = subprocess.Popen([sys.executable, "main.py", "evaluate", *data, "--out", str(out), *TINY],
                                cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    mid_run = out / "runs" / "0.25" / "add-seed0" / "checkpoints" / "step-00000010"
+    # Killed once step 10's checkpoint and log are written (the trainer writes log.jsonl just after the checkpoint:
+    # a kill between the two leaves the resumed run's curve without the rows before it; its scores are the same).
+    run_dir = out / "runs" / "0.25" / "add-seed0"
     deadline = time.time() + 300
-    while not mid_run.exists() and time.time() < deadline:
+    while time.time() < deadline and not ((run_dir / "checkpoints" / "step-00000010").exists() and (
+            run_dir / "log.jsonl").is_file() and '"step": 10,' in (run_dir / "log.jsonl").read_text()):
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -245,3 +248,36 @@ def test_the_command_line_names_test_sets_and_arms(tmp_path):
     assert settings.arm_names() == ["real", "synthetic", "add", "transplant_none"]
     assert settings.synthetic == {0.1: Path("s1")} and settings.ratio_ablation == (0.5, 2.0)
     assert settings.seeds_at(0.25) == 5 and settings.seeds_at(1.0) == 3 and settings.max_steps == 1500
+
+
+def test_the_ultralytics_consumer_is_scored_on_every_test_set_and_the_polyp_free_frames(frames, tmp_path, monkeypatch):
+    """--trainer ultralytics: one YOLO run per arm × fraction × seed (its worker replaced here by a model that
+    predicts a blob on every frame), its rows split back into the test sets and the polyp-free frames."""
+    from engine.dataset.image_reader import read_frame
+    from engine.evaluation import ultralytics_trainer
+    from engine.evaluation.learning_curve import CurveSettings, run_learning_curve
+    from engine.judge.accuracy import score_frame
+
+    calls = []
+
+    def fake_run(pool, val, entries, seed, settings, run_dir, python, log):
+        calls.append((len(pool), len(val), len(entries), seed, settings.steps))
+        rows = []
+        for name, path, target, *_ in entries:
+            frame = read_frame(path)
+            blob = np.zeros(frame.shape[:2], np.float32)
+            blob[10:40, 10:40] = 0.9
+            rows.append(score_frame(name, blob, target(*frame.shape[:2]), 0.25))
+        return {"rows": rows, "curve": [], "epochs": 3, "train_minutes": 0.0}
+
+    monkeypatch.setattr(ultralytics_trainer, "ultralytics_python", lambda explicit=None: Path(sys.executable))
+    monkeypatch.setattr(ultralytics_trainer, "run_ultralytics", fake_run)
+    settings = CurveSettings(train=frames / "train", tests={"test": frames / "test", "again": frames / "test"},
+                             out=tmp_path / "eval", normals=frames / "normal", fractions=(0.25,), seeds=2,
+                             max_steps=40, trainer="ultralytics")
+    data = run_learning_curve(settings, log=lambda t: None)
+    assert calls == [(8, 2, 16, 0, 40), (8, 2, 16, 1, 40)]
+    record = json.loads((tmp_path / "eval" / "results" / "0.25" / "real-seed1.json").read_text())
+    assert set(record["tests"]) == {"test", "again"} and len(record["tests"]["again"]["frames"]) == 6
+    assert record["normals"]["false_positive_rate"] == 1.0 and record["steps"] == "3 epochs"
+    assert data["points"][0]["arms"]["real"]["normals_false_positive_rate"]["mean"] == 1.0

@@ -129,10 +129,7 @@ def run_evaluation(settings: EvaluationSettings, log: Log = print) -> dict:
     started = time.perf_counter()
     real = segdata.from_folder(settings.train, cache=settings.cache)
     synthetic = segdata.from_polypforge_output(settings.synthetic, cache=settings.cache)
-    _, test_entries = segdata.folder_entries(settings.test)
-    test = segdata.SegmentationSet([e[0] for e in test_entries], None, None,
-                                   [segdata.file_sha256(e[1]) for e in test_entries], [None] * len(test_entries),
-                                   [e[1] for e in test_entries])
+    test, test_entries = segdata.hashed_entries(settings.test)
     check_no_leak(real, synthetic, test)
     log(f"read {len(real)} real training frames, {len(synthetic)} synthetic variants, {len(test)} test frames "
         f"in {time.perf_counter() - started:.0f} s; leak check passed (sha256 of frames and variant sources)")

@@ -23,7 +23,7 @@ reused when its settings match, refused when they do not, resumed from its check
     evaluation.json                        what was asked last
     subsets/<fraction>/split.tsv           the split file the arms' batch jobs read (subset train, the rest test)
     synthetic/<fraction>/<arm>/            a generated arm's batch-job output
-    runs/<fraction>/<arm>-seed<k>/         the trainer's run folder (checkpoints, log.jsonl, best.safetensors)
+    runs/<fraction>/<arm>-seed<k>/         the trainer's run folder (log.jsonl, best.safetensors; checkpoints until done)
     results/<fraction>/<arm>-seed<k>.json  that run's settings, budget and scores, written atomically when done
     report.json, report.html, learning_curve.png   rebuilt after every run
 
@@ -40,6 +40,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from engine.errors import InputError
 from engine.evaluation import segdata
@@ -217,16 +219,6 @@ def check_settings(settings: CurveSettings) -> None:
             raise InputError(f"--arm {arm}={job}: job file not found")
 
 
-def _test_set(folder: Path) -> tuple[segdata.SegmentationSet, list]:
-    """A test folder as (its frames' hashes for the leak check, its scoring entries)."""
-    _, entries = segdata.folder_entries(folder)
-    if not entries:
-        raise InputError(f"{folder}: no frames found")
-    hashes = [segdata.file_sha256(e[1]) for e in entries]
-    return segdata.SegmentationSet([e[0] for e in entries], None, None, hashes, [None] * len(entries),
-                                   [e[1] for e in entries]), entries
-
-
 def _digest(hashes: list[str]) -> str:
     return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
 
@@ -244,13 +236,16 @@ def _read_data(settings: CurveSettings, log: Log) -> _Data:
 
     started = time.perf_counter()
     real = segdata.from_folder(settings.train, cache=settings.cache)
-    tests = {name: _test_set(folder) for name, folder in settings.tests.items()}
-    normals = _test_set(settings.normals) if settings.normals is not None else None
+    tests = {name: segdata.hashed_entries(folder) for name, folder in settings.tests.items()}
+    normals = segdata.hashed_entries(settings.normals) if settings.normals is not None else None
     val = segdata.from_folder(settings.val, cache=settings.cache) if settings.val is not None else None
     for name, (test, _) in tests.items():
         check_no_leak(real, None, test)
         if val is not None:
             check_no_leak(val, None, test)
+    if val is not None and set(val.sha256) & set(real.sha256):
+        raise InputError(f"--val {settings.val}: {len(set(val.sha256) & set(real.sha256))} of its frames are also "
+                         "training frames (same bytes); the validation frames must be apart")
     if normals is not None:
         check_no_leak(real, None, normals[0])
     parts = {f: make_fraction(real, f, val) for f in sorted(settings.fractions)}
@@ -264,7 +259,6 @@ def _read_data(settings: CurveSettings, log: Log) -> _Data:
 def measure_seconds_per_step(settings: CurveSettings, train: segdata.SegmentationSet, steps: int = TIMED_STEPS) -> float:
     """Seconds per training step of the downstream segmenter on this machine at these settings (forward,
     backward, optimiser; one warm-up step first)."""
-    import numpy as np
     import torch
 
     task = settings.judge_task(train, train.subset([]))
@@ -434,7 +428,8 @@ def _train_judge(run: PlannedRun, pool, val, settings: CurveSettings, data: _Dat
     task = settings.judge_task(pool, val, description={"arm": run.arm, "fraction": run.fraction},
                                on_step=progress.step)
     config = judge_train_config(settings, seed=run.seed, warmup_steps=min(100, settings.max_steps // 10),
-                                checkpoint_every=settings.validate_every, ema_decay=0.999, progress=False)
+                                checkpoint_every=settings.validate_every, keep_checkpoints=2, ema_decay=0.999,
+                                progress=False)
     result = train(task, config, run.run_dir(settings.out), resume=True)
     progress.emit("score", "scoring")
     tests, normals = _score(torch_predictor(task, best_network(task, result)), data)
@@ -579,6 +574,8 @@ def run_learning_curve(settings: CurveSettings, on_progress: Callable[[CurveProg
                       "synthetic_frames": len(pool) - len(part.train), "val_frames": len(part.val),
                       "budget": settings.trainer_settings(), **outcome}
             atomic_write_bytes(path, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+            # Done for good: its checkpoints (~30 MB each) go; best.safetensors stays for scoring later test sets.
+            shutil.rmtree(run.run_dir(out) / "checkpoints", ignore_errors=True)
             dice = ", ".join(f"{n} {t['summary']['dice']:.4f}" for n, t in record["tests"].items())
             log(f"{progress.run}: test Dice {dice} (steps {record['steps']}, best at {record['best_step']})")
         results.setdefault(run.fraction, {}).setdefault(run.series, {})[run.seed] = record
