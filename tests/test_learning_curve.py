@@ -92,6 +92,26 @@ def test_a_variant_made_outside_the_subset_is_refused_in_one_line(frames, tmp_pa
     assert err[-1].startswith("error: synthetic variant images/train/v1.png of arm synthetic at fraction 0.25 was not "
                               "made from that fraction's")
     assert not (tmp_path / "eval" / "results").exists()
+    # variants of the subset's training frames are used; those of its validation frames are left out, with a note
+    from engine.dataset.discovery import read_split_file
+
+    assert app.main(["evaluate", "--train", str(frames / "train"), "--test", str(frames / "test"), "--plan",
+                     "--real-fractions", "0.25", "--out", str(tmp_path / "plan")]) == 0
+    marked = read_split_file(tmp_path / "plan" / "subsets" / "0.25" / "split.tsv")
+    trained = [n for n in names if marked[n] == "train"]
+    validation = [n for n in inside if marked[n] == "test"]
+    assert len(trained) == 8 and len(validation) == 2
+    variants = [{"name": f"v{i}", "image": polyp_frame(10 + i, 96, 80)[0], "region": mask, "mode": "add",
+                 "source_sha256": file_sha256(frames / "train" / "images" / source)}
+                for i, source in enumerate([*trained[:3], validation[0]])]
+    fair = fake_output(tmp_path / "fair", variants)
+    code = app.main(["evaluate", "--train", str(frames / "train"), "--test", str(frames / "test"),
+                     "--synthetic", f"0.25={fair}", "--real-fractions", "0.25", "--out", str(tmp_path / "eval"),
+                     *map(str, TINY), "--seeds", "1"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    record = json.loads((tmp_path / "eval" / "results" / "0.25" / "synthetic-seed0.json").read_text())
+    assert record["synthetic_frames"] == 3
+    assert "1 variant(s) made from the validation frames were left out" in (tmp_path / "eval" / "report.html").read_text()
 
 
 def test_the_curve_its_plan_budgets_report_and_runs_added_later(frames, tmp_path):

@@ -126,7 +126,7 @@ def register_commands(subparsers) -> dict[str, Handler]:
         "real validation frames held out of the subset) on the subset alone ('real') and with each arm's synthetic "
         "variants (--arm NAME=job.toml: a batch job run on that subset's frames only; or --synthetic FRACTION=DIR), "
         "under the same budget and seeds; score every run on every --test set and on polyp-free --normals frames; "
-        "report each arm's paired difference from real with 95 %% confidence intervals and p-values, a verdict "
+        "report each arm's paired difference from real with 95 % confidence intervals and p-values, a verdict "
         "per fraction and test set, and the curve (report.html). Prints the plan and its estimated time first; "
         "results are kept per run, so arms, fractions and seeds can be added later and a killed evaluation "
         "resumes at the run it was in. --synthetic DIR (no FRACTION=) runs the single comparison on all training "

@@ -9,8 +9,9 @@ variants an arm adds — made only from that subset's frames.
   asks) run with its input set to the training folder, restricted by a split file that marks the subset's
   training frames "train" and every other frame "test", ``from_splits = ["train"]``: no frame outside the subset
   is read as a source or donor. Its output is a folder inside the evaluation folder; the job resumes itself.
-- ``check_sources``: every variant's source frame (the manifest's ``source_sha256``) must be one of the
-  subset's training frames, else the evaluation is refused in one line naming the variant and the fraction.
+- ``check_sources``: every variant's source frame (the manifest's ``source_sha256``) must be in the fraction's
+  subset, else the evaluation is refused in one line naming the variant and the fraction; variants of its
+  validation frames are left out.
 - ``draw_synthetic``: ``ratio`` × (real training frames) variants, drawn deterministically (lowest sha256 of
   their names), so every seed and every rerun sees the same ones.
 """
@@ -65,12 +66,16 @@ def make_fraction(real: segdata.SegmentationSet, fraction: float,
     return Fraction(fraction, subset, subset.subset(kept), subset.subset(held))
 
 
-def write_split_file(path: Path, all_names: list[str], train_names: list[str]) -> Path:
-    """A split file (engine.dataset.discovery.read_split_file) marking ``train_names`` "train" and every other frame
-    of the folder "test"."""
-    chosen = set(train_names)
+def split_file_path(out: Path, part: Fraction) -> Path:
+    return Path(out) / "subsets" / part.label / "split.tsv"
+
+
+def write_split_file(out: Path, all_names: list[str], part: Fraction) -> Path:
+    """The fraction's split file (engine.dataset.discovery.read_split_file): its training frames "train", every other
+    frame of the folder "test" — what an arm's batch job reads (and what a --synthetic folder can be made with)."""
+    chosen = set(part.train.names)
     lines = [f"{name}\t{'train' if name in chosen else 'test'}" for name in all_names]
-    return atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return atomic_write_bytes(split_file_path(out, part), ("\n".join(lines) + "\n").encode("utf-8"))
 
 
 def _job_values(job_file: Path, train_folder: Path, split_file: Path, output: Path) -> dict:
@@ -113,15 +118,22 @@ def generate_arm(job_file: Path, train_folder: Path, split_file: Path, output: P
     return Path(output), True
 
 
-def check_sources(synthetic: segdata.SegmentationSet, part: Fraction, arm: str) -> None:
-    """Refuse (one line) a variant whose source frame is not among the fraction's training frames."""
-    allowed = set(part.train.sha256)
+def check_sources(synthetic: segdata.SegmentationSet, part: Fraction, arm: str) -> tuple[segdata.SegmentationSet, str | None]:
+    """Refuse (one line) a variant whose source frame is not in the fraction's subset; leave out, with a note, those
+    made from its validation frames (they would show the frames that pick the weights to the model)."""
+    allowed = set(part.subset.sha256)
     for name, source in zip(synthetic.names, synthetic.source_sha256):
         if source not in allowed:
             where = f"source_sha256 {source[:12]}…" if source else "no source_sha256"
             raise InputError(f"synthetic variant {name} of arm {arm} at fraction {part.label} was not made from that "
-                             f"fraction's {len(part.train)} real training frames ({where}); make the arm's "
-                             "synthetic set from that subset only")
+                             f"fraction's {len(part.subset)} real frames ({where}); make the arm's synthetic set from "
+                             f"that subset only (its split file: subsets/{part.label}/split.tsv)")
+    validation = set(part.val.sha256) - set(part.train.sha256)
+    kept = [i for i, source in enumerate(synthetic.source_sha256) if source not in validation]
+    if len(kept) == len(synthetic):
+        return synthetic, None
+    return synthetic.subset(kept), (f"{arm} at fraction {part.label}: {len(synthetic) - len(kept)} variant(s) made from "
+                                    "the validation frames were left out (they would bias the choice of weights)")
 
 
 def draw_synthetic(synthetic: segdata.SegmentationSet, real_count: int, ratio: float) -> segdata.SegmentationSet:

@@ -119,6 +119,7 @@ def build(settings, data, runs, results: dict, seconds: float) -> dict:
         "trainer": settings.trainer_settings(),
         "points": points,
         "verdicts": verdicts(points, arms, tests),
+        "notes": list(data.notes),
         "runs_planned": len(runs), "runs_done": sum(len(s) for f in results.values() for s in f.values()),
         "minutes_this_session": round(seconds / 60.0, 2),
     }
@@ -216,7 +217,8 @@ def render_html(report: dict, plot: bytes) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>PolypForge learning curve</title><style>",
              "body{font-family:sans-serif;margin:24px;max-width:1200px;color:#222}table{border-collapse:collapse;"
              "margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f2f2f2}"
-             ".small{color:#666;font-size:90%}.verdict{font-size:110%}",
+             ".small{color:#666;font-size:90%}.verdict{font-size:110%}"
+             ".warn{background:#fff3cd;border:1px solid #e0c060;padding:8px 12px}",
              "</style></head><body><h1>How much does each arm add to my real frames? A learning curve</h1>",
              f"<img alt='learning curve' src='data:image/png;base64,{base64.b64encode(plot).decode()}'>",
              "<h2>Verdict</h2><ul>"]
@@ -225,6 +227,7 @@ def render_html(report: dict, plot: bytes) -> str:
                  "Dice (each seed trains both on the same real frames with the same validation frames), its "
                  "t-based 95 % confidence interval and the paired t-test over seeds; the Wilcoxon test per test "
                  "frame is in the tables below.</p>")
+    parts += [f"<p class='warn'>⚠ {e(note)}</p>" for note in report["notes"]]
     parts.append(f"<p>{report['runs_done']} of {report['runs_planned']} runs done. Real training frames: "
                  f"<code>{e(report['train']['folder'])}</code> ({report['train']['frames']}); validation: "
                  f"{e(report['validation'])}. Test sets: "

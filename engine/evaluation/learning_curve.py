@@ -53,6 +53,7 @@ from engine.evaluation.curve_arms import (
     fraction_label,
     generate_arm,
     make_fraction,
+    split_file_path,
     write_split_file,
 )
 from engine.fileio import atomic_write_bytes
@@ -229,6 +230,11 @@ class _Data:
     tests: dict[str, tuple[segdata.SegmentationSet, list]]
     normals: tuple[segdata.SegmentationSet, list] | None
     parts: dict[float, Fraction]
+    notes: list[str] = field(default_factory=list)  # shown in the report
+
+    def write_split_files(self, out: Path) -> None:
+        for part in self.parts.values():
+            write_split_file(out, self.real.names, part)
 
 
 def _read_data(settings: CurveSettings, log: Log) -> _Data:
@@ -302,18 +308,21 @@ def describe_plan(settings: CurveSettings, runs: list[PlannedRun], seconds_per_s
     budget = settings.trainer_settings()
     if settings.trainer == "judge":
         lines.append(f"  budget per run: {budget['stopping']}; batches of {settings.batch_size} at {settings.size}²")
-    states = [_state(run, settings.out) for run in runs]
+    states = ["new"] * len(runs) if settings.fresh else [_state(run, settings.out) for run in runs]
     to_train = states.count("new") + states.count("partial")
     if seconds_per_step is not None:
-        lines.append(f"  time: {seconds_per_step:.3f} s per step measured here ({threads} thread(s)) → at most "
-                     f"{_duration(to_train * settings.max_steps * seconds_per_step)} for the {to_train} run(s) to train, at the step cap (early stopping ends most "
-                     "sooner), plus scoring and the arms' batch jobs")
+        most = _duration(to_train * settings.max_steps * seconds_per_step)
+        lines.append(f"  time: {seconds_per_step:.3f} s per step measured here ({threads} thread(s)) → at most {most} "
+                     f"for the {to_train} run(s) to train, at the step cap (early stopping ends most sooner), plus "
+                     "scoring and the arms' batch jobs")
     if settings.fresh:
         lines.append(f"  --fresh: what {settings.out} holds (runs, results, generated arms, report) is discarded first")
     else:
         lines.append(f"  in {settings.out}: {states.count('done')} run(s) done earlier are reused when their settings "
                      f"match (refused when not: --fresh starts over), {states.count('partial')} resume(s) from its "
                      f"checkpoint, {states.count('new')} start fresh; a killed evaluation resumes at the run it was in")
+    lines.append(f"  each fraction's subset: {settings.out}/subsets/<fraction>/split.tsv (its training frames 'train'; "
+                 "what the arms' batch jobs read, and what a --synthetic folder is to be made from)")
     return lines
 
 
@@ -377,7 +386,6 @@ def _synthetic_for(settings: CurveSettings, data: _Data, part: Fraction, arm: st
     if arm not in settings.arms:
         folder = Path(settings.synthetic[part.fraction])
     else:
-        split_file = write_split_file(out / "subsets" / part.label / "split.tsv", data.real.names, part.train.names)
         progress.run = f"{part.label}/{arm} (batch job)"
         progress.emit("generate", f"{arm}: running {settings.arms[arm]} on the {len(part.train)} training frames of "
                                   f"fraction {part.label}")
@@ -386,12 +394,14 @@ def _synthetic_for(settings: CurveSettings, data: _Data, part: Fraction, arm: st
             if event.kind in ("variant", "failed", "skipped", "rejected"):
                 progress.emit("generate", f"{arm} at {part.label}: {event.done}/{event.total} variants")
 
-        folder, ran = generate_arm(settings.arms[arm], settings.train, split_file,
+        folder, ran = generate_arm(settings.arms[arm], settings.train, split_file_path(out, part),
                                    out / "synthetic" / part.label / arm, on_event=on_event, cancel=progress.cancel)
         if ran:
             log(f"{arm} at fraction {part.label}: generated into {folder}")
-    synthetic = segdata.from_polypforge_output(folder, cache=settings.cache)
-    check_sources(synthetic, part, arm)
+    synthetic, note = check_sources(segdata.from_polypforge_output(folder, cache=settings.cache), part, arm)
+    if note and note not in data.notes:
+        data.notes.append(note)
+        log(note)
     for test, _ in data.tests.values():
         check_no_leak(part.train, synthetic, test)
     return synthetic
@@ -505,7 +515,7 @@ def _rescore(record: dict, run: PlannedRun, settings: CurveSettings, pool, val, 
 def run_learning_curve(settings: CurveSettings, on_progress: Callable[[CurveProgress], None] | None = None,
                        cancel: Callable[[], bool] | None = None, log: Log = print, plan_only: bool = False) -> dict:
     """Run (or resume) the learning curve; the report's data (with "html" and "json": the files written).
-    ``plan_only``: read the data, print the plan and stop (nothing written)."""
+    ``plan_only``: read the data, print the plan, write the subsets' split files and stop."""
     import torch
 
     from engine.evaluation import ultralytics_trainer
@@ -524,16 +534,18 @@ def run_learning_curve(settings: CurveSettings, on_progress: Callable[[CurveProg
     plan = describe_plan(settings, runs, per_step, torch.get_num_threads())
     for line in plan:
         log(line)
-    if plan_only:
-        return {"plan": plan, "runs": len(runs)}
     out = Path(settings.out)
-    to_train = [r for r in runs if not r.result_path(out).is_file()]
-    progress = _Progress(len(to_train) * settings.max_steps, on_progress, cancel)
-    # Folders given beforehand are checked before anything is trained; a job's output when it has run.
+    if plan_only:
+        data.write_split_files(out)
+        return {"plan": plan, "runs": len(runs)}
+    progress = _Progress(0, on_progress, cancel)
+    # Folders given beforehand are checked before anything is written or trained; a job's output once it has run.
     synthetic_sets = {(fraction, FROM_FOLDERS): _synthetic_for(settings, data, data.parts[fraction], FROM_FOLDERS,
                                                                 progress, log)
                       for fraction in settings.synthetic}
     _prepare_out(settings)
+    data.write_split_files(out)
+    progress.total = sum(settings.max_steps for r in runs if not r.result_path(out).is_file())
     results: dict[float, dict[str, dict[int, dict]]] = {}
 
     def report() -> dict:
