@@ -155,7 +155,8 @@ def learning_curve_png(report: dict, panel_width: int = 440, height: int = 340) 
         lo, hi = max(0.0, lo - 0.05 * (hi - lo)), min(1.0, hi + 0.05 * (hi - lo))
         x0, x1 = 0, max(xs) * 1.05 if xs else 1
 
-        def xy(x, y):
+        def xy(x, y):  # a band beyond the axis (a Dice interval below 0) is drawn to its edge
+            y = min(max(y, lo), hi)
             return (left + (x - x0) / (x1 - x0) * (right - left), top + (hi - y) / (hi - lo) * (height - bottom - top))
 
         for frac in np.linspace(0, 1, 5):
