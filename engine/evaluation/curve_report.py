@@ -93,7 +93,7 @@ def build(settings, data, runs, results: dict, seconds: float) -> dict:
     for fraction in sorted(settings.fractions):
         part = data.parts[fraction]
         at = results.get(fraction, {})
-        series = [s for s in dict.fromkeys([*arms, *(r.series for r in runs if r.fraction == fraction)])]
+        series = list(dict.fromkeys([*arms, *(r.series for r in runs if r.fraction == fraction)]))
         point = {"fraction": fraction, "subset_frames": len(part.subset), "train_frames": len(part.train),
                  "val_frames": len(part.val), "arms": {}, "differences": {}}
         for name in series:
@@ -130,7 +130,7 @@ def learning_curve_png(report: dict, panel_width: int = 440, height: int = 340) 
     """Test Dice against the number of real frames, one panel per test set, one line per arm (not the ablation),
     a band for the 95 % confidence interval of the mean over seeds."""
     tests = list(report["tests"])
-    arms = [a for a in report["arms"]]
+    arms = list(report["arms"])
     colours = {arm: PALETTE[i % len(PALETTE)] for i, arm in enumerate(arms)}
     legend_width = 130
     width = panel_width * len(tests) + legend_width

@@ -473,8 +473,9 @@ def _train_ultralytics(run: PlannedRun, pool, val, settings: CurveSettings, data
 
 def _run_key(run: PlannedRun, settings: CurveSettings, pool, val) -> dict:
     """What a run's result depends on: a results file with another key is not this run."""
-    return {"fraction": run.fraction, "arm": run.arm, "ratio": run.ratio, "seed": run.seed,
-            "trainer": settings.trainer_settings(), "pool_digest": pool.digest(), "val_digest": val.digest()}
+    trainer = {k: v for k, v in settings.trainer_settings().items() if k not in ("description", "stopping")}
+    return {"fraction": run.fraction, "arm": run.arm, "ratio": run.ratio, "seed": run.seed, "trainer": trainer,
+            "pool_digest": pool.digest(), "val_digest": val.digest()}
 
 
 def _reusable(path: Path, key: dict, data: _Data, run: PlannedRun) -> dict | None:
