@@ -39,6 +39,46 @@ def _widths(text: str) -> tuple[int, ...]:
     return values
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+    return value
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    return tuple(_non_negative(part) for part in text.split(",") if part.strip())
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    values = tuple(_fraction(part) for part in text.split(",") if part.strip())
+    if not values or min(values) <= 0.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give shares in (0, 1], comma-separated")
+    return tuple(sorted(set(values)))
+
+
+def _named_folder(text: str) -> tuple[str, Path]:
+    """NAME=PATH, or PATH named by its last part (without a suffix)."""
+    name, sep, path = text.partition("=")
+    if sep and name and path:
+        return name, Path(path)
+    return Path(text).stem or Path(text).resolve().name, Path(text)
+
+
+def _synthetic_folder(text: str) -> tuple[float | None, Path]:
+    """FRACTION=DIR (a learning-curve arm's folder), or DIR alone (the single comparison)."""
+    head, sep, path = text.partition("=")
+    if sep:
+        try:
+            return _fraction(head), Path(path)
+        except argparse.ArgumentTypeError:
+            pass
+    return None, Path(text)
+
+
 def _log(text: str) -> None:
     print(text, file=sys.stderr)
 
@@ -80,41 +120,71 @@ def register_commands(subparsers) -> dict[str, Handler]:
     judge.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate = subparsers.add_parser(
         "evaluate",
-        help="does the synthetic set help? train a segmenter on real vs real + synthetic, test on unseen real frames",
-        description="Train the downstream segmenter (the judge's compact U-Net) under the same budget and seeds on "
-        "the real training frames alone and on them plus the synthetic set (a batch job's output: its images and "
-        "labels), and score each on a real test set at its own resolution: Dice and IoU per frame, AP50 and "
-        "AP@[.5:.95] from the masks' boxes (pycocotools), mean ± std over seeds, the paired difference with a "
-        "significance statement, learning curves. Refuses (one line) when a training frame or a synthetic "
-        "variant's source is a test frame (sha256). Writes report.html and report.json into --out; a killed "
-        "evaluation resumes at the run it was in. Needs torch (the export extra).",
+        help="does synthetic data help? a learning curve of a segmenter on subsets of the real frames, per arm",
+        description="A learning curve: at each --real-fractions share of the real training frames (a fixed, "
+        "hash-chosen, nested subset) train the downstream segmenter (the judge's compact U-Net, early stopping on "
+        "real validation frames held out of the subset) on the subset alone ('real') and with each arm's synthetic "
+        "variants (--arm NAME=job.toml: a batch job run on that subset's frames only; or --synthetic FRACTION=DIR), "
+        "under the same budget and seeds; score every run on every --test set and on polyp-free --normals frames; "
+        "report each arm's paired difference from real with 95 % confidence intervals and p-values, a verdict "
+        "per fraction and test set, and the curve (report.html). Prints the plan and its estimated time first; "
+        "results are kept per run, so arms, fractions and seeds can be added later and a killed evaluation "
+        "resumes at the run it was in. --synthetic DIR (no FRACTION=) runs the single comparison on all training "
+        "frames instead (fixed --steps). Needs torch and pycocotools (the export extra).",
     )
     evaluate.add_argument("--train", required=True, type=Path, help="real training frames + masks (any layout)")
-    evaluate.add_argument("--synthetic", required=True, type=Path, help="a batch job's output folder")
-    evaluate.add_argument("--test", required=True, type=Path, help="real test frames + masks, never trained on")
+    evaluate.add_argument("--test", required=True, action="append", type=_named_folder,
+                          help="real test frames + masks, never trained on: NAME=DIR or DIR (named by its folder); "
+                               "repeatable")
     evaluate.add_argument("--out", required=True, type=Path, help="folder for runs, results and the report")
-    evaluate.add_argument("--seeds", type=positive_int, default=3, help="seeds per arm (default 3)")
+    evaluate.add_argument("--arm", action="append", type=_named_folder, default=[],
+                          help="NAME=JOB.toml: an arm whose synthetic data the batch job makes from each fraction's "
+                               "subset (input, output and split file are set by evaluate); repeatable")
+    evaluate.add_argument("--generate", action="append", type=Path, default=[],
+                          help="JOB.toml: an arm named by the job file's name (the same as --arm NAME=JOB.toml)")
+    evaluate.add_argument("--synthetic", action="append", type=_synthetic_folder, default=[],
+                          help="FRACTION=DIR: the 'synthetic' arm's variants at that fraction, made from its subset "
+                               "only (repeatable); a plain DIR runs the single comparison on all frames instead")
+    evaluate.add_argument("--real-fractions", type=_fractions, default=None,
+                          help="shares of the real training frames, comma-separated (default 0.1,0.25)")
+    evaluate.add_argument("--seeds", type=positive_int, default=None,
+                          help="seeds per arm and fraction (default 5 at fractions up to 0.25, 3 above; 3 for the "
+                               "single comparison)")
+    evaluate.add_argument("--synthetic-ratio", type=_non_negative, default=1.0,
+                          help="synthetic variants per real training frame in an arm's pool (default 1)")
+    evaluate.add_argument("--ratio-ablation", type=_ratios, default=(),
+                          help="other ratios to try at the smallest fraction, e.g. 0.5,1,2 (default: none)")
+    evaluate.add_argument("--val", type=Path, default=None,
+                          help="real validation frames for early stopping (default: 20 %% held out of each subset)")
+    evaluate.add_argument("--normals", type=Path, default=None,
+                          help="polyp-free frames: the share where the segmenter sees a polyp-sized blob")
+    evaluate.add_argument("--max-steps", type=positive_int, default=None,
+                          help="step cap of a run (default 1500; it stops earlier when validation Dice stops improving)")
+    evaluate.add_argument("--patience", type=positive_int, default=None,
+                          help="validations without a better Dice before a run stops (default 6)")
+    evaluate.add_argument("--plan", action="store_true", help="print the plan and its estimated time, then stop")
+    evaluate.add_argument("--steps", type=positive_int, default=600,
+                          help="the single comparison (--synthetic DIR): steps per run (default 600)")
     evaluate.add_argument("--synthetic-cap", type=_fraction, default=None,
-                          help="at most this share of the training pool is synthetic (default: all variants)")
+                          help="the single comparison: at most this share of the training pool is synthetic")
     evaluate.add_argument("--trainer", choices=("judge", "ultralytics"), default="judge",
                           help="downstream model: judge (the compact segmenter, default) or ultralytics (YOLO "
                                "yolo11n-seg from scratch, in its own environment: make ultralytics-env)")
     evaluate.add_argument("--ultralytics-epochs", type=positive_int, default=None,
-                          help="--trainer ultralytics: epochs per run (default: the same samples as --steps × "
-                               "--batch-size)")
+                          help="--trainer ultralytics: epochs per run (default: the same samples as the step budget "
+                               "× --batch-size)")
     evaluate.add_argument("--ultralytics-python", default=None,
                           help="--trainer ultralytics: the Python of the Ultralytics environment (default: "
                                "$POLYPFORGE_ULTRALYTICS_PYTHON, this Python if it has ultralytics, .venv-ultralytics)")
-    evaluate.add_argument("--steps", type=positive_int, default=600, help="steps per run (default 600)")
     evaluate.add_argument("--size", type=positive_int, default=128, help="network input side (default 128)")
     evaluate.add_argument("--batch-size", type=positive_int, default=8, help="frames per step (default 8)")
     evaluate.add_argument("--widths", type=_widths, default=None,
                           help="channels per U-Net level, the last the bottleneck (default 16,32,64,128,256)")
     evaluate.add_argument("--validate-every", type=positive_int, default=100,
-                          help="steps between validations on held-out real training frames (default 100)")
+                          help="steps between validations on the real validation frames (default 100)")
     evaluate.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
-    evaluate.add_argument("--fresh", action="store_true", help="discard the runs an earlier evaluation left in --out")
-    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    evaluate.add_argument("--fresh", action="store_true", help="discard what an earlier evaluation left in --out")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     return {"train-judge": run_train_judge_command, "evaluate": run_evaluate_command}
 
 
@@ -132,20 +202,31 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         print(f"error: evaluate needs {' and '.join(missing)}: pip install torch==2.13.0 && pip install -e '.[export]'",
               file=sys.stderr)
         return EXIT_CANNOT_START
-    from engine.evaluation.evaluate import EvaluationSettings, run_evaluation
     from engine.training.task import TrainingInterrupted
 
-    settings = EvaluationSettings(train=args.train, synthetic=args.synthetic, test=args.test, out=args.out,
-                                  seeds=args.seeds, synthetic_cap=args.synthetic_cap, steps=args.steps,
+    single = any(fraction is None for fraction, _ in args.synthetic)
+    try:
+        return _single_comparison(args) if single else _learning_curve(args)
+    except TrainingInterrupted as exc:
+        print(f"interrupted: {exc}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _single_comparison(args: argparse.Namespace) -> int:
+    """``--synthetic DIR``: real vs real + that folder on all training frames, a fixed step budget."""
+    from engine.errors import InputError
+    from engine.evaluation.evaluate import EvaluationSettings, run_evaluation
+
+    if len(args.synthetic) > 1 or len(args.test) > 1 or args.arm or args.generate or args.real_fractions:
+        raise InputError("--synthetic DIR (without FRACTION=) is the single comparison on all training frames: one "
+                         "--synthetic, one --test, no --arm/--generate/--real-fractions")
+    settings = EvaluationSettings(train=args.train, synthetic=args.synthetic[0][1], test=args.test[0][1], out=args.out,
+                                  seeds=args.seeds or 3, synthetic_cap=args.synthetic_cap, steps=args.steps,
                                   size=args.size, batch_size=args.batch_size, validate_every=args.validate_every,
                                   threads=args.threads, fresh=args.fresh, trainer=args.trainer,
                                   ultralytics_epochs=args.ultralytics_epochs, ultralytics_python=args.ultralytics_python,
                                   progress=not args.quiet, **({"widths": args.widths} if args.widths else {}))
-    try:
-        data = run_evaluation(settings, log=_log)
-    except TrainingInterrupted as exc:
-        print(f"interrupted: {exc}; rerun the same command to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    data = run_evaluation(settings, log=_log)
     for arm in data["arms"]:
         row = data["summary"][arm]
         cells = "  ".join(f"{m} {row[m]['mean']:.4f} ± {row[m]['std']:.4f}" if row[m]["mean"] is not None
@@ -155,6 +236,83 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         print(data["difference"]["statement"])
     print(f"wrote {data['html']} and {data['json']}")
     return EXIT_OK
+
+
+def curve_settings(args: argparse.Namespace):
+    """The learning curve's settings from the command's flags (engine.evaluation.learning_curve.CurveSettings)."""
+    from engine.errors import InputError
+    from engine.evaluation import learning_curve as lc
+
+    arms = dict(args.arm)
+    for job in args.generate:
+        if job.stem in arms:
+            raise InputError(f"--generate {job}: an arm named {job.stem!r} is already given")
+        arms[job.stem] = job
+    tests = {}
+    for name, folder in args.test:
+        if name in tests:
+            raise InputError(f"--test {name}=…: two test sets are named {name!r}; name them NAME=DIR")
+        tests[name] = folder
+    optional = {"seeds": args.seeds, "fractions": args.real_fractions, "max_steps": args.max_steps,
+                "patience": args.patience, "widths": args.widths}
+    return lc.CurveSettings(train=args.train, tests=tests, out=args.out, arms=arms,
+                            synthetic={fraction: folder for fraction, folder in args.synthetic},
+                            synthetic_ratio=args.synthetic_ratio, ratio_ablation=args.ratio_ablation, val=args.val,
+                            normals=args.normals, validate_every=args.validate_every, size=args.size,
+                            batch_size=args.batch_size, threads=args.threads, fresh=args.fresh, trainer=args.trainer,
+                            ultralytics_epochs=args.ultralytics_epochs, ultralytics_python=args.ultralytics_python,
+                            **{k: v for k, v in optional.items() if v is not None})
+
+
+def _learning_curve(args: argparse.Namespace) -> int:
+    from engine.evaluation.learning_curve import run_learning_curve
+
+    settings = curve_settings(args)
+    bar = None if args.quiet else CurveBar()
+    try:
+        data = run_learning_curve(settings, on_progress=bar.update if bar else None, log=bar.write if bar else _log,
+                                  plan_only=args.plan)
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.plan:
+        return EXIT_OK
+    for verdict in data["verdicts"]:
+        print(verdict["text"])
+    print(f"wrote {data['html']} and {data['json']}")
+    return EXIT_OK
+
+
+class CurveBar:
+    """The learning curve in a terminal: one tqdm bar over the training steps of every run left (the caps; it
+    shrinks as runs stop early), the run it is in and the ETA; log lines printed above it."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.bar = None
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def update(self, event) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=event.steps_total, unit="step", file=self.stream, dynamic_ncols=True, smoothing=0.05,
+                            mininterval=1.0)
+        if self.bar.total != event.steps_total:
+            self.bar.total = event.steps_total
+        self.bar.update(event.steps_done - self.bar.n)
+        detail = event.message if event.phase != "train" else ""
+        self.bar.set_postfix_str(f"{event.run or ''} {detail}"[-60:], refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def run_train_judge_command(args: argparse.Namespace) -> int:

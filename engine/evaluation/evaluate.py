@@ -97,7 +97,7 @@ def _check_settings(out: Path, record: dict, fresh: bool) -> None:
     write_record(path, record)
 
 
-def _curve(run_dir: Path) -> list[dict]:
+def run_curve(run_dir: Path) -> list[dict]:
     """The learning curve of a run from its log (the trainer's reader): validation Dice / IoU, else the loss."""
     rows = []
     for row in read_log(run_dir / LOG):
@@ -129,10 +129,7 @@ def run_evaluation(settings: EvaluationSettings, log: Log = print) -> dict:
     started = time.perf_counter()
     real = segdata.from_folder(settings.train, cache=settings.cache)
     synthetic = segdata.from_polypforge_output(settings.synthetic, cache=settings.cache)
-    _, test_entries = segdata.folder_entries(settings.test)
-    test = segdata.SegmentationSet([e[0] for e in test_entries], None, None,
-                                   [segdata.file_sha256(e[1]) for e in test_entries], [None] * len(test_entries),
-                                   [e[1] for e in test_entries])
+    test, test_entries = segdata.hashed_entries(settings.test)
     check_no_leak(real, synthetic, test)
     log(f"read {len(real)} real training frames, {len(synthetic)} synthetic variants, {len(test)} test frames "
         f"in {time.perf_counter() - started:.0f} s; leak check passed (sha256 of frames and variant sources)")
@@ -190,7 +187,7 @@ def run_evaluation(settings: EvaluationSettings, log: Log = print) -> dict:
             summary = summarise(rows)
             log(f"{name}: test Dice {summary['dice']:.4f}, IoU {summary['iou']:.4f}, AP50 {summary['ap50']}, "
                 f"AP {summary['ap']}")
-            record = {"arm": arm, "seed": seed, "summary": summary, "frames": rows, "curve": _curve(run.run_dir),
+            record = {"arm": arm, "seed": seed, "summary": summary, "frames": rows, "curve": run_curve(run.run_dir),
                       "best_step": run.best_metrics.get("step"), "train_minutes": round(run.train_seconds / 60, 2),
                       "training_frames": len(pools[arm])}
             atomic_write_bytes(result_path, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))

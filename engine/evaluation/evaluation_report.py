@@ -25,7 +25,7 @@ METRICS = ("dice", "iou", "ap50", "ap")
 ARM_COLOURS = {"real": (33, 102, 172), "real+synthetic": (214, 96, 77)}
 
 
-def _mean_std(values) -> dict:
+def mean_std(values) -> dict:
     values = [float(v) for v in values if v is not None]
     if not values:
         return {"mean": None, "std": None, "n": 0}
@@ -33,8 +33,23 @@ def _mean_std(values) -> dict:
             "n": len(values)}
 
 
+def confidence_interval(values, level: float = 0.95) -> list[float] | None:
+    """The t-based ``level`` confidence interval of the mean of ``values`` (mean ± t·s/√n); None below 2 values."""
+    from scipy import stats as scipy_stats
+
+    values = [float(v) for v in values if v is not None]
+    if len(values) < 2:
+        return None
+    mean, half = float(np.mean(values)), 0.0
+    spread = float(np.std(values, ddof=1))
+    if spread > 0:
+        half = float(scipy_stats.t.ppf(0.5 + level / 2, len(values) - 1)) * spread / np.sqrt(len(values))
+    return [mean - half, mean + half]
+
+
 def paired(results: dict, arms: tuple[str, str]) -> dict:
-    """Per metric: the per-seed differences arms[1] − arms[0], their mean ± std and a paired t-test."""
+    """Per metric: the per-seed differences arms[1] − arms[0], their mean ± std, the t-based 95 % confidence
+    interval of their mean and a paired t-test."""
     from scipy import stats as scipy_stats
 
     base, other = arms
@@ -44,7 +59,7 @@ def paired(results: dict, arms: tuple[str, str]) -> dict:
         pairs = [(results[base][s]["summary"][metric], results[other][s]["summary"][metric]) for s in seeds]
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
         diffs = [b - a for a, b in pairs]
-        entry = {"differences": diffs, **_mean_std(diffs), "p_value": None}
+        entry = {"differences": diffs, **mean_std(diffs), "ci95": confidence_interval(diffs), "p_value": None}
         if len(diffs) >= 2 and np.std(diffs) > 0:
             entry["p_value"] = float(scipy_stats.ttest_rel([b for _, b in pairs], [a for a, _ in pairs]).pvalue)
         out[metric] = entry
@@ -93,7 +108,7 @@ def summarise_runs(results: dict, arms: tuple[str, ...]) -> dict:
     table = {}
     for arm in arms:
         runs = results.get(arm, {})
-        table[arm] = {metric: _mean_std(r["summary"][metric] for r in runs.values()) for metric in METRICS}
+        table[arm] = {metric: mean_std(r["summary"][metric] for r in runs.values()) for metric in METRICS}
         table[arm]["runs"] = len(runs)
     return table
 

@@ -9,6 +9,7 @@ held-out masks at the training size, averaged (val_dice, val_iou) — the early-
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +33,15 @@ class JudgeTask(TrainingTask):
 
     def __init__(self, train_set: SegmentationSet, val_set: SegmentationSet, size: int = DEFAULT_SIZE,
                  batch_size: int = DEFAULT_BATCH, widths: tuple[int, ...] = DEFAULT_WIDTHS,
-                 description: dict | None = None):
+                 description: dict | None = None, on_step: Callable[[], None] | None = None):
+        """``on_step``: called before each step's batch is drawn (``evaluate``'s progress and cancel)."""
         step = 2 ** (len(widths) - 1)
         if size % step:
             raise ValueError(f"size {size} must be a multiple of {step} for {len(widths)} widths")
         self.train_set, self.val_set = train_set, val_set
         self.size, self.batch_size, self.widths = int(size), int(batch_size), tuple(int(w) for w in widths)
         self.extra = dict(description or {})
+        self.on_step = on_step
         self._val = at_size(val_set, self.size) if len(val_set) else None
 
     def describe(self) -> dict:
@@ -55,6 +58,8 @@ class JudgeTask(TrainingTask):
         return self.batch_size
 
     def make_batch(self, step: int, rng: np.random.Generator) -> dict:
+        if self.on_step is not None:
+            self.on_step()
         picks = rng.integers(0, len(self.train_set), self.batch_size)
         images, masks = [], []
         for index in picks:

@@ -147,6 +147,16 @@ def folder_entries(folder: str | Path, masks: str | Path | None = None, labels: 
     return sources, entries
 
 
+def hashed_entries(folder: str | Path) -> tuple[SegmentationSet, list]:
+    """A test folder as (its frames' names and sha256 — no pixels: enough for the leak check —, its scoring entries
+    for engine.judge.accuracy.score_frames)."""
+    _, entries = folder_entries(folder)
+    if not entries:
+        raise InputError(f"{folder}: no frames found (jpg, jpeg, png, bmp, tif, tiff)")
+    return SegmentationSet([e[0] for e in entries], None, None, [file_sha256(e[1]) for e in entries],
+                           [None] * len(entries), [e[1] for e in entries]), entries
+
+
 def from_folder(folder: str | Path, cache: int = DEFAULT_CACHE, masks=None, labels=None, splits=None,
                 progress: Callable[[int, int], None] | None = None) -> SegmentationSet:
     sources, entries = folder_entries(folder, masks, labels, splits)

@@ -1,0 +1,598 @@
+"""``main.py evaluate``: a learning curve — with f of my real frames, how much does each synthetic arm add?
+
+At each fraction f of the real training frames (``fractions``, default 0.1 and 0.25) a fixed, hash-chosen subset
+(engine.evaluation.curve_arms: stable and nested) is split into training frames and a real validation split.
+Arms, each trained under the same budget with the same seeds and the same validation frames:
+
+- ``real``: the subset's training frames alone;
+- one arm per batch job file (``arms``: name → job file; e.g. add, copy-paste, transplant): the job is run per
+  fraction on the subset's training frames only, and ``synthetic_ratio`` × (real training frames) of its variants
+  join the real ones in the pool; or ``synthetic``: folders made beforehand, one per fraction, refused when a
+  variant's source frame is not in that fraction's subset.
+
+The downstream segmenter is the judge's recipe (engine.evaluation.judge_task: the compact U-Net at 128², batches
+of 8, AdamW with a cosine schedule over ``max_steps``) with the budget set by convergence: validation Dice every
+``validate_every`` steps, stop after ``patience`` validations without a better one, at most ``max_steps``; the
+best validation's weights are scored. Every run is scored on every test set (Dice, IoU, AP per frame at its own
+resolution) and on polyp-free frames (``normals``: the share of frames where it sees a polyp-sized blob).
+Statistics and the report: engine.evaluation.curve_report.
+
+Layout of the output folder (each run its own file, so an arm, a fraction or a seed can be added later; a run is
+reused when its settings match, refused when they do not, resumed from its checkpoint when it was killed)::
+
+    evaluation.json                        what was asked last
+    subsets/<fraction>/split.tsv           the split file the arms' batch jobs read (subset train, the rest test)
+    synthetic/<fraction>/<arm>/            a generated arm's batch-job output
+    runs/<fraction>/<arm>-seed<k>/         the trainer's run folder (log.jsonl, best.safetensors; checkpoints until done)
+    results/<fraction>/<arm>-seed<k>.json  that run's settings, budget and scores, written atomically when done
+    report.json, report.html, learning_curve.png   rebuilt after every run
+
+``run_learning_curve(settings, on_progress, cancel)`` is the one entry (the command and the app): progress as
+``CurveProgress`` events, ``cancel()`` polled at every step (the run resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import InputError
+from engine.evaluation import segdata
+from engine.evaluation.curve_arms import (
+    REAL,
+    Fraction,
+    check_sources,
+    draw_synthetic,
+    fraction_label,
+    generate_arm,
+    make_fraction,
+    split_file_path,
+    write_split_file,
+)
+from engine.fileio import atomic_write_bytes
+
+FROM_FOLDERS = "synthetic"  # the arm of --synthetic FRACTION=DIR
+DEFAULT_FRACTIONS = (0.1, 0.25)
+SMALL_FRACTION = 0.25  # at or below it, more seeds: small subsets vary more from seed to seed
+SEEDS_SMALL, SEEDS_LARGE = 5, 3
+MAX_STEPS = 1500
+PATIENCE = 6
+VALIDATE_EVERY = 100
+SETTINGS = "evaluation.json"
+KIND = "learning-curve"
+TIMED_STEPS = 3  # training steps timed for the plan's estimate (after one warm-up step)
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class CurveSettings:
+    """What ``evaluate`` is asked (the command's flags, or the app's form)."""
+
+    train: Path
+    tests: dict[str, Path]  # name → real test frames + masks
+    out: Path
+    arms: dict[str, Path] = field(default_factory=dict)  # arm name → batch job file, run per fraction
+    synthetic: dict[float, Path] = field(default_factory=dict)  # fraction → a synthetic folder (arm "synthetic")
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    seeds: int | None = None  # None: SEEDS_SMALL at fractions ≤ SMALL_FRACTION, else SEEDS_LARGE
+    synthetic_ratio: float = 1.0  # synthetic variants per real training frame in an arm's pool
+    ratio_ablation: tuple[float, ...] = ()  # other ratios, tried at the smallest fraction
+    val: Path | None = None  # real validation frames for every fraction (default: held out of each subset)
+    normals: Path | None = None  # polyp-free frames: the false-positive rate
+    max_steps: int = MAX_STEPS
+    patience: int = PATIENCE
+    validate_every: int = VALIDATE_EVERY
+    size: int = 128
+    batch_size: int = 8
+    widths: tuple[int, ...] | None = None  # None: the judge's (engine.models.segmenter.DEFAULT_WIDTHS)
+    lr: float = 2e-3
+    threads: int | None = None
+    fresh: bool = False
+    trainer: str = "judge"  # or "ultralytics" (engine.evaluation.ultralytics_trainer)
+    ultralytics_epochs: int | None = None
+    ultralytics_python: str | None = None
+    cache: int = segdata.DEFAULT_CACHE
+
+    @property
+    def steps(self) -> int:
+        """The step budget the Ultralytics trainer turns into epochs (the same samples as the judge's cap)."""
+        return self.max_steps
+
+    def seeds_at(self, fraction: float) -> int:
+        if self.seeds is not None:
+            return self.seeds
+        return SEEDS_SMALL if fraction <= SMALL_FRACTION else SEEDS_LARGE
+
+    def arm_names(self) -> list[str]:
+        return [REAL, *([FROM_FOLDERS] if self.synthetic else []), *self.arms]
+
+    def network_widths(self) -> tuple[int, ...]:
+        from engine.models.segmenter import DEFAULT_WIDTHS
+
+        return tuple(self.widths or DEFAULT_WIDTHS)
+
+    def judge_task(self, train: segdata.SegmentationSet, val: segdata.SegmentationSet, **options):
+        """The downstream segmenter's training task (engine.evaluation.judge_task; torch is imported here)."""
+        from engine.evaluation.judge_task import JudgeTask
+
+        return JudgeTask(train, val, size=self.size, batch_size=self.batch_size, widths=self.network_widths(),
+                         **options)
+
+    def trainer_settings(self) -> dict:
+        """The downstream model and its budget: the same for every run, recorded in each results file."""
+        if self.trainer == "ultralytics":
+            from engine.evaluation.ultralytics_trainer import describe
+
+            return describe(self)
+        return {"name": "judge", "description": "the judge's compact U-Net trained from scratch",
+                "size": self.size, "batch_size": self.batch_size, "widths": list(self.network_widths()), "lr": self.lr,
+                "max_steps": self.max_steps, "validate_every": self.validate_every, "patience": self.patience,
+                "stopping": f"validation Dice every {self.validate_every} steps; stop after {self.patience} "
+                            f"validations without a better one, at most {self.max_steps} steps; the best "
+                            "validation's weights are scored", "cache": self.cache, "threshold": 0.5}
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    fraction: float
+    arm: str
+    seed: int
+    ratio: float | None = None  # synthetic variants per real frame; None for the real arm
+    ablation: bool = False  # a ratio other than the settings' (the ratio ablation)
+
+    @property
+    def series(self) -> str:
+        """The line of the curve (or row of the ablation) this run belongs to."""
+        return f"{self.arm} ×{self.ratio:g}" if self.ablation else self.arm
+
+    @property
+    def name(self) -> str:
+        arm = f"{self.arm}-ratio{self.ratio:g}" if self.ablation else self.arm
+        return f"{arm.replace('+', '-').replace(' ', '_')}-seed{self.seed}"
+
+    def result_path(self, out: Path) -> Path:
+        return Path(out) / "results" / fraction_label(self.fraction) / f"{self.name}.json"
+
+    def run_dir(self, out: Path) -> Path:
+        return Path(out) / "runs" / fraction_label(self.fraction) / self.name
+
+
+@dataclass
+class CurveProgress:
+    """A progress event: where the evaluation stands (steps are training steps, counted against the step caps)."""
+
+    phase: str  # "generate", "train", "score", "done"
+    run: str | None  # "<fraction>/<arm>-seed<k>"
+    steps_done: int
+    steps_total: int  # the caps of the runs left, shrinking as runs stop early
+    eta_seconds: float | None
+    message: str = ""
+
+
+def plan_runs(settings: CurveSettings) -> list[PlannedRun]:
+    """Every run, in the order they train: by fraction, then seed, then arm (a seed's arms side by side, so paired
+    differences appear early), then the ratio ablation at the smallest fraction."""
+    runs = []
+    fractions = sorted(settings.fractions)
+    for fraction in fractions:
+        for seed in range(settings.seeds_at(fraction)):
+            for arm in settings.arm_names():
+                runs.append(PlannedRun(fraction, arm, seed, None if arm == REAL else settings.synthetic_ratio))
+    smallest = fractions[0]
+    for ratio in settings.ratio_ablation:
+        if ratio == settings.synthetic_ratio:
+            continue
+        for seed in range(settings.seeds_at(smallest)):
+            for arm in settings.arm_names()[1:]:
+                runs.append(PlannedRun(smallest, arm, seed, ratio, ablation=True))
+    return runs
+
+
+def check_settings(settings: CurveSettings) -> None:
+    """One-line refusals of settings that cannot be run, before anything is read."""
+    if not settings.tests:
+        raise InputError("give at least one --test DIR")
+    if not settings.fractions or any(not 0.0 < f <= 1.0 for f in settings.fractions):
+        raise InputError(f"--real-fractions {settings.fractions}: each must be in (0, 1]")
+    if REAL in settings.arms or (settings.synthetic and FROM_FOLDERS in settings.arms):
+        raise InputError(f"--arm: the name {REAL if REAL in settings.arms else FROM_FOLDERS!r} is taken; pick another")
+    missing = sorted(set(settings.fractions) - set(settings.synthetic)) if settings.synthetic else []
+    if missing:
+        raise InputError(f"--synthetic: no folder for fraction {', '.join(fraction_label(f) for f in missing)} (give "
+                         "FRACTION=DIR for each of --real-fractions)")
+    extra = sorted(set(settings.synthetic) - set(settings.fractions))
+    if extra:
+        raise InputError(f"--synthetic {fraction_label(extra[0])}=…: not one of --real-fractions")
+    if settings.synthetic_ratio < 0 or any(r < 0 for r in settings.ratio_ablation):
+        raise InputError("--synthetic-ratio and --ratio-ablation must not be negative")
+    if settings.trainer not in ("judge", "ultralytics"):
+        raise InputError(f"--trainer {settings.trainer}: not one of judge, ultralytics")
+    for arm, job in settings.arms.items():
+        if not Path(job).is_file():
+            raise InputError(f"--arm {arm}={job}: job file not found")
+
+
+def _digest(hashes: list[str]) -> str:
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+
+
+@dataclass
+class _Data:
+    real: segdata.SegmentationSet
+    tests: dict[str, tuple[segdata.SegmentationSet, list]]
+    normals: tuple[segdata.SegmentationSet, list] | None
+    parts: dict[float, Fraction]
+    notes: list[str] = field(default_factory=list)  # shown in the report
+
+    def write_split_files(self, out: Path) -> None:
+        for part in self.parts.values():
+            write_split_file(out, self.real.names, part)
+
+
+def _read_data(settings: CurveSettings, log: Log) -> _Data:
+    from engine.evaluation.leaks import check_no_leak
+
+    started = time.perf_counter()
+    real = segdata.from_folder(settings.train, cache=settings.cache)
+    tests = {name: segdata.hashed_entries(folder) for name, folder in settings.tests.items()}
+    normals = segdata.hashed_entries(settings.normals) if settings.normals is not None else None
+    val = segdata.from_folder(settings.val, cache=settings.cache) if settings.val is not None else None
+    for name, (test, _) in tests.items():
+        check_no_leak(real, None, test)
+        if val is not None:
+            check_no_leak(val, None, test)
+    if val is not None and set(val.sha256) & set(real.sha256):
+        raise InputError(f"--val {settings.val}: {len(set(val.sha256) & set(real.sha256))} of its frames are also "
+                         "training frames (same bytes); the validation frames must be apart")
+    if normals is not None:
+        check_no_leak(real, None, normals[0])
+    parts = {f: make_fraction(real, f, val) for f in sorted(settings.fractions)}
+    log(f"read {len(real)} real training frames, test sets {', '.join(f'{n} ({len(t[0])})' for n, t in tests.items())}"
+        + (f", {len(normals[0])} polyp-free frames" if normals else "")
+        + f" in {time.perf_counter() - started:.0f} s; leak check passed (sha256)")
+    return _Data(real, tests, normals, parts)
+
+
+# ------------------------------------------------------------------------------------------------ the plan
+def measure_seconds_per_step(settings: CurveSettings, train: segdata.SegmentationSet, steps: int = TIMED_STEPS) -> float:
+    """Seconds per training step of the downstream segmenter on this machine at these settings (forward,
+    backward, optimiser; one warm-up step first)."""
+    import torch
+
+    task = settings.judge_task(train, train.subset([]))
+    torch.manual_seed(0)
+    net = task.build_model()
+    optimiser = torch.optim.AdamW(net.parameters(), lr=settings.lr)
+    started = 0.0
+    for step in range(steps + 1):
+        if step == 1:
+            started = time.perf_counter()
+        loss, _ = task.loss(net, task.make_batch(step, np.random.default_rng(step)), None)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return (time.perf_counter() - started) / steps
+
+
+def _state(run: PlannedRun, out: Path) -> str:
+    if run.result_path(out).is_file():
+        return "done"
+    if (run.run_dir(out) / "checkpoints").is_dir() and any((run.run_dir(out) / "checkpoints").iterdir()):
+        return "partial"
+    return "new"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def describe_plan(settings: CurveSettings, runs: list[PlannedRun], seconds_per_step: float | None,
+                  threads: int) -> list[str]:
+    """The plan in words: the runs, the budget, the time it may take, and what the folder already holds."""
+    fractions = sorted(settings.fractions)
+    seeds = sorted({settings.seeds_at(f) for f in fractions})
+    lines = [f"plan: {len(fractions)} fraction(s) ({', '.join(fraction_label(f) for f in fractions)}) × "
+             f"{len(settings.arm_names())} arm(s) ({', '.join(settings.arm_names())}) × "
+             f"{'/'.join(str(s) for s in seeds)} seed(s)"
+             + (f" + the ratio ablation ({', '.join(f'{r:g}' for r in settings.ratio_ablation)}) at "
+                f"{fraction_label(fractions[0])}" if settings.ratio_ablation else "")
+             + f" = {len(runs)} runs"]
+    budget = settings.trainer_settings()
+    if settings.trainer == "judge":
+        lines.append(f"  budget per run: {budget['stopping']}; batches of {settings.batch_size} at {settings.size}²")
+    states = ["new"] * len(runs) if settings.fresh else [_state(run, settings.out) for run in runs]
+    to_train = states.count("new") + states.count("partial")
+    if seconds_per_step is not None:
+        most = _duration(to_train * settings.max_steps * seconds_per_step)
+        lines.append(f"  time: {seconds_per_step:.3f} s per step measured here ({threads} thread(s)) → at most {most} "
+                     f"for the {to_train} run(s) to train, at the step cap (early stopping ends most sooner), plus "
+                     "scoring and the arms' batch jobs")
+    if settings.fresh:
+        lines.append(f"  --fresh: what {settings.out} holds (runs, results, generated arms, report) is discarded first")
+    else:
+        lines.append(f"  in {settings.out}: {states.count('done')} run(s) done earlier are reused when their settings "
+                     f"match (refused when not: --fresh starts over), {states.count('partial')} resume(s) from its "
+                     f"checkpoint, {states.count('new')} start fresh; a killed evaluation resumes at the run it was in")
+    lines.append(f"  each fraction's subset: {settings.out}/subsets/<fraction>/split.tsv (its training frames 'train'; "
+                 "what the arms' batch jobs read, and what a --synthetic folder is to be made from)")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ progress
+class _Progress:
+    """Training steps done against the step caps of the runs left; the ETA from this session's pace."""
+
+    def __init__(self, total: int, on_progress: Callable[[CurveProgress], None] | None,
+                 cancel: Callable[[], bool] | None):
+        self.total, self.done, self.on_progress, self.cancel = total, 0, on_progress, cancel
+        self.started, self.run = time.perf_counter(), None
+
+    def emit(self, phase: str, message: str = "") -> None:
+        if self.on_progress is None:
+            return
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / self.done * (self.total - self.done) if self.done else None
+        self.on_progress(CurveProgress(phase, self.run, self.done, self.total, eta, message))
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel():
+            from engine.training.task import TrainingInterrupted
+
+            raise TrainingInterrupted(f"cancelled in {self.run or 'the evaluation'}; rerun to resume it")
+
+    def step(self) -> None:
+        self.check_cancel()
+        self.done += 1
+        self.emit("train")
+
+    def run_ended(self, cap: int, trained: int) -> None:
+        """A run ended after training ``trained`` steps in this session, of the ``cap`` counted for it."""
+        self.total -= max(0, cap - trained)
+
+
+# ------------------------------------------------------------------------------------------------ running
+def _prepare_out(settings: CurveSettings) -> None:
+    out = Path(settings.out)
+    path = out / SETTINGS
+    if path.is_file() and not settings.fresh:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous.get("kind") != KIND:
+            raise InputError(f"{out}: holds a single-comparison evaluation (--synthetic DIR); use another --out "
+                             "folder, or --fresh to start over there")
+    if settings.fresh:
+        for name in ("runs", "results", "synthetic", "subsets"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("report.json", "report.html", "learning_curve.png", "learning_curves.png", SETTINGS):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"kind": KIND, **{k: v for k, v in asdict(settings).items() if k != "fresh"}}
+    atomic_write_bytes(path, (json.dumps(record, indent=1, default=str, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def _synthetic_for(settings: CurveSettings, data: _Data, part: Fraction, arm: str, progress: _Progress,
+                   log: Log) -> segdata.SegmentationSet:
+    """The arm's variants at this fraction (generated from the subset when the arm is a job file), source-checked."""
+    from engine.evaluation.leaks import check_no_leak
+
+    out = Path(settings.out)
+    if arm not in settings.arms:
+        folder = Path(settings.synthetic[part.fraction])
+    else:
+        progress.run = f"{part.label}/{arm} (batch job)"
+        progress.emit("generate", f"{arm}: running {settings.arms[arm]} on the {len(part.train)} training frames of "
+                                  f"fraction {part.label}")
+
+        def on_event(event):
+            if event.kind in ("variant", "failed", "skipped", "rejected"):
+                progress.emit("generate", f"{arm} at {part.label}: {event.done}/{event.total} variants")
+
+        folder, ran = generate_arm(settings.arms[arm], settings.train, split_file_path(out, part),
+                                   out / "synthetic" / part.label / arm, on_event=on_event, cancel=progress.cancel)
+        if ran:
+            log(f"{arm} at fraction {part.label}: generated into {folder}")
+    synthetic, note = check_sources(segdata.from_polypforge_output(folder, cache=settings.cache), part, arm)
+    if note and note not in data.notes:
+        data.notes.append(note)
+        log(note)
+    for test, _ in data.tests.values():
+        check_no_leak(part.train, synthetic, test)
+    return synthetic
+
+
+def _score(predict, data: _Data) -> tuple[dict, dict | None]:
+    """Scores of a trained model on every test set, and its false-positive rate on the polyp-free frames."""
+    from engine.judge.accuracy import score_frames, summarise
+    from engine.judge.scores import DEFAULT_THRESHOLD
+
+    tests = {}
+    for name, (test, entries) in data.tests.items():
+        rows = score_frames(predict, entries)
+        tests[name] = {"digest": _digest(test.sha256), "summary": summarise(rows), "frames": rows}
+    normals = None
+    if data.normals is not None:
+        rows = score_frames(predict, data.normals[1])
+        normals = _normals_record(data.normals[0], rows, DEFAULT_THRESHOLD)
+    return tests, normals
+
+
+def _normals_record(normal_set, rows: list[dict], threshold: float) -> dict:
+    """The share of polyp-free frames whose frame polyp score (engine.judge.scores.peak_score) passes the threshold."""
+    flagged = [r["frame"] for r in rows if r["frame_score"] > threshold]
+    return {"digest": _digest(normal_set.sha256), "frames": len(rows), "threshold": threshold,
+            "false_positive_rate": len(flagged) / len(rows) if rows else None, "flagged": flagged}
+
+
+def _train_judge(run: PlannedRun, pool, val, settings: CurveSettings, data: _Data, progress: _Progress) -> dict:
+    from engine.evaluation.train_judge import best_network, judge_train_config, torch_predictor
+    from engine.evaluation.evaluate import run_curve
+    from engine.training.loop import train
+
+    task = settings.judge_task(pool, val, description={"arm": run.arm, "fraction": run.fraction},
+                               on_step=progress.step)
+    config = judge_train_config(settings, seed=run.seed, warmup_steps=min(100, settings.max_steps // 10),
+                                checkpoint_every=settings.validate_every, keep_checkpoints=2, ema_decay=0.999,
+                                progress=False)
+    result = train(task, config, run.run_dir(settings.out), resume=True)
+    progress.emit("score", "scoring")
+    tests, normals = _score(torch_predictor(task, best_network(task, result)), data)
+    return {"steps": result.step, "stopped_early": result.stopped_early, "best_step": result.best_metrics.get("step"),
+            "best_val_dice": result.best_metrics.get("val_dice"), "train_minutes": round(result.train_seconds / 60, 2),
+            "curve": run_curve(result.run_dir), "tests": tests, "normals": normals}
+
+
+def _train_ultralytics(run: PlannedRun, pool, val, settings: CurveSettings, data: _Data, python: Path,
+                       log: Log) -> dict:
+    """One YOLO run (engine.evaluation.ultralytics_trainer) scored on every test set and the polyp-free frames."""
+    from engine.evaluation.ultralytics_trainer import CONFIDENCE_THRESHOLD, run_ultralytics
+    from engine.judge.accuracy import summarise
+
+    sets = [(name, test, entries) for name, (test, entries) in data.tests.items()]
+    if data.normals is not None:
+        sets.append((None, data.normals[0], data.normals[1]))
+    entries = [entry for _, _, group in sets for entry in group]
+    outcome = run_ultralytics(pool, val, entries, run.seed, settings, run.run_dir(settings.out), python, log)
+    rows, tests, normals, start = outcome["rows"], {}, None, 0
+    for name, test, group in sets:
+        part, start = rows[start:start + len(group)], start + len(group)
+        if name is None:
+            normals = _normals_record(test, part, CONFIDENCE_THRESHOLD)
+        else:
+            tests[name] = {"digest": _digest(test.sha256), "summary": summarise(part), "frames": part}
+    return {"steps": f"{outcome['epochs']} epochs", "stopped_early": None, "best_step": "epoch of best val fitness",
+            "best_val_dice": None, "train_minutes": outcome["train_minutes"], "curve": outcome["curve"],
+            "tests": tests, "normals": normals}
+
+
+def _run_key(run: PlannedRun, settings: CurveSettings, pool, val) -> dict:
+    """What a run's result depends on: a results file with another key is not this run."""
+    trainer = {k: v for k, v in settings.trainer_settings().items() if k not in ("description", "stopping")}
+    return {"fraction": run.fraction, "arm": run.arm, "ratio": run.ratio, "seed": run.seed, "trainer": trainer,
+            "pool_digest": pool.digest(), "val_digest": val.digest()}
+
+
+def _reusable(path: Path, key: dict, data: _Data, run: PlannedRun) -> dict | None:
+    """The earlier result of this run when its key matches and it scored these test sets; None to train it.
+    A result made with other settings is refused (one line naming what changed)."""
+    from engine.training.run_files import changed_settings
+
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    changed = changed_settings(record.get("key", {}), key)
+    if changed:
+        raise InputError(f"{path}: run {fraction_label(run.fraction)}/{run.name} was made with other settings "
+                         f"({', '.join(changed)}); use --fresh to start over, or another --out folder")
+    wanted = {name: _digest(test.sha256) for name, (test, _) in data.tests.items()}
+    have = {name: entry.get("digest") for name, entry in record.get("tests", {}).items()}
+    normals_ok = data.normals is None or (record.get("normals") or {}).get("digest") == _digest(data.normals[0].sha256)
+    return record if all(have.get(n) == d for n, d in wanted.items()) and normals_ok else None
+
+
+def _rescore(record: dict, run: PlannedRun, settings: CurveSettings, pool, val, data: _Data) -> dict:
+    """An earlier judge run scored on test sets added since, from its kept weights (no retraining)."""
+    from safetensors.torch import load_file
+
+    from engine.evaluation.train_judge import torch_predictor
+
+    weights = run.run_dir(settings.out) / "best.safetensors"
+    if settings.trainer != "judge" or not weights.is_file():
+        return {}
+    task = settings.judge_task(pool, val)
+    net = task.build_model()
+    net.load_state_dict(load_file(str(weights)))
+    tests, normals = _score(torch_predictor(task, net.eval()), data)
+    return {**record, "tests": tests, "normals": normals}
+
+
+def run_learning_curve(settings: CurveSettings, on_progress: Callable[[CurveProgress], None] | None = None,
+                       cancel: Callable[[], bool] | None = None, log: Log = print, plan_only: bool = False) -> dict:
+    """Run (or resume) the learning curve; the report's data (with "html" and "json": the files written).
+    ``plan_only``: read the data, print the plan, write the subsets' split files and stop."""
+    import torch
+
+    from engine.evaluation import ultralytics_trainer
+    from engine.evaluation.curve_report import write_curve_report
+
+    check_settings(settings)
+    python = (ultralytics_trainer.ultralytics_python(settings.ultralytics_python)
+              if settings.trainer == "ultralytics" else None)
+    if settings.threads:
+        torch.set_num_threads(int(settings.threads))
+    started = time.perf_counter()
+    data = _read_data(settings, log)
+    runs = plan_runs(settings)
+    smallest = data.parts[min(data.parts)]
+    per_step = measure_seconds_per_step(settings, smallest.train) if settings.trainer == "judge" else None
+    plan = describe_plan(settings, runs, per_step, torch.get_num_threads())
+    for line in plan:
+        log(line)
+    out = Path(settings.out)
+    if plan_only:
+        data.write_split_files(out)
+        return {"plan": plan, "runs": len(runs)}
+    progress = _Progress(0, on_progress, cancel)
+    # Folders given beforehand are checked before anything is written or trained; a job's output once it has run.
+    synthetic_sets = {(fraction, FROM_FOLDERS): _synthetic_for(settings, data, data.parts[fraction], FROM_FOLDERS,
+                                                                progress, log)
+                      for fraction in settings.synthetic}
+    _prepare_out(settings)
+    data.write_split_files(out)
+    progress.total = sum(settings.max_steps for r in runs if not r.result_path(out).is_file())
+    results: dict[float, dict[str, dict[int, dict]]] = {}
+
+    def report() -> dict:
+        return write_curve_report(out, settings, data, runs, results, time.perf_counter() - started)
+
+    for run in runs:
+        progress.check_cancel()
+        part = data.parts[run.fraction]
+        progress.run = f"{part.label}/{run.name}"
+        pool = part.train
+        if run.arm != REAL:
+            if (run.fraction, run.arm) not in synthetic_sets:
+                synthetic_sets[(run.fraction, run.arm)] = _synthetic_for(settings, data, part, run.arm, progress, log)
+                progress.run = f"{part.label}/{run.name}"
+            drawn = draw_synthetic(synthetic_sets[(run.fraction, run.arm)], len(part.train), run.ratio)
+            pool = segdata.concatenate([part.train, drawn])
+        key = _run_key(run, settings, pool, part.val)
+        path = run.result_path(out)
+        record = _reusable(path, key, data, run) if path.is_file() else None
+        if record is None and path.is_file():
+            record = _rescore(json.loads(path.read_text(encoding="utf-8")), run, settings, pool, part.val, data) or None
+            if record is not None:
+                atomic_write_bytes(path, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+                log(f"{progress.run}: scored again on the test sets added since")
+        if record is not None:
+            log(f"{progress.run}: done earlier, reused")
+        else:
+            log(f"{progress.run}: training on {len(part.train)} real"
+                + (f" + {len(pool) - len(part.train)} synthetic" if run.arm != REAL else "") + " frames")
+            before = progress.done
+            if python is not None:
+                outcome = _train_ultralytics(run, pool, part.val, settings, data, python, log)
+            else:
+                outcome = _train_judge(run, pool, part.val, settings, data, progress)
+            progress.run_ended(settings.max_steps, progress.done - before)
+            record = {"key": key, "fraction": run.fraction, "arm": run.arm, "series": run.series, "ratio": run.ratio,
+                      "seed": run.seed, "subset_frames": len(part.subset), "real_frames": len(part.train),
+                      "synthetic_frames": len(pool) - len(part.train), "val_frames": len(part.val),
+                      "budget": settings.trainer_settings(), **outcome}
+            atomic_write_bytes(path, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+            # Done for good: its checkpoints (~30 MB each) go; best.safetensors stays for scoring later test sets.
+            shutil.rmtree(run.run_dir(out) / "checkpoints", ignore_errors=True)
+            dice = ", ".join(f"{n} {t['summary']['dice']:.4f}" for n, t in record["tests"].items())
+            log(f"{progress.run}: test Dice {dice} (steps {record['steps']}, best at {record['best_step']})")
+        results.setdefault(run.fraction, {}).setdefault(run.series, {})[run.seed] = record
+        report()
+    progress.run = None
+    progress.emit("done")
+    return report()
