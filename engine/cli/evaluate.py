@@ -239,9 +239,9 @@ def _single_comparison(args: argparse.Namespace) -> int:
 
 
 def curve_settings(args: argparse.Namespace):
-    """The learning curve's settings from the command's flags (engine.evaluation.learning_curve.CurveSettings)."""
+    """The learning curve's settings from the command's flags (engine.evaluation.curve_plan.CurveSettings)."""
     from engine.errors import InputError
-    from engine.evaluation import learning_curve as lc
+    from engine.evaluation.curve_plan import CurveSettings
 
     arms = dict(args.arm)
     for job in args.generate:
@@ -255,13 +255,13 @@ def curve_settings(args: argparse.Namespace):
         tests[name] = folder
     optional = {"seeds": args.seeds, "fractions": args.real_fractions, "max_steps": args.max_steps,
                 "patience": args.patience, "widths": args.widths}
-    return lc.CurveSettings(train=args.train, tests=tests, out=args.out, arms=arms,
-                            synthetic={fraction: folder for fraction, folder in args.synthetic},
-                            synthetic_ratio=args.synthetic_ratio, ratio_ablation=args.ratio_ablation, val=args.val,
-                            normals=args.normals, validate_every=args.validate_every, size=args.size,
-                            batch_size=args.batch_size, threads=args.threads, fresh=args.fresh, trainer=args.trainer,
-                            ultralytics_epochs=args.ultralytics_epochs, ultralytics_python=args.ultralytics_python,
-                            **{k: v for k, v in optional.items() if v is not None})
+    return CurveSettings(train=args.train, tests=tests, out=args.out, arms=arms,
+                         synthetic={fraction: folder for fraction, folder in args.synthetic},
+                         synthetic_ratio=args.synthetic_ratio, ratio_ablation=args.ratio_ablation, val=args.val,
+                         normals=args.normals, validate_every=args.validate_every, size=args.size,
+                         batch_size=args.batch_size, threads=args.threads, fresh=args.fresh, trainer=args.trainer,
+                         ultralytics_epochs=args.ultralytics_epochs, ultralytics_python=args.ultralytics_python,
+                         **{k: v for k, v in optional.items() if v is not None})
 
 
 def _learning_curve(args: argparse.Namespace) -> int:
