@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # pulling a multi-GB CUDA one.
 TORCH  ?= torch==2.13.0
 
-.PHONY: train-compact anneal-compact train-detail train-ccis-compact ccis-compact-bundle demo test ultralytics-env test-ultralytics screenshots installer installer-test bench bench-retrieval bench-ray bench-scale demo-bundle demo-features demo-controlnet clean
+.PHONY: evaluate-kvasir train-compact anneal-compact train-detail train-ccis-compact ccis-compact-bundle demo test ultralytics-env test-ultralytics screenshots installer installer-test bench bench-retrieval bench-ray bench-scale demo-bundle demo-features demo-controlnet clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -137,6 +137,14 @@ ultralytics-env: $(ULTRALYTICS_VENV)/.installed
 # The Ultralytics trainer's end-to-end test (needs ultralytics-env); CI runs it after make test.
 test-ultralytics: $(VENV)/.dev-installed $(ULTRALYTICS_VENV)/.installed
 	POLYPFORGE_ULTRALYTICS_PYTHON=$(ULTRALYTICS_VENV)/bin/python $(BIN)/python -m pytest -q tests/test_evaluate_ultralytics.py
+
+# The learning curve on Kvasir-SEG (issue 27): real vs the default model's synthetic polyps vs copy-paste vs the
+# model-harmonized transplant at 10 % and 25 % of the real frames, 5 seeds; resumable across sessions (finished runs'
+# results are kept in evaluations/kvasir-curve/, committed; frames and weights stay in EVAL_WORK).
+EVAL_WORK    ?= /tmp/polypforge-kvasir-curve
+EVAL_THREADS ?= 2
+evaluate-kvasir: $(VENV)/.dev-installed
+	$(BIN)/python evaluations/kvasir_curve.py --work $(EVAL_WORK) --threads $(EVAL_THREADS)
 
 clean:
 	rm -rf $(VENV) demo_output samples .pytest_cache

@@ -154,14 +154,9 @@ def _parse(name: str, raw, default):
         if not 1 <= value <= 20:
             raise ValueError(name)
         return value
-    if name == "strength":
+    if name in ("strength", "min_judge_score"):  # shares of 1; a strength of 0 would change nothing
         value = float(text)
-        if not 0.0 < value <= 1.0:
-            raise ValueError(name)
-        return value
-    if name == "min_judge_score":
-        value = float(text)
-        if not 0.0 <= value <= 1.0:
+        if not (0.0 < value if name == "strength" else 0.0 <= value) or value > 1.0:
             raise ValueError(name)
         return value
     if name in ("resume", "use_judge"):

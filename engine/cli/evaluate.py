@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.cli.args import positive_int
+from engine.cli.args import non_negative_float, positive_int
 
 EXIT_OK, EXIT_CANNOT_START, EXIT_INTERRUPTED = 0, 2, 130
 Handler = Callable[[argparse.Namespace], int]
@@ -39,18 +39,8 @@ def _widths(text: str) -> tuple[int, ...]:
     return values
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must not be negative")
-    return value
-
-
 def _ratios(text: str) -> tuple[float, ...]:
-    return tuple(_non_negative(part) for part in text.split(",") if part.strip())
+    return tuple(non_negative_float(part) for part in text.split(",") if part.strip())
 
 
 def _fractions(text: str) -> tuple[float, ...]:
@@ -150,7 +140,7 @@ def register_commands(subparsers) -> dict[str, Handler]:
     evaluate.add_argument("--seeds", type=positive_int, default=None,
                           help="seeds per arm and fraction (default 5 at fractions up to 0.25, 3 above; 3 for the "
                                "single comparison)")
-    evaluate.add_argument("--synthetic-ratio", type=_non_negative, default=1.0,
+    evaluate.add_argument("--synthetic-ratio", type=non_negative_float, default=1.0,
                           help="synthetic variants per real training frame in an arm's pool (default 1)")
     evaluate.add_argument("--ratio-ablation", type=_ratios, default=(),
                           help="other ratios to try at the smallest fraction, e.g. 0.5,1,2 (default: none)")

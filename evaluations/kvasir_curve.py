@@ -1,0 +1,78 @@
+"""The learning curve on Kvasir-SEG, resumable across sessions: `make evaluate-kvasir`.
+
+Real frames: ../shared/data/kvasir-seg, split as the judge's validation split (engine.evaluation.segdata.holdout:
+903 training frames, 97 test frames), linked into WORK/train and WORK/test; polyp-free frames: ../shared/data/normal.
+Arms (job files beside this script): `synthetic` (the default model at random masks sized like the subset's polyps),
+`copy-paste` (the subset's own polyps pasted elsewhere, no model) and `transplant` (moved and redrawn by the default
+model at strength 0.3), against `real`, at the default fractions (0.1, 0.25) and seeds.
+
+Finished runs' results (small JSON) and the report are copied into evaluations/kvasir-curve/ after every call and
+copied back before the next, so a later session on a fresh machine reuses them (the evaluation reuses a run whose
+settings match); the arms' generated frames and the run folders stay in WORK (they hold Kvasir pixels and weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+COMMITTED = HERE / "kvasir-curve"
+ARMS = ("synthetic", "copy-paste", "transplant")
+
+
+def link_split(data: Path, work: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from engine.evaluation import segdata
+
+    names = sorted(p.name for p in (data / "images").iterdir())
+    kept, held = segdata.holdout(names)
+    for split, indices in (("train", kept), ("test", held)):
+        for sub in ("images", "masks"):
+            (work / split / sub).mkdir(parents=True, exist_ok=True)
+            for index in indices:
+                target = work / split / sub / names[index]
+                if not target.exists():
+                    target.symlink_to((data / sub / names[index]).resolve())
+
+
+def copy_tree(source: Path, target: Path, patterns: tuple[str, ...]) -> None:
+    for pattern in patterns:
+        for path in source.glob(pattern):
+            if path.is_file():
+                destination = target / path.relative_to(source)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, destination)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="where the split, the arms and the runs live")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "kvasir-seg")
+    parser.add_argument("--normals", type=Path, default=REPO.parent / "shared" / "data" / "normal")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plan", action="store_true", help="print the plan and stop")
+    args = parser.parse_args()
+    work = args.work.resolve()
+    link_split(args.data.resolve(), work)
+    out = work / "out"
+    copy_tree(COMMITTED, out, ("results/**/*.json",))  # runs finished in earlier sessions
+    command = [sys.executable, str(REPO / "main.py"), "evaluate", "--train", str(work / "train"),
+               "--test", f"kvasir={work / 'test'}", "--normals", str(args.normals.resolve()), "--out", str(out),
+               "--threads", str(args.threads)]
+    for arm in ARMS:
+        command += ["--arm", f"{arm}={HERE / 'kvasir-curve-jobs' / (arm + '.toml')}"]
+    if args.plan:
+        command.append("--plan")
+    code = subprocess.call(command, cwd=REPO)
+    copy_tree(out, COMMITTED, ("results/**/*.json", "report.json", "report.html", "learning_curve.png",
+                               "evaluation.json"))
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
