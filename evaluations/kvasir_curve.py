@@ -56,10 +56,16 @@ def main() -> int:
     parser.add_argument("--normals", type=Path, default=REPO.parent / "shared" / "data" / "normal")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plan", action="store_true", help="print the plan and stop")
+    parser.add_argument("--collect", action="store_true",
+                        help="only copy the finished runs' results and the report into evaluations/kvasir-curve/ "
+                        "(after an evaluation was stopped)")
     args = parser.parse_args()
     work = args.work.resolve()
-    link_split(args.data.resolve(), work)
     out = work / "out"
+    if args.collect:
+        collect(out)
+        return 0
+    link_split(args.data.resolve(), work)
     copy_tree(COMMITTED, out, ("results/**/*.json",))  # runs finished in earlier sessions
     command = [sys.executable, str(REPO / "main.py"), "evaluate", "--train", str(work / "train"),
                "--test", f"kvasir={work / 'test'}", "--normals", str(args.normals.resolve()), "--out", str(out),
@@ -69,9 +75,13 @@ def main() -> int:
     if args.plan:
         command.append("--plan")
     code = subprocess.call(command, cwd=REPO)
+    collect(out)
+    return code
+
+
+def collect(out: Path) -> None:
     copy_tree(out, COMMITTED, ("results/**/*.json", "report.json", "report.html", "learning_curve.png",
                                "evaluation.json"))
-    return code
 
 
 if __name__ == "__main__":
