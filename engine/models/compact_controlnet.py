@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.models.folder import load_weights, read_model_config, write_model_folder
 from engine.models.compact_unet import CompactConfig, CompactInpaintUNet, ResBlock, SelfAttention, timestep_embedding
 
 
@@ -357,49 +358,25 @@ class CompactControlledUNet(nn.Module):
 
 # ---------------------------------------------------------------------------------------------- the folder
 MODEL_CLASS = "CompactCCISControlNet"
-CONFIG_NAME, WEIGHTS_NAME, VOCAB_NAME = "config.json", "model.safetensors", "vocab.json"
+VOCAB_NAME = "vocab.json"
 
 
 def save_controlled_model(model: CompactControlledUNet, tokenizer, task_config, folder):
     """The torch original as a folder: config.json (base + ControlNet architecture, training settings),
     model.safetensors (base.* and controlnet.*: the folder stands alone) and vocab.json."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save
-
-    from engine.fileio import atomic_write_bytes
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(folder / WEIGHTS_NAME, save(state))
-    atomic_write_bytes(folder / VOCAB_NAME, tokenizer.to_bytes())
     config = {"model_class": MODEL_CLASS, "base": model.base.config.to_json(),
               "controlnet": model.controlnet.config.to_json(), "task": task_config.to_json()}
-    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(config, indent=1) + "\n").encode("utf-8"))
-    return folder
+    return write_model_folder(model, config, folder, extra_files={VOCAB_NAME: tokenizer.to_bytes()})
 
 
 def load_controlled_model(folder):
     """(model, tokenizer, config dict) of a folder ``save_controlled_model`` wrote."""
-    import json
     from pathlib import Path
 
-    from safetensors.torch import load_file
-
-    from engine.errors import InputError
     from engine.text.word_tokenizer import WordTokenizer
 
-    folder = Path(folder)
-    try:
-        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{folder / CONFIG_NAME}: not a compact CCIS ControlNet folder ({exc})") from None
-    if config.get("model_class") != MODEL_CLASS:
-        raise InputError(f"{folder / CONFIG_NAME}: model_class is {config.get('model_class')!r}, not {MODEL_CLASS}")
+    config = read_model_config(folder, MODEL_CLASS, "a compact CCIS ControlNet folder")
     base_config = CompactConfig.from_json(config["base"])
     model = CompactControlledUNet(CompactInpaintUNet(base_config),
                                   CompactControlNet(base_config, CompactControlNetConfig.from_json(config["controlnet"])))
-    model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
-    return model.eval(), WordTokenizer.from_file(folder / VOCAB_NAME), config
+    return load_weights(model, folder), WordTokenizer.from_file(Path(folder) / VOCAB_NAME), config

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.models.folder import load_weights, read_model_config, write_model_folder
+
 CLASS_NAMES = ("", "Polyp", "Normal")  # index = class label; "" is the unconditional class
 
 
@@ -184,43 +186,12 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-
-
 def save_compact_model(model: nn.Module, task_config, folder):
     """The torch original as a folder: config.json (architecture + training settings) + model.safetensors."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save
-
-    from engine.fileio import atomic_write_bytes
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(folder / WEIGHTS_NAME, save(state))
     config = {"model_class": "CompactInpaintUNet", "model": model.config.to_json(), "task": task_config.to_json()}
-    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(config, indent=1) + "\n").encode("utf-8"))
-    return folder
+    return write_model_folder(model, config, folder)
 
 
 def load_compact_model(folder) -> tuple[CompactInpaintUNet, dict]:
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    from engine.errors import InputError
-
-    folder = Path(folder)
-    try:
-        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{folder / CONFIG_NAME}: not a compact model folder ({exc})") from None
-    if config.get("model_class") != "CompactInpaintUNet":
-        raise InputError(f"{folder / CONFIG_NAME}: model_class is {config.get('model_class')!r}, not CompactInpaintUNet")
-    model = CompactInpaintUNet(CompactConfig.from_json(config["model"]))
-    model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
-    return model.eval(), config
+    config = read_model_config(folder, "CompactInpaintUNet", "a compact model folder")
+    return load_weights(CompactInpaintUNet(CompactConfig.from_json(config["model"])), folder), config

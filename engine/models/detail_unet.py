@@ -23,10 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.models.compact_unet import ResBlock, timestep_embedding
+from engine.models.folder import load_weights, read_model_config, write_model_folder
 
 MODEL_CLASS = "DetailUNet"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass
@@ -121,37 +120,10 @@ class DetailUNet(nn.Module):
 
 def save_detail_model(model: DetailUNet, task_config, folder):
     """The torch original as a folder: config.json (architecture + training settings) + model.safetensors."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save
-
-    from engine.fileio import atomic_write_bytes
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write_bytes(folder / WEIGHTS_NAME, save(state))
     config = {"model_class": MODEL_CLASS, "model": model.config.to_json(), "task": task_config.to_json()}
-    atomic_write_bytes(folder / CONFIG_NAME, (json.dumps(config, indent=1) + "\n").encode("utf-8"))
-    return folder
+    return write_model_folder(model, config, folder)
 
 
 def load_detail_model(folder) -> tuple[DetailUNet, dict]:
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    from engine.errors import InputError
-
-    folder = Path(folder)
-    try:
-        config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{folder / CONFIG_NAME}: not a detail model folder ({exc})") from None
-    if config.get("model_class") != MODEL_CLASS:
-        raise InputError(f"{folder / CONFIG_NAME}: model_class is {config.get('model_class')!r}, not {MODEL_CLASS}")
-    model = DetailUNet(DetailConfig.from_json(config["model"]))
-    model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
-    return model.eval(), config
+    config = read_model_config(folder, MODEL_CLASS, "a detail model folder")
+    return load_weights(DetailUNet(DetailConfig.from_json(config["model"])), folder), config
