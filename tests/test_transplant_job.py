@@ -201,3 +201,19 @@ def test_quality_report_counts_transplants_as_copies_by_design(frames, tmp_path)
     assert memorisation["copies_by_design"] == sum(r["copy_by_design"] for r in rows)
     page = result.html.read_text()
     assert f"{len(rows)} variants are transplants" in page
+
+
+def test_contact_sheet_shows_source_result_and_the_outline_beside_it(frames, tmp_path):
+    """Each variant: source | result | the new polyp's outline on its own tile — the result tile is the result
+    image itself (no outline drawn over the lesion), and a transplant's outline is shown."""
+    from engine.dataset.contact_sheet import OUTLINE, TILE
+
+    _job(frames, tmp_path / "out", harmonize="none")
+    sheet = np.asarray(Image.open(tmp_path / "out" / "contact_sheet.jpg").convert("RGB")).astype(int)
+    gap = 6
+    source, result, outline = (sheet[gap:gap + TILE, gap + k * (TILE + gap):gap + k * (TILE + gap) + TILE]
+                               for k in range(3))
+    green = lambda tile: (np.abs(tile - np.array(OUTLINE)).sum(axis=2) < 90).sum()  # noqa: E731
+    assert green(outline) > 20, "the outline tile shows the transplanted polyp's outline"
+    assert green(result) < 5 and green(source) < 5, "nothing is drawn over the frames"
+    assert np.abs(result - source).mean() > 0.5  # the result tile is the variant, not the source again

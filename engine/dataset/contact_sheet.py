@@ -1,4 +1,5 @@
-"""contact_sheet.jpg: source → result pairs with the generated region outlined, for a quick look."""
+"""contact_sheet.jpg: for a quick look, source | result | the new (or removed) polyp's outline, side by side — the
+outline on its own tile beside the result, never drawn over the lesion a curator wants to see."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ MAX_PAIRS = 24
 OUTLINE = (40, 255, 80)
 
 
-def _tile(image: Image.Image, polygons) -> Image.Image:
+NEW_POLYP_ORIGINS = ("generated", "transplant")
+
+
+def _tile(image: Image.Image, polygons=()) -> Image.Image:
     scale = TILE / max(image.size)
     tile = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(tile)
@@ -35,7 +39,7 @@ class ContactSheetWriter:
     def __init__(self, output_dir: Path, sources: dict[str, Path]):
         self.output_dir = Path(output_dir)
         self.sources = sources
-        self.pairs: list[tuple[Image.Image, Image.Image]] = []
+        self.rows: list[tuple[Image.Image, Image.Image, Image.Image]] = []
         self.seen = 0
 
     def add(self, record: dict) -> None:
@@ -47,32 +51,31 @@ class ContactSheetWriter:
             result = Image.open(self.output_dir / record["image"]).convert("RGB")
         except (KeyError, InputError, OSError):
             return
-        outline = [p for d in record["instances"] if d["origin"] == "generated" for p in Instance.from_json(d).outline_polygons()]
+        outline = [p for d in record["instances"] if d["origin"] in NEW_POLYP_ORIGINS
+                   for p in Instance.from_json(d).outline_polygons()]
         outline = outline or [p for d in record.get("removed", []) for p in Instance.from_json(d).outline_polygons()]
-        self.pairs.append((_tile(source, outline), _tile(result, outline)))
+        blank = Image.new("RGB", result.size, (0, 0, 0))
+        self.rows.append((_tile(source), _tile(result), _tile(blank, outline)))
 
     def finish(self) -> Path | None:
         """Write contact_sheet.jpg; None when there is nothing to show."""
-        pairs = self.pairs
-        if not pairs:
+        if not self.rows:
             return None
-        columns = 2
-        rows = (len(pairs) + columns - 1) // columns
-        gap = 6
-        sheet = Image.new("RGB", (columns * (2 * TILE + 3 * gap), rows * (TILE + gap) + gap), (255, 255, 255))
-        for index, (left, right) in enumerate(pairs):
+        columns, gap = 2, 6
+        width = 3 * TILE + 4 * gap  # one variant: source | result | outline, then a wider gap
+        rows = (len(self.rows) + columns - 1) // columns
+        sheet = Image.new("RGB", (columns * width, rows * (TILE + gap) + gap), (255, 255, 255))
+        for index, tiles in enumerate(self.rows):
             row, column = divmod(index, columns)
-            x = column * (2 * TILE + 3 * gap) + gap
-            y = row * (TILE + gap) + gap
-            sheet.paste(left, (x, y))
-            sheet.paste(right, (x + TILE + gap, y))
+            for offset, tile in enumerate(tiles):
+                sheet.paste(tile, (column * width + gap + offset * (TILE + gap), row * (TILE + gap) + gap))
         buffer = io.BytesIO()
         sheet.save(buffer, format="JPEG", quality=88)
         return atomic_write_bytes(self.output_dir / "contact_sheet.jpg", buffer.getvalue())
 
 
 def write_contact_sheet(output_dir: Path, records, sources: dict[str, Path]) -> Path | None:
-    """Up to MAX_PAIRS pairs (the first records), two pairs per row; None when there is nothing to show."""
+    """Up to MAX_PAIRS variants (the first records), two per row; None when there is nothing to show."""
     writer = ContactSheetWriter(output_dir, sources)
     for record in records:
         writer.add(record)
