@@ -97,6 +97,36 @@ def test_resume_from_checkpoint_before_a_crash(tmp_path):
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
+def test_a_kill_while_checkpointing_loses_no_log_row(tmp_path, monkeypatch):
+    """The log is written before the checkpoint: a run killed between the two resumes from the previous
+    checkpoint with every log row up to it, and ends with the uninterrupted run's log."""
+    import engine.training.loop as loop
+
+    whole = [{k: v for k, v in json.loads(line).items() if k not in ("samples_per_s", "train_hours")}
+             for line in _run_log(LineFit(), tmp_path / "whole")]
+    real_save = loop.save_checkpoint
+
+    def killed_at_30(run_dir, step, *args, **kwargs):
+        if step == 30:
+            raise KeyboardInterrupt("killed while checkpointing")
+        return real_save(run_dir, step, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_checkpoint", killed_at_30)
+    with pytest.raises(KeyboardInterrupt):
+        train(LineFit(), _config(), tmp_path / "killed", resume=False)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert load_latest_checkpoint(tmp_path / "killed").step == 20
+    train(LineFit(), _config(), tmp_path / "killed", resume=True)
+    resumed = [{k: v for k, v in json.loads(line).items() if k not in ("samples_per_s", "train_hours")}
+               for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    assert resumed == whole
+
+
+def _run_log(task, run_dir):
+    train(task, _config(), run_dir, resume=False)
+    return (run_dir / "log.jsonl").read_text().splitlines()
+
+
 def test_resume_refuses_other_settings(tmp_path):
     train(LineFit(), _config(steps=10), tmp_path / "run", resume=False)
     with pytest.raises(TrainingError, match="lr"):

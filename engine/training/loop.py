@@ -346,8 +346,10 @@ class _Run:
                  "task_name": self.task.name, "seed": self.config.seed,
                  "run_record": {"task_name": self.task.name, "task": self.record["task"],
                                 "config": self.record["config"]}}
-        save_checkpoint(self.run_dir, counters.step, tensors, state, keep=self.config.keep_checkpoints)
+        # The log first: a resume keeps only its rows up to the checkpoint it starts from, so a kill between the two
+        # writes loses nothing (the other order lost the rows since the previous checkpoint).
         write_log(self.run_dir / LOG, self.log_rows)
+        save_checkpoint(self.run_dir, counters.step, tensors, state, keep=self.config.keep_checkpoints)
         _draw_loss_curve(self.run_dir, self.log_rows)
 
     def close_bar(self) -> None:
