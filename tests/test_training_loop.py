@@ -98,24 +98,25 @@ def test_resume_from_checkpoint_before_a_crash(tmp_path):
 
 
 def test_a_kill_while_checkpointing_loses_no_log_row(tmp_path, monkeypatch):
-    """The log is written before the checkpoint: a run killed between the two resumes from the previous
-    checkpoint with every log row up to it, and ends with the uninterrupted run's log."""
+    """The log is written before the checkpoint: a run killed right after a checkpoint landed resumes from it with
+    every log row up to it, and ends with the uninterrupted run's log (written after, those rows were lost)."""
     import engine.training.loop as loop
 
     whole = [{k: v for k, v in json.loads(line).items() if k not in ("samples_per_s", "train_hours")}
              for line in _run_log(LineFit(), tmp_path / "whole")]
     real_save = loop.save_checkpoint
 
-    def killed_at_30(run_dir, step, *args, **kwargs):
-        if step == 30:
-            raise KeyboardInterrupt("killed while checkpointing")
-        return real_save(run_dir, step, *args, **kwargs)
+    def killed_after_30(run_dir, step, *args, **kwargs):
+        written = real_save(run_dir, step, *args, **kwargs)
+        if step == 30:  # the checkpoint has landed; the process dies before anything else is written
+            raise KeyboardInterrupt("killed right after the checkpoint")
+        return written
 
-    monkeypatch.setattr(loop, "save_checkpoint", killed_at_30)
+    monkeypatch.setattr(loop, "save_checkpoint", killed_after_30)
     with pytest.raises(KeyboardInterrupt):
         train(LineFit(), _config(), tmp_path / "killed", resume=False)
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    assert load_latest_checkpoint(tmp_path / "killed").step == 20
+    assert load_latest_checkpoint(tmp_path / "killed").step == 30
     train(LineFit(), _config(), tmp_path / "killed", resume=True)
     resumed = [{k: v for k, v in json.loads(line).items() if k not in ("samples_per_s", "train_hours")}
                for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
