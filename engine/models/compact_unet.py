@@ -99,63 +99,53 @@ class SelfAttention(nn.Module):
         return x + self.out(attended)
 
 
-class CompactInpaintUNet(nn.Module):
-    def __init__(self, config: CompactConfig | None = None):
-        super().__init__()
-        self.config = config = config or CompactConfig()
-        widths, s = config.widths, config.stem
-        emb = 4 * widths[0]
-        in_channels = (2 * config.image_channels + 1) * s * s
-        self.time_mlp = nn.Sequential(nn.Linear(widths[0], emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.class_embedding = nn.Embedding(config.num_classes, emb)
-        self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+class PixelUNetTrunk(nn.Module):
+    """The down / mid / up path and output head the pixel U-Nets here share (the compact U-Net, the detail stage):
+    res blocks conditioned on an embedding, optional self-attention per level, skips concatenated on the way up.
+    A subclass builds its own stem and embeddings, then ``_build_trunk``; its ``forward`` calls ``_run_trunk``."""
 
+    def _build_trunk(self, widths, blocks: int, emb: int, groups: int, heads: int, out_channels: int,
+                     attention_levels=(), mid_attention: bool = True) -> None:
         self.down = nn.ModuleList()
         skip_channels = [widths[0]]
         current = widths[0]
         for level, width in enumerate(widths):
-            blocks = nn.ModuleList()
-            for _ in range(config.blocks):
-                blocks.append(ResBlock(current, width, emb, config.groups))
+            level_blocks = nn.ModuleList()
+            for _ in range(blocks):
+                level_blocks.append(ResBlock(current, width, emb, groups))
                 current = width
-                if level in config.attention_levels:
-                    blocks.append(SelfAttention(width, config.heads, config.groups))
+                if level in attention_levels:
+                    level_blocks.append(SelfAttention(width, heads, groups))
                 skip_channels.append(width)
             if level < len(widths) - 1:
-                blocks.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+                level_blocks.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
                 skip_channels.append(width)
-            self.down.append(blocks)
-        self.mid = nn.ModuleList([ResBlock(current, current, emb, config.groups),
-                                  SelfAttention(current, config.heads, config.groups),
-                                  ResBlock(current, current, emb, config.groups)])
+            self.down.append(level_blocks)
+        middle = [ResBlock(current, current, emb, groups)]
+        if mid_attention:
+            middle.append(SelfAttention(current, heads, groups))
+        self.mid = nn.ModuleList([*middle, ResBlock(current, current, emb, groups)])
         self.up = nn.ModuleList()
         for level in reversed(range(len(widths))):
             width = widths[level]
-            blocks = nn.ModuleList()
-            for _ in range(config.blocks + 1):
-                blocks.append(ResBlock(current + skip_channels.pop(), width, emb, config.groups))
+            level_blocks = nn.ModuleList()
+            for _ in range(blocks + 1):
+                level_blocks.append(ResBlock(current + skip_channels.pop(), width, emb, groups))
                 current = width
-                if level in config.attention_levels:
-                    blocks.append(SelfAttention(width, config.heads, config.groups))
+                if level in attention_levels:
+                    level_blocks.append(SelfAttention(width, heads, groups))
             if level > 0:
-                blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
-                blocks.append(nn.Conv2d(width, width, 3, padding=1))
-            self.up.append(blocks)
-        self.norm_out = nn.GroupNorm(min(config.groups, current), current)
-        self.conv_out = nn.Conv2d(current, config.image_channels * s * s, 3, padding=1)
+                level_blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
+                level_blocks.append(nn.Conv2d(width, width, 3, padding=1))
+            self.up.append(level_blocks)
+        self.norm_out = nn.GroupNorm(min(groups, current), current)
+        self.conv_out = nn.Conv2d(current, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor,
-                down_residuals: list[torch.Tensor] | None = None, mid_residual: torch.Tensor | None = None) -> torch.Tensor:
-        """The v-prediction. ``down_residuals`` (one per skip, in order) and ``mid_residual`` are a ControlNet's
-        additions (engine.models.compact_controlnet): added to the skips after the down path and to the mid output,
-        as diffusers adds a ControlNet's residuals to its U-Net; None leaves the model as it was trained."""
-        s = self.config.stem
-        emb = self.time_mlp(timestep_embedding(timestep.reshape(-1).expand(sample.shape[0]), self.config.widths[0]))
-        emb = emb + self.class_embedding(class_labels.reshape(-1).long())
-        x = F.pixel_unshuffle(sample, s) if s > 1 else sample
-        h = self.conv_in(x)
+    def _run_trunk(self, h: torch.Tensor, emb: torch.Tensor, down_residuals: list[torch.Tensor] | None = None,
+                   mid_residual: torch.Tensor | None = None) -> torch.Tensor:
+        """From the stem's output to the head's (before any pixel shuffle); the residuals are a ControlNet's."""
         skips = [h]
         for blocks in self.down:
             for block in blocks:
@@ -174,11 +164,33 @@ class CompactInpaintUNet(nn.Module):
             h = h + mid_residual
         for blocks in self.up:
             for block in blocks:
-                if isinstance(block, ResBlock):
-                    h = block(torch.cat([h, skips.pop()], dim=1), emb)
-                else:
-                    h = block(h)
-        out = self.conv_out(F.silu(self.norm_out(h)))
+                h = block(torch.cat([h, skips.pop()], dim=1), emb) if isinstance(block, ResBlock) else block(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class CompactInpaintUNet(PixelUNetTrunk):
+    def __init__(self, config: CompactConfig | None = None):
+        super().__init__()
+        self.config = config = config or CompactConfig()
+        widths, s = config.widths, config.stem
+        emb = 4 * widths[0]
+        in_channels = (2 * config.image_channels + 1) * s * s
+        self.time_mlp = nn.Sequential(nn.Linear(widths[0], emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.class_embedding = nn.Embedding(config.num_classes, emb)
+        self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        self._build_trunk(widths, config.blocks, emb, config.groups, config.heads, config.image_channels * s * s,
+                          attention_levels=config.attention_levels)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor,
+                down_residuals: list[torch.Tensor] | None = None, mid_residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The v-prediction. ``down_residuals`` (one per skip, in order) and ``mid_residual`` are a ControlNet's
+        additions (engine.models.compact_controlnet): added to the skips after the down path and to the mid output,
+        as diffusers adds a ControlNet's residuals to its U-Net; None leaves the model as it was trained."""
+        s = self.config.stem
+        emb = self.time_mlp(timestep_embedding(timestep.reshape(-1).expand(sample.shape[0]), self.config.widths[0]))
+        emb = emb + self.class_embedding(class_labels.reshape(-1).long())
+        x = F.pixel_unshuffle(sample, s) if s > 1 else sample
+        out = self._run_trunk(self.conv_in(x), emb, down_residuals, mid_residual)
         return F.pixel_shuffle(out, s) if s > 1 else out
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.models.compact_unet import ResBlock, timestep_embedding
+from engine.models.compact_unet import PixelUNetTrunk, timestep_embedding
 from engine.models.folder import load_weights, read_model_config, write_model_folder
 
 MODEL_CLASS = "DetailUNet"
@@ -56,7 +56,7 @@ class DetailConfig:
         return 3 * self.image_channels + 1
 
 
-class DetailUNet(nn.Module):
+class DetailUNet(PixelUNetTrunk):
     """sample (B, 10, H, W), timestep (B,), noise_level (B,) → v (B, 3, H, W)."""
 
     def __init__(self, config: DetailConfig | None = None):
@@ -67,54 +67,14 @@ class DetailUNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(widths[0], emb), nn.SiLU(), nn.Linear(emb, emb))
         self.level_mlp = nn.Sequential(nn.Linear(widths[0], emb), nn.SiLU(), nn.Linear(emb, emb))
         self.conv_in = nn.Conv2d(config.input_channels * s * s, widths[0], 3, padding=1)
-
-        self.down = nn.ModuleList()
-        skip_channels = [widths[0]]
-        current = widths[0]
-        for level, width in enumerate(widths):
-            blocks = nn.ModuleList()
-            for _ in range(config.blocks):
-                blocks.append(ResBlock(current, width, emb, config.groups))
-                current = width
-                skip_channels.append(width)
-            if level < len(widths) - 1:
-                blocks.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
-                skip_channels.append(width)
-            self.down.append(blocks)
-        self.mid = nn.ModuleList([ResBlock(current, current, emb, config.groups),
-                                  ResBlock(current, current, emb, config.groups)])
-        self.up = nn.ModuleList()
-        for level in reversed(range(len(widths))):
-            width = widths[level]
-            blocks = nn.ModuleList()
-            for _ in range(config.blocks + 1):
-                blocks.append(ResBlock(current + skip_channels.pop(), width, emb, config.groups))
-                current = width
-            if level > 0:
-                blocks.append(nn.Upsample(scale_factor=2, mode="nearest"))
-                blocks.append(nn.Conv2d(width, width, 3, padding=1))
-            self.up.append(blocks)
-        self.norm_out = nn.GroupNorm(min(config.groups, current), current)
-        self.conv_out = nn.Conv2d(current, config.image_channels * s * s, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        self._build_trunk(widths, config.blocks, emb, config.groups, heads=1,
+                          out_channels=config.image_channels * s * s, mid_attention=False)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
         s, batch, width0 = self.config.stem, sample.shape[0], self.config.widths[0]
         emb = self.time_mlp(timestep_embedding(timestep.reshape(-1).expand(batch), width0))
         emb = emb + self.level_mlp(timestep_embedding(noise_level.reshape(-1).expand(batch), width0))
-        h = self.conv_in(F.pixel_unshuffle(sample, s) if s > 1 else sample)
-        skips = [h]
-        for blocks in self.down:
-            for block in blocks:
-                h = block(h, emb) if isinstance(block, ResBlock) else block(h)
-                skips.append(h)
-        for block in self.mid:
-            h = block(h, emb)
-        for blocks in self.up:
-            for block in blocks:
-                h = block(torch.cat([h, skips.pop()], dim=1), emb) if isinstance(block, ResBlock) else block(h)
-        out = self.conv_out(F.silu(self.norm_out(h)))
+        out = self._run_trunk(self.conv_in(F.pixel_unshuffle(sample, s) if s > 1 else sample), emb)
         return F.pixel_shuffle(out, s) if s > 1 else out
 
 
