@@ -151,8 +151,9 @@ def test_a_real_yolo_run_end_to_end(tmp_path):
 
 
 def test_a_killed_yolo_run_resumes_from_its_last_epoch(tmp_path):
-    """kill -9 of `evaluate --trainer ultralytics` after the first epoch: the worker dies with it, and the rerun
-    continues the same YOLO run from last.pt (Ultralytics' resume) instead of starting it again."""
+    """kill -9 of `evaluate --trainer ultralytics` after the first epoch, with last.pt left cut short: the worker
+    dies with it, and the rerun continues the same YOLO run from the last complete snapshot (Ultralytics' resume)
+    instead of starting it again or failing on the truncated file."""
     try:
         python = ut.ultralytics_python()
     except InputError as exc:
@@ -168,12 +169,16 @@ def test_a_killed_yolo_run_resumes_from_its_last_epoch(tmp_path):
                                stderr=subprocess.DEVNULL)
     run_dir = out / "runs" / "real-seed0"
     last = run_dir / "train" / "weights" / "last.pt"
+    snapshot = run_dir / "checkpoint" / "last.pt"
     deadline = time.time() + 300
-    while not last.exists() and time.time() < deadline and process.poll() is None:
+    while not snapshot.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert last.exists(), "the first epoch never finished"
+    assert snapshot.exists(), "the first epoch never finished"
+    # Ultralytics writes last.pt in place: a kill during that write leaves it cut short. Make that the case here
+    # (it is what an unlucky kill did in CI), so the resume has to come from the complete snapshot.
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     assert not (run_dir / "train_done.json").exists(), "the run finished before it could be killed"
     time.sleep(1.0)  # the worker gets SIGKILL from its parent's death (PR_SET_PDEATHSIG)
     job = str(run_dir / "job.json")

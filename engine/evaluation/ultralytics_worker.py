@@ -9,7 +9,8 @@ torchvision, which does not import beside PolypForge's CPU torch pin, so it live
 JOB.json: {"data": data.yaml, "model": "yolo11n-seg.yaml", "run_dir", "epochs", "imgsz", "batch", "seed",
 "threads", "test_images": [paths], "predictions": folder}. It trains from the architecture yaml (no pretrained
 weights exist offline), on the CPU, deterministic, with no plots (they fetch a font) and with Ultralytics'
-settings, analytics and hub sync kept in the run folder and off. A killed run resumes from its last.pt. Then it
+settings, analytics and hub sync kept in the run folder and off. A killed run resumes from its last complete epoch
+(a snapshot of last.pt/best.pt/results.csv taken after each save; Ultralytics writes last.pt in place). Then it
 predicts every test image at its own resolution and writes predictions/<index>.png: per pixel the confidence
 (× 255) of the most confident instance mask covering it, 0 elsewhere; and train_done.json / predictions/done.json
 markers so a rerun skips what is finished.
@@ -40,6 +41,49 @@ def _settings(run_dir: Path) -> None:
                      "datasets_dir": str(run_dir / "data")})
 
 
+SNAPSHOT_FILES = ("weights/last.pt", "weights/best.pt", "results.csv")
+
+
+def _snapshot(trainer, run_dir: Path) -> None:
+    """Ultralytics' on_model_save: copy last.pt, best.pt and results.csv, whole, into run_dir/checkpoint/.
+
+    Ultralytics writes last.pt in place (Path.write_bytes), so a kill during that write leaves a truncated file
+    that no resume can read; these copies are made temp-file-then-rename after the write has finished, so they
+    always hold one complete epoch, its weights and its rows together."""
+    import shutil
+
+    train_dir = Path(trainer.save_dir)
+    snapshot = run_dir / "checkpoint"
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name in SNAPSHOT_FILES:
+        source = train_dir / name
+        if source.is_file():
+            target = snapshot / Path(name).name
+            temporary = target.with_name(target.name + ".tmp")
+            shutil.copyfile(source, temporary)
+            os.replace(temporary, target)
+
+
+def _restore(run_dir: Path) -> bool:
+    """Before a resume: put the last complete snapshot back in place of whatever the kill left in train/.
+    False (and the half-done train/ folder removed) when the run died before its first checkpoint landed."""
+    import shutil
+
+    train_dir, snapshot = run_dir / "train", run_dir / "checkpoint"
+    if not (snapshot / "last.pt").is_file():
+        shutil.rmtree(train_dir, ignore_errors=True)
+        return False
+    for name in SNAPSHOT_FILES:
+        source, target = snapshot / Path(name).name, train_dir / name
+        if source.is_file():
+            temporary = target.with_name(target.name + ".tmp")
+            shutil.copyfile(source, temporary)
+            os.replace(temporary, target)
+        else:
+            target.unlink(missing_ok=True)  # e.g. a best.pt begun after the snapshot: it may be cut short
+    return True
+
+
 def _train(job: dict, run_dir: Path) -> None:
     from ultralytics import YOLO
 
@@ -47,15 +91,19 @@ def _train(job: dict, run_dir: Path) -> None:
     if done.is_file():
         return
     last = run_dir / "train" / "weights" / "last.pt"
-    if last.is_file():
-        print(f"resuming the killed run from {last}", flush=True)
+    if (run_dir / "train").is_dir() and _restore(run_dir):
+        print(f"resuming the killed run from {last} (its last complete epoch)", flush=True)
+        model = YOLO(str(last))
+        model.add_callback("on_model_save", lambda trainer: _snapshot(trainer, run_dir))
         try:
-            YOLO(str(last)).train(resume=True)
+            model.train(resume=True)
         except AssertionError as exc:  # killed after the last epoch, before train_done.json: nothing left to train
             if "nothing to resume" not in str(exc):
                 raise
     else:
-        YOLO(job["model"], task="segment").train(
+        model = YOLO(job["model"], task="segment")
+        model.add_callback("on_model_save", lambda trainer: _snapshot(trainer, run_dir))
+        model.train(
             data=job["data"], epochs=int(job["epochs"]), imgsz=int(job["imgsz"]), batch=int(job["batch"]),
             seed=int(job["seed"]), deterministic=True, workers=0, device="cpu", amp=False, plots=False,
             pretrained=False, project=str(run_dir), name="train", exist_ok=True, verbose=False, patience=0,
