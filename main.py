@@ -297,13 +297,20 @@ def _run_job_in_terminal(spec, quiet: bool = False, json_summary: Path | None = 
 
 
 def _run_demo(args) -> int:
-    from engine.demo import demo_spec
+    from engine.demo import DEMO_JOBS, demo_specs, write_demo_sheet
 
-    spec = demo_spec(args.samples, args.output, variants=args.variants, seed=args.seed, provider=args.provider)
+    specs = demo_specs(args.samples, args.output, variants=args.variants, seed=args.seed, provider=args.provider)
     print(f"sample frames (generated, no patient data): {args.samples.resolve()}", file=sys.stderr)
-    print(f"model: {spec.model.name} (PolypForge's compact polyp model, trained on Kvasir-SEG; research use only, "
-          "see its MODEL_CARD.md)", file=sys.stderr)
-    return _run_job_in_terminal(spec)
+    print(f"model: {specs['add'].model.name} (PolypForge's compact polyp model, trained on Kvasir-SEG; research use "
+          "only, see its MODEL_CARD.md)", file=sys.stderr)
+    codes = []
+    for name, spec in specs.items():
+        print(f"— {name}: {DEMO_JOBS[name]}", file=sys.stderr)
+        codes.append(_run_job_in_terminal(spec))
+    sheet = write_demo_sheet(args.output, specs)
+    if sheet is not None:
+        print(f"contact sheet (source | result | outline): {sheet.resolve()}", file=sys.stderr)
+    return max(codes)
 
 
 def main(argv: list[str] | None = None) -> int:

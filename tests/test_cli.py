@@ -60,17 +60,31 @@ def test_errors_are_one_clear_line(tmp_path):
 
 
 def test_demo_command_runs_the_batch_job(tmp_path):
+    """make demo: an add job and a removal job on generated frames, and one contact sheet showing both."""
     completed = _main("demo", "--samples", tmp_path / "samples", "--output", tmp_path / "out", "--variants", "1")
     assert completed.returncode == 0, completed.stderr
-    images = sorted((tmp_path / "out" / "images" / "train").glob("*.png"))
-    lines = (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
+    add = tmp_path / "out" / "add"
+    images = sorted((add / "images" / "train").glob("*.png"))
+    lines = (add / "manifest.jsonl").read_text().splitlines()
     assert len(images) == len(lines) == 6
     assert all("__add-random-v00" in p.name for p in images)
-    assert (tmp_path / "out" / "annotations" / "instances.json").is_file()
+    assert (add / "annotations" / "instances.json").is_file()
     assert "polypforge-compact" in completed.stderr and "research use only" in completed.stderr
     assert "dataset: " in completed.stderr
     records = [__import__("json").loads(line) for line in lines]
     assert {r["bundle"] for r in records} == {"polypforge-compact"} and {r["inpaint_area"] for r in records} == {"region"}
+    assert all(r["size_source"] == "kvasir-seg prior" for r in records if r["status"] == "ok"), records[0]
+    removal = tmp_path / "out" / "removal"
+    removed = [__import__("json").loads(line) for line in (removal / "manifest.jsonl").read_text().splitlines()]
+    done = [r for r in removed if r["status"] == "ok"]
+    masks = list((tmp_path / "samples" / "masks").glob("*.png"))
+    assert masks and len(done) == len(masks)  # one removal per annotated frame; the polyp-free ones are skipped
+    assert all(r["prompt"] == "Normal" and r["removed"] and not r["instances"] for r in done)
+    from PIL import Image
+
+    sheet = Image.open(tmp_path / "out" / "contact_sheet.jpg")
+    assert sheet.height > 2 * 192  # rows of both jobs (3 added + 3 removed, two per row at least 3 rows)
+    assert "contact sheet" in completed.stderr
 
 
 def test_every_job_spec_field_is_a_batch_flag():
