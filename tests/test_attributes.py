@@ -269,3 +269,142 @@ def test_a_warm_start_from_an_attribute_less_model_starts_the_embeddings_at_zero
     model.load_state_dict(task.initial_state())  # what the trainer does with a fresh run's warm start
     assert all(not model.attribute_embeddings[n].weight.any() for n, _ in MODEL_ATTRIBUTES)
     assert set(state) == set(model.state_dict())
+
+
+# ---------------------------------------------------------------------------------------------- the batch job
+def _spec(tmp_path, **values):
+    from engine.jobs import build_spec
+
+    return build_spec({"input": str(tmp_path / "in"), "output": str(tmp_path / "out"), **values})
+
+
+def test_asked_words_find_their_attribute_and_a_wrong_one_is_refused_with_the_vocabulary(tmp_path):
+    from engine.captioning.conditioning import parse_attributes
+
+    assert parse_attributes("Red, lobulated") == {"colour": "red", "surface": "lobulated"}
+    assert parse_attributes("raised,irregular,pale") == {"colour": "pale", "surface": "irregular", "elevation": "raised"}
+    assert parse_attributes(" AUTO ") == "auto" and parse_attributes("none") == "none"
+    assert _spec(tmp_path, attributes="red,flat").attributes == "red,flat"
+    assert _spec(tmp_path, attributes=["red", "flat"]).attributes == "red,flat"  # a job file's list
+    for words, message in (("red,blue", "unknown word 'blue'; the words are colour: pale, pink, red, whitish; "
+                                        "surface: smooth, lobulated, irregular; elevation: flat, raised"),
+                           ("red,pale", "'red' and 'pale' are both a colour"),
+                           ("large", "'large' is a size, which comes from the mask"),
+                           (",", "is empty")):
+        with pytest.raises(InputError, match=message):
+            _spec(tmp_path, attributes=words)
+    with pytest.raises(InputError, match="apply to mode add only"):
+        _spec(tmp_path, attributes="red", mode="remove", mask_source="box")
+    # the default shapes nothing: a job folder written before attributes existed still resumes
+    assert "attributes" not in _spec(tmp_path).settings_that_shape_output()
+    assert _spec(tmp_path, attributes="none").settings_that_shape_output()["attributes"] == "none"
+
+
+def test_auto_draws_follow_the_distribution_and_each_variant_keeps_its_draw():
+    from engine.captioning.conditioning import (
+        PRIOR_SOURCE,
+        AttributeDistribution,
+        AttributePlan,
+        kvasir_seg_attribute_prior,
+    )
+
+    counts = {"colour": {"pale": 10, "pink": 60, "red": 25, "whitish": 5},
+              "surface": {"smooth": 70, "lobulated": 20, "irregular": 10}, "elevation": {"flat": 0, "raised": 100}}
+    plan = AttributePlan(PRIOR_SOURCE, distribution=AttributeDistribution(counts, PRIOR_SOURCE, 100))
+    draws = [plan.chosen(seed) for seed in range(4000)]
+    assert plan.chosen(17) == draws[17]  # seeded by the variant's seed
+    for name, table in counts.items():
+        total = sum(table.values())
+        # Pearson's chi-square over the values drawn at all; 16.27 is the 0.999 quantile at 3 degrees of freedom
+        chi2 = sum((sum(d[name] == v for d in draws) - 4000 * c / total) ** 2 / (4000 * c / total)
+                   for v, c in table.items() if c)
+        assert chi2 < 16.27, (name, chi2)
+        assert all(d[name] != v for d in draws for v, c in table.items() if not c)
+    prior = kvasir_seg_attribute_prior()
+    assert prior.source == "kvasir-prior" and prior.polyps == 1063
+    assert sum(prior.counts["colour"].values()) == 1063
+
+
+@pytest.fixture(scope="module")
+def frames_with_masks(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("frames")
+    generate = __import__("engine.samples", fromlist=["generate_sample_set"]).generate_sample_set
+    generate(root, count=3, seed=7, width=160, height=128, with_polyps_every=1)
+    return root
+
+
+def _records(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _batch(*args) -> int:
+    import main
+
+    return main.main(["--batch", "--quiet", "--steps", "2", *map(str, args)])
+
+
+def test_asked_attributes_reach_the_model_the_manifest_and_coco(exported, frames_with_masks, tmp_path):
+    from test_batch_job import check_dataset
+
+    _, _, bundle = exported
+    output = tmp_path / "asked"
+    assert _batch("--input", frames_with_masks, "--output", output, "--model", bundle, "--attributes",
+                  "red,lobulated", "--variants", 2) == 0
+    ok = [r for r in _records(output) if r["status"] == "ok"]
+    assert len(ok) == 6
+    for record in ok:
+        asked = record["attributes_asked"]
+        assert asked["colour"] == "red" and asked["surface"] == "lobulated" and "elevation" not in asked
+        assert asked["size"] in ("diminutive", "small", "large") and asked["outline"] in ("round", "oval", "irregular")
+        assert record["attributes_derived"] == ["size", "outline"] and record["attributes_source"] == "user"
+    coco = check_dataset(output)["coco"]  # pycocotools still reads it
+    generated = [a for a in coco.loadAnns(coco.getAnnIds()) if a["origin"] == "generated"]
+    assert generated and all(a["attributes"]["colour"] == "red" for a in generated)
+    by_file = {r["image"]: r for r in ok}
+    for annotation in generated:
+        image = coco.loadImgs(annotation["image_id"])[0]
+        assert annotation["attributes"] == by_file[image["file_name"]]["attributes_asked"]
+
+    # auto on three annotated polyps: too few for the input's own distribution, so the Kvasir-SEG prior, drawn per
+    # variant from its seed (the same again in another folder)
+    drawn = []
+    for name in ("auto-a", "auto-b"):
+        assert _batch("--input", frames_with_masks, "--output", tmp_path / name, "--model", bundle,
+                      "--variants", 2) == 0
+        records = [r for r in _records(tmp_path / name) if r["status"] == "ok"]
+        assert all(r["attributes_source"] == "kvasir-prior" for r in records)
+        assert all({"colour", "surface", "elevation", "size", "outline"} <= set(r["attributes_asked"]) for r in records)
+        drawn.append([r["attributes_asked"] for r in records])
+    assert drawn[0] == drawn[1]
+    none = tmp_path / "none"
+    assert _batch("--input", frames_with_masks, "--output", none, "--model", bundle, "--attributes", "none") == 0
+    assert all(r["attributes_asked"] == {} and r["attributes_source"] == "none" for r in _records(none))
+
+
+def test_auto_takes_the_inputs_own_distribution_from_twenty_polyps(exported, tmp_path):
+    from engine.bundle import read_bundle
+    from engine.dataset.discovery import discover
+    from engine.jobs.attributes import job_attributes
+    from engine.samples import generate_sample_set
+
+    _, _, bundle_path = exported
+    bundle = read_bundle(bundle_path)
+    generate_sample_set(tmp_path / "in", count=20, seed=2, width=160, height=128, with_polyps_every=1)
+    frames = discover(tmp_path / "in").frames
+    plan = job_attributes(frames, _spec(tmp_path), bundle)
+    assert plan.source == "input" and plan.distribution.polyps >= 20
+    assert sum(plan.distribution.counts["colour"].values()) == plan.distribution.polyps
+    few = job_attributes(frames[:5], _spec(tmp_path), bundle)
+    assert few.source == "kvasir-prior"
+    assert job_attributes(frames, _spec(tmp_path, mode="remove", mask_source="box"), bundle) is None
+
+
+def test_an_attribute_less_bundle_is_asked_nothing_and_refuses_asked_words(frames_with_masks, tmp_path, capsys):
+    output = tmp_path / "plain"
+    assert _batch("--input", frames_with_masks, "--output", output, "--steps", "1") == 0  # auto, the default model
+    records = _records(output)
+    assert records and not any(key.startswith("attributes") for r in records for key in r)
+    coco = json.loads((output / "annotations" / "instances.json").read_text())
+    assert not any("attributes" in a for a in coco["annotations"])
+    assert _batch("--input", frames_with_masks, "--output", tmp_path / "asked", "--attributes", "red") == 2
+    assert "'polypforge-compact' was not trained with attributes" in capsys.readouterr().err
