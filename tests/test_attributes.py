@@ -408,3 +408,28 @@ def test_an_attribute_less_bundle_is_asked_nothing_and_refuses_asked_words(frame
     assert not any("attributes" in a for a in coco["annotations"])
     assert _batch("--input", frames_with_masks, "--output", tmp_path / "asked", "--attributes", "red") == 2
     assert "'polypforge-compact' was not trained with attributes" in capsys.readouterr().err
+
+
+def test_train_with_attributes_from_an_attribute_less_run_exports_an_attribute_bundle(sample_corpus, tmp_path):
+    from cli_helpers import run_main
+    from test_training_compact import TINY_ARGS
+
+    common = ["train", "--preset", "compact", "--input", str(sample_corpus), *TINY_ARGS, "--checkpoint-every", "2"]
+    plain = tmp_path / "plain"
+    assert run_main([*common, "--steps", "2", "--sample-every", "0", "--validate-every", "0", "--no-export",
+                     "--run", str(plain)]).returncode == 0
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    done = run_main([*common, "--attributes", "--steps", "2", "--sample-every", "2", "--validate-every", "2",
+                     "--init-from", str(plain), "--run", str(run), "--to", str(bundle)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "5 new weights start at zero" in done.stdout
+    cached = json.loads((run / "attribute_captions.json").read_text())
+    assert cached["frames"] and all(len(e["polyps"]) >= 1 for e in cached["frames"].values())
+    assert (run / "samples" / "step-00000002.png").is_file()
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["task"]["attributes"] is True and [a[0] for a in config["model"]["attributes"]] == \
+        [name for name, _ in MODEL_ATTRIBUTES]
+    assert json.loads((bundle / "bundle.json").read_text())["attributes"]["names"][0] == "colour"
+    refused = run_main(["train", "--method", "detail", "--preset", "compact", "--attributes", "--input",
+                        str(sample_corpus), "--run", str(tmp_path / "detail"), "--init-from", str(run / "model")])
+    assert refused.returncode == 2 and "--attributes conditions the compact inpainting model" in refused.stderr
