@@ -184,7 +184,7 @@ class CompactInpaintTask(TrainingTask):
         if not self.config.init_from:
             return None
         weights = initial_weights(Path(self.config.init_from))
-        return with_new_attribute_weights(weights, self.config.model) if self.config.model.attributes else weights
+        return with_new_attribute_weights(weights, self.config.model) if self.attribute_columns else weights
 
     def samples_per_step(self) -> int:
         return self.config.batch_size
@@ -198,7 +198,7 @@ class CompactInpaintTask(TrainingTask):
         masks = np.empty((self.config.batch_size, size, size), bool)
         labels = np.empty(self.config.batch_size, np.int64)
         with_attributes = self._uses_attributes()
-        attributes = np.zeros((self.config.batch_size, len(self.config.model.attributes)), np.int64)
+        attributes = np.zeros((self.config.batch_size, len(self.attribute_columns)), np.int64)
         for i in range(self.config.batch_size):
             source = None  # (frame, polyp index) of a Polyp pair
             if rng.random() < self.config.polyp_fraction:
@@ -228,6 +228,11 @@ class CompactInpaintTask(TrainingTask):
     def _uses_attributes(self) -> bool:
         return bool(getattr(self.config, "attributes", False))
 
+    @property
+    def attribute_columns(self) -> tuple:
+        """The model's (name, values) per attribute column; () for a network without them (the detail stage's)."""
+        return tuple(getattr(self.config.model, "attributes", ()))
+
     def polyp_attributes(self) -> dict[str, list]:
         """Frame rel → its polyps' measured attributes (engine.training.attribute_captions), measured once."""
         if not hasattr(self, "_polyp_attributes"):
@@ -241,7 +246,7 @@ class CompactInpaintTask(TrainingTask):
         polyps = self.polyp_attributes().get(frame.rel) or []
         measured = polyps[index] if index < len(polyps) and polyps[index] else {}
         return np.array([values.index(measured[name]) + 1 if measured.get(name) in values else 0
-                         for name, values in self.config.model.attributes], np.int64)
+                         for name, values in self.attribute_columns], np.int64)
 
     def loss(self, model, batch, generator):
         x0, mask, labels = batch["x0"], batch["mask"], batch["labels"]
@@ -386,7 +391,7 @@ class CompactInpaintTask(TrainingTask):
         size = self.config.resolution
         rows, labels = [], []
         self._grid_attributes = []
-        columns = len(self.config.model.attributes)
+        columns = len(self.attribute_columns)
         rng = np.random.default_rng(99)
         count = self.grid_rows
         n_add, n_remove = max(1, count * 3 // 8), max(1, count * 3 // 8)
