@@ -59,10 +59,6 @@ def vocabulary_text(names: Iterable[str] = CHOSEN) -> str:
     return "; ".join(f"{name}: {', '.join(VOCABULARY[name])}" for name in names)
 
 
-ATTRIBUTES_HELP = (f"auto (drawn per variant from the input's polyps, else the Kvasir-SEG prior), none, or a comma "
-                   f"list of words ({vocabulary_text()}), e.g. red,lobulated")
-
-
 def parse_attributes(value) -> str | dict[str, str]:
     """``--attributes`` as "auto", "none" or {attribute: value} of the chosen attributes; InputError naming the
     word and listing the vocabulary for an unknown word, a derived one or two values of one attribute."""
