@@ -127,6 +127,11 @@ def _add_batch_options(group) -> None:
     group.add_argument("--sizes", help="new polyps' sizes (random masks, transplants): all (default: the input's own polyps', else the "
                        "Kvasir-SEG prior), small (< 5 %% of the frame), large (> 20 %%) or a range of percent "
                        "of the frame such as 2-10")
+    group.add_argument("--attributes", help="what a bundle trained with attributes is asked per variant (mode add): "
+                       "auto (default: drawn from the input's own polyps, else the Kvasir-SEG prior; nothing for a "
+                       "bundle without attributes), none, or words such as red,lobulated (colour: pale, pink, red, "
+                       "whitish; surface: smooth, lobulated, irregular; elevation: flat, raised); size and outline "
+                       "come from each variant's mask")
     group.add_argument("--db", type=Path, help="retrieval database (for --mask-source retrieved)")
     group.add_argument("--top-k", type=int, help="retrieval candidates per frame (default 5)")
     group.add_argument("--box-pad", type=int, help="pixels added around boxes (default 15, as Polyp-Gen)")

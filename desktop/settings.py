@@ -53,6 +53,8 @@ class JobSettings:
     guidance: float | None = None
     prompt: str = ""  # "" = the bundle's prompt for the mode ("Polyp" / "Normal")
     captions: str = ""  # per-frame prompts for an sd-controlnet bundle (CSV or JSONL), "" = none
+    # mode add, a bundle trained with attributes: "auto" (drawn per variant), "none" or words ("red,lobulated")
+    attributes: str = "auto"
     formats: list[str] = field(default_factory=lambda: list(FORMATS))
     resume: bool = True
     inpaint_area: str = ""  # "" = the bundle's default; "frame" | "region"
@@ -85,6 +87,8 @@ class JobSettings:
             "inpaint_area": self.inpaint_area or None,
             "region_padding": self.region_padding,
         }
+        if self.mode == "add":  # removal stays a prompt; a transplant moves real polyps
+            values["attributes"] = self.attributes.strip() or "auto"
         if self.mode == "transplant":
             values["harmonize"] = self.harmonize
             if self.harmonize == "model":

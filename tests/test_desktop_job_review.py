@@ -341,3 +341,26 @@ def test_transplant_from_the_window_moves_the_frames_own_polyps(window, qtbot, t
     assert {(r["transplant"]["harmonize"], r["transplant"]["strength"]) for r in ok} == {("model", 0.45)}
     panel.mode.setCurrentIndex(panel.mode.findData("add"))
     assert not panel.harmonize.isEnabled() and not panel.strength.isEnabled()
+
+
+def test_attributes_in_the_settings_panel_reach_the_job_and_are_remembered(window, qtbot, tmp_path, messages):
+    """The attributes field (mode add): its words reach the job's spec and are remembered; the default model, trained
+    without attributes, refuses to be asked words with a message naming it; auto leaves it as it was."""
+    from desktop.settings import JobSettings
+
+    panel = window.panel
+    assert panel.attributes.currentText() == "auto" and panel.attributes.isEnabled()
+    assert window.job_values()["attributes"] == "auto"
+    panel.attributes.setCurrentText("red,lobulated")
+    panel.attributes.lineEdit().editingFinished.emit()
+    assert window.job_values()["attributes"] == "red,lobulated"
+    assert JobSettings.load(window.settings).attributes == "red,lobulated"
+    with qtbot.waitSignal(window.job.cannotStart, timeout=JOB_TIMEOUT_MS):
+        assert window.run_job()
+    assert "was not trained with attributes" in messages.texts()[-1] and "polypforge-compact" in messages.texts()[-1]
+    assert window.run_button.isEnabled()
+    panel.attributes.setCurrentText("red,blue")  # an unknown word: refused before anything starts, with the words
+    assert window.run_job() is False
+    assert "unknown word 'blue'" in messages.texts()[-1] and "lobulated" in messages.texts()[-1]
+    panel.mode.setCurrentIndex(panel.mode.findData("remove"))  # removal stays a prompt: nothing asked
+    assert not panel.attributes.isEnabled() and "attributes" not in window.job_values()

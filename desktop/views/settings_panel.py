@@ -40,6 +40,15 @@ MODE_TEXT = (("add", "Add a polyp"), ("remove", "Remove the polyp"),
 HARMONIZE_TEXT = (("model", "model (redrawn by the bundle)"), ("poisson", "Poisson blend"),
                   ("none", "none (copy-paste)"))
 SCHEDULER_TEXT = (("", "Bundle default"), ("dpm++", "DPM-Solver++"), ("ddim", "DDIM"))
+ATTRIBUTE_CHOICES = ("auto", "none")  # or words typed in: red,lobulated
+ATTRIBUTES_TOOLTIP = (
+    "What a model trained with attributes is asked for each new polyp (mode add):\n"
+    "auto — drawn per variant from the input's own polyps (20 or more), else from Kvasir-SEG;\n"
+    "none — nothing asked; or words, e.g. red,lobulated:\n"
+    "  colour: pale, pink, red, whitish; surface: smooth, lobulated, irregular; elevation: flat, raised.\n"
+    "Size and outline come from each mask. A model trained without attributes is asked nothing with auto, "
+    "and refuses words."
+)
 
 
 class SettingsPanel(QWidget):
@@ -148,6 +157,11 @@ class SettingsPanel(QWidget):
         self.captions.setPlaceholderText("none (sd-controlnet: CSV/JSONL frame → text)")
         self.captions.setToolTip("Per-frame prompts for an sd-controlnet bundle: CSV (frame,text) or JSONL, e.g. "
                                  "written by `main.py caption`; the Editor shows and edits the open frame's caption")
+        self.attributes = QComboBox()
+        self.attributes.setEditable(True)
+        for value in ATTRIBUTE_CHOICES:
+            self.attributes.addItem(value)
+        self.attributes.setToolTip(ATTRIBUTES_TOOLTIP)
         self.formats = {name: QCheckBox(name) for name in FORMATS}
         formats_row = QHBoxLayout()
         for box in self.formats.values():
@@ -212,6 +226,7 @@ class SettingsPanel(QWidget):
         form.addRow("Region padding", self.region_padding)
         form.addRow("Prompt", self.prompt)
         form.addRow("Captions file", self.captions)
+        form.addRow("Attributes", self.attributes)
 
         layout = QVBoxLayout(self)
         layout.addWidget(job_box)
@@ -231,6 +246,8 @@ class SettingsPanel(QWidget):
         self.output.editingFinished.connect(self._changed)
         self.prompt.editingFinished.connect(self._changed)
         self.captions.editingFinished.connect(self._changed)
+        self.attributes.currentIndexChanged.connect(self._changed)
+        self.attributes.lineEdit().editingFinished.connect(self._changed)
 
     # ------------------------------------------------------------------ JobSettings
     def set_settings(self, s: JobSettings) -> None:
@@ -251,6 +268,7 @@ class SettingsPanel(QWidget):
             self.region_padding.setValue(-1 if s.region_padding is None else s.region_padding)
             self.prompt.setText(s.prompt)
             self.captions.setText(s.captions)
+            self.attributes.setCurrentText(s.attributes)
             self.output.setText(s.output)
             self.resume.setChecked(s.resume)
             self.use_judge.setChecked(s.use_judge)
@@ -285,6 +303,7 @@ class SettingsPanel(QWidget):
             resume=self.resume.isChecked(),
             prompt=self.prompt.text(),
             captions=self.captions.text(),
+            attributes=self.attributes.currentText().strip() or "auto",
             inpaint_area=self.inpaint_area.currentData(),
             region_padding=None if self.region_padding.value() < 0 else self.region_padding.value(),
             use_judge=self.use_judge.isChecked(),
@@ -319,6 +338,7 @@ class SettingsPanel(QWidget):
     def _inputs(self):
         return [self.mask_source, self.mode, self.harmonize, self.strength, self.scheduler, self.provider, self.box_pad, self.variants, self.steps,
                 self.guidance, self.seed, self.inpaint_area, self.region_padding, self.prompt, self.captions,
+                self.attributes,
                 self.output, self.resume, self.use_judge, self.judge, self.min_judge_score, self.max_attempts,
                 *self.formats.values()]
 
@@ -344,6 +364,7 @@ class SettingsPanel(QWidget):
         self.harmonize.setEnabled(transplanting)
         self.strength.setEnabled(transplanting and self.harmonize.currentData() == "model")
         self.region_padding.setEnabled(self.inpaint_area.currentData() != "frame")
+        self.attributes.setEnabled(self.mode.currentData() == "add")
 
     def _changed(self, *args) -> None:
         self._update_enabled()

@@ -103,6 +103,11 @@ def register_commands(subparsers) -> dict:
                             "lower-resolution run); with --method ccis --preset compact: the compact base model "
                             "folder (frozen), e.g. training_runs/compact-anneal/model; with --method detail: the compact "
                             "base the detail stage belongs to")
+    train.add_argument("--attributes", action="store_true", default=False,
+                       help="--preset compact: also condition the model on the clinical attributes the captioner "
+                            "measures on each training polyp (colour, surface, size, outline, elevation), as learned "
+                            "embeddings beside the Polyp/Normal label; the batch job then asks them per variant "
+                            "(--attributes there). Measured once per frame, cached in the run folder. Off by default")
     train.add_argument("--box-mask-fraction", type=float, default=None,
                        help="share of pairs trained with the region's box as mask (compact: 0.25)")
     train.add_argument("--held-out-fraction", type=float, default=0.05, help="frames never trained on (by name hash)")

@@ -39,7 +39,10 @@ def coco_image(image_id: int, record: dict) -> dict:
 
 
 def coco_annotations(image_id: int, record: dict, first_id: int) -> list[dict]:
+    """The record's instances; a generated one carries the attributes its variant asked (``attributes``: a bundle
+    trained with attributes, engine.jobs.attributes)."""
     annotations = []
+    asked = record.get("attributes_asked")
     for data in record["instances"]:
         instance = Instance.from_json(data)
         annotations.append(
@@ -53,6 +56,7 @@ def coco_annotations(image_id: int, record: dict, first_id: int) -> list[dict]:
                 "iscrowd": 0,
                 "label_shape": instance.shape,
                 "origin": instance.origin,
+                **({"attributes": dict(asked)} if asked is not None and instance.origin == "generated" else {}),
             }
         )
     return annotations

@@ -4,10 +4,15 @@ to a "pixel-inpaint" bundle that engine.pipelines.compact runs without torch::
     bundle.json      kind "pixel-inpaint": image_size (training crop side), size_multiple, classes (prompt →
                      class label), scheduler config, sampling defaults (region inpainting), provenance, parity
     unet/model.onnx  sample (B, 7, H, W) [noisy image, masked image, mask], timestep (B,), class_labels (B,)
-                     → out_sample (B, 3, H, W): the v-prediction
+                     [, attributes (B, A) int64: a model trained with attributes] → out_sample (B, 3, H, W): the
+                     v-prediction
     MODEL_CARD.md    what it was trained on, how long, its figures and limits (hashed like every other file)
     detail/          optional (``detail_dir``): the detail stage and the manifest's "detail" section
                      (engine.export.detail_export)
+
+A model trained with attributes (``CompactConfig.attributes``) gets the "attributes" input and the manifest an
+"attributes" section, {"names": [...], "values": {name: [...]}} in the input's column order (index 0 of each is
+"not asked", i its i-th value); an attribute-less model's bundle is what it always was.
 
 torch.onnx (TorchScript exporter, dynamic batch and spatial axes); torch and onnxruntime are run on the same random
 input at two sizes and the bundle is refused if they differ by more than ``1e-4 + 1e-3·max|torch|``. Built in a
@@ -54,8 +59,42 @@ def example_inputs(model, batch: int, size: tuple[int, int], seed: int = 0, gene
     return sample, timestep, labels
 
 
+def example_attributes(model, batch: int, seed: int = 0):
+    """Random attribute indices (B, A) of a model trained with attributes (0 = not asked included)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    columns = [torch.randint(0, len(values) + 1, (batch, 1), generator=generator)
+               for _, values in model.config.attributes]
+    return torch.cat(columns, dim=1)
+
+
+def with_attributes(model):
+    """The U-Net with the attribute indices as its fourth positional input (what torch.onnx traces)."""
+    import torch
+
+    class WithAttributes(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.model = inner
+
+        def forward(self, sample, timestep, class_labels, attributes):
+            return self.model(sample, timestep, class_labels, attributes=attributes)
+
+    return WithAttributes(model)
+
+
+def attributes_section(model) -> dict | None:
+    """bundle.json's "attributes" section of a model trained with attributes, else None."""
+    if not model.config.attributes:
+        return None
+    return {"names": [name for name, _ in model.config.attributes],
+            "values": {name: list(values) for name, values in model.config.attributes}}
+
+
 def check_parity(model, onnx_path: Path, sizes: list[tuple[int, int]], log: Log) -> dict:
-    """The U-Net in onnxruntime against torch on random inputs at each size; ExportError beyond the tolerance."""
+    """The U-Net in onnxruntime against torch on random inputs at each size (with random attributes when the model
+    has them); ExportError beyond the tolerance."""
     import numpy as np
     import torch
 
@@ -63,10 +102,14 @@ def check_parity(model, onnx_path: Path, sizes: list[tuple[int, int]], log: Log)
     checks = []
     for index, size in enumerate(sizes):
         sample, timestep, labels = example_inputs(model, 2, size, seed=10 + index)
+        feeds = {"sample": sample.numpy(), "timestep": timestep.numpy(), "class_labels": labels.numpy().astype(np.int64)}
+        extra = {}
+        if model.config.attributes:
+            extra["attributes"] = example_attributes(model, 2, seed=20 + index)
+            feeds["attributes"] = extra["attributes"].numpy().astype(np.int64)
         with torch.no_grad():
-            expected = model(sample, timestep, labels).numpy()
-        (actual,) = session.run(["out_sample"], {"sample": sample.numpy(), "timestep": timestep.numpy(),
-                                                 "class_labels": labels.numpy().astype(np.int64)})
+            expected = model(sample, timestep, labels, **extra).numpy()
+        (actual,) = session.run(["out_sample"], feeds)
         checks.append(compare_to_torch(actual, expected, TOLERANCE, onnx_path, log, f"unet at {size[1]}×{size[0]}"))
     atol, rtol = TOLERANCE
     return {"unet": {**worst_parity(checks), "atol": atol, "rtol": rtol, "sizes": [list(s) for s in sizes]}}
@@ -96,10 +139,18 @@ def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | 
         onnx_path = bundle / "unet" / "model.onnx"
         log(f"exporting the compact model ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) "
             f"with torch.onnx, opset {opset}")
-        export_to_onnx(model, example_inputs(model, 2, (resolution, resolution), seed=0), onnx_path,
-                       ["sample", "timestep", "class_labels"], ["out_sample"],
-                       {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
-                        "class_labels": {0: "batch"}, "out_sample": {0: "batch", 2: "height", 3: "width"}}, opset)
+        inputs = ["sample", "timestep", "class_labels"]
+        axes = {"sample": {0: "batch", 2: "height", 3: "width"}, "timestep": {0: "batch"},
+                "class_labels": {0: "batch"}, "out_sample": {0: "batch", 2: "height", 3: "width"}}
+        examples = example_inputs(model, 2, (resolution, resolution), seed=0)
+        traced = model
+        attributes = attributes_section(model)
+        if attributes is not None:
+            traced = with_attributes(model)
+            examples = (*examples, example_attributes(model, 2, seed=0))
+            inputs.append("attributes")
+            axes["attributes"] = {0: "batch"}
+        export_to_onnx(traced, examples, onnx_path, inputs, ["out_sample"], axes, opset)
         parity = check_parity(model, onnx_path, [(resolution, resolution), (multiple * 3, multiple * 5)], log)
         if card is not None:
             shutil.copyfile(card, bundle / "MODEL_CARD.md")
@@ -134,6 +185,7 @@ def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | 
             "parity": parity,
             "source": export_record(opset, path=str(model_dir), model_class="CompactInpaintUNet"),
             **({"detail": detail} if detail is not None else {}),
+            **({"attributes": attributes} if attributes is not None else {}),
             **(extra or {}),
         }
         write_manifest(bundle, {**manifest, "files": {}})

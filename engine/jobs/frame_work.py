@@ -25,6 +25,8 @@ from engine.dataset.discovery import SourceFrame
 from engine.dataset.image_reader import read_frame, read_mask
 from engine.dataset.labels import read_yolo
 from engine.errors import Cancelled, InputError, PolypForgeError
+from engine.captioning.conditioning import AttributePlan, derived_attributes
+from engine.jobs.attributes import check_attributes_fit, variant_attributes
 from engine.judge.rejection import generate_judged, open_gate
 from engine.fileio import save_png_atomic
 from engine.masks.instances import Instance, instance_from_mask, instances_from_mask
@@ -60,6 +62,7 @@ class FrameTask:
     prompt_source: str  # "captions", "job" or "bundle"
     sizes: SizeDistribution | None = None
     donors: DonorPool | None = None  # mode transplant: the input's train frames' polyps
+    attributes: AttributePlan | None = None  # a bundle trained with attributes: what each variant is asked
 
 
 @dataclass
@@ -138,6 +141,7 @@ def check_bundle_fits(spec, bundle) -> str:
     if kind not in CAPTIONED_KINDS and getattr(spec, "captions", None) is not None:
         raise InputError(f"{spec.captions}: per-frame captions need an sd-controlnet or pixel-controlnet bundle; "
                          f"{spec.model} is {kind}")
+    check_attributes_fit(spec, bundle)
     return kind
 
 
@@ -191,6 +195,7 @@ class FrameWork:
             return
         prepared_for = None
         prepared = None
+        derived_for, derived = None, None  # the region's measured size and outline (attributes)
         for item in task.items:
             if cancelled():
                 raise Cancelled("cancelled between variants")
@@ -208,16 +213,20 @@ class FrameWork:
                     prepared = pipeline.prepare_frame(pixels, region.mask, inpaint_area=spec.inpaint_area,
                                                       region_padding=spec.region_padding)
                     prepared_for = region_key
+                if task.attributes is not None and task.attributes.asks and derived_for != region_key:
+                    derived, derived_for = derived_attributes(pixels, region.mask), region_key
+                asked, attribute_record = variant_attributes(task.attributes, pipeline.bundle, item.seed, pixels,
+                                                             region.mask, derived)
 
                 def step(done_steps, total_steps, _item=item):
                     if on_step is not None:
                         on_step(_item, done_steps, total_steps)
 
-                def generate(seed, _prepared=prepared, _step=step):
+                def generate(seed, _prepared=prepared, _step=step, _asked=asked):
                     (generated,) = pipeline.generate_variants(
                         _prepared, [seed], prompt=task.prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
                         guidance_scale=spec.guidance, scheduler=spec.scheduler, progress=_step, cancel=cancelled,
-                        blend=spec.blend or default_blend(spec.mode == "remove"),
+                        blend=spec.blend or default_blend(spec.mode == "remove"), attributes=_asked,
                     )
                     return generated
 
@@ -228,7 +237,8 @@ class FrameWork:
             except InputError as exc:
                 on_record(failed_record(item, spec, pipeline.bundle, str(exc)))
                 continue
-            on_record(self._write_variant(item, task, pixels, region, judged, proposal, time.perf_counter() - t0))
+            record = self._write_variant(item, task, pixels, region, judged, proposal, time.perf_counter() - t0)
+            on_record(record | attribute_record)
 
     def _run_transplant(self, task: FrameTask, item: WorkItem, pixels, user_mask, labels: list[Instance], on_record,
                         on_step, cancelled, t0: float) -> None:

@@ -40,6 +40,7 @@ from engine.jobs.frame_work import (
     open_pipeline,
     open_proposer,
 )
+from engine.jobs.attributes import job_attributes
 from engine.jobs.output_lock import take_output_lock
 from engine.masks.size_prior import (
     INPUT_SOURCE,
@@ -211,6 +212,10 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
         raise JobCannotStart(str(exc)) from None
     settings["bundle_id"] = backend.bundle.bundle_id
     try:
+        attributes = job_attributes(sources.frames, spec, backend.bundle)  # None: the bundle takes none
+    except InputError as exc:  # asked words the bundle cannot take; the prior's file missing from a damaged install
+        raise JobCannotStart(str(exc)) from None
+    try:
         from engine.judge.rejection import check_judge
 
         if spec.judge is not None:
@@ -248,6 +253,8 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
     summary.notes.extend(backend.notes)
     if sizes is not None:
         summary.notes.append(f"{'transplanted' if donors is not None else 'random masks'}' polyp sizes: {sizes.source}")
+    if attributes is not None:
+        summary.notes.append(attributes.describe())
     if donors is not None:
         summary.notes.append(f"donor polyps from {len(donors)} train frames; harmonize {spec.harmonize}"
                              + (f" at strength {spec.strength:g}" if spec.strength is not None else ""))
@@ -270,7 +277,7 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
                              f"from {spec.captions}; the others use the prompt {prompt!r}")
     emit(JobEvent("started", total=len(items), message=f"{len(items)} variants of {len({i.frame.rel for i in items})} frames on {backend.describe()}"))
 
-    tasks = frame_tasks(items, done, prompt, captions, spec, sizes, donors)
+    tasks = frame_tasks(items, done, prompt, captions, spec, sizes, donors, attributes)
     collect = RecordCollector(manifest, emit, total=len(items), done=len(items) - sum(len(t.items) for t in tasks))
     summary.reused = collect.done
     try:
@@ -296,9 +303,10 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
 
 
 def frame_tasks(items: list[WorkItem], done: dict, prompt: str, captions: dict[str, str], spec,
-                sizes: SizeDistribution | None = None, donors=None) -> list[FrameTask]:
+                sizes: SizeDistribution | None = None, donors=None, attributes=None) -> list[FrameTask]:
     """The frames with variants left to make, in plan order, each with its variants, prompt and (random masks,
-    transplants) the job's polyp size distribution and (transplants) the donor pool."""
+    transplants) the job's polyp size distribution, (transplants) the donor pool and (a bundle trained with
+    attributes) the job's attribute plan."""
     by_frame: dict[str, list[WorkItem]] = {}
     for item in items:
         by_frame.setdefault(item.frame.rel, []).append(item)
@@ -314,7 +322,8 @@ def frame_tasks(items: list[WorkItem], done: dict, prompt: str, captions: dict[s
 
             caption = caption_for(captions, frame.rel)
         source = "captions" if caption is not None else ("job" if spec.prompt else "bundle")
-        tasks.append(FrameTask(frame, pending, caption if caption is not None else prompt, source, sizes, donors))
+        tasks.append(FrameTask(frame, pending, caption if caption is not None else prompt, source, sizes, donors,
+                               attributes))
     return tasks
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.bundle.format import shipped_bundles_folder
+from engine.captioning.conditioning import parse_attributes
 from engine.errors import InputError
 from engine.masks.size_prior import parse_sizes
 from engine.masks.sources import MASK_SOURCES, MODES
@@ -58,6 +59,10 @@ class JobSpec:
     prompt: str | None = None
     negative_prompt: str | None = None
     captions: Path | None = None  # per-frame prompts (CSV or JSONL: frame stem → text), sd-/pixel-controlnet
+    # What a bundle trained with attributes is asked per variant (mode add; engine.jobs.attributes): "auto" (drawn
+    # from the input's own polyps, else the Kvasir-SEG prior; nothing for a bundle without attributes), "none",
+    # or words such as "red,lobulated" (colour, surface, elevation). Size and outline come from each mask.
+    attributes: str = "auto"
     variants: int = 1
     seed: int = 0
     steps: int | None = None
@@ -90,6 +95,10 @@ class JobSpec:
             raise InputError(f"sizes {self.sizes!r} applies to new polyps only (--mask-source random or "
                              "--mode transplant)")
         self._validate_transplant()
+        asked = parse_attributes(self.attributes)
+        if isinstance(asked, dict) and self.mode != "add":
+            raise InputError(f"attributes {self.attributes!r} apply to mode add only (removal stays a prompt; a "
+                             "transplant moves real polyps): leave --attributes out or give auto or none")
         _choice("provider", self.provider, PROVIDERS)
         if self.scheduler is not None:
             _choice("scheduler", self.scheduler, SCHEDULER_NAMES)
@@ -166,6 +175,8 @@ class JobSpec:
                 data.pop(key)
         if not data["include_synthetic"]:  # likewise for jobs written before it existed
             data.pop("include_synthetic")
+        if data["attributes"] == "auto":  # the default, as in jobs written before it existed: they still resume
+            data.pop("attributes")
         if data["mask_source"] != "random" and data["mode"] != "transplant":  # sizes shape new polyps only
             data.pop("sizes")
         if data["judge"] is None:  # no judge: its settings shape nothing
@@ -195,6 +206,10 @@ def _coerce(name: str, value, source: str):
         if not isinstance(value, (str, Path)):
             raise InputError(f"{source}: {name} must be a path (text), got {type(value).__name__}")
         return Path(value).expanduser()
+    if name == "attributes" and isinstance(value, list):  # a job file's list of words
+        if not all(isinstance(v, str) for v in value):
+            raise InputError(f"{source}: attributes must be auto, none or words, got {value!r}")
+        return ",".join(value)
     if name in LIST_FIELDS:
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]

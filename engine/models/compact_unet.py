@@ -9,6 +9,12 @@ first level at half the resolution, like a patch embedding.
 Input: [noisy image (3), masked image (3; 0 inside the mask), mask (1)] in [-1, 1] / {0, 1}, a timestep and a
 class label (0 = unconditional, 1 = "Polyp", 2 = "Normal": the two prompts of Polyp-Gen; 0 is what
 classifier-free guidance contrasts with). Output: the v-prediction (Salimans & Ho) of the image, same shape.
+
+Attribute conditioning (``CompactConfig.attributes``, empty by default: the model is then exactly what it was):
+one learned embedding per clinical attribute (colour, surface, …: engine.captioning.conditioning), indexed 0 for
+"not asked" (a row that stays zero: nothing asked adds nothing) and i for the i-th value, summed into the time +
+class embedding beside the class label's. They start at zero, so a model warm-started from attribute-less weights
+gives those weights' outputs until it learns them.
 """
 
 from __future__ import annotations
@@ -35,16 +41,28 @@ class CompactConfig:
     heads: int = 4
     groups: int = 8
     num_classes: int = len(CLASS_NAMES)
+    # (name, values) per conditioning attribute, in the order of the model's attribute input; index 0 of each is
+    # "not asked", i the i-th value. Empty: no attribute input (and config.json says nothing of it).
+    attributes: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def to_json(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "attributes"}
+        if self.attributes:
+            data["attributes"] = [[name, list(values)] for name, values in self.attributes]
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "CompactConfig":
         values = dict(data)
         for key in ("widths", "attention_levels"):
             values[key] = tuple(values.get(key, ()))
+        values["attributes"] = tuple((str(name), tuple(str(v) for v in options))
+                                     for name, options in values.get("attributes", ()))
         return cls(**values)
+
+    @property
+    def attribute_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.attributes)
 
     @property
     def size_multiple(self) -> int:
@@ -180,18 +198,40 @@ class CompactInpaintUNet(PixelUNetTrunk):
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
         self._build_trunk(widths, config.blocks, emb, config.groups, config.heads, config.image_channels * s * s,
                           attention_levels=config.attention_levels)
+        if config.attributes:  # built last: every other weight is drawn as in an attribute-less model
+            # row 0 ("not asked") is the padding row: it stays zero, so an attribute not asked adds nothing
+            self.attribute_embeddings = nn.ModuleDict(
+                {name: nn.Embedding(len(values) + 1, emb, padding_idx=0) for name, values in config.attributes})
+            for embedding in self.attribute_embeddings.values():
+                nn.init.zeros_(embedding.weight)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor,
-                down_residuals: list[torch.Tensor] | None = None, mid_residual: torch.Tensor | None = None) -> torch.Tensor:
+                down_residuals: list[torch.Tensor] | None = None, mid_residual: torch.Tensor | None = None,
+                attributes: torch.Tensor | None = None) -> torch.Tensor:
         """The v-prediction. ``down_residuals`` (one per skip, in order) and ``mid_residual`` are a ControlNet's
         additions (engine.models.compact_controlnet): added to the skips after the down path and to the mid output,
-        as diffusers adds a ControlNet's residuals to its U-Net; None leaves the model as it was trained."""
+        as diffusers adds a ControlNet's residuals to its U-Net; None leaves the model as it was trained.
+        ``attributes``: int64 (B, A), one index per config attribute (0 = not asked); None = none asked."""
         s = self.config.stem
         emb = self.time_mlp(timestep_embedding(timestep.reshape(-1).expand(sample.shape[0]), self.config.widths[0]))
         emb = emb + self.class_embedding(class_labels.reshape(-1).long())
+        if attributes is not None and self.config.attributes:
+            emb = emb + self.attribute_embedding(attributes)
         x = F.pixel_unshuffle(sample, s) if s > 1 else sample
         out = self._run_trunk(self.conv_in(x), emb, down_residuals, mid_residual)
         return F.pixel_shuffle(out, s) if s > 1 else out
+
+    def attribute_embedding(self, attributes: torch.Tensor) -> torch.Tensor:
+        """The sum of the attribute embeddings of int (B, A) indices, (B, emb)."""
+        names = self.config.attribute_names
+        if attributes.ndim != 2 or attributes.shape[1] != len(names):
+            raise ValueError(f"attributes must be (batch, {len(names)}) indices of {', '.join(names)}, "
+                             f"got {tuple(attributes.shape)}")
+        attributes = attributes.long()
+        total = self.attribute_embeddings[names[0]](attributes[:, 0])
+        for column, name in enumerate(names[1:], start=1):
+            total = total + self.attribute_embeddings[name](attributes[:, column])
+        return total
 
 
 def parameter_count(model: nn.Module) -> int:

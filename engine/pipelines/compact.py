@@ -17,11 +17,19 @@ repaints the region at that size in a few unguided DDIM steps, seeing it, the ma
 mask; the paste-back then takes the larger picture. Its noise is drawn from a generator seeded by the variant's
 initial noise, so a variant's bytes still depend on its seed only. It equals
 engine.training.detail_task.sample_detail. A bundle without the part runs exactly as before.
+
+Attributes (a bundle with an "attributes" section, from a model trained with them: engine.export.compact_export):
+the U-Net takes one index per attribute beside the class label (0 = not asked). A variant asked {name: value}
+feeds those indices with its conditional half and all zeros with its unconditional one, so guidance pushes
+towards what was asked; the removal prompt ("Normal") feeds zeros whatever is asked. The indices fed are in the
+variant's settings ("attribute_indices", with the words in "attributes"). A bundle without the section runs
+exactly as before, and asking it for attributes is an InputError.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image
@@ -43,6 +51,8 @@ from engine.schedulers import make_scheduler
 
 STAGES = ("unet",)
 DETAIL_STAGE = "detail"
+ATTRIBUTES = "attributes"  # the U-Net input and the manifest section of a bundle trained with attributes
+REMOVAL_CLASS = "Normal"
 # The detail stage runs on region crops whose longer side is above this (px): a smaller crop's base result at
 # 64² already has about its own resolution. The exporter writes it into the bundle's "detail" section.
 DETAIL_MIN_REGION_SIDE = 96
@@ -76,6 +86,10 @@ class CompactInpaintPipeline(InpaintingPipeline):
             self.STAGES = STAGES + (DETAIL_STAGE,)
         super().__init__(bundle, parts, tokenizer=None)
         self.classes = list(bundle.manifest["classes"])
+        section = bundle.manifest.get(ATTRIBUTES)
+        # name → its values, in the U-Net's attribute columns; None: the bundle takes no attributes
+        self.attribute_values: dict[str, list[str]] | None = (
+            {name: list(section["values"][name]) for name in section["names"]} if section else None)
 
     @classmethod
     def from_bundle(cls, source: BundleSource, provider: str = "auto", threads: int | None = None,
@@ -84,8 +98,13 @@ class CompactInpaintPipeline(InpaintingPipeline):
         plan = plan_providers(provider, fp16=bundle.manifest["precision"] == "fp16")
         unet = OnnxPart(bundle.path_of("unet"), plan, threads=threads, role="U-Net")
         channels = int(bundle.manifest["image_channels"])
-        unet.expect({"sample": (None, 2 * channels + 1, None, None), "timestep": (None,), "class_labels": (None,)},
-                    ("out_sample",))
+        inputs = {"sample": (None, 2 * channels + 1, None, None), "timestep": (None,), "class_labels": (None,)}
+        if bundle.manifest.get(ATTRIBUTES) is not None:
+            inputs[ATTRIBUTES] = (None, len(check_attributes_section(bundle)))
+        elif ATTRIBUTES in unet.inputs:
+            raise BundleError(bundle.root / "bundle.json", "the U-Net takes attributes but the manifest has no "
+                                                           "attributes section to say which")
+        unet.expect(inputs, ("out_sample",))
         parts = {"unet": unet}
         if bundle.has_part(DETAIL_STAGE):
             check_detail_section(bundle)
@@ -115,6 +134,35 @@ class CompactInpaintPipeline(InpaintingPipeline):
         """Empty, whatever the bundle says: the compact models guide against the unconditional class, not a text."""
         return ""
 
+    # ------------------------------------------------------------------ attributes
+    def attribute_settings(self, prompt: str, attributes: Mapping[str, str] | None) -> dict:
+        """{"attributes": the words fed, "attribute_indices": one index per U-Net column} for a bundle trained with
+        attributes (zeros for the removal prompt, whatever is asked); nothing for one without (InputError when
+        attributes are asked of it)."""
+        if self.attribute_values is None:
+            return super().attribute_settings(prompt, attributes)
+        asked = dict(attributes or {})
+        for name, value in asked.items():
+            if name not in self.attribute_values:
+                raise InputError(f"the compact model {self.bundle.name!r} was trained with the attributes "
+                                 f"{', '.join(self.attribute_values)}, not {name!r}")
+            if value not in self.attribute_values[name]:
+                raise InputError(f"the compact model {self.bundle.name!r} knows the {name} values "
+                                 f"{', '.join(self.attribute_values[name])}, not {value!r}")
+        if REMOVAL_CLASS in self.classes and self.class_of(prompt) == self.classes.index(REMOVAL_CLASS):
+            asked = {}  # removal stays a prompt: "Normal" is asked no attributes
+        indices = [self.attribute_values[name].index(asked[name]) + 1 if name in asked else 0
+                   for name in self.attribute_values]
+        return {"attributes": {name: asked[name] for name in self.attribute_values if name in asked},
+                "attribute_indices": indices}
+
+    def _attribute_feed(self, settings: dict, count: int, guided: bool) -> dict[str, np.ndarray]:
+        """The U-Net's "attributes" input for a batch of ``count`` variants: zeros for the unconditional half."""
+        if self.attribute_values is None:
+            return {}
+        asked = np.repeat(np.asarray(settings["attribute_indices"], np.int64)[None], count, axis=0)
+        return {ATTRIBUTES: np.concatenate([np.zeros_like(asked), asked]) if guided else asked}
+
     # ------------------------------------------------------------------ generation
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Pixel space: the denoised sample is the image."""
@@ -135,11 +183,13 @@ class CompactInpaintPipeline(InpaintingPipeline):
                  cancel: CancelCheck | None) -> np.ndarray:
         latents = noise["latents"]
         guided, condition, class_labels = self._batch_condition(prepared, labels, latents.shape[0])
+        attributes = self._attribute_feed(settings, latents.shape[0], guided)
         unet = self.parts["unet"]
 
         def predict(model_input: np.ndarray, t) -> np.ndarray:
             feeds = {"sample": np.concatenate([model_input, condition], axis=1),
-                     "timestep": np.full((model_input.shape[0],), t, dtype=np.float32), "class_labels": class_labels}
+                     "timestep": np.full((model_input.shape[0],), t, dtype=np.float32), "class_labels": class_labels,
+                     **attributes}
             return self.timed_run("unet", unet, ["out_sample"], feeds)[0]
 
         strength = settings.get("strength")  # SDEdit: start from the prepared frame, partly noised
@@ -230,3 +280,16 @@ def check_detail_section(bundle: Bundle) -> None:
     if section["scheduler_config"] != bundle.manifest["scheduler"]:
         raise BundleError(bundle.root / "bundle.json", "the detail stage's scheduler_config differs from the base's "
                                                        "scheduler: this engine runs both on one noise schedule")
+
+
+def check_attributes_section(bundle: Bundle) -> list[str]:
+    """The attribute names of a bundle's "attributes" section ({"names": [...], "values": {name: [...]}}), checked;
+    BundleError naming bundle.json otherwise."""
+    section = bundle.manifest.get(ATTRIBUTES)
+    names = section.get("names") if isinstance(section, dict) else None
+    values = section.get("values") if isinstance(section, dict) else None
+    if (not isinstance(names, list) or not names or not isinstance(values, dict)
+            or any(not isinstance(values.get(n), list) or not values.get(n) for n in names)):
+        raise BundleError(bundle.root / "bundle.json", 'the attributes section must be {"names": [...], "values": '
+                                                       '{name: [values, ...]}} with values for every name')
+    return list(names)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -145,6 +145,7 @@ class OnnxDiffusionPipeline:
         blend: str | None = None,
         conditioning_scale: float = 1.0,
         strength: float | None = None,
+        attributes: Mapping[str, str] | None = None,
     ) -> list[VariantResult]:
         """Variants of one prepared frame (``prepare_frame``), one per seed, ``batch_size`` of them per model call.
 
@@ -157,7 +158,8 @@ class OnnxDiffusionPipeline:
         adds its ControlNet's residuals. ``strength`` (0 < s ≤ 1; pixel-space bundles): start from the prepared
         frame itself noised to that point of the schedule instead of from pure noise, and run only the last
         round(s · steps) steps (SDEdit): the frame's structure inside the mask stays, its seams and light are
-        redrawn — the model-harmonized transplant.
+        redrawn — the model-harmonized transplant. ``attributes`` ({name: value}, e.g. {"colour": "red"}): what a
+        bundle trained with attributes is asked for (``attribute_settings``); InputError from any other bundle.
         """
         prompt = self.prompts.get("add", "") if prompt is None else prompt
         negative_prompt = self.default_negative_prompt() if negative_prompt is None else negative_prompt
@@ -178,6 +180,7 @@ class OnnxDiffusionPipeline:
             "guidance_scale": guidance_scale,
             "scheduler": scheduler,
             **self.variant_settings(prepared, prompt, feather_px, blend, conditioning_scale),
+            **self.attribute_settings(prompt, attributes),
             **({"strength": float(strength)} if strength is not None else {}),
         }
         given = {"latents": latents, "masked_image_noise": masked_image_noise}
@@ -216,6 +219,15 @@ class OnnxDiffusionPipeline:
         """What a variant's settings say after the prompts and the sampling (in the order they are recorded),
         with this pipeline's own keywords resolved: ``finish`` and ``_denoise`` read them from here."""
         raise NotImplementedError
+
+    def attribute_settings(self, prompt: str, attributes: Mapping[str, str] | None) -> dict:
+        """What a variant's settings say of the attributes asked: nothing here, where no bundle takes any (a bundle
+        trained with attributes: engine.pipelines.compact); InputError when some are asked all the same."""
+        if attributes:
+            raise InputError(f"the bundle {self.bundle.name!r} was not trained with attributes (asked "
+                             f"{', '.join(f'{k} {v}' for k, v in attributes.items())}); train one with "
+                             "`main.py train --preset compact --attributes`, or ask none")
+        return {}
 
     def _denoise(self, prepared, embeddings, noise: dict[str, np.ndarray], steps: int, guidance_scale: float,
                  scheduler_name: str, settings: dict, progress: ProgressCallback | None,
@@ -366,6 +378,7 @@ class InpaintingPipeline(OnnxDiffusionPipeline):
         inpaint_area: str | None = None,
         region_padding: int | None = None,
         blend: str | None = None,
+        attributes: Mapping[str, str] | None = None,
     ) -> VariantResult:
         """One image. ``latents`` / ``masked_image_noise`` (float32, latent shape) replace the noise drawn
         from ``seed`` for the initial latents / the VAE posterior sample (sd-inpaint), to reproduce a reference."""
@@ -384,6 +397,7 @@ class InpaintingPipeline(OnnxDiffusionPipeline):
             progress=progress,
             cancel=cancel,
             blend=blend,
+            attributes=attributes,
         )[0]
 
     def variant_settings(self, prepared: PreparedFrame, prompt: str, feather_px: int, blend: str | None,

@@ -10,6 +10,12 @@ with min-SNR-γ weighting, the loss focused inside the mask (outside weight 0.1)
 10 % of labels are dropped to the unconditional class for classifier-free guidance. These choices come from the
 probes in TRAINING.md (ε-prediction with plain MSE still painted noise after 25 minutes; v + min-SNR + the
 masked loss painted lesion-like tissue after 22).
+
+With ``attributes`` on (``--attributes``), the model also learns the clinical attributes the captioner measures
+(colour, surface, size, outline, elevation: engine.captioning.conditioning): each Polyp pair is given its polyp's
+(engine.training.attribute_captions, cached in the run folder), each attribute dropped to "not asked" with
+probability ``attribute_dropout`` (0.3) on its own and all of them with the label when the label is dropped;
+Normal pairs get none. Off (the default), the task is what it always was.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.captioning.conditioning import MODEL_ATTRIBUTES
 from engine.pipelines.framing import auto_region_padding, region_crop
 from engine.models.compact_unet import CLASS_NAMES, CompactConfig, CompactInpaintUNet, parameter_count
+from engine.training.attribute_captions import CACHE_NAME as ATTRIBUTE_CACHE
 from engine.training.corpus import Corpus, CorpusFrame
 from engine.training.task import TrainConfig, TrainingError, TrainingTask
 from engine.training.objectives import (
@@ -76,11 +84,18 @@ class CompactTaskConfig:
     # only on polygons paints artefacts into boxes.
     box_mask_fraction: float = 0.25
     init_from: str | None = None  # start from these weights (a run folder's newest checkpoint or a model folder)
+    # Attribute conditioning (model.attributes holds which); each attribute of a Polyp pair is dropped to "not
+    # asked" with this probability on its own
+    attributes: bool = False
+    attribute_dropout: float = 0.3
 
     def to_json(self) -> dict:
         values = asdict(self)
         values["model"] = self.model.to_json()
         values["padding_range"] = list(self.padding_range)
+        if not self.attributes:  # as written before attributes existed: earlier runs still resume
+            values.pop("attributes")
+            values.pop("attribute_dropout")
         return values
 
 
@@ -122,12 +137,28 @@ def initial_weights(source: Path) -> dict[str, torch.Tensor]:
     return checkpoint.group("model")
 
 
+def with_new_attribute_weights(weights: dict[str, torch.Tensor], config: CompactConfig,
+                                log=print) -> dict[str, torch.Tensor]:
+    """Warm-start weights for a model with ``config``: the attribute embeddings the weights lack (a model trained
+    without attributes) start at zero, which leaves the model's outputs what they were; said in one line."""
+    emb = 4 * config.widths[0]
+    new = {f"attribute_embeddings.{name}.weight": torch.zeros(len(values) + 1, emb)
+           for name, values in config.attributes if f"attribute_embeddings.{name}.weight" not in weights}
+    if new:
+        log(f"--init-from: {len(new)} new weights start at zero ({', '.join(new)})")
+    return {**weights, **new}
+
+
 class CompactInpaintTask(TrainingTask):
     name = "compact-inpaint"
 
-    def __init__(self, corpus: Corpus, config: CompactTaskConfig | None = None, grid_rows: int = 8):
+    def __init__(self, corpus: Corpus, config: CompactTaskConfig | None = None, grid_rows: int = 8,
+                 attribute_cache: Path | None = None):
         self.corpus = corpus
         self.config = config or CompactTaskConfig()
+        self.attribute_cache = attribute_cache  # where the polyps' measured attributes are kept (the run folder)
+        if self.config.attributes and not self.config.model.attributes:
+            raise ValueError("attributes on needs a model with attribute embeddings (CompactConfig.attributes)")
         self.polyp_frames = [f for f in corpus.train if f.has_polyp]
         self.normal_frames = [f for f in corpus.train if f.normal]
         self._visible: dict[int, np.ndarray] = {}
@@ -150,7 +181,10 @@ class CompactInpaintTask(TrainingTask):
         return {"init_from": self.config.init_from} if self.config.init_from else {}
 
     def initial_state(self):
-        return initial_weights(Path(self.config.init_from)) if self.config.init_from else None
+        if not self.config.init_from:
+            return None
+        weights = initial_weights(Path(self.config.init_from))
+        return with_new_attribute_weights(weights, self.config.model) if self.attribute_columns else weights
 
     def samples_per_step(self) -> int:
         return self.config.batch_size
@@ -163,11 +197,14 @@ class CompactInpaintTask(TrainingTask):
         images = np.empty((self.config.batch_size, size, size, 3), np.uint8)
         masks = np.empty((self.config.batch_size, size, size), bool)
         labels = np.empty(self.config.batch_size, np.int64)
+        with_attributes = self._uses_attributes()
+        attributes = np.zeros((self.config.batch_size, len(self.attribute_columns)), np.int64)
         for i in range(self.config.batch_size):
+            source = None  # (frame, polyp index) of a Polyp pair
             if rng.random() < self.config.polyp_fraction:
-                image, mask, label = self._polyp_pair(rng, polyp_frames)
+                image, mask, label, source = self._polyp_pair_from(rng, polyp_frames)
             else:
-                image, mask, label = self._normal_pair(rng, normal_frames, all_frames, polyp_frames)
+                image, mask, label, source = self._normal_pair(rng, normal_frames, all_frames, polyp_frames)
             turns, flip = int(rng.integers(4)), bool(rng.integers(2))
             image, mask = np.rot90(image, turns), np.rot90(mask, turns)
             if flip:
@@ -175,8 +212,41 @@ class CompactInpaintTask(TrainingTask):
             images[i], masks[i] = image, mask
             dropped = rng.random() < self.config.unconditional_fraction
             labels[i] = UNCONDITIONAL if dropped and drop_labels else label
+            if with_attributes and source is not None:
+                row = self.attribute_row(*source)
+                if drop_labels:  # each attribute on its own, and all of them with the label
+                    kept = rng.random(len(row)) >= self.config.attribute_dropout
+                    row = np.where(kept & (labels[i] != UNCONDITIONAL), row, 0)
+                attributes[i] = row
         x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        return {"x0": x0, "mask": torch.from_numpy(masks)[:, None].float(), "labels": torch.from_numpy(labels)}
+        batch = {"x0": x0, "mask": torch.from_numpy(masks)[:, None].float(), "labels": torch.from_numpy(labels)}
+        if with_attributes:
+            batch["attributes"] = torch.from_numpy(attributes)
+        return batch
+
+    # ------------------------------------------------------------------ attributes
+    def _uses_attributes(self) -> bool:
+        return bool(getattr(self.config, "attributes", False))
+
+    @property
+    def attribute_columns(self) -> tuple:
+        """The model's (name, values) per attribute column; () for a network without them (the detail stage's)."""
+        return tuple(getattr(self.config.model, "attributes", ()))
+
+    def polyp_attributes(self) -> dict[str, list]:
+        """Frame rel → its polyps' measured attributes (engine.training.attribute_captions), measured once."""
+        if not hasattr(self, "_polyp_attributes"):
+            from engine.training.attribute_captions import corpus_attributes
+
+            self._polyp_attributes = corpus_attributes(self.corpus.train + self.corpus.held_out, self.attribute_cache)
+        return self._polyp_attributes
+
+    def attribute_row(self, frame: CorpusFrame, index: int) -> np.ndarray:
+        """The model's attribute indices of the frame's polyp ``index`` (0 where not measured)."""
+        polyps = self.polyp_attributes().get(frame.rel) or []
+        measured = polyps[index] if index < len(polyps) and polyps[index] else {}
+        return np.array([values.index(measured[name]) + 1 if measured.get(name) in values else 0
+                         for name, values in self.attribute_columns], np.int64)
 
     def loss(self, model, batch, generator):
         x0, mask, labels = batch["x0"], batch["mask"], batch["labels"]
@@ -186,7 +256,8 @@ class CompactInpaintTask(TrainingTask):
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
         noisy = add_noise(x0, noise, self.alphas_cumprod, t)
         model_input = torch.cat([noisy, x0 * (1 - mask), mask], dim=1)
-        prediction = model(model_input, t.float().to(x0.device), labels)
+        extra = {"attributes": batch["attributes"]} if "attributes" in batch else {}
+        prediction = model(model_input, t.float().to(x0.device), labels, **extra)
         prediction_type = self.config.scheduler["prediction_type"]
         target = target_of(prediction_type, x0, noise, self.alphas_cumprod, t)
         weight = min_snr_weight(prediction_type, self.alphas_cumprod, t, self.config.min_snr_gamma)
@@ -214,11 +285,12 @@ class CompactInpaintTask(TrainingTask):
         images = torch.from_numpy(np.stack([r[0] for r in rows])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         masks = torch.from_numpy(np.stack([r[1] for r in rows]))[:, None].float()
         classes = torch.tensor([r[2] for r in rows])
+        attributes = torch.from_numpy(np.stack(self._grid_attributes)) if self._uses_attributes() else None
         columns = []
         for seed in seeds:
             noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
             out = sample_inpaint(model, images, masks, classes, noise, self.config.scheduler, self.config.sample_steps,
-                                 self.config.sample_guidance)
+                                 self.config.sample_guidance, attributes=attributes)
             composite = out * masks + images * (1 - masks)
             columns.append(((composite.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
         grid_rows = []
@@ -251,8 +323,18 @@ class CompactInpaintTask(TrainingTask):
     def _polyp_pair(self, rng, frames):
         return self._polyp_pair_on(frames[int(rng.integers(len(frames)))], rng)
 
+    def _polyp_pair_from(self, rng, frames):
+        """A Polyp pair on a frame drawn from ``frames``, with (frame, polyp index)."""
+        frame = frames[int(rng.integers(len(frames)))]
+        image, mask, label, index = self._polyp_pair_at(frame, rng)
+        return image, mask, label, (frame, index)
+
     def _polyp_pair_on(self, frame: CorpusFrame, rng):
         """A Polyp pair on ``frame``: one of its polyps, a crop around it, the mask of the task's mask mode."""
+        return self._polyp_pair_at(frame, rng)[:3]
+
+    def _polyp_pair_at(self, frame: CorpusFrame, rng):
+        """``_polyp_pair_on`` with the index of the polyp it took."""
         index = int(rng.integers(len(frame.boxes)))
         box = frame.boxes[index]
         crop = self._crop_for(frame, box, rng)
@@ -266,10 +348,11 @@ class CompactInpaintTask(TrainingTask):
             height, width = frame.image.shape[:2]
             full = polyp_training_mask(self.config.mask_mode, box, frame.instance_masks[index], height, width, rng)
             mask = _crop_resized(full.astype(np.uint8) * 255, crop, size, Image.Resampling.NEAREST) > 127
-        return image, mask, POLYP
+        return image, mask, POLYP, index
 
     def _normal_pair(self, rng, normal_frames, all_frames, polyp_frames):
-        """A free box on a normal frame (half the time, when there are any) or on any frame, outside its polyps."""
+        """A free box on a normal frame (half the time, when there are any) or on any frame, outside its polyps;
+        with None where a Polyp pair would give its (frame, polyp index)."""
         pool = normal_frames if normal_frames and rng.random() < 0.5 else all_frames
         for _ in range(20):
             frame = pool[int(rng.integers(len(pool)))]
@@ -284,8 +367,8 @@ class CompactInpaintTask(TrainingTask):
                 mask = _box_in_crop(box, crop, size)
             else:
                 mask = _polygon_in_crop(convex_polygon_in_box(box, rng), crop, size)
-            return image, mask, NORMAL
-        return self._polyp_pair(rng, polyp_frames)  # no free mucosa found in 20 frames: a Polyp pair instead
+            return image, mask, NORMAL, None
+        return self._polyp_pair_from(rng, polyp_frames)  # no free mucosa found in 20 frames: a Polyp pair instead
 
     # ------------------------------------------------------------------ fixed validation data
     def _fixed_batch(self) -> dict:
@@ -299,13 +382,16 @@ class CompactInpaintTask(TrainingTask):
 
     def grid_rows_data(self) -> tuple[list[tuple[np.ndarray, np.ndarray, int]], list[str]]:
         """Fixed rows for the sample grid, from held-out frames: add at a BPM mask inside a real polyp's box,
-        remove (prompt Normal) at the polyp's padded box, and add on a free box of mucosa."""
+        remove (prompt Normal) at the polyp's padded box, and add on a free box of mucosa. With attributes, the
+        first rows ask the real polyp's measured attributes (``_grid_attributes``), the others none."""
         if hasattr(self, "_grid"):
             return self._grid
         held = sorted(self.corpus.held_out, key=lambda f: f.stem)
         polyp_frames = [f for f in held if f.has_polyp]
         size = self.config.resolution
         rows, labels = [], []
+        self._grid_attributes = []
+        columns = len(self.attribute_columns)
         rng = np.random.default_rng(99)
         count = self.grid_rows
         n_add, n_remove = max(1, count * 3 // 8), max(1, count * 3 // 8)
@@ -315,6 +401,8 @@ class CompactInpaintTask(TrainingTask):
             rows.append((_crop_resized(frame.image, crop, size, Image.Resampling.BILINEAR),
                          _polygon_in_crop(convex_polygon_in_box(box, rng), crop, size), POLYP))
             labels.append(f"Polyp {frame.stem[:10]}")
+            self._grid_attributes.append(self.attribute_row(frame, 0) if self._uses_attributes()
+                                         else np.zeros(columns, np.int64))
         for frame in polyp_frames[n_add:n_add + n_remove]:
             box = frame.boxes[0]
             pad = 0.1 * max(box[2] - box[0], box[3] - box[1])
@@ -325,6 +413,7 @@ class CompactInpaintTask(TrainingTask):
             rows.append((_crop_resized(frame.image, crop, size, Image.Resampling.BILINEAR),
                          _polygon_in_crop(corners, crop, size), NORMAL))
             labels.append(f"Normal {frame.stem[:10]}")
+            self._grid_attributes.append(np.zeros(columns, np.int64))
         for frame in (held[::-1])[: count - len(rows)]:
             height, width = frame.image.shape[:2]
             box = normal_region_box(height, width, frame.boxes, visible_area(frame.image), rng)
@@ -334,6 +423,7 @@ class CompactInpaintTask(TrainingTask):
             rows.append((_crop_resized(frame.image, crop, size, Image.Resampling.BILINEAR),
                          _polygon_in_crop(convex_polygon_in_box(box, rng), crop, size), POLYP))
             labels.append(f"Polyp@free {frame.stem[:7]}")
+            self._grid_attributes.append(np.zeros(columns, np.int64))
         self._grid = (rows, labels)
         return self._grid
 
@@ -353,12 +443,13 @@ def _digest(items: list[str]) -> str:
 
 def sample_inpaint(model, images: torch.Tensor, masks: torch.Tensor, classes: torch.Tensor, noise: torch.Tensor,
                    scheduler_config: dict, steps: int, guidance: float, tokens: torch.Tensor | None = None,
-                   uncond_tokens: torch.Tensor | None = None) -> torch.Tensor:
+                   uncond_tokens: torch.Tensor | None = None, attributes: torch.Tensor | None = None) -> torch.Tensor:
     """The torch original of the engine's sampler: diffusers' DDIM on the model's v-prediction, classifier-free
     guidance against the unconditional class as one batch (unconditional half first).
 
     ``tokens`` (a model that also takes text, the compact CCIS ControlNet): the caption's token ids, guided against
-    (class 0, ``uncond_tokens``)."""
+    (class 0, ``uncond_tokens``). ``attributes`` (a model trained with attributes): int (B, A) indices, guided
+    against all zeros."""
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler.from_config({k: v for k, v in scheduler_config.items() if not k.startswith("_")})
@@ -370,6 +461,9 @@ def sample_inpaint(model, images: torch.Tensor, masks: torch.Tensor, classes: to
     x = noise * scheduler.init_noise_sigma
     labels = torch.cat([torch.zeros_like(classes), classes]) if guided else classes
     text = () if tokens is None else ((torch.cat([uncond_tokens, tokens]) if guided else tokens).to(device),)
+    asked = {}
+    if attributes is not None:
+        asked["attributes"] = (torch.cat([torch.zeros_like(attributes), attributes]) if guided else attributes).to(device)
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -377,7 +471,7 @@ def sample_inpaint(model, images: torch.Tensor, masks: torch.Tensor, classes: to
             copies = 2 if guided else 1
             model_input = scheduler.scale_model_input(torch.cat([x] * copies), t)
             prediction = model(torch.cat([model_input, torch.cat([condition] * copies)], dim=1),
-                               t.float().reshape(1).expand(model_input.shape[0]).to(device), labels, *text)
+                               t.float().reshape(1).expand(model_input.shape[0]).to(device), labels, *text, **asked)
             if guided:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + guidance * (cond - uncond)
@@ -391,10 +485,12 @@ def build(options, corpus: Corpus) -> tuple[CompactInpaintTask, TrainConfig]:
     (None) keeps CompactTaskConfig's value or COMPACT_DEFAULTS'."""
     defaults = CompactTaskConfig()
     model = defaults.model
+    with_attributes = bool(getattr(options, "attributes", False))
     model = CompactConfig(
         widths=options.widths or model.widths, blocks=options.blocks if options.blocks is not None else model.blocks,
         stem=options.stem if options.stem is not None else model.stem,
         attention_levels=options.attention_levels if options.attention_levels is not None else model.attention_levels,
+        attributes=MODEL_ATTRIBUTES if with_attributes else (),
     )
     gamma = defaults.min_snr_gamma if options.min_snr_gamma is None else (options.min_snr_gamma or None)
     task_config = CompactTaskConfig(
@@ -405,8 +501,11 @@ def build(options, corpus: Corpus) -> tuple[CompactInpaintTask, TrainConfig]:
         min_snr_gamma=gamma,
         box_mask_fraction=defaults.box_mask_fraction if options.box_mask_fraction is None else options.box_mask_fraction,
         init_from=str(Path(options.init_from).resolve()) if options.init_from else None,
+        attributes=with_attributes,
     )
-    return CompactInpaintTask(corpus, task_config), generator_config(options, COMPACT_DEFAULTS)
+    cache = Path(options.run) / ATTRIBUTE_CACHE if with_attributes else None
+    return (CompactInpaintTask(corpus, task_config, attribute_cache=cache),
+            generator_config(options, COMPACT_DEFAULTS))
 
 
 def output(task: CompactInpaintTask) -> ModelOutput:

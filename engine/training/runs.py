@@ -37,6 +37,8 @@ def run_training(args: argparse.Namespace) -> int:
     for folder in list(args.input) + list(args.normals):
         if not Path(folder).is_dir():
             raise InputError(f"{folder}: training folder not found")
+    if getattr(args, "attributes", False) and (getattr(args, "method", "inpaint"), args.preset) != ("inpaint", "compact"):
+        raise InputError("--attributes conditions the compact inpainting model (--preset compact, --method inpaint)")
     started = time.perf_counter()
     corpus = load_corpus(args.input, args.normals, max_side=args.max_side, held_out_fraction=args.held_out_fraction,
                          limit=args.limit_frames)
