@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # pulling a multi-GB CUDA one.
 TORCH  ?= torch==2.13.0
 
-.PHONY: evaluate-kvasir train-compact anneal-compact train-detail train-ccis-compact ccis-compact-bundle demo test ultralytics-env test-ultralytics screenshots installer installer-test bench bench-retrieval bench-ray bench-scale demo-bundle demo-features demo-controlnet clean
+.PHONY: evaluate-kvasir train-compact anneal-compact train-attributes train-detail train-ccis-compact ccis-compact-bundle demo test ultralytics-env test-ultralytics screenshots installer installer-test bench bench-retrieval bench-ray bench-scale demo-bundle demo-features demo-controlnet clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,9 +74,10 @@ demo-controlnet: $(VENV)/.dev-installed
 COMPACT_STEPS   ?= 40000
 COMPACT_MINUTES ?= 120
 COMPACT_THREADS ?= 2
-COMPACT_SHAPE = --preset compact --input ../shared/data/kvasir-seg --normals ../shared/data/normal --resolution 64 \
+COMPACT_NETWORK = --preset compact --input ../shared/data/kvasir-seg --normals ../shared/data/normal --resolution 64 \
     --widths 32,64,128 --blocks 1 --stem 1 --attention-levels "" --batch-size 32 --validate-every 250 \
-    --keep-checkpoints 1 --threads $(COMPACT_THREADS)
+    --keep-checkpoints 1
+COMPACT_SHAPE = $(COMPACT_NETWORK) --threads $(COMPACT_THREADS)
 train-compact: $(VENV)/.dev-installed
 	$(BIN)/python main.py train $(COMPACT_SHAPE) --run training_runs/compact --steps $(COMPACT_STEPS) \
 	    --checkpoint-every 100 --sample-every 500 --max-minutes $(COMPACT_MINUTES) \
@@ -86,6 +87,20 @@ anneal-compact: $(VENV)/.dev-installed
 	$(BIN)/python main.py train $(COMPACT_SHAPE) --run training_runs/compact-anneal --init-from training_runs/compact/model \
 	    --lr 3e-4 --lr-schedule cosine --warmup-steps 20 --steps 600 --checkpoint-every 100 --sample-every 300 --validate-every 300 \
 	    --to exported_models/polypforge-compact --name polypforge-compact
+
+# The compact model with attributes (issue 25 item 3): the default model's weights plus zero-initialised attribute
+# embeddings (colour, surface, elevation chosen; size and outline measured on the mask), fine-tuned on captioned
+# Kvasir-SEG crops, ATTR_MINUTES per invocation (it resumes where it stopped), exported to .bench/compact-attributes
+# (not the default until its read-back is measured).
+ATTR_STEPS   ?= 2000
+ATTR_MINUTES ?= 120
+ATTR_THREADS ?= 1
+train-attributes: $(VENV)/.dev-installed
+	$(BIN)/python main.py train $(COMPACT_NETWORK) --threads $(ATTR_THREADS) --attributes \
+	    --run training_runs/compact-attributes --init-from training_runs/compact-anneal/model \
+	    --lr 3e-4 --lr-schedule cosine --warmup-steps 20 --steps $(ATTR_STEPS) --checkpoint-every 50 \
+	    --sample-every 500 --validate-every 500 --max-minutes $(ATTR_MINUTES) \
+	    --to .bench/compact-attributes --name polypforge-compact-attributes
 
 # The compact model's detail stage (issue 25): a 128² SR3-style U-Net that repaints large region crops from the
 # default model's 64² result, trained from scratch on real Kvasir-SEG crops (~1.4 s a step of 16 on one thread),
