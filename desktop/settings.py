@@ -1,4 +1,5 @@
-"""Where the app remembers things between sessions (QSettings), and the job settings it remembers.
+"""Where the app remembers things between sessions (QSettings), and the job settings and Evaluate… form it
+remembers.
 
 ``open_settings()`` uses ``$POLYPFORGE_SETTINGS`` (an .ini file) when set — the tests and the screenshot
 script point it at a temporary file, so they never touch the real curator's settings — and the per-user
@@ -174,3 +175,61 @@ def _parse(name: str, raw, default):
     if name in choices and text not in choices[name]:
         raise ValueError(name)
     return text
+
+
+@dataclass
+class EvaluationForm:
+    """The Evaluate… dialog's fields (desktop.views.evaluation_dialog); 0 and "" mean "the engine's default".
+
+    ``fresh`` (start over, discarding what the output folder holds) is never remembered: a remembered tick would
+    throw away hours of finished runs at the next start."""
+
+    tests: str = ""  # one test folder a line: NAME=DIR, or DIR (named by its folder)
+    normals: str = ""  # polyp-free frames, "" = none
+    output: str = ""  # "" = beside the dataset: <dataset>-evaluation
+    fractions: str = ""  # comma-separated shares of the training frames, "" = the engine's
+    seeds: int = 0
+    max_steps: int = 0
+    threads: int = 0  # 0 = all cores
+    synthetic_arm: bool = True  # "PolypForge synthetic": the app's generation settings as a job file
+    copy_paste_arm: bool = True  # the honest baseline: the subset's own polyps pasted elsewhere, no model
+    transplant_arm: bool = False  # moved polyps redrawn by the model at strength 0.3
+    fresh: bool = False
+
+    def save(self, settings: QSettings) -> None:
+        settings.beginGroup("evaluation")
+        for f in fields(self):
+            if f.name == "fresh":
+                continue
+            value = getattr(self, f.name)
+            settings.setValue(f.name, ("true" if value else "false") if isinstance(value, bool) else value)
+        settings.endGroup()
+        settings.sync()
+
+    @classmethod
+    def load(cls, settings: QSettings) -> EvaluationForm:
+        """What was saved, each value checked; anything unreadable falls back to its default."""
+        result = cls()
+        settings.beginGroup("evaluation")
+        try:
+            for f in fields(result):
+                if f.name == "fresh" or not settings.contains(f.name):
+                    continue
+                raw = settings.value(f.name)
+                default = getattr(result, f.name)
+                text = "" if raw is None else str(raw)
+                try:
+                    if isinstance(default, bool):
+                        value = text.lower() in ("true", "1", "yes")
+                    elif isinstance(default, int):
+                        value = int(text)
+                        if value < 0:
+                            raise ValueError(f.name)
+                    else:
+                        value = text
+                except (TypeError, ValueError):
+                    continue
+                setattr(result, f.name, value)
+        finally:
+            settings.endGroup()
+        return result

@@ -1,4 +1,5 @@
-"""The main window's actions: the File and Job menus and the toolbar, and which actions a job's state allows.
+"""The main window's actions: the File and Job menus and the toolbar, and which actions a job's state allows
+(Evaluate… needs an open dataset: the window enables it once one is open).
 
 The window connects each action to its slot; this module only builds them and places them."""
 
@@ -12,7 +13,8 @@ from desktop.viewmodels.job import RUNNING_STATES
 
 
 class MainActions:
-    """Open, review, add bundle, run, cancel, open output and quit, in the menus and the toolbar of ``window``."""
+    """Open, review, add bundle, run, cancel, open output, evaluate and quit, in the menus and the toolbar of
+    ``window``."""
 
     def __init__(self, window: QMainWindow):
         def action(text: str, shortcut=None, tip: str = "") -> QAction:
@@ -29,6 +31,9 @@ class MainActions:
         self.cancel_action = action("Cancel", QKeySequence("Ctrl+."), "Stop within a denoising step")
         self.cancel_action.setEnabled(False)
         self.output_action = action("Open output folder")
+        self.evaluate_action = action("Evaluate…", tip="Does synthetic data help? A learning curve on the open "
+                                      "dataset: real vs real + synthetic at fractions of its frames; opens its report")
+        self.evaluate_action.setEnabled(False)
         self.quit_action = action("Quit", QKeySequence.StandardKey.Quit)
         menu = window.menuBar().addMenu("&File")
         for a in (self.open_action, self.review_open_action, self.add_bundle_action, self.output_action):
@@ -38,11 +43,14 @@ class MainActions:
         job_menu = window.menuBar().addMenu("&Job")
         job_menu.addAction(self.run_action)
         job_menu.addAction(self.cancel_action)
+        job_menu.addSeparator()
+        job_menu.addAction(self.evaluate_action)
         toolbar = window.addToolBar("Main")
         toolbar.setObjectName("main-toolbar")
         toolbar.setMovable(False)
         toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
-        for a in (self.open_action, self.run_action, self.cancel_action, self.review_open_action, self.output_action):
+        for a in (self.open_action, self.run_action, self.cancel_action, self.review_open_action, self.output_action,
+                  self.evaluate_action):
             toolbar.addAction(a)
 
     @staticmethod

@@ -3,7 +3,8 @@
 
 It creates the view-models, connects them to the views and turns every failure into a message box
 naming the file (desktop.errors). It reaches the engine only through the view-models: reading a frame is
-DatasetController's, the job (its spec, its output folder) JobController's, the review ReviewController's.
+DatasetController's, the job (its spec, its output folder) JobController's, the review ReviewController's,
+an evaluation (Evaluate…: the learning curve on the open dataset) EvaluationController's.
 From engine.errors it takes InputError, the curator's error that the view-models raise."""
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from desktop.settings import JobSettings, open_settings
 from desktop.viewmodels.bundles import BundleListModel
 from desktop.viewmodels.captions import CaptionController
 from desktop.viewmodels.dataset import DatasetController, FrameItem
+from desktop.viewmodels.evaluation import EvaluationController
 from desktop.viewmodels.job import JobController
 from desktop.viewmodels.mask_editor import MaskEditor
 from desktop.viewmodels.retrieval import RetrievalController
 from desktop.viewmodels.review import ReviewController
 from desktop.views.browser import FrameBrowser
 from desktop.views.editor import EditorPage
+from desktop.views.evaluation_dialog import EvaluationDialog
 from desktop.views.gallery import ReviewPage
 from desktop.views.job_column import JobColumn
 from desktop.views.main_actions import MainActions
@@ -53,6 +56,8 @@ class MainWindow(QMainWindow):
         self.bundles = BundleListModel(self)
         self.retrieval = RetrievalController(self)
         self.captions = CaptionController(self)
+        self.evaluation = EvaluationController(self)
+        self.evaluation_dialog: EvaluationDialog | None = None  # made when first opened
         self.current_item: FrameItem | None = None
 
         self.browser = FrameBrowser(self.dataset)
@@ -89,6 +94,7 @@ class MainWindow(QMainWindow):
             (actions.run_action, self.run_job),
             (actions.cancel_action, self.job.cancel),
             (actions.output_action, self.open_output_folder),
+            (actions.evaluate_action, self.open_evaluation),
             (actions.quit_action, self.close),
         ):
             actions.connect(action, slot)
@@ -158,6 +164,9 @@ class MainWindow(QMainWindow):
         self.current_item = None
         self._show_caption()
         self.settings.setValue("paths/input", str(sources.input_dir))
+        self.menu_actions.evaluate_action.setEnabled(True)
+        if self.evaluation_dialog is not None:
+            self.evaluation_dialog.refresh_dataset()
         if not self.panel.output.text().strip():
             self.panel.output.setText(str(sources.input_dir.parent / f"{sources.input_dir.name}-generated"))
             self._settings_changed()
@@ -378,6 +387,21 @@ class MainWindow(QMainWindow):
         self.panel.select_bundle(folder)
         self._settings_changed()
 
+    # ------------------------------------------------------------------ evaluation
+    def open_evaluation(self) -> EvaluationDialog | None:
+        """The Evaluate… dialog (modeless; one per window, so a running evaluation shows when it is reopened)."""
+        if self.dataset.sources is None:
+            show_error(self, "No frames folder", "Open a folder of frames + masks first (File ▸ Open frames folder…): "
+                       "the evaluation trains on it.")
+            return None
+        if self.evaluation_dialog is None:
+            self.evaluation_dialog = EvaluationDialog(self.evaluation, self.settings, lambda: self.dataset.input_dir,
+                                                      self.job_values, self)
+        self.evaluation_dialog.show()
+        self.evaluation_dialog.raise_()
+        self.evaluation_dialog.activateWindow()
+        return self.evaluation_dialog
+
     # ------------------------------------------------------------------ settings, closing
     def _settings_changed(self) -> None:
         self.panel.settings().save(self.settings)
@@ -395,6 +419,9 @@ class MainWindow(QMainWindow):
         if self.job.running:
             self.job.cancel()
             self.job.wait(120_000)
+        if self.evaluation.busy:
+            self.evaluation.cancel()  # it resumes from its last checkpoint when started again
+        self.evaluation.wait(120_000)
         for runner in (self.dataset, self.review, self.bundles, self.retrieval, self.run_page.report_tasks):
             runner.wait(30_000)
         for loader in (self.dataset.loader, self.review.loader):
@@ -407,6 +434,15 @@ class MainWindow(QMainWindow):
             if answer != QMessageBox.StandardButton.Yes:
                 event.ignore()
                 return
+        if self.evaluation.busy:
+            answer = QMessageBox.question(self, "An evaluation is running",
+                                          "Cancel the evaluation and quit? Started again into the same output folder, "
+                                          "it resumes: finished runs are kept.")
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+        if self.evaluation_dialog is not None:
+            self.evaluation_dialog.save_form()
         if self.editor_page.caption_panel.dirty:
             self.save_caption()
         if self.editor.active and self.editor.dirty:

@@ -1,0 +1,393 @@
+"""Evaluate…: does synthetic data help on the open dataset? The learning curve of ``main.py evaluate``
+(engine.evaluation.learning_curve.run_learning_curve) started from the app.
+
+- ``curve_settings(form, train, job_values)``: the dialog's form as the engine's ``CurveSettings``: the training
+  frames are the open dataset folder (frames + masks: the folder the batch job reads), the test folders and
+  polyp-free frames as given, the output folder (default: ``<dataset>-evaluation`` beside it), fractions, seeds,
+  step cap and threads (0 or "" = the engine's default), and the arms, each a batch-job file written atomically
+  into ``<output>/jobs/``: ``synthetic`` = the app's current generation settings ("PolypForge synthetic"),
+  ``copy-paste`` (mode transplant, harmonize none: no model) and ``transplant`` (mode transplant, harmonize model
+  at strength 0.3), the honest baselines. The evaluation sets each job's input, output and split per fraction.
+- ``plan(settings)`` and ``start(settings)`` run the engine on an EvaluationWorker thread (the plan reads the
+  frames and times a training step: seconds); progress (``CurveProgress``), log lines, then the report's data
+  or the reason it stopped come back as signals. ``cancel()`` is the engine's cancel callback: the run stops
+  within a training step, and starting again into the same folder resumes it (finished runs are reused).
+- The evaluation lab needs torch and pycocotools, which the installed app leaves out: ``check_lab()`` imports it
+  off the GUI thread and says in one line (``DEVELOPER_INSTALL``) what to install when it cannot; the rest of
+  the app does not need it. Nothing here imports engine.evaluation at module level.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal
+
+from desktop.settings import EvaluationForm
+from desktop.workers.evaluation_worker import EvaluationWorker
+from desktop.workers.tasks import TaskRunner
+from engine.errors import InputError, PolypForgeError
+from engine.fileio import atomic_write_bytes
+
+DEVELOPER_INSTALL = (
+    "The evaluation needs the developer install: torch and pycocotools (the pyproject extra “export”), which "
+    "this installation does not have — the installed app leaves them out. In a source checkout: "
+    "pip install torch==2.13.0 && pip install -e '.[cpu,export,desktop]', then start the app with "
+    "python main.py. Everything else in the app works without them."
+)
+JOBS_FOLDER = "jobs"  # in the output folder: the arms' job files
+REPORT_NAME = "report.html"
+TRANSPLANT_STRENGTH = 0.3
+# Keys of the app's job that the evaluation sets itself per fraction (engine.evaluation.curve_arms), or that
+# belong to the app's own output folder.
+SET_BY_EVALUATION = ("input", "output", "masks", "split_file", "from_splits", "resume")
+BUNDLE_KEYS = ("model", "judge")  # a bundle name or folder (engine.bundle.format.find_bundle)
+RUNNING = ("planning", "running", "cancelling")
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str  # the arm in the report, and its job file's stem
+    label: str  # the dialog's checkbox
+    field: str  # the EvaluationForm flag
+    description: str
+
+
+ARMS = (
+    Arm("synthetic", "PolypForge synthetic", "synthetic_arm",
+        "the app's current generation settings (model, mode, mask source, variants, …) as a batch job"),
+    Arm("copy-paste", "copy-paste", "copy_paste_arm",
+        "the subset's own polyps pasted elsewhere with a soft margin, no model (mode transplant, harmonize none)"),
+    Arm("transplant", "harmonized transplant", "transplant_arm",
+        f"the subset's own polyps moved and redrawn by the model at strength {TRANSPLANT_STRENGTH:g} "
+        "(mode transplant, harmonize model)"),
+)
+
+
+class EvaluationUnavailable(PolypForgeError):
+    """This installation cannot run the evaluation lab (torch or pycocotools missing)."""
+
+
+def import_torch_stack() -> None:
+    """Import what the evaluation lab needs beyond the app (the tests replace this to simulate its absence)."""
+    import pycocotools  # noqa: F401
+    import torch  # noqa: F401
+
+
+def load_lab():
+    """engine.evaluation.learning_curve, or EvaluationUnavailable (DEVELOPER_INSTALL and what is missing)."""
+    try:
+        import_torch_stack()
+        from engine.evaluation import learning_curve
+    except ImportError as exc:
+        missing = exc.name or str(exc)
+        raise EvaluationUnavailable(f"{DEVELOPER_INSTALL}\n(missing: {missing})") from None
+    return learning_curve
+
+
+# ------------------------------------------------------------------------------------------------ the form
+def default_output(train: Path) -> Path:
+    """The evaluation folder beside the dataset: <dataset>-evaluation."""
+    train = Path(train)
+    return train.parent / f"{train.name}-evaluation"
+
+
+def output_folder(form: EvaluationForm, train: Path | None) -> Path | None:
+    if form.output.strip():
+        return Path(form.output.strip()).expanduser()
+    return default_output(train) if train is not None else None
+
+
+def report_path(form: EvaluationForm, train: Path | None) -> Path | None:
+    out = output_folder(form, train)
+    return out / REPORT_NAME if out is not None else None
+
+
+def parse_tests(text: str) -> dict[str, Path]:
+    """One test folder a line: NAME=DIR, or DIR named by its folder (as ``evaluate --test``)."""
+    tests: dict[str, Path] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        name, sep, folder = line.partition("=")
+        if not (sep and name.strip() and folder.strip()):
+            folder = line
+            name = Path(line).expanduser().name
+        path = Path(folder.strip()).expanduser()
+        name = name.strip()
+        if name in tests:
+            raise InputError(f"test folders: two are named {name!r}; name them NAME=DIR")
+        if not path.is_dir():
+            raise InputError(f"{path}: test folder not found")
+        tests[name] = path
+    if not tests:
+        raise InputError("add at least one test folder: real frames + masks never trained on (NAME=DIR or DIR, "
+                         "one a line)")
+    return tests
+
+
+def parse_fractions(text: str) -> tuple[float, ...] | None:
+    """Comma-separated shares of the training frames in (0, 1]; None for the engine's default."""
+    values = []
+    for part in text.replace(";", ",").split(","):
+        if not part.strip():
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise InputError(f"fractions: {part.strip()!r} is not a number") from None
+        if not 0.0 < value <= 1.0:
+            raise InputError(f"fractions: {value:g} must be in (0, 1] (a share of the training frames)")
+        values.append(value)
+    return tuple(sorted(set(values))) or None
+
+
+# ------------------------------------------------------------------------------------------------ the arms
+def arm_job_values(arm: str, job_values: dict) -> dict:
+    """The job file's keys of an arm; ``job_values``: the app's current job (MainWindow.job_values)."""
+    current = {k: v for k, v in job_values.items() if v is not None and k not in SET_BY_EVALUATION}
+    shared = {k: current[k] for k in ("variants", "seed", "formats") if k in current}
+    if arm == "synthetic":
+        return current
+    if arm == "copy-paste":
+        return {"mode": "transplant", "harmonize": "none", **shared}
+    if arm == "transplant":
+        model = {k: current[k] for k in ("model", "provider") if k in current}
+        return {"mode": "transplant", "harmonize": "model", "strength": TRANSPLANT_STRENGTH, **shared, **model}
+    raise ValueError(arm)
+
+
+def _absolute(key: str, value) -> str:
+    """A path of a job file as an absolute path (a job file reads relative ones from its own folder)."""
+    if key in BUNDLE_KEYS:
+        from engine.bundle.format import find_bundle
+
+        return str(find_bundle(value).expanduser().resolve())
+    return str(Path(value).expanduser().resolve())
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InputError(f"job settings: {value} cannot be written to a job file")
+        return repr(value)
+    if isinstance(value, (str, Path)):  # a TOML basic string: JSON's escapes are TOML's, plus DEL
+        return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise InputError(f"job settings: {value!r} cannot be written to a job file")
+
+
+def job_file_text(values: dict, comment: str) -> str:
+    lines = [f"# {line}" for line in comment.splitlines()]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_arm_job(arm: Arm, values: dict, folder: Path, train: Path) -> Path:
+    """Check the arm's job (engine.jobs.build_spec: the same refusals as a job file) and write it atomically to
+    ``folder/<arm>.toml``; read back, it must give the same keys."""
+    from engine.jobs import build_spec
+    from engine.jobs.spec import PATH_FIELDS
+
+    path = Path(folder) / f"{arm.name}.toml"
+    values = {k: (_absolute(k, v) if k in PATH_FIELDS else v) for k, v in values.items()}
+    try:
+        build_spec({**values, "input": str(train), "output": str(Path(folder).parent / "synthetic")}, source=str(path))
+    except InputError as exc:  # a value's own refusal does not name the file
+        raise InputError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from None
+    text = job_file_text(values, f"The arm {arm.name!r} of the app's evaluation ({arm.label}): {arm.description}.\n"
+                                 "Written by PolypForge's Evaluate… dialog; input, output and the split are set by "
+                                 "the evaluation for each fraction.")
+    if tomllib.loads(text) != json.loads(json.dumps(values)):
+        raise InputError(f"{path}: the job settings do not survive being written as TOML ({values})")
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return path
+
+
+def write_arm_jobs(form: EvaluationForm, out: Path, train: Path, job_values: dict) -> dict[str, Path]:
+    """The ticked arms' job files in <out>/jobs/: {arm name: job file}."""
+    return {arm.name: write_arm_job(arm, arm_job_values(arm.name, job_values), Path(out) / JOBS_FOLDER, train)
+            for arm in ARMS if getattr(form, arm.field)}
+
+
+def curve_settings(form: EvaluationForm, train: Path, job_values: dict, lab=None, tuning: dict | None = None):
+    """The engine's CurveSettings for the form (and the arms' job files, written); InputError says what is wrong.
+    ``tuning``: further CurveSettings fields (size, widths, validate_every, patience, …) the form does not show."""
+    lab = lab or load_lab()
+    if train is None:
+        raise InputError("no dataset is open: open a folder of frames + masks first (File ▸ Open frames folder…)")
+    train = Path(train)
+    tests = parse_tests(form.tests)
+    normals = Path(form.normals.strip()).expanduser() if form.normals.strip() else None
+    if normals is not None and not normals.is_dir():
+        raise InputError(f"{normals}: polyp-free frames folder not found")
+    out = output_folder(form, train)
+    if out.resolve() == train.resolve() or out.resolve().is_relative_to(train.resolve()):
+        raise InputError(f"{out}: the output folder must not be the dataset folder or inside it ({train})")
+    optional = {"fractions": parse_fractions(form.fractions), "seeds": form.seeds or None,
+                "max_steps": form.max_steps or None, "threads": form.threads or None}
+    arms = write_arm_jobs(form, out, train, job_values)
+    return lab.CurveSettings(train=train, tests=tests, out=out, arms=arms, normals=normals, fresh=form.fresh,
+                             **{k: v for k, v in optional.items() if v is not None}, **(tuning or {}))
+
+
+# ------------------------------------------------------------------------------------------------ running
+@dataclass
+class Outcome:
+    status: str  # "done" | "cancelled" | "planned"
+    data: dict
+    message: str = ""
+
+
+class EvaluationController(QObject):
+    """One evaluation (or plan) at a time, on an EvaluationWorker thread."""
+
+    labChecked = Signal(str)  # "" when the lab can run, else why not (DEVELOPER_INSTALL …)
+    stateChanged = Signal(str)  # idle | planning | running | cancelling
+    progressChanged = Signal(object)  # CurveProgress
+    logLine = Signal(str)
+    planReady = Signal(list)  # the plan's lines
+    finished = Signal(object)  # the report's data ("html": report.html)
+    cancelled = Signal(str)
+    failed = Signal(object, str)  # the exception, its traceback ("" for the engine's own errors)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.lab = None
+        self.problem: str | None = None  # None: not checked yet
+        self.state = "idle"
+        self.progress = None  # the latest CurveProgress
+        self.settings = None  # the CurveSettings of the latest plan or run
+        self.worker: EvaluationWorker | None = None
+        self.tuning: dict = {}  # further CurveSettings fields the dialog does not show (tests, scripts)
+        self._tasks = TaskRunner(self, serial=True)
+
+    @property
+    def busy(self) -> bool:
+        return self.state in RUNNING
+
+    @property
+    def checking(self) -> bool:
+        return self._tasks.busy()
+
+    def check_lab(self) -> None:
+        """Import the lab off the GUI thread (torch takes seconds); labChecked says whether it can run."""
+        if self.problem is not None:
+            self.labChecked.emit(self.problem)
+            return
+        if not self._tasks.busy():
+            self._tasks.submit(load_lab, self._lab_loaded, self._lab_failed)
+
+    def _lab_loaded(self, lab) -> None:
+        self.lab, self.problem = lab, ""
+        self.labChecked.emit("")
+
+    def _lab_failed(self, exc: BaseException) -> None:
+        self.lab = None
+        self.problem = str(exc) if isinstance(exc, EvaluationUnavailable) else f"{DEVELOPER_INSTALL}\n({exc})"
+        self.labChecked.emit(self.problem)
+
+    def defaults(self) -> dict:
+        """The engine's defaults the form shows for its empty fields (after the lab loaded)."""
+        if self.lab is None:
+            return {}
+        from engine.evaluation import curve_plan
+
+        return {"fractions": curve_plan.DEFAULT_FRACTIONS, "max_steps": curve_plan.MAX_STEPS,
+                "seeds_small": curve_plan.SEEDS_SMALL, "seeds_large": curve_plan.SEEDS_LARGE,
+                "small_fraction": curve_plan.SMALL_FRACTION}
+
+    def curve_settings(self, form: EvaluationForm, train: Path | None, job_values: dict):
+        if self.lab is None:
+            raise EvaluationUnavailable(self.problem or DEVELOPER_INSTALL)
+        return curve_settings(form, train, job_values, self.lab, self.tuning)
+
+    def plan(self, settings) -> None:
+        """The engine's plan (runs, budget, estimated time, what the folder holds) on the worker thread."""
+        lab = self.lab
+
+        def work(on_progress, cancel, log):
+            return Outcome("planned", lab.run_learning_curve(settings, log=log, plan_only=True))
+
+        self._run(settings, work, "planning")
+
+    def start(self, settings) -> None:
+        """Run (or resume) the evaluation on the worker thread."""
+        lab = self.lab
+
+        def work(on_progress, cancel, log):
+            from engine.training.task import TrainingInterrupted
+
+            try:
+                return Outcome("done", lab.run_learning_curve(settings, on_progress=on_progress, cancel=cancel,
+                                                              log=log))
+            except TrainingInterrupted as exc:
+                if not cancel():
+                    raise
+                return Outcome("cancelled", {}, str(exc))
+
+        self._run(settings, work, "running")
+
+    def _run(self, settings, work, state: str) -> None:
+        if self.busy:
+            raise RuntimeError("an evaluation is already running")
+        if self.lab is None:
+            raise EvaluationUnavailable(self.problem or DEVELOPER_INSTALL)
+        self.settings, self.progress = settings, None
+        worker = EvaluationWorker(work, self)
+        worker.progress.connect(self._on_progress)
+        worker.log.connect(self.logLine)
+        worker.done.connect(self._on_done)
+        worker.failed.connect(self._on_failed)
+        worker.finished.connect(self._worker_finished)
+        self.worker = worker
+        self._set_state(state)
+        worker.start()
+
+    def cancel(self) -> None:
+        if self.worker is not None and self.state == "running":
+            self.worker.cancel()
+            self._set_state("cancelling")
+
+    def wait(self, msecs: int = 60_000) -> bool:
+        """Block until the worker thread and the lab check ended (closing the window, tests)."""
+        done = self.worker.wait(msecs) if self.worker is not None else True
+        return self._tasks.wait(msecs) and done
+
+    def _worker_finished(self) -> None:
+        worker = self.sender()
+        if worker is self.worker:
+            self.worker = None
+        if worker is not None:
+            worker.deleteLater()
+
+    def _on_progress(self, event) -> None:
+        self.progress = event
+        self.progressChanged.emit(event)
+
+    def _on_done(self, outcome: Outcome) -> None:
+        self._set_state("idle")
+        if outcome.status == "planned":
+            self.planReady.emit(list(outcome.data.get("plan", [])))
+        elif outcome.status == "cancelled":
+            self.cancelled.emit(outcome.message)
+        else:
+            self.finished.emit(outcome.data)
+
+    def _on_failed(self, exc: BaseException, details: str) -> None:
+        self._set_state("idle")
+        self.failed.emit(exc, details)
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self.stateChanged.emit(state)
