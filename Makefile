@@ -88,15 +88,17 @@ anneal-compact: $(VENV)/.dev-installed
 	    --lr 3e-4 --lr-schedule cosine --warmup-steps 20 --steps 600 --checkpoint-every 100 --sample-every 300 --validate-every 300 \
 	    --to exported_models/polypforge-compact --name polypforge-compact
 
-# The compact model with attributes (issue 25 item 3): the default model's weights plus zero-initialised attribute
-# embeddings (colour, surface, elevation chosen; size and outline measured on the mask), fine-tuned on captioned
-# Kvasir-SEG crops, ATTR_MINUTES per invocation (it resumes where it stopped), exported to .bench/compact-attributes
+# The compact model with attributes (issue 25 items 3 and 4): the default model's weights plus zero-initialised
+# attribute embeddings (colour, surface, elevation chosen; size and outline measured on the mask), fine-tuned on
+# captioned Kvasir-SEG crops, with Normal regions up to 70 % of the shorter side and off the lumen (large removals
+# fill with mucosa), ATTR_MINUTES per invocation (it resumes where it stopped), exported to .bench/compact-attributes
 # (not the default until its read-back is measured).
 ATTR_STEPS   ?= 2000
 ATTR_MINUTES ?= 120
 ATTR_THREADS ?= 1
 train-attributes: $(VENV)/.dev-installed
 	$(BIN)/python main.py train $(COMPACT_NETWORK) --threads $(ATTR_THREADS) --attributes \
+	    --normal-sizes 0.12,0.70 --normal-max-dark 0.05 \
 	    --run training_runs/compact-attributes --init-from training_runs/compact-anneal/model \
 	    --lr 3e-4 --lr-schedule cosine --warmup-steps 20 --steps $(ATTR_STEPS) --checkpoint-every 50 \
 	    --sample-every 500 --validate-every 500 --max-minutes $(ATTR_MINUTES) \

@@ -16,7 +16,7 @@ import pytest
 import torch
 from cli_helpers import run_main
 
-from engine.training.pairs import convex_polygon_in_box, normal_region_box, polygon_mask, visible_area
+from engine.training.pairs import convex_polygon_in_box, dark_area, normal_region_box, polygon_mask, visible_area
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_ARGS = ["--resolution", "32", "--widths", "8,16", "--blocks", "1", "--stem", "2", "--attention-levels", "1",
@@ -101,6 +101,38 @@ def _tiny_task(sample_corpus):
     config = CompactTaskConfig(resolution=32, batch_size=8, model=CompactConfig(widths=(8, 16), blocks=1, stem=2,
                                                                                attention_levels=(1,)))
     return CompactInpaintTask(corpus, config, grid_rows=4)
+
+
+def test_normal_regions_can_be_wider_and_kept_off_the_lumen():
+    """--normal-sizes widens the Normal regions (large removals); --normal-max-dark keeps them off the lumen, so
+    the model learns to fill a removed polyp with mucosa, not with a new dark hole."""
+    frame = np.full((400, 400, 3), 150, np.uint8)
+    frame[150:250, 150:250] = 40  # the lumen, in the middle (dark, yet above the black border's level)
+    visible, dark = visible_area(frame), dark_area(frame)
+    rng = np.random.default_rng(3)
+    plain = [normal_region_box(400, 400, [], visible, rng, size_range=(0.12, 0.7), dark=dark, max_dark=0.05)
+             for _ in range(300)]
+    plain = [b for b in plain if b is not None]
+    assert len(plain) > 100
+    for x0, y0, x1, y1 in plain:
+        assert dark[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))].mean() <= 0.05
+    any_box = [normal_region_box(400, 400, [], visible, rng, size_range=(0.12, 0.7)) for _ in range(300)]
+    assert any(dark[int(b[1]):int(np.ceil(b[3])), int(b[0]):int(np.ceil(b[2]))].mean() > 0.05 for b in any_box if b)
+    sides = [max(b[2] - b[0], b[3] - b[1]) / 400 for b in any_box if b]
+    assert max(sides) > 0.5 and min(sides) >= 0.12 * 0.7  # beyond the default 0.40; never under the low end
+
+
+def test_normal_region_options_reach_the_task_and_are_refused_elsewhere(tmp_path):
+    from engine.training.compact_task import CompactTaskConfig
+
+    assert "normal_size_range" not in CompactTaskConfig().to_json()  # earlier runs' settings still match
+    wide = CompactTaskConfig(normal_size_range=(0.12, 0.7), normal_max_dark=0.05).to_json()
+    assert wide["normal_size_range"] == [0.12, 0.7] and wide["normal_max_dark"] == 0.05
+    refused = run_main(["train", "--method", "detail", "--preset", "compact", "--input", tmp_path,
+                        "--normal-max-dark", "0.05", "--run", tmp_path / "run"])
+    assert refused.returncode == 2 and "--normal-max-dark shapes the Normal regions" in refused.stderr, refused.stderr
+    bad = run_main(["train", "--preset", "compact", "--input", tmp_path, "--normal-sizes", "0.7,0.1"])
+    assert bad.returncode == 2 and "0 < LOW < HIGH < 1" in bad.stderr
 
 
 def test_pairs_follow_the_labels(sample_corpus):

@@ -33,6 +33,16 @@ def _int_tuple(text: str) -> tuple[int, ...]:
     return values
 
 
+def _fraction_pair(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two fractions LOW,HIGH (e.g. 0.12,0.70), got {text!r}") from None
+    if not 0.0 < low < high < 1.0:
+        raise argparse.ArgumentTypeError(f"expected 0 < LOW < HIGH < 1, got {text!r}")
+    return low, high
+
+
 def register_commands(subparsers) -> dict:
     train = subparsers.add_parser(
         "train",
@@ -108,6 +118,12 @@ def register_commands(subparsers) -> dict:
                             "measures on each training polyp (colour, surface, size, outline, elevation), as learned "
                             "embeddings beside the Polyp/Normal label; the batch job then asks them per variant "
                             "(--attributes there). Measured once per frame, cached in the run folder. Off by default")
+    train.add_argument("--normal-sizes", type=_fraction_pair, default=None, metavar="LOW,HIGH",
+                       help="--preset compact: the side of a Normal (removal) training region as a fraction of the "
+                            "frame's shorter side (default 0.12,0.40); e.g. 0.12,0.70 to teach large removals")
+    train.add_argument("--normal-max-dark", type=float, default=None, metavar="SHARE",
+                       help="--preset compact: Normal regions hold at most this share of lumen (dark) pixels "
+                            "(default: any), so removals learn to fill with mucosa, not a new lumen")
     train.add_argument("--box-mask-fraction", type=float, default=None,
                        help="share of pairs trained with the region's box as mask (compact: 0.25)")
     train.add_argument("--held-out-fraction", type=float, default=0.05, help="frames never trained on (by name hash)")

@@ -42,6 +42,8 @@ from engine.training.objectives import (
 )
 from engine.training.pairs import (
     convex_polygon_in_box,
+    NORMAL_SIZE_RANGE,
+    dark_area,
     normal_region_box,
     polyp_training_mask,
     visible_area,
@@ -88,6 +90,10 @@ class CompactTaskConfig:
     # asked" with this probability on its own
     attributes: bool = False
     attribute_dropout: float = 0.3
+    # Normal regions: their side as a fraction of the frame's shorter side, and the most lumen (dark pixels) a
+    # region may hold (None: any). Wider and lumen-free teaches large removals to fill with mucosa.
+    normal_size_range: tuple[float, float] = NORMAL_SIZE_RANGE
+    normal_max_dark: float | None = None
 
     def to_json(self) -> dict:
         values = asdict(self)
@@ -96,6 +102,11 @@ class CompactTaskConfig:
         if not self.attributes:  # as written before attributes existed: earlier runs still resume
             values.pop("attributes")
             values.pop("attribute_dropout")
+        if tuple(self.normal_size_range) == NORMAL_SIZE_RANGE and self.normal_max_dark is None:
+            values.pop("normal_size_range")  # as written before these existed: earlier runs still resume
+            values.pop("normal_max_dark")
+        else:
+            values["normal_size_range"] = list(self.normal_size_range)
         return values
 
 
@@ -315,6 +326,12 @@ class CompactInpaintTask(TrainingTask):
             self._visible[key] = visible_area(frame.image)
         return self._visible[key]
 
+    def _dark_of(self, frame: CorpusFrame) -> np.ndarray:
+        key = ("dark", id(frame))
+        if key not in self._visible:
+            self._visible[key] = dark_area(frame.image)
+        return self._visible[key]
+
     def _crop_for(self, frame: CorpusFrame, box, rng) -> tuple[int, int, int, int]:
         height, width = frame.image.shape[:2]
         longer = max(box[2] - box[0], box[3] - box[1])
@@ -357,7 +374,10 @@ class CompactInpaintTask(TrainingTask):
         for _ in range(20):
             frame = pool[int(rng.integers(len(pool)))]
             height, width = frame.image.shape[:2]
-            box = normal_region_box(height, width, frame.boxes, self._visible_of(frame), rng)
+            box = normal_region_box(height, width, frame.boxes, self._visible_of(frame), rng,
+                                    size_range=tuple(self.config.normal_size_range),
+                                    dark=self._dark_of(frame) if self.config.normal_max_dark is not None else None,
+                                    max_dark=self.config.normal_max_dark)
             if box is None:
                 continue
             crop = self._crop_for(frame, box, rng)
@@ -502,6 +522,8 @@ def build(options, corpus: Corpus) -> tuple[CompactInpaintTask, TrainConfig]:
         box_mask_fraction=defaults.box_mask_fraction if options.box_mask_fraction is None else options.box_mask_fraction,
         init_from=str(Path(options.init_from).resolve()) if options.init_from else None,
         attributes=with_attributes,
+        normal_size_range=tuple(getattr(options, "normal_sizes", None) or NORMAL_SIZE_RANGE),
+        normal_max_dark=getattr(options, "normal_max_dark", None),
     )
     cache = Path(options.run) / ATTRIBUTE_CACHE if with_attributes else None
     return (CompactInpaintTask(corpus, task_config, attribute_cache=cache),

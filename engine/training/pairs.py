@@ -17,6 +17,7 @@ import numpy as np
 MASK_MODES = ("bpm", "pixel", "box")
 NORMAL_SIZE_RANGE = (0.12, 0.40)  # side of a Normal region, as a fraction of the frame's shorter side
 NORMAL_BOX_MARGIN = 4  # px a Normal region keeps away from every polyp box
+DARK_LUMA = 50  # below: lumen or deep shadow (0-255 luma)
 
 
 def convex_polygon_in_box(box: tuple[float, float, float, float], rng: np.random.Generator) -> np.ndarray:
@@ -69,13 +70,22 @@ def visible_area(frame: np.ndarray) -> np.ndarray:
     return cv2.erode(mucosa.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
 
 
+def dark_area(frame: np.ndarray) -> np.ndarray:
+    """Pixels dark enough to be the lumen or a deep shadow (luma below ``DARK_LUMA``), not mucosa to fill with."""
+    luma = frame[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return luma < DARK_LUMA
+
+
 def normal_region_box(height: int, width: int, polyp_boxes, visible: np.ndarray, rng: np.random.Generator,
-                      attempts: int = 40):
-    """A box of polyp-like size clear of every polyp box (by ``NORMAL_BOX_MARGIN``) and ≥ 95 % on visible
-    mucosa; None when the frame has no such place."""
+                      attempts: int = 40, size_range: tuple[float, float] = NORMAL_SIZE_RANGE,
+                      dark: np.ndarray | None = None, max_dark: float | None = None):
+    """A box of polyp-like size (``size_range``: its side as a fraction of the frame's shorter side) clear of every
+    polyp box (by ``NORMAL_BOX_MARGIN``) and ≥ 95 % on visible mucosa; with ``max_dark``, also at most that share
+    of ``dark`` pixels (the lumen: a removal should teach mucosa, not a new lumen). None when the frame has no
+    such place."""
     side = min(height, width)
     for _ in range(attempts):
-        h = rng.uniform(*NORMAL_SIZE_RANGE) * side
+        h = rng.uniform(*size_range) * side
         w = min(width - 2, h * rng.uniform(0.7, 1.4))
         if h >= height - 2 or w < 8:
             continue
@@ -86,6 +96,8 @@ def normal_region_box(height: int, width: int, polyp_boxes, visible: np.ndarray,
             continue
         ix0, iy0, ix1, iy1 = int(x0), int(y0), int(np.ceil(x0 + w)), int(np.ceil(y0 + h))
         if visible[iy0:iy1, ix0:ix1].mean() < 0.95:
+            continue
+        if max_dark is not None and dark is not None and dark[iy0:iy1, ix0:ix1].mean() > max_dark:
             continue
         return box
     return None

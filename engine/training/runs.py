@@ -37,8 +37,12 @@ def run_training(args: argparse.Namespace) -> int:
     for folder in list(args.input) + list(args.normals):
         if not Path(folder).is_dir():
             raise InputError(f"{folder}: training folder not found")
-    if getattr(args, "attributes", False) and (getattr(args, "method", "inpaint"), args.preset) != ("inpaint", "compact"):
-        raise InputError("--attributes conditions the compact inpainting model (--preset compact, --method inpaint)")
+    compact_inpaint = (getattr(args, "method", "inpaint"), args.preset) == ("inpaint", "compact")
+    for flag, what in (("attributes", "conditions"), ("normal_sizes", "shapes the Normal regions of"),
+                       ("normal_max_dark", "shapes the Normal regions of")):
+        if getattr(args, flag, None) not in (None, False) and not compact_inpaint:
+            raise InputError(f"--{flag.replace('_', '-')} {what} the compact inpainting model (--preset compact, "
+                             "--method inpaint)")
     started = time.perf_counter()
     corpus = load_corpus(args.input, args.normals, max_side=args.max_side, held_out_fraction=args.held_out_fraction,
                          limit=args.limit_frames)
