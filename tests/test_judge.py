@@ -227,6 +227,31 @@ def test_detectability_of_a_real_job_has_before_and_ceiling(tiny_judge, tmp_path
     assert all(0 < row["area"] < 1 for row in ceiling["per_frame"])
 
 
+def test_detectability_of_a_transplant_job_judges_the_moved_polyp(tiny_judge, tmp_path):
+    """A transplant output (copy-paste, no model) in the report: each variant is judged at its moved polyp's new
+    place, as an added polyp — `report` on such an output failed with "mode 'transplant' is not add or remove"."""
+    from engine.judge.detectability import compute_detectability, variant_region
+    from engine.judge.model import Judge
+    from engine.jobs import build_spec, run_job
+    from engine.masks.instances import Instance
+    from engine.metrics.features import list_images
+    from engine.samples import generate_sample_set
+
+    generate_sample_set(tmp_path / "frames", count=4, seed=21, width=160, height=128, with_polyps_every=1)
+    summary = run_job(build_spec({"input": tmp_path / "frames", "output": tmp_path / "out", "mode": "transplant",
+                                  "harmonize": "none", "variants": 1, "threads": 1}))
+    assert summary.ok >= 2
+    records = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    done = [r for r in records if r["status"] == "ok"]
+    moved = [Instance.from_json(i) for i in done[0]["instances"] if i["origin"] == "transplant"]
+    region = variant_region(tmp_path / "out", done[0])
+    assert moved and region is not None
+    assert np.array_equal(region, moved[0].raster(done[0]["height"], done[0]["width"]))
+    det = compute_detectability(list_images(tmp_path / "out"), Judge.from_bundle(tiny_judge[0], provider="cpu"))
+    assert det["overall"]["count"] == summary.ok
+    assert sum(b["variants"] for b in det["by_region_size"]) == summary.ok  # counted beside real polyps by size
+
+
 def test_detectability_by_region_size_is_a_hand_count():
     from engine.judge.detectability import by_region_size
 

@@ -3,7 +3,8 @@
 Per ok variant of a PolypForge output (its manifest record):
 
 - its labelled region R: add mode, what was generated (the variant's instance mask, else its generated
-  instances); remove mode, where the removed polyps were (the record's ``removed`` instances);
+  instances); transplant mode, where the moved polyp now is (its ``transplant`` instances), judged as an added
+  polyp; remove mode, where the removed polyps were (the record's ``removed`` instances);
 - the judge's verdict on the variant at R (engine.judge.scores.judge_region): add — region IoU and
   confidence, found = IoU ≥ 0.5; remove — found = a polyp-like blob (peak p > threshold) is still there;
 - the same verdict on its real source frame at the same R ("before"): in add mode with a random or retrieved
@@ -33,12 +34,29 @@ from engine.judge.scores import judge_region
 Progress = Callable[[str, int, int], None]
 
 
+NEW_POLYP_MODES = ("add", "transplant")  # modes whose variant holds a new polyp (judged as one at its region)
+
+
+def judged_as(record: dict) -> str:
+    """How the judge reads a variant: "remove" (no polyp should be left at the region) or "add" (a polyp
+    should be there: an added one, or a transplanted one at its new place)."""
+    return "remove" if record.get("mode") == "remove" else "add"
+
+
 def variant_region(output: Path, record: dict) -> np.ndarray | None:
     """The labelled region of a variant (see the module docstring), or None when nothing is recorded."""
     from engine.dataset.image_reader import read_mask
     from engine.masks.instances import Instance
 
     height, width = int(record["height"]), int(record["width"])
+    if record.get("mode") == "transplant":
+        moved = [Instance.from_json(i) for i in record.get("instances", []) if i.get("origin") == "transplant"]
+        if not moved:
+            return None
+        region = np.zeros((height, width), bool)
+        for instance in moved:
+            region |= instance.raster(height, width)
+        return region
     if record.get("mode") == "remove":
         removed = [Instance.from_json(i) for i in record.get("removed", [])]
         if not removed:
@@ -141,7 +159,7 @@ def by_region_size(rows: list[dict], ceiling_rows: list[dict]) -> list[dict]:
     that size (the ceiling at matched size)."""
     out = []
     for index, (low, high) in enumerate(SIZE_BINS):
-        variants = [r for r in rows if r.get("verdict") and r.get("mode") == "add"
+        variants = [r for r in rows if r.get("verdict") and r.get("mode") in NEW_POLYP_MODES
                     and _size_bin(r.get("region_area")) == index]
         real = [c for c in ceiling_rows if _size_bin(c.get("area")) == index]
         out.append({"area_from": low, "area_to": min(high, 1.0), "variants": len(variants),
@@ -181,8 +199,7 @@ def compute_detectability(image_set, judge, progress: Progress | None = None,
                 view = judge.look(frame)
                 if view.probability.shape != region.shape:
                     raise PolypForgeError(f"{item.path}: image and region differ in size")
-                row["verdict"] = judge_region(view.probability, region, record.get("mode", "add"),
-                                              judge.threshold).to_json()
+                row["verdict"] = judge_region(view.probability, region, judged_as(record), judge.threshold).to_json()
                 row["region_area"] = round(float(region.mean()), 5)
                 source = sources.get(record.get("source_frame"))
                 if source is not None:
@@ -192,7 +209,7 @@ def compute_detectability(image_set, judge, progress: Progress | None = None,
                     small, shape = source_views[source.rel]
                     if shape == region.shape:
                         probability = resize_probability(small, shape[1], shape[0])
-                        row["before"] = judge_region(probability, region, record.get("mode", "add"),
+                        row["before"] = judge_region(probability, region, judged_as(record),
                                                      judge.threshold).to_json()
         except PolypForgeError as exc:
             row["note"] = str(exc)
