@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Removals measured: is the fill as light and as detailed as the mucosa around it? Bundles side by side.
+
+    python tests/benchmarks/removal_quality.py --frames ../shared/data/polyps --bundles polypforge-compact,.bench/compact-attributes --out .bench/removal-quality
+
+Each bundle removes every annotated polyp of the frames at its box (`--mode remove --mask-source box`, 15 px
+padding as Polyp-Gen). For each removal, over the removed region R and the ring of mucosa around it (out to a
+third of R's equivalent radius, the view's black border and highlights left out):
+
+- darkness: median luma of R minus median luma of the ring (0 = as light as the surround; a dark smudge is
+  strongly negative);
+- detail: the spread (robust std) of R's high-pass (luma minus a Gaussian of σ 2 px) over the ring's (1 = as
+  much fine texture as the surround; a soft, upscaled fill is well under 1).
+
+Printed per bundle and per size bin of the removed box (share of the frame): the medians, and the share of
+removals with a dark smudge (darkness < −15) and with a blur (detail < 0.5). Issue 25's goal: no dark smudge or
+blur at boxes up to 40 % of the frame. Results in OUT/removal_quality.json; OUT/<bundle>/ holds the datasets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+BINS = ((0.0, 0.05), (0.05, 0.10), (0.10, 0.20), (0.20, 0.40), (0.40, 1.01))
+SMUDGE, BLUR = -15.0, 0.5
+BOX_PAD = 15  # the batch job's default --box-pad
+
+
+def _luma(image: np.ndarray) -> np.ndarray:
+    return image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _blur(values: np.ndarray, sigma: float) -> np.ndarray:
+    from PIL import Image, ImageFilter
+
+    lo, hi = float(values.min()), float(values.max())
+    scaled = ((values - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
+    blurred = np.asarray(Image.fromarray(scaled).filter(ImageFilter.GaussianBlur(sigma)), np.float32)
+    return blurred / 255 * (hi - lo) + lo
+
+
+def _robust_std(values: np.ndarray) -> float:
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def measure(image: np.ndarray, region: np.ndarray) -> dict | None:
+    from PIL import Image, ImageFilter
+
+    luma = _luma(image)
+    radius = np.sqrt(region.sum() / np.pi)
+    width = max(4, int(round(radius / 3)))
+    grown = np.asarray(Image.fromarray(region.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * width + 1))) > 0
+    ring = grown & ~region & (luma > 20) & (luma < 230)
+    inside = region & (luma < 230)
+    if ring.sum() < 100 or inside.sum() < 100:
+        return None
+    high = luma - _blur(luma, 2.0)
+    ring_detail = _robust_std(high[ring])
+    return {"darkness": float(np.median(luma[inside]) - np.median(luma[ring])),
+            "detail": _robust_std(high[inside]) / max(ring_detail, 1e-6), "area": float(region.mean())}
+
+
+def run_bundle(bundle: str, frames: Path, out: Path, threads: int) -> Path:
+    if not (out / "summary.json").is_file():
+        subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "--batch", "--input", str(frames), "--output",
+                        str(out), "--model", bundle, "--mode", "remove", "--mask-source", "box", "--variants", "1",
+                        "--threads", str(threads), "--quiet"], check=True, cwd=REPO_ROOT)
+    return out
+
+
+def measure_dataset(dataset: Path) -> list[dict]:
+    from engine.dataset.image_reader import read_frame
+    from engine.masks.instances import padded_box_mask
+
+    rows = []
+    for line in (dataset / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("status") != "ok":
+            continue
+        image = read_frame(dataset / record["image"])
+        region = np.zeros(image.shape[:2], bool)
+        for removed in record.get("removed", []):  # the repainted box: the polyp's box padded as the job did
+            region |= padded_box_mask(tuple(removed["bbox"]), BOX_PAD, image.shape[0], image.shape[1])
+        if not region.any():
+            continue
+        row = measure(image, region)
+        if row is not None:
+            rows.append({"frame": record["source_frame"], **row})
+    return rows
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    out = []
+    for low, high in BINS:
+        chosen = [r for r in rows if low <= r["area"] < high]
+        if not chosen:
+            continue
+        out.append({"area_from": low, "area_to": min(high, 1.0), "removals": len(chosen),
+                    "darkness": round(float(np.median([r["darkness"] for r in chosen])), 1),
+                    "detail": round(float(np.median([r["detail"] for r in chosen])), 2),
+                    "smudged": round(sum(r["darkness"] < SMUDGE for r in chosen) / len(chosen), 2),
+                    "blurred": round(sum(r["detail"] < BLUR for r in chosen) / len(chosen), 2)})
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=Path, required=True, help="frames + masks (Kvasir-SEG layout)")
+    parser.add_argument("--bundles", required=True, help="comma list of bundle names or folders")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    results = {}
+    for bundle in args.bundles.split(","):
+        dataset = run_bundle(bundle, args.frames.resolve(), args.out.resolve() / Path(bundle).name, args.threads)
+        rows = measure_dataset(dataset)
+        results[bundle] = {"rows": rows, "by_size": summary(rows)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "removal_quality.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    print(f"{'bundle':28s} {'box share':>11s} {'n':>4s} {'darkness':>9s} {'detail':>7s} {'smudged':>8s} {'blurred':>8s}")
+    for bundle, result in results.items():
+        for row in result["by_size"]:
+            print(f"{Path(bundle).name:28s} {row['area_from']:4.2f}–{row['area_to']:4.2f} {row['removals']:4d} "
+                  f"{row['darkness']:9.1f} {row['detail']:7.2f} {row['smudged']:8.0%} {row['blurred']:8.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
