@@ -41,7 +41,7 @@ from desktop.viewmodels.evaluation import (
     report_path,
 )
 from desktop.viewmodels.job import format_seconds
-from desktop.views.widgets import ElidedLabel
+from desktop.views.widgets import ElidedLabel, add_progress_rows
 from engine.errors import PolypForgeError
 
 RESUME_NOTE = ("A cancelled or interrupted evaluation resumes when started again into the same output folder: "
@@ -160,12 +160,7 @@ class EvaluationDialog(QDialog):
         layout.addWidget(self.lab_note)
         layout.addLayout(buttons)
         layout.addWidget(resume)
-        layout.addWidget(self.status)
-        layout.addWidget(self.bar)
-        row = QHBoxLayout()
-        row.addWidget(self.detail, 1)
-        row.addWidget(self.eta)
-        layout.addLayout(row)
+        add_progress_rows(layout, self.status, self.bar, self.detail, self.eta)
         layout.addWidget(QLabel("Plan:"))
         layout.addWidget(self.plan_text)
         layout.addWidget(QLabel("Log:"))

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.viewmodels.job import JobController, format_seconds
-from desktop.views.widgets import ElidedLabel
+from desktop.views.widgets import ElidedLabel, add_progress_rows
 from desktop.workers.tasks import TaskRunner
 
 REPORT_FOLDER = "quality_report"
@@ -130,12 +130,7 @@ class RunPage(QWidget):
         body.addWidget(preview_box, 3)
         body.addLayout(side, 2)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.status)
-        layout.addWidget(self.bar)
-        row = QHBoxLayout()
-        row.addWidget(self.detail, 1)
-        row.addWidget(self.eta)
-        layout.addLayout(row)
+        add_progress_rows(layout, self.status, self.bar, self.detail, self.eta)
         layout.addLayout(buttons)
         layout.addLayout(body, 1)
 

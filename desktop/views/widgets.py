@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QPainter
-from PySide6.QtWidgets import QLabel, QSizePolicy
+from PySide6.QtWidgets import QBoxLayout, QHBoxLayout, QLabel, QProgressBar, QSizePolicy
 
 
 class ElidedLabel(QLabel):
@@ -37,3 +37,14 @@ class ElidedLabel(QLabel):
         rect = self.contentsRect()
         text = self.fontMetrics().elidedText(self._full, self._elide, rect.width())
         painter.drawText(rect, int(self.alignment() | Qt.AlignmentFlag.AlignVCenter), text)
+
+
+def add_progress_rows(layout: QBoxLayout, status: QLabel, bar: QProgressBar, detail: QLabel, eta: QLabel) -> None:
+    """A long task's progress as the app shows it everywhere: the status line, the bar, then what it is doing now
+    (stretching) beside the time left."""
+    layout.addWidget(status)
+    layout.addWidget(bar)
+    row = QHBoxLayout()
+    row.addWidget(detail, 1)
+    row.addWidget(eta)
+    layout.addLayout(row)
