@@ -29,34 +29,17 @@ from engine.captioning.conditioning import (
     parse_attributes,
     polyp_attributes,
 )
-from engine.errors import InputError, PolypForgeError
+from engine.errors import PolypForgeError
+from engine.pipelines.attribute_inputs import bundle_attribute_values, check_asked_attributes
 
 ATTRIBUTE_SAMPLE_FRAMES = 200  # annotated frames captioned for an input's attribute distribution, evenly spread
 
 
-def bundle_attribute_values(bundle) -> dict[str, list[str]] | None:
-    """A bundle's attributes section as {name: values}, or None when it was not trained with attributes."""
-    section = bundle.manifest.get("attributes")
-    if not isinstance(section, dict):
-        return None
-    return {name: list(section.get("values", {}).get(name, ())) for name in section.get("names", ())}
-
-
 def check_attributes_fit(spec, bundle) -> None:
-    """InputError when the job asks words (``--attributes red,…``) that the bundle cannot take."""
+    """InputError, before the job starts, when it asks words (``--attributes red,…``) the bundle cannot take."""
     asked = parse_attributes(getattr(spec, "attributes", "auto"))
-    if not isinstance(asked, dict):
-        return
-    values = bundle_attribute_values(bundle)
-    if values is None:
-        raise InputError(f"{spec.model}: the bundle {bundle.name!r} was not trained with attributes, so it cannot be "
-                         f"asked {', '.join(asked.values())}; use --attributes auto or none with it, or a bundle of "
-                         "a model trained with `main.py train --preset compact --attributes`")
-    known = "; ".join(f"{name}: {', '.join(words)}" for name, words in values.items())
-    for name, value in asked.items():
-        if value not in values.get(name, ()):
-            raise InputError(f"{spec.model}: the bundle {bundle.name!r} was not trained with the {name} {value!r} "
-                             f"(its attributes: {known})")
+    if isinstance(asked, dict):
+        check_asked_attributes(bundle, bundle_attribute_values(bundle), asked)
 
 
 def input_attributes(frames, spec) -> AttributeDistribution | None:
@@ -81,8 +64,8 @@ def input_attributes(frames, spec) -> AttributeDistribution | None:
 
 def job_attributes(frames, spec, bundle) -> AttributePlan | None:
     """The job's attribute plan, or None when the bundle takes no attributes or the mode asks none (nothing
-    asked, nothing recorded). InputError (before anything runs) when asked words do not fit the bundle."""
-    check_attributes_fit(spec, bundle)
+    asked, nothing recorded). Whether asked words fit the bundle was checked when it was opened
+    (engine.jobs.frame_work.check_bundle_fits)."""
     if bundle_attribute_values(bundle) is None or spec.mode != "add":
         return None
     asked = parse_attributes(spec.attributes)

@@ -43,6 +43,12 @@ from engine.pipelines.diffusion_base import (
     PreparedFrame,
     ProgressCallback,
 )
+from engine.pipelines.attribute_inputs import (
+    ATTRIBUTES,
+    attribute_indices,
+    bundle_attribute_values,
+    check_asked_attributes,
+)
 from engine.pipelines.framing import decoded_to_image, frame_to_model_input
 from engine.runtime.opening import BundleSource
 from engine.runtime.providers import plan_providers
@@ -51,7 +57,6 @@ from engine.schedulers import make_scheduler
 
 STAGES = ("unet",)
 DETAIL_STAGE = "detail"
-ATTRIBUTES = "attributes"  # the U-Net input and the manifest section of a bundle trained with attributes
 REMOVAL_CLASS = "Normal"
 # The detail stage runs on region crops whose longer side is above this (px): a smaller crop's base result at
 # 64² already has about its own resolution. The exporter writes it into the bundle's "detail" section.
@@ -86,10 +91,8 @@ class CompactInpaintPipeline(InpaintingPipeline):
             self.STAGES = STAGES + (DETAIL_STAGE,)
         super().__init__(bundle, parts, tokenizer=None)
         self.classes = list(bundle.manifest["classes"])
-        section = bundle.manifest.get(ATTRIBUTES)
         # name → its values, in the U-Net's attribute columns; None: the bundle takes no attributes
-        self.attribute_values: dict[str, list[str]] | None = (
-            {name: list(section["values"][name]) for name in section["names"]} if section else None)
+        self.attribute_values = bundle_attribute_values(bundle)
 
     @classmethod
     def from_bundle(cls, source: BundleSource, provider: str = "auto", threads: int | None = None,
@@ -99,8 +102,9 @@ class CompactInpaintPipeline(InpaintingPipeline):
         unet = OnnxPart(bundle.path_of("unet"), plan, threads=threads, role="U-Net")
         channels = int(bundle.manifest["image_channels"])
         inputs = {"sample": (None, 2 * channels + 1, None, None), "timestep": (None,), "class_labels": (None,)}
-        if bundle.manifest.get(ATTRIBUTES) is not None:
-            inputs[ATTRIBUTES] = (None, len(check_attributes_section(bundle)))
+        values = bundle_attribute_values(bundle)
+        if values is not None:
+            inputs[ATTRIBUTES] = (None, len(values))
         elif ATTRIBUTES in unet.inputs:
             raise BundleError(bundle.root / "bundle.json", "the U-Net takes attributes but the manifest has no "
                                                            "attributes section to say which")
@@ -142,17 +146,10 @@ class CompactInpaintPipeline(InpaintingPipeline):
         if self.attribute_values is None:
             return super().attribute_settings(prompt, attributes)
         asked = dict(attributes or {})
-        for name, value in asked.items():
-            if name not in self.attribute_values:
-                raise InputError(f"the compact model {self.bundle.name!r} was trained with the attributes "
-                                 f"{', '.join(self.attribute_values)}, not {name!r}")
-            if value not in self.attribute_values[name]:
-                raise InputError(f"the compact model {self.bundle.name!r} knows the {name} values "
-                                 f"{', '.join(self.attribute_values[name])}, not {value!r}")
+        check_asked_attributes(self.bundle, self.attribute_values, asked)
         if REMOVAL_CLASS in self.classes and self.class_of(prompt) == self.classes.index(REMOVAL_CLASS):
             asked = {}  # removal stays a prompt: "Normal" is asked no attributes
-        indices = [self.attribute_values[name].index(asked[name]) + 1 if name in asked else 0
-                   for name in self.attribute_values]
+        indices = attribute_indices(self.attribute_values.items(), asked)
         return {"attributes": {name: asked[name] for name in self.attribute_values if name in asked},
                 "attribute_indices": indices}
 
@@ -281,15 +278,3 @@ def check_detail_section(bundle: Bundle) -> None:
         raise BundleError(bundle.root / "bundle.json", "the detail stage's scheduler_config differs from the base's "
                                                        "scheduler: this engine runs both on one noise schedule")
 
-
-def check_attributes_section(bundle: Bundle) -> list[str]:
-    """The attribute names of a bundle's "attributes" section ({"names": [...], "values": {name: [...]}}), checked;
-    BundleError naming bundle.json otherwise."""
-    section = bundle.manifest.get(ATTRIBUTES)
-    names = section.get("names") if isinstance(section, dict) else None
-    values = section.get("values") if isinstance(section, dict) else None
-    if (not isinstance(names, list) or not names or not isinstance(values, dict)
-            or any(not isinstance(values.get(n), list) or not values.get(n) for n in names)):
-        raise BundleError(bundle.root / "bundle.json", 'the attributes section must be {"names": [...], "values": '
-                                                       '{name: [values, ...]}} with values for every name')
-    return list(names)

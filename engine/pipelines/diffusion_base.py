@@ -22,6 +22,7 @@ import numpy as np
 from engine.bundle import Bundle
 from engine.errors import BundleError, Cancelled, InputError
 from engine.masks.geometry import resize_mask
+from engine.pipelines.attribute_inputs import check_asked_attributes
 from engine.pipelines.framing import (
     blend_for_prompt,
     check_frame_and_mask,
@@ -223,10 +224,7 @@ class OnnxDiffusionPipeline:
     def attribute_settings(self, prompt: str, attributes: Mapping[str, str] | None) -> dict:
         """What a variant's settings say of the attributes asked: nothing here, where no bundle takes any (a bundle
         trained with attributes: engine.pipelines.compact); InputError when some are asked all the same."""
-        if attributes:
-            raise InputError(f"the bundle {self.bundle.name!r} was not trained with attributes (asked "
-                             f"{', '.join(f'{k} {v}' for k, v in attributes.items())}); train one with "
-                             "`main.py train --preset compact --attributes`, or ask none")
+        check_asked_attributes(self.bundle, None, attributes)
         return {}
 
     def _denoise(self, prepared, embeddings, noise: dict[str, np.ndarray], steps: int, guidance_scale: float,

@@ -147,7 +147,7 @@ class CCISCompactTask(CompactInpaintTask):
         texts = []
         for i in range(count):
             frame = frames[int(rng.integers(len(frames)))]
-            image, mask, label = self._polyp_pair_on(frame, rng)
+            image, mask, label, _ = self._polyp_pair_on(frame, rng)
             turns, flip = int(rng.integers(4)), bool(rng.integers(2))
             image, mask = np.rot90(image, turns), np.rot90(mask, turns)
             if flip:

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from engine.captioning.conditioning import MODEL_ATTRIBUTES
+from engine.pipelines.attribute_inputs import attribute_indices
 from engine.pipelines.framing import auto_region_padding, region_crop
 from engine.models.compact_unet import CLASS_NAMES, CompactConfig, CompactInpaintUNet, parameter_count
 from engine.training.attribute_captions import CACHE_NAME as ATTRIBUTE_CACHE
@@ -208,7 +209,7 @@ class CompactInpaintTask(TrainingTask):
         images = np.empty((self.config.batch_size, size, size, 3), np.uint8)
         masks = np.empty((self.config.batch_size, size, size), bool)
         labels = np.empty(self.config.batch_size, np.int64)
-        with_attributes = self._uses_attributes()
+        with_attributes = bool(self.attribute_columns)
         attributes = np.zeros((self.config.batch_size, len(self.attribute_columns)), np.int64)
         for i in range(self.config.batch_size):
             source = None  # (frame, polyp index) of a Polyp pair
@@ -236,9 +237,6 @@ class CompactInpaintTask(TrainingTask):
         return batch
 
     # ------------------------------------------------------------------ attributes
-    def _uses_attributes(self) -> bool:
-        return bool(getattr(self.config, "attributes", False))
-
     @property
     def attribute_columns(self) -> tuple:
         """The model's (name, values) per attribute column; () for a network without them (the detail stage's)."""
@@ -256,8 +254,7 @@ class CompactInpaintTask(TrainingTask):
         """The model's attribute indices of the frame's polyp ``index`` (0 where not measured)."""
         polyps = self.polyp_attributes().get(frame.rel) or []
         measured = polyps[index] if index < len(polyps) and polyps[index] else {}
-        return np.array([values.index(measured[name]) + 1 if measured.get(name) in values else 0
-                         for name, values in self.attribute_columns], np.int64)
+        return np.array(attribute_indices(self.attribute_columns, measured), np.int64)
 
     def loss(self, model, batch, generator):
         x0, mask, labels = batch["x0"], batch["mask"], batch["labels"]
@@ -296,7 +293,7 @@ class CompactInpaintTask(TrainingTask):
         images = torch.from_numpy(np.stack([r[0] for r in rows])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         masks = torch.from_numpy(np.stack([r[1] for r in rows]))[:, None].float()
         classes = torch.tensor([r[2] for r in rows])
-        attributes = torch.from_numpy(np.stack(self._grid_attributes)) if self._uses_attributes() else None
+        attributes = torch.from_numpy(np.stack(self._grid_attributes)) if bool(self.attribute_columns) else None
         columns = []
         for seed in seeds:
             noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
@@ -337,21 +334,15 @@ class CompactInpaintTask(TrainingTask):
         longer = max(box[2] - box[0], box[3] - box[1])
         return region_crop(box, width, height, rng.uniform(*self.config.padding_range) * longer)
 
-    def _polyp_pair(self, rng, frames):
-        return self._polyp_pair_on(frames[int(rng.integers(len(frames)))], rng)
-
     def _polyp_pair_from(self, rng, frames):
         """A Polyp pair on a frame drawn from ``frames``, with (frame, polyp index)."""
         frame = frames[int(rng.integers(len(frames)))]
-        image, mask, label, index = self._polyp_pair_at(frame, rng)
+        image, mask, label, index = self._polyp_pair_on(frame, rng)
         return image, mask, label, (frame, index)
 
     def _polyp_pair_on(self, frame: CorpusFrame, rng):
-        """A Polyp pair on ``frame``: one of its polyps, a crop around it, the mask of the task's mask mode."""
-        return self._polyp_pair_at(frame, rng)[:3]
-
-    def _polyp_pair_at(self, frame: CorpusFrame, rng):
-        """``_polyp_pair_on`` with the index of the polyp it took."""
+        """A Polyp pair on ``frame``: one of its polyps, a crop around it, the mask of the task's mask mode; and
+        the index of the polyp it took."""
         index = int(rng.integers(len(frame.boxes)))
         box = frame.boxes[index]
         crop = self._crop_for(frame, box, rng)
@@ -421,7 +412,7 @@ class CompactInpaintTask(TrainingTask):
             rows.append((_crop_resized(frame.image, crop, size, Image.Resampling.BILINEAR),
                          _polygon_in_crop(convex_polygon_in_box(box, rng), crop, size), POLYP))
             labels.append(f"Polyp {frame.stem[:10]}")
-            self._grid_attributes.append(self.attribute_row(frame, 0) if self._uses_attributes()
+            self._grid_attributes.append(self.attribute_row(frame, 0) if bool(self.attribute_columns)
                                          else np.zeros(columns, np.int64))
         for frame in polyp_frames[n_add:n_add + n_remove]:
             box = frame.boxes[0]
