@@ -169,7 +169,7 @@ def test_a_killed_yolo_run_resumes_from_its_last_epoch(tmp_path):
                                stderr=subprocess.DEVNULL)
     run_dir = out / "runs" / "real-seed0"
     last = run_dir / "train" / "weights" / "last.pt"
-    snapshot = run_dir / "checkpoint" / "last.pt"
+    snapshot = run_dir / "checkpoint" / "latest.json"  # written once a save's snapshot is complete
     deadline = time.time() + 300
     while not snapshot.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -193,3 +193,50 @@ def test_a_killed_yolo_run_resumes_from_its_last_epoch(tmp_path):
     assert epochs == sorted(set(epochs)) and len(epochs) == 6, epochs  # each epoch once, none trained twice
     report = json.loads((out / "report.json").read_text())
     assert set(report["runs"]) == {"real", "real+synthetic"}
+
+
+def _worker_module():
+    import importlib.util
+
+    path = REPO_ROOT / "engine" / "evaluation" / "ultralytics_worker.py"
+    spec = importlib.util.spec_from_file_location("ultralytics_worker_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_kill_while_a_snapshot_is_copied_resumes_from_the_previous_complete_one(tmp_path):
+    """The snapshot protocol without Ultralytics: epoch 1 is saved whole; epoch 2's copy is cut off after last.pt
+    (what a kill between two copies leaves). The restore must bring back epoch 1's weights AND its results rows,
+    never epoch 2's weights beside epoch 1's rows or no rows at all (CI lost epoch 1's row that way)."""
+    from types import SimpleNamespace
+
+    worker = _worker_module()
+    run_dir = tmp_path / "run"
+    train = run_dir / "train"
+    (train / "weights").mkdir(parents=True)
+
+    def save(epoch: int) -> None:
+        (train / "weights" / "last.pt").write_bytes(b"weights of epoch %d" % epoch)
+        (train / "weights" / "best.pt").write_bytes(b"best after epoch %d" % epoch)
+        rows = "".join(f"{e},0.5\n" for e in range(1, epoch + 1))
+        (train / "results.csv").write_text("epoch,metric\n" + rows, encoding="utf-8")
+
+    assert worker._restore(run_dir) is False and not train.exists(), "no snapshot yet: start over"
+    (train / "weights").mkdir(parents=True)
+    save(1)
+    worker._snapshot(SimpleNamespace(save_dir=str(train), epoch=0), run_dir)
+    save(2)
+    half = run_dir / "checkpoint" / "epoch-2" / "weights"  # the kill: epoch 2's folder begun, pointer not moved
+    half.mkdir(parents=True)
+    (half / "last.pt").write_bytes((train / "weights" / "last.pt").read_bytes())
+    (train / "weights" / "last.pt").write_bytes(b"weig")  # and Ultralytics' in-place write cut short
+
+    assert worker._restore(run_dir) is True
+    assert (train / "weights" / "last.pt").read_bytes() == b"weights of epoch 1"
+    assert (train / "results.csv").read_text(encoding="utf-8").splitlines()[1:] == ["1,0.5"]
+    # The next complete save takes over and clears the older and the half-copied folders.
+    save(2)
+    worker._snapshot(SimpleNamespace(save_dir=str(train), epoch=1), run_dir)
+    assert sorted(p.name for p in (run_dir / "checkpoint").iterdir()) == ["epoch-2", "latest.json"]
+    assert worker._restore(run_dir) and (train / "weights" / "last.pt").read_bytes() == b"weights of epoch 2"

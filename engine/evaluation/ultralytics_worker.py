@@ -10,7 +10,8 @@ JOB.json: {"data": data.yaml, "model": "yolo11n-seg.yaml", "run_dir", "epochs", 
 "threads", "test_images": [paths], "predictions": folder}. It trains from the architecture yaml (no pretrained
 weights exist offline), on the CPU, deterministic, with no plots (they fetch a font) and with Ultralytics'
 settings, analytics and hub sync kept in the run folder and off. A killed run resumes from its last complete epoch
-(a snapshot of last.pt/best.pt/results.csv taken after each save; Ultralytics writes last.pt in place). Then it
+(a snapshot of last.pt/best.pt/results.csv per save, named by checkpoint/latest.json once complete; Ultralytics
+writes last.pt in place). Then it
 predicts every test image at its own resolution and writes predictions/<index>.png: per pixel the confidence
 (× 255) of the most confident instance mask covering it, 0 elsewhere; and train_done.json / predictions/done.json
 markers so a rerun skips what is finished.
@@ -42,26 +43,49 @@ def _settings(run_dir: Path) -> None:
 
 
 SNAPSHOT_FILES = ("weights/last.pt", "weights/best.pt", "results.csv")
+SNAPSHOT_POINTER = "latest.json"
+
+
+def _replace_copy(source: Path, target: Path) -> None:
+    import shutil
+
+    temporary = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
 
 
 def _snapshot(trainer, run_dir: Path) -> None:
     """Ultralytics' on_model_save: copy last.pt, best.pt and results.csv, whole, into run_dir/checkpoint/.
 
     Ultralytics writes last.pt in place (Path.write_bytes), so a kill during that write leaves a truncated file
-    that no resume can read; these copies are made temp-file-then-rename after the write has finished, so they
-    always hold one complete epoch, its weights and its rows together."""
+    that no resume can read. Each save is copied into its own folder (checkpoint/epoch-N/) and only then named by
+    checkpoint/latest.json (temp file, then rename), so the snapshot a resume finds always holds one epoch's
+    weights and its results rows together: a kill halfway through copying leaves the previous one in charge."""
     import shutil
 
     train_dir = Path(trainer.save_dir)
-    snapshot = run_dir / "checkpoint"
-    snapshot.mkdir(parents=True, exist_ok=True)
-    for name in SNAPSHOT_FILES:
-        source = train_dir / name
-        if source.is_file():
-            target = snapshot / Path(name).name
-            temporary = target.with_name(target.name + ".tmp")
-            shutil.copyfile(source, temporary)
-            os.replace(temporary, target)
+    root = run_dir / "checkpoint"
+    name = f"epoch-{int(trainer.epoch) + 1}"
+    folder = root / name
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "weights").mkdir(parents=True, exist_ok=True)
+    for file in SNAPSHOT_FILES:
+        if (train_dir / file).is_file():
+            shutil.copyfile(train_dir / file, folder / file)
+    _write_json(root / SNAPSHOT_POINTER, {"folder": name})
+    for stale in root.iterdir():  # older epochs' folders, and any half-copied one a kill left behind
+        if stale.is_dir() and stale.name != name:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _latest_snapshot(run_dir: Path) -> Path | None:
+    """The folder checkpoint/latest.json names, when it holds a last.pt; None before the first complete save."""
+    root = run_dir / "checkpoint"
+    try:
+        folder = root / json.loads((root / SNAPSHOT_POINTER).read_text(encoding="utf-8"))["folder"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return folder if (folder / "weights" / "last.pt").is_file() else None
 
 
 def _restore(run_dir: Path) -> bool:
@@ -69,16 +93,16 @@ def _restore(run_dir: Path) -> bool:
     False (and the half-done train/ folder removed) when the run died before its first checkpoint landed."""
     import shutil
 
-    train_dir, snapshot = run_dir / "train", run_dir / "checkpoint"
-    if not (snapshot / "last.pt").is_file():
+    train_dir = run_dir / "train"
+    snapshot = _latest_snapshot(run_dir)
+    if snapshot is None:
         shutil.rmtree(train_dir, ignore_errors=True)
         return False
-    for name in SNAPSHOT_FILES:
-        source, target = snapshot / Path(name).name, train_dir / name
+    for file in SNAPSHOT_FILES:
+        source, target = snapshot / file, train_dir / file
         if source.is_file():
-            temporary = target.with_name(target.name + ".tmp")
-            shutil.copyfile(source, temporary)
-            os.replace(temporary, target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _replace_copy(source, target)
         else:
             target.unlink(missing_ok=True)  # e.g. a best.pt begun after the snapshot: it may be cut short
     return True
