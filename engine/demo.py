@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from engine.dataset.contact_sheet import ContactSheetWriter
+from engine.dataset.contact_sheet import ContactSheetWriter, save_sheet
 from engine.jobs.spec import DEFAULT_MODEL, JobSpec, build_spec
 
 DEMO_BUNDLE = DEFAULT_MODEL
@@ -51,6 +51,4 @@ def write_demo_sheet(output_dir: Path, specs: dict[str, JobSpec]) -> Path | None
             if record.get("status") == "ok" and len(writer.rows) < SHEET_ROWS_PER_JOB:
                 writer.add(record)
         rows.extend(writer.rows)
-    sheet = ContactSheetWriter(Path(output_dir), {})
-    sheet.rows = rows
-    return sheet.finish()
+    return save_sheet(rows, Path(output_dir) / "contact_sheet.jpg")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 from cli_helpers import run_main
 from conftest import REPO_ROOT
+from engine.errors import InputError
 from judge_helpers import fake_output, polyp_frame
 
 DEMO_MODEL = REPO_ROOT / "exported_models" / "demo-sd-inpaint"
@@ -301,3 +303,33 @@ def test_the_ultralytics_consumer_is_scored_on_every_test_set_and_the_polyp_free
     assert set(record["tests"]) == {"test", "again"} and len(record["tests"]["again"]["frames"]) == 6
     assert record["normals"]["false_positive_rate"] == 1.0 and record["steps"] == "3 epochs"
     assert data["points"][0]["arms"]["real"]["normals_false_positive_rate"]["mean"] == 1.0
+
+
+def test_the_curves_typed_inputs_are_read_one_way_for_the_command_and_the_app(tmp_path):
+    """engine.evaluation.curve_inputs: shares in (0, 1], sorted and once; NAME=DIR or DIR named by its folder
+    (a job file by its stem); test folders must exist and be named apart."""
+    from engine.evaluation.curve_inputs import named_path, parse_fractions, parse_test_folders
+
+    assert parse_fractions("0.25, 0.1;0.1") == (0.1, 0.25)
+    assert parse_fractions("  ") == ()
+    for bad, words in (("0", "(0, 1]"), ("1.5", "(0, 1]"), ("a", "not a number")):
+        with pytest.raises(InputError, match=re.escape(words)):
+            parse_fractions(bad)
+    job = tmp_path / "copy-paste.toml"
+    job.write_text("", encoding="utf-8")
+    hospital = tmp_path / "hospital.v2"
+    hospital.mkdir()
+    assert named_path(str(job)) == ("copy-paste", job)
+    assert named_path(f" mine = {job} ") == ("mine", job)
+    assert parse_test_folders(f"{hospital}\n\nkvasir={tmp_path}\n") == {"hospital.v2": hospital, "kvasir": tmp_path}
+    with pytest.raises(InputError, match="two are named 'kvasir'"):
+        parse_test_folders([f"kvasir={tmp_path}", f"kvasir={hospital}"])
+    with pytest.raises(InputError, match="missing: test folder not found"):
+        parse_test_folders([str(tmp_path / "missing")])
+    with pytest.raises(InputError, match="at least one test folder"):
+        parse_test_folders("")
+    assert parse_test_folders([f"far={tmp_path / 'missing'}"], must_exist=False) == {"far": tmp_path / "missing"}
+    from engine.evaluation.curve_plan import CurveSettings, check_settings
+
+    with pytest.raises(InputError, match="--test far=.*missing: test folder not found"):
+        check_settings(CurveSettings(train=tmp_path, tests={"far": tmp_path / "missing"}, out=tmp_path / "out"))

@@ -31,6 +31,7 @@ from desktop.settings import EvaluationForm
 from desktop.workers.evaluation_worker import EvaluationWorker
 from desktop.workers.tasks import TaskRunner
 from engine.errors import InputError, PolypForgeError
+from engine.evaluation.curve_inputs import parse_fractions, parse_test_folders
 from engine.fileio import atomic_write_bytes
 
 DEVELOPER_INSTALL = (
@@ -105,46 +106,6 @@ def output_folder(form: EvaluationForm, train: Path | None) -> Path | None:
 def report_path(form: EvaluationForm, train: Path | None) -> Path | None:
     out = output_folder(form, train)
     return out / REPORT_NAME if out is not None else None
-
-
-def parse_tests(text: str) -> dict[str, Path]:
-    """One test folder a line: NAME=DIR, or DIR named by its folder (as ``evaluate --test``)."""
-    tests: dict[str, Path] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        name, sep, folder = line.partition("=")
-        if not (sep and name.strip() and folder.strip()):
-            folder = line
-            name = Path(line).expanduser().name
-        path = Path(folder.strip()).expanduser()
-        name = name.strip()
-        if name in tests:
-            raise InputError(f"test folders: two are named {name!r}; name them NAME=DIR")
-        if not path.is_dir():
-            raise InputError(f"{path}: test folder not found")
-        tests[name] = path
-    if not tests:
-        raise InputError("add at least one test folder: real frames + masks never trained on (NAME=DIR or DIR, "
-                         "one a line)")
-    return tests
-
-
-def parse_fractions(text: str) -> tuple[float, ...] | None:
-    """Comma-separated shares of the training frames in (0, 1]; None for the engine's default."""
-    values = []
-    for part in text.replace(";", ",").split(","):
-        if not part.strip():
-            continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise InputError(f"fractions: {part.strip()!r} is not a number") from None
-        if not 0.0 < value <= 1.0:
-            raise InputError(f"fractions: {value:g} must be in (0, 1] (a share of the training frames)")
-        values.append(value)
-    return tuple(sorted(set(values))) or None
 
 
 # ------------------------------------------------------------------------------------------------ the arms
@@ -227,14 +188,14 @@ def curve_settings(form: EvaluationForm, train: Path, job_values: dict, lab=None
     if train is None:
         raise InputError("no dataset is open: open a folder of frames + masks first (File ▸ Open frames folder…)")
     train = Path(train)
-    tests = parse_tests(form.tests)
+    tests = parse_test_folders(form.tests)
     normals = Path(form.normals.strip()).expanduser() if form.normals.strip() else None
     if normals is not None and not normals.is_dir():
         raise InputError(f"{normals}: polyp-free frames folder not found")
     out = output_folder(form, train)
     if out.resolve() == train.resolve() or out.resolve().is_relative_to(train.resolve()):
         raise InputError(f"{out}: the output folder must not be the dataset folder or inside it ({train})")
-    optional = {"fractions": parse_fractions(form.fractions), "seeds": form.seeds or None,
+    optional = {"fractions": parse_fractions(form.fractions) or None, "seeds": form.seeds or None,
                 "max_steps": form.max_steps or None, "threads": form.threads or None}
     arms = write_arm_jobs(form, out, train, job_values)
     return lab.CurveSettings(train=train, tests=tests, out=out, arms=arms, normals=normals, fresh=form.fresh,

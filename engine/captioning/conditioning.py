@@ -165,6 +165,7 @@ class AttributePlan:
     source: str  # USER_SOURCE, INPUT_SOURCE, PRIOR_SOURCE or NONE_SOURCE
     fixed: dict[str, str] | None = None
     distribution: AttributeDistribution | None = None
+    accepted: dict[str, list[str]] | None = None  # the words the bundle was trained on (job_attributes)
 
     def chosen(self, seed: int) -> dict[str, str]:
         """The chosen attributes of the variant with this seed."""

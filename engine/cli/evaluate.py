@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.cli.args import non_negative_float, positive_int
+from engine.errors import InputError
+from engine.evaluation.curve_inputs import named_path, parse_fractions, parse_test_folders
 
 EXIT_OK, EXIT_CANNOT_START, EXIT_INTERRUPTED = 0, 2, 130
 Handler = Callable[[argparse.Namespace], int]
@@ -44,18 +46,13 @@ def _ratios(text: str) -> tuple[float, ...]:
 
 
 def _fractions(text: str) -> tuple[float, ...]:
-    values = tuple(_fraction(part) for part in text.split(",") if part.strip())
-    if not values or min(values) <= 0.0:
+    try:
+        values = parse_fractions(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not values:
         raise argparse.ArgumentTypeError(f"{text!r}: give shares in (0, 1], comma-separated")
-    return tuple(sorted(set(values)))
-
-
-def _named_folder(text: str) -> tuple[str, Path]:
-    """NAME=PATH, or PATH named by its last part (without a suffix)."""
-    name, sep, path = text.partition("=")
-    if sep and name and path:
-        return name, Path(path)
-    return Path(text).stem or Path(text).resolve().name, Path(text)
+    return values
 
 
 def _synthetic_folder(text: str) -> tuple[float | None, Path]:
@@ -123,11 +120,11 @@ def register_commands(subparsers) -> dict[str, Handler]:
         "frames instead (fixed --steps). Needs torch and pycocotools (the export extra).",
     )
     evaluate.add_argument("--train", required=True, type=Path, help="real training frames + masks (any layout)")
-    evaluate.add_argument("--test", required=True, action="append", type=_named_folder,
+    evaluate.add_argument("--test", required=True, action="append",
                           help="real test frames + masks, never trained on: NAME=DIR or DIR (named by its folder); "
                                "repeatable")
     evaluate.add_argument("--out", required=True, type=Path, help="folder for runs, results and the report")
-    evaluate.add_argument("--arm", action="append", type=_named_folder, default=[],
+    evaluate.add_argument("--arm", action="append", type=named_path, default=[],
                           help="NAME=JOB.toml: an arm whose synthetic data the batch job makes from each fraction's "
                                "subset (input, output and split file are set by evaluate); repeatable")
     evaluate.add_argument("--generate", action="append", type=Path, default=[],
@@ -204,13 +201,13 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
 
 def _single_comparison(args: argparse.Namespace) -> int:
     """``--synthetic DIR``: real vs real + that folder on all training frames, a fixed step budget."""
-    from engine.errors import InputError
     from engine.evaluation.evaluate import EvaluationSettings, run_evaluation
 
     if len(args.synthetic) > 1 or len(args.test) > 1 or args.arm or args.generate or args.real_fractions:
         raise InputError("--synthetic DIR (without FRACTION=) is the single comparison on all training frames: one "
                          "--synthetic, one --test, no --arm/--generate/--real-fractions")
-    settings = EvaluationSettings(train=args.train, synthetic=args.synthetic[0][1], test=args.test[0][1], out=args.out,
+    (test,) = parse_test_folders(args.test, must_exist=False).values()
+    settings = EvaluationSettings(train=args.train, synthetic=args.synthetic[0][1], test=test, out=args.out,
                                   seeds=args.seeds or 3, synthetic_cap=args.synthetic_cap, steps=args.steps,
                                   size=args.size, batch_size=args.batch_size, validate_every=args.validate_every,
                                   threads=args.threads, fresh=args.fresh, trainer=args.trainer,
@@ -230,7 +227,6 @@ def _single_comparison(args: argparse.Namespace) -> int:
 
 def curve_settings(args: argparse.Namespace):
     """The learning curve's settings from the command's flags (engine.evaluation.curve_plan.CurveSettings)."""
-    from engine.errors import InputError
     from engine.evaluation.curve_plan import CurveSettings
 
     arms = dict(args.arm)
@@ -238,11 +234,7 @@ def curve_settings(args: argparse.Namespace):
         if job.stem in arms:
             raise InputError(f"--generate {job}: an arm named {job.stem!r} is already given")
         arms[job.stem] = job
-    tests = {}
-    for name, folder in args.test:
-        if name in tests:
-            raise InputError(f"--test {name}=…: two test sets are named {name!r}; name them NAME=DIR")
-        tests[name] = folder
+    tests = parse_test_folders(args.test, must_exist=False)
     optional = {"seeds": args.seeds, "fractions": args.real_fractions, "max_steps": args.max_steps,
                 "patience": args.patience, "widths": args.widths}
     return CurveSettings(train=args.train, tests=tests, out=args.out, arms=arms,

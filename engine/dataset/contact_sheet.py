@@ -59,19 +59,25 @@ class ContactSheetWriter:
 
     def finish(self) -> Path | None:
         """Write contact_sheet.jpg; None when there is nothing to show."""
-        if not self.rows:
-            return None
-        columns, gap = 2, 6
-        width = 3 * TILE + 4 * gap  # one variant: source | result | outline, then a wider gap
-        rows = (len(self.rows) + columns - 1) // columns
-        sheet = Image.new("RGB", (columns * width, rows * (TILE + gap) + gap), (255, 255, 255))
-        for index, tiles in enumerate(self.rows):
-            row, column = divmod(index, columns)
-            for offset, tile in enumerate(tiles):
-                sheet.paste(tile, (column * width + gap + offset * (TILE + gap), row * (TILE + gap) + gap))
-        buffer = io.BytesIO()
-        sheet.save(buffer, format="JPEG", quality=88)
-        return atomic_write_bytes(self.output_dir / "contact_sheet.jpg", buffer.getvalue())
+        return save_sheet(self.rows, self.output_dir / "contact_sheet.jpg")
+
+
+def save_sheet(rows: list[tuple[Image.Image, Image.Image, Image.Image]], target: Path) -> Path | None:
+    """Variants' tiles (source | result | outline), two variants a row, as one JPEG (atomic); None without rows.
+    Several writers' rows may be joined into one sheet (the demo's add and removal jobs)."""
+    if not rows:
+        return None
+    columns, gap = 2, 6
+    width = 3 * TILE + 4 * gap  # one variant: source | result | outline, then a wider gap
+    lines = (len(rows) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * width, lines * (TILE + gap) + gap), (255, 255, 255))
+    for index, tiles in enumerate(rows):
+        line, column = divmod(index, columns)
+        for offset, tile in enumerate(tiles):
+            sheet.paste(tile, (column * width + gap + offset * (TILE + gap), line * (TILE + gap) + gap))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="JPEG", quality=88)
+    return atomic_write_bytes(target, buffer.getvalue())
 
 
 def write_contact_sheet(output_dir: Path, records, sources: dict[str, Path]) -> Path | None:

@@ -153,6 +153,9 @@ def check_settings(settings: CurveSettings) -> None:
     """One-line refusals of settings that cannot be run, before anything is read."""
     if not settings.tests:
         raise InputError("give at least one --test DIR")
+    for name, folder in settings.tests.items():
+        if not Path(folder).is_dir():
+            raise InputError(f"--test {name}={folder}: test folder not found")
     if not settings.fractions or any(not 0.0 < f <= 1.0 for f in settings.fractions):
         raise InputError(f"--real-fractions {settings.fractions}: each must be in (0, 1]")
     if REAL in settings.arms or (settings.synthetic and FROM_FOLDERS in settings.arms):

@@ -66,24 +66,26 @@ def job_attributes(frames, spec, bundle) -> AttributePlan | None:
     """The job's attribute plan, or None when the bundle takes no attributes or the mode asks none (nothing
     asked, nothing recorded). Whether asked words fit the bundle was checked when it was opened
     (engine.jobs.frame_work.check_bundle_fits)."""
-    if bundle_attribute_values(bundle) is None or spec.mode != "add":
+    accepted = bundle_attribute_values(bundle)
+    if accepted is None or spec.mode != "add":
         return None
     asked = parse_attributes(spec.attributes)
     if asked == "none":
-        return AttributePlan(NONE_SOURCE)
+        return AttributePlan(NONE_SOURCE, accepted=accepted)
     if isinstance(asked, dict):
-        return AttributePlan(USER_SOURCE, fixed=asked)
+        return AttributePlan(USER_SOURCE, fixed=asked, accepted=accepted)
     distribution = input_attributes(frames, spec) or kvasir_seg_attribute_prior()
-    return AttributePlan(distribution.source, distribution=distribution)
+    return AttributePlan(distribution.source, distribution=distribution, accepted=accepted)
 
 
-def variant_attributes(plan: AttributePlan | None, bundle, seed: int, frame, mask,
+def variant_attributes(plan: AttributePlan | None, seed: int, frame, mask,
                        derived: dict[str, str] | None = None) -> tuple[dict[str, str] | None, dict]:
     """(what the pipeline is asked, what the manifest line records) for the variant with ``seed`` painting into
-    ``mask`` of ``frame``; ``derived``: its size and outline when already measured on this mask."""
+    ``mask`` of ``frame``; ``derived``: its size and outline when already measured on this mask. Only words the
+    bundle was trained on (the plan's ``accepted``, read once when the job began) are asked."""
     if plan is None:
         return None, {}
-    values = bundle_attribute_values(bundle) or {}
+    values = plan.accepted or {}
     if not plan.asks:
         return {}, {"attributes_asked": {}, "attributes_derived": [], "attributes_source": plan.source}
     measured = derived if derived is not None else derived_attributes(frame, mask)

@@ -215,8 +215,8 @@ class FrameWork:
                     prepared_for = region_key
                 if task.attributes is not None and task.attributes.asks and derived_for != region_key:
                     derived, derived_for = derived_attributes(pixels, region.mask), region_key
-                asked, attribute_record = variant_attributes(task.attributes, pipeline.bundle, item.seed, pixels,
-                                                             region.mask, derived)
+                asked, attribute_record = variant_attributes(task.attributes, item.seed, pixels, region.mask,
+                                                             derived)
 
                 def step(done_steps, total_steps, _item=item):
                     if on_step is not None:
