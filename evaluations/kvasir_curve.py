@@ -4,7 +4,9 @@ Real frames: ../shared/data/kvasir-seg, split as the judge's validation split (e
 903 training frames, 97 test frames), linked into WORK/train and WORK/test; polyp-free frames: ../shared/data/normal.
 Arms (job files beside this script): `synthetic` (the default model at random masks sized like the subset's polyps),
 `copy-paste` (the subset's own polyps pasted elsewhere, no model) and `transplant` (moved and redrawn by the default
-model at strength 0.3), against `real`, at the default fractions (0.1, 0.25) and seeds.
+model at strength 0.3), against `real`, at the default fractions (0.1, 0.25) and seeds; and `synthetic-judged` (added
+after the first 14 runs had shown the synthetic arm's polyps are found by the judge in a quarter of the frames: the
+same as `synthetic`, but only variants the project judge sees as a polyp are kept, up to 4 tries each).
 
 Finished runs' results (small JSON) and the report are copied into evaluations/kvasir-curve/ after every call and
 copied back before the next, so a later session on a fresh machine reuses them (the evaluation reuses a run whose
@@ -22,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 COMMITTED = HERE / "kvasir-curve"
-ARMS = ("synthetic", "copy-paste", "transplant")
+ARMS = ("synthetic", "copy-paste", "transplant", "synthetic-judged")
 
 
 def link_split(data: Path, work: Path) -> None:
