@@ -159,6 +159,9 @@ def _add_batch_options(group) -> None:
                        help="the model sees the whole frame, or the region around the mask (default: the bundle's)")
     group.add_argument("--region-padding", type=int,
                        help="pixels around the mask's box in region mode (default: 30 %% of the box's longer side)")
+    group.add_argument("--working-size", type=int,
+                       help="the model works at about N×N pixels of its view (default: the bundle's image size, 64 "
+                            "for the compact model); e.g. 96 paints large polyps with more detail, about 2× slower")
     group.add_argument("--blend", choices=("feather", "poisson"), help="paste the generated region with a feathered edge, or Poisson-blended into the frame "
                        "(default: poisson when removing, feather when adding)")
     group.add_argument("--backend", choices=("local", "ray"),

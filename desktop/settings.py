@@ -60,6 +60,7 @@ class JobSettings:
     resume: bool = True
     inpaint_area: str = ""  # "" = the bundle's default; "frame" | "region"
     region_padding: int | None = None  # None = automatic (30 % of the mask box's longer side)
+    working_size: int | None = None  # None = the bundle's image size (64² for the compact model)
     # the polyp judge (batch job --judge): variants it disagrees with are rejected, and regenerated with the next
     # seeds up to max_attempts
     use_judge: bool = False
@@ -87,6 +88,7 @@ class JobSettings:
             "captions": self.captions.strip() or None,
             "inpaint_area": self.inpaint_area or None,
             "region_padding": self.region_padding,
+            "working_size": self.working_size,
         }
         if self.mode == "add":  # removal stays a prompt; a transplant moves real polyps
             values["attributes"] = self.attributes.strip() or "auto"
@@ -146,6 +148,9 @@ def _parse(name: str, raw, default):
     if name == "region_padding":
         value = int(text)
         return value if value >= 0 else None
+    if name == "working_size":
+        value = int(text)
+        return value if value > 0 else None
     if name == "guidance":
         value = float(text)
         return value if 0.0 <= value <= 50.0 else None

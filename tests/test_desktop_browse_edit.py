@@ -225,6 +225,7 @@ def test_settings_are_remembered_in_the_temporary_settings_file(make_window, sam
     panel.seed.setValue(42)
     panel.inpaint_area.setCurrentIndex(panel.inpaint_area.findData("region"))
     panel.region_padding.setValue(24)
+    panel.working_size.setValue(96)
     panel.formats["yolo-seg"].setChecked(False)
     panel.output.setText(str(tmp_path / "out"))
     open_and_wait(window, samples)
@@ -235,9 +236,9 @@ def test_settings_are_remembered_in_the_temporary_settings_file(make_window, sam
     s = again.panel.settings()
     assert (s.mode, s.mask_source, s.variants, s.steps, s.guidance, s.seed) == ("remove", "box", 3, 7, 4.5, 42)
     assert s.formats == ["coco", "yolo"] and s.output == str(tmp_path / "out")
-    assert (s.inpaint_area, s.region_padding) == ("region", 24)
+    assert (s.inpaint_area, s.region_padding, s.working_size) == ("region", 24, 96)
     values = s.spec_values(samples, None)
-    assert (values["inpaint_area"], values["region_padding"]) == ("region", 24)
+    assert (values["inpaint_area"], values["region_padding"], values["working_size"]) == ("region", 24, 96)
     assert wait_until(lambda: again.dataset.sources is not None, 20)  # the last folder reopens
     assert again.dataset.input_dir == samples
     assert JobSettings.load(again.settings).variants == 3

@@ -73,3 +73,47 @@ def test_engine_sampling_equals_the_torch_sampler_on_a_frame():
     reference = (reference.clamp(-1, 1) / 2 + 0.5).permute(0, 2, 3, 1).numpy()[0]
     assert np.abs(reference - result.raw).max() < 1e-3
     assert np.array_equal(result.image[~mask], frame[~mask])
+
+
+def test_a_larger_working_size_reaches_the_model_and_the_manifest(tmp_path):
+    """`--working-size 96` (job key working_size): the default model works at about 96² pixels of the region
+    instead of its 64², each variant's manifest line says so, the frame outside the mask keeps its bytes, a job
+    of another working size does not resume into it, and a size out of range is refused with one line."""
+    import cv2
+
+    from cli_helpers import run_main
+    from engine.dataset.image_reader import read_frame
+    from engine.dataset.contact_sheet import NEW_POLYP_ORIGINS
+    from engine.masks.instances import Instance
+    from engine.samples.frames import generate_sample_set
+
+    frames = tmp_path / "frames"
+    generate_sample_set(frames, count=2, seed=4, with_polyps_every=1)
+    sizes = {}
+    for size in (None, 96):
+        out = tmp_path / f"out-{size}"
+        args = ["--batch", "--input", str(frames), "--output", str(out), "--mask-source", "random", "--steps", "3",
+                "--threads", "1", "--quiet"] + ([] if size is None else ["--working-size", str(size)])
+        completed = run_main(args)
+        assert completed.returncode == 0, completed.stderr
+        records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+        assert [r["status"] for r in records] == ["ok", "ok"]
+        sizes[size] = [r["working_size"] for r in records]
+        for record in records:
+            image = read_frame(out / record["image"])
+            source = read_frame(frames / "images" / record["source_frame"])
+            region = np.zeros(source.shape[:2], bool)
+            for instance in record["instances"]:
+                if instance["origin"] in NEW_POLYP_ORIGINS:
+                    region |= Instance.from_json(instance).raster(*source.shape[:2])
+            # The label's polygon is traced from the painted mask: allow its outline a pixel or two.
+            grown = cv2.dilate(region.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            assert region.any() and np.array_equal(image[~grown], source[~grown])
+    for (w64, h64), (w96, h96) in zip(sizes[None], sizes[96]):
+        assert abs(w64 * h64 - 64 * 64) <= 0.25 * 64 * 64 and abs(w96 * h96 - 96 * 96) <= 0.25 * 96 * 96
+        assert w96 % 4 == 0 and h96 % 4 == 0
+    refused = run_main(["--batch", "--input", str(frames), "--output", str(tmp_path / "out-None"),
+                        "--mask-source", "random", "--steps", "3", "--working-size", "96", "--quiet"])
+    assert refused.returncode != 0 and "working_size" in refused.stderr
+    tiny = run_main(["--batch", "--input", str(frames), "--output", str(tmp_path / "bad"), "--working-size", "8"])
+    assert tiny.returncode == 2 and "working_size must be between 16 and 2048 pixels, got 8" in tiny.stderr

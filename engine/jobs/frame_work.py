@@ -211,7 +211,7 @@ class FrameWork:
                 region_key = region.mask.tobytes() if spec.mask_source in ("random", "retrieved") else "fixed"
                 if prepared is None or prepared_for != region_key:
                     prepared = pipeline.prepare_frame(pixels, region.mask, inpaint_area=spec.inpaint_area,
-                                                      region_padding=spec.region_padding)
+                                                      region_padding=spec.region_padding, model_size=spec.working_size)
                     prepared_for = region_key
                 if task.attributes is not None and task.attributes.asks and derived_for != region_key:
                     derived, derived_for = derived_attributes(pixels, region.mask), region_key
@@ -260,7 +260,7 @@ class FrameWork:
                 return MovedPolyp(moved.image, settings, moved, moved.footprint)
             region = harmonize_region(moved)
             prepared = pipeline.prepare_frame(moved.image, region, inpaint_area=spec.inpaint_area,
-                                              region_padding=spec.region_padding)
+                                              region_padding=spec.region_padding, model_size=spec.working_size)
             (result,) = pipeline.generate_variants(
                 prepared, [seed], prompt=task.prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
                 guidance_scale=spec.guidance, scheduler=spec.scheduler, progress=step, cancel=cancelled,

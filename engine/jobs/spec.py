@@ -26,6 +26,7 @@ FORMATS = ("coco", "yolo", "yolo-seg")
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 SPLITS = ("train", "val", "test")
 BACKENDS = ("local", "ray")
+MIN_WORKING_SIZE, MAX_WORKING_SIZE = 16, 2048  # --working-size, pixels per side
 # The compact polyp model PolypForge trains itself (a pixel-inpaint bundle, MODEL_CARD.md inside):
 # exported_models/polypforge-compact in the source tree; <app dir>/models/polypforge-compact in a built app.
 # The random-weight demo bundles (demo-sd-inpaint, demo-sd-controlnet, demo-dinov2) stay for the tests.
@@ -73,6 +74,10 @@ class JobSpec:
     batch_size: int = 1
     inpaint_area: str | None = None  # "frame" | "region"; None: the bundle's default (region for the compact model)
     region_padding: int | None = None  # px around the mask's box in region mode; None: automatic (30 % of its side)
+    # The model works at about working_size² pixels of its view (the region crop or the frame), sides a multiple of
+    # the bundle's size step; None: the bundle's image size (64 for the compact model, 512 for SD2). Larger sizes
+    # paint large regions with more detail, at about (size / image size)² the time per U-Net call.
+    working_size: int | None = None
     blend: str | None = None  # "feather" | "poisson" (engine.pipelines.blending); None: poisson to remove, feather to add
     # Who runs the frames: "local" (this process) or "ray" (actors on a Ray cluster, engine/jobs/ray_backend.py).
     backend: str = "local"
@@ -124,6 +129,9 @@ class JobSpec:
             _choice("inpaint_area", self.inpaint_area, INPAINT_AREAS)
         if self.region_padding is not None:
             _at_least("region_padding", self.region_padding, 0)
+        if self.working_size is not None and not MIN_WORKING_SIZE <= self.working_size <= MAX_WORKING_SIZE:
+            raise InputError(f"working_size must be between {MIN_WORKING_SIZE} and {MAX_WORKING_SIZE} pixels, got "
+                             f"{self.working_size}")
         if self.blend is not None:
             _choice("blend", self.blend, BLEND_MODES)
         _choice("backend", self.backend, BACKENDS)
@@ -170,7 +178,7 @@ class JobSpec:
         for key in ("output", "provider", "threads", "resume", "batch_size", "formats", "backend", "ray_address",
                     "workers", "gpus_per_worker", "break_lock"):
             data.pop(key)
-        for key in ("captions", "inpaint_area", "region_padding", "blend", "harmonize", "strength"):
+        for key in ("captions", "inpaint_area", "region_padding", "working_size", "blend", "harmonize", "strength"):
             if data[key] is None:  # absent, as in jobs written before these existed: they still resume
                 data.pop(key)
         if not data["include_synthetic"]:  # likewise for jobs written before it existed

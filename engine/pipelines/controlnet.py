@@ -108,11 +108,14 @@ class ControlNetPipeline(OnnxDiffusionPipeline):
         return PreparedMask(mask=mask, frame=frame, working_size=(work_w, work_h), control=np.ascontiguousarray(control))
 
     def prepare_frame(self, frame: np.ndarray, mask: np.ndarray, working_size: tuple[int, int] | None = None,
-                      inpaint_area: str | None = None, region_padding: int | None = None) -> PreparedMask:
+                      inpaint_area: str | None = None, region_padding: int | None = None,
+                      model_size: int | None = None) -> PreparedMask:
         """InpaintPipeline's name for it: the mask, with paste-back into `frame` (whole-frame only)."""
         if inpaint_area not in (None, "frame"):
             raise InputError(f"inpaint area {inpaint_area!r}: an sd-controlnet bundle generates the whole frame; "
                              "region inpainting needs an inpainting bundle (sd-inpaint or pixel-inpaint)")
+        if working_size is None and model_size is not None:
+            working_size = choose_working_size(mask.shape[1], mask.shape[0], model_size, self.size_multiple)
         return self.prepare(mask, frame=frame, working_size=working_size)
 
     # ------------------------------------------------------------------ generation

@@ -344,12 +344,14 @@ class InpaintingPipeline(OnnxDiffusionPipeline):
     DEFAULT_INPAINT_AREA = "frame"  # when neither the call nor the bundle's sampling defaults say
 
     def prepare_frame(self, frame: np.ndarray, mask: np.ndarray, working_size: tuple[int, int] | None = None,
-                      inpaint_area: str | None = None, region_padding: int | None = None) -> PreparedFrame:
-        """Crop (in region mode) and resize the frame and its mask to working size, once."""
+                      inpaint_area: str | None = None, region_padding: int | None = None,
+                      model_size: int | None = None) -> PreparedFrame:
+        """Crop (in region mode) and resize the frame and its mask to working size, once: ``working_size`` (w, h)
+        exactly, else about ``model_size``² pixels (None: the bundle's image size) at the view's aspect."""
         frame, mask = check_frame_and_mask(frame, mask)
         height, width = frame.shape[:2]
         area = inpaint_area or self.defaults.get("inpaint_area", self.DEFAULT_INPAINT_AREA)
-        crop, (work_w, work_h) = model_view(width, height, mask, area, region_padding, self.image_size,
+        crop, (work_w, work_h) = model_view(width, height, mask, area, region_padding, model_size or self.image_size,
                                             self.size_multiple, working_size)
         x0, y0, x1, y1 = crop
         image = frame_to_model_input(np.ascontiguousarray(frame[y0:y1, x0:x1]), work_w, work_h)

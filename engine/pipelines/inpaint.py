@@ -111,10 +111,10 @@ class InpaintPipeline(InpaintingPipeline):
     # ------------------------------------------------------------------ frame
     def prepare_frame(
         self, frame: np.ndarray, mask: np.ndarray, working_size: tuple[int, int] | None = None,
-        inpaint_area: str | None = None, region_padding: int | None = None,
+        inpaint_area: str | None = None, region_padding: int | None = None, model_size: int | None = None,
     ) -> PreparedFrame:
         """The model's view of the frame (InpaintingPipeline.prepare_frame), and the masked image VAE-encoded once."""
-        prepared = super().prepare_frame(frame, mask, working_size, inpaint_area, region_padding)
+        prepared = super().prepare_frame(frame, mask, working_size, inpaint_area, region_padding, model_size)
         work_w, work_h = prepared.working_size
         masked_image = prepared.image * (1.0 - prepared.work_mask)
         latent_h, latent_w = work_h // self.vae_scale_factor, work_w // self.vae_scale_factor

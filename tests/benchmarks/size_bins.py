@@ -152,15 +152,16 @@ def link_frames(data: Path, names: list[str], folder: Path) -> Path:
     return folder
 
 
-def measure_bundle(bundle: str, held: Path, per_bin: int, out: Path, judge, threads: int, seed: int) -> dict:
-    common = ["--model", bundle, "--threads", str(threads), "--seed", str(seed), "--variants", "1"]
+def measure_bundle(bundle: str, held: Path, per_bin: int, out: Path, judge, threads: int, seed: int,
+                   bins: tuple[tuple[float, float], ...] = BINS, extra: list[str] = (), add_only: bool = False) -> dict:
+    common = ["--model", bundle, "--threads", str(threads), "--seed", str(seed), "--variants", "1", *extra]
     names = sorted(p.name for p in (held / "images").iterdir())
     result = {"add": [], "remove": [], "default_sizes": {}}
     out.mkdir(parents=True, exist_ok=True)
     split = out / f"first-{per_bin}.tsv"  # each bin's job reads the first --per-bin frames
     split.write_text("".join(f"{n}\t{'train' if i < per_bin else 'test'}\n" for i, n in enumerate(names)),
                      encoding="utf-8")
-    for low, high in BINS:
+    for low, high in bins:
         label = bin_label(low, high)
         output = out / f"add-{label}"
         summary = run_job(["--input", str(held), "--mask-source", "random", "--sizes", label, "--split-file",
@@ -170,6 +171,9 @@ def measure_bundle(bundle: str, held: Path, per_bin: int, out: Path, judge, thre
         result["add"].append({"bin": label, "planned": summary["planned"], "ok": summary["ok"], "rows": rows,
                               "unet_seconds_per_image": round(summary["stage_seconds"].get("unet", 0.0)
                                                               / max(1, summary["ok"]), 3)})
+    if add_only:
+        result["default_sizes"] = {"generated": []}
+        return result
     output = out / "add-default-sizes"
     run_job(["--input", str(held), "--mask-source", "random", *common], output)
     generated = [r["area"] for r in judge_variants(judge, output)]
@@ -233,7 +237,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--add-only", action="store_true", help="only the add jobs per bin (no removal, no "
+                        "default-size job)")
+    parser.add_argument("--job-args", default="", help="further batch-job flags for every job, e.g. '--steps 10'")
+    parser.add_argument("--bins", default=",".join(bin_label(*b) for b in BINS),
+                        help="the add jobs' bins, a comma list of them (default: all)")
     args = parser.parse_args()
+    bins = tuple(b for b in BINS if bin_label(*b) in args.bins.split(","))
     from engine.judge.model import Judge
 
     out = args.out.resolve()
@@ -248,7 +258,8 @@ def main() -> int:
     held_real = [r for r in real if Path(r["frame"]).stem in set(stems)]
     results = {"real": real, "bundles": {}}
     for bundle in args.bundles.split(","):
-        measured = measure_bundle(bundle, held, args.per_bin, out / Path(bundle).name, judge, args.threads, args.seed)
+        measured = measure_bundle(bundle, held, args.per_bin, out / Path(bundle).name, judge, args.threads, args.seed,
+                                  bins, args.job_args.split(), args.add_only)
         results["bundles"][bundle] = {"measured": measured, "summary": summarise(measured, real, held_real)}
     (out / "size_bins.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     print(f"real polyps: {len(real)} in the judge's validation frames (never trained on)")
