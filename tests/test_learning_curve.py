@@ -333,3 +333,25 @@ def test_the_curves_typed_inputs_are_read_one_way_for_the_command_and_the_app(tm
 
     with pytest.raises(InputError, match="--test far=.*missing: test folder not found"):
         check_settings(CurveSettings(train=tmp_path, tests={"far": tmp_path / "missing"}, out=tmp_path / "out"))
+
+
+def test_the_report_breaks_test_dice_down_by_the_size_of_the_polyps():
+    """curve_report.size_breakdown: each test frame falls in the size bin of its polyps' share of the frame; an
+    arm's cell is the mean over seeds of its mean Dice there, with the paired difference from real per seed."""
+    from engine.evaluation.curve_report import size_breakdown
+
+    def run(dices):  # frames of 100×100: polyps of 1 %, 3 % and 30 % (and one polyp-free frame, left out)
+        frames = [{"dice": d, "width": 100, "height": 100, "truth_boxes": [{"area": a}]}
+                  for d, a in zip(dices, (100, 300, 3000))]
+        frames.append({"dice": 1.0, "width": 100, "height": 100, "truth_boxes": []})
+        return {"tests": {"t": {"frames": frames}}}
+
+    results = {"real": {0: run((0.1, 0.5, 0.8)), 1: run((0.3, 0.5, 0.6))},
+               "copy-paste": {0: run((0.2, 0.7, 0.8)), 1: run((0.3, 0.9, 0.6))}}
+    table = size_breakdown(results, ["real", "copy-paste"], "t")
+    assert table["bins"] == ["<2", "2-5", ">20"] and table["frames"] == {"<2": 1, "2-5": 1, ">20": 1}
+    assert table["arms"]["real"]["<2"]["dice"]["mean"] == pytest.approx(0.2)
+    small = table["arms"]["copy-paste"]["2-5"]
+    assert small["dice"]["mean"] == pytest.approx(0.8) and small["difference"]["mean"] == pytest.approx(0.3)
+    assert table["arms"]["copy-paste"][">20"]["difference"]["mean"] == pytest.approx(0.0)
+    assert table["arms"]["real"]["5-10"]["dice"]["mean"] is None

@@ -32,6 +32,7 @@ KVASIR_SEG_PRIOR_SOURCE = "kvasir-seg prior"
 INPUT_SOURCE = "input"
 # The size bins of the reports, in fractions of the frame: < 2, 2–5, 5–10, 10–20, > 20 %.
 SIZE_BIN_EDGES = (0.02, 0.05, 0.10, 0.20)
+SIZE_BIN_LABELS = ("<2", "2-5", "5-10", "10-20", ">20")  # percent of the frame, split at SIZE_BIN_EDGES
 # --sizes small: the report's two smallest bins (below 5 % of the frame: diminutive and small polyps, about a
 # quarter of Kvasir-SEG's); large: its largest (over 20 %, about a quarter too).
 SMALL_BELOW = 0.05
@@ -153,5 +154,4 @@ def job_sizes(base: SizeDistribution, sizes: str) -> SizeDistribution:
 
 def size_bin(fraction: float) -> str:
     """The report bin of a size: "<2", "2-5", "5-10", "10-20" or ">20" (percent of the frame)."""
-    labels = ("<2", "2-5", "5-10", "10-20", ">20")
-    return labels[int(np.searchsorted(SIZE_BIN_EDGES, fraction, side="right"))]
+    return SIZE_BIN_LABELS[int(np.searchsorted(SIZE_BIN_EDGES, fraction, side="right"))]
