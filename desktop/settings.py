@@ -199,6 +199,7 @@ class EvaluationForm:
     synthetic_arm: bool = True  # "PolypForge synthetic": the app's generation settings as a job file
     copy_paste_arm: bool = True  # the honest baseline: the subset's own polyps pasted elsewhere, no model
     transplant_arm: bool = False  # moved polyps redrawn by the model at strength 0.3
+    judged_arm: bool = False  # the synthetic arm keeping only the variants the polyp judge finds
     fresh: bool = False
 
     def save(self, settings: QSettings) -> None:

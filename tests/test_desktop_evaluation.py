@@ -90,15 +90,16 @@ def test_the_form_becomes_the_engines_settings_and_the_arms_job_files(window, fr
     form = app_settings.EvaluationForm(tests=f"kvasir={frames / 'test'}\n{frames / 'normal'}\n",
                                        normals=str(frames / "normal"), fractions="0.5, 0.1", seeds=2,
                                        max_steps=300, threads=1, synthetic_arm=True, copy_paste_arm=True,
-                                       transplant_arm=True)
+                                       transplant_arm=True, judged_arm=True)
     settings = vm.curve_settings(form, frames / "train", window.job_values())
     out = frames / "train-evaluation"  # the default: beside the dataset
     assert settings.train == frames / "train" and settings.out == out
     assert settings.tests == {"kvasir": frames / "test", "normal": frames / "normal"}
     assert settings.normals == frames / "normal" and settings.fractions == (0.1, 0.5) and settings.seeds == 2
     assert settings.max_steps == 300 and settings.threads == 1 and not settings.fresh
-    assert settings.arms == {name: out / "jobs" / f"{name}.toml" for name in ("synthetic", "copy-paste", "transplant")}
-    assert settings.arm_names() == ["real", "synthetic", "copy-paste", "transplant"]
+    named = ("synthetic", "copy-paste", "transplant", "synthetic-judged")
+    assert settings.arms == {name: out / "jobs" / f"{name}.toml" for name in named}
+    assert settings.arm_names() == ["real", *named]
     # the synthetic arm is the app's current generation settings; the evaluation sets input, output and split
     synthetic = read_job_file(settings.arms["synthetic"])
     assert synthetic["model"] == str(DEMO_MODEL.resolve()) and synthetic["mask_source"] == "random"
@@ -110,6 +111,11 @@ def test_the_form_becomes_the_engines_settings_and_the_arms_job_files(window, fr
     transplant = read_job_file(settings.arms["transplant"])
     assert transplant["harmonize"] == "model" and transplant["strength"] == 0.3
     assert transplant["model"] == synthetic["model"]
+    # the judge-kept arm: the synthetic arm's job with the shipped judge, more tries and at least two per frame
+    judged = read_job_file(settings.arms["synthetic-judged"])
+    assert {k: v for k, v in judged.items() if k not in ("judge", "min_judge_score", "max_attempts")} == synthetic
+    assert Path(judged["judge"]) == (shipped_bundles_folder() / "polyp-judge").resolve()
+    assert (judged["min_judge_score"], judged["max_attempts"], judged["variants"]) == (0.5, 4, 3)
     for job in settings.arms.values():  # each a job the batch job accepts
         build_spec({**read_job_file(job), "input": frames / "train", "output": tmp_path / "o"}, source=str(job))
         assert tomllib.loads(job.read_text())  # plain TOML, written whole

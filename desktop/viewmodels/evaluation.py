@@ -43,6 +43,9 @@ DEVELOPER_INSTALL = (
 JOBS_FOLDER = "jobs"  # in the output folder: the arms' job files
 REPORT_NAME = "report.html"
 TRANSPLANT_STRENGTH = 0.3
+JUDGED_ATTEMPTS = 4  # the judge-kept arm: generations per variant before it is left out
+JUDGED_VARIANTS = 2  # and at least this many planned per frame, so about as many are kept as there are real frames
+DEFAULT_JUDGE = "polyp-judge"
 # Keys of the app's job that the evaluation sets itself per fraction (engine.evaluation.curve_arms), or that
 # belong to the app's own output folder.
 SET_BY_EVALUATION = ("input", "output", "masks", "split_file", "from_splits", "resume")
@@ -66,6 +69,9 @@ ARMS = (
     Arm("transplant", "harmonized transplant", "transplant_arm",
         f"the subset's own polyps moved and redrawn by the model at strength {TRANSPLANT_STRENGTH:g} "
         "(mode transplant, harmonize model)"),
+    Arm("synthetic-judged", "PolypForge synthetic, judge-kept", "judged_arm",
+        "the app's current generation settings, keeping only the variants in which the polyp judge finds the new "
+        f"polyp (up to {JUDGED_ATTEMPTS} tries each, at least {JUDGED_VARIANTS} planned per frame)"),
 )
 
 
@@ -120,6 +126,10 @@ def arm_job_values(arm: str, job_values: dict) -> dict:
     if arm == "transplant":
         model = {k: current[k] for k in ("model", "provider") if k in current}
         return {"mode": "transplant", "harmonize": "model", "strength": TRANSPLANT_STRENGTH, **shared, **model}
+    if arm == "synthetic-judged":
+        return {**current, "variants": max(JUDGED_VARIANTS, int(current.get("variants", 1))),
+                "judge": current.get("judge", DEFAULT_JUDGE), "min_judge_score": current.get("min_judge_score", 0.5),
+                "max_attempts": max(JUDGED_ATTEMPTS, int(current.get("max_attempts", 1)))}
     raise ValueError(arm)
 
 
