@@ -152,6 +152,27 @@ def link_frames(data: Path, names: list[str], folder: Path) -> Path:
     return folder
 
 
+def removal_grids(output: Path, rows: list[dict], sources: Path, out: Path) -> None:
+    """One grid per size bin of the removed boxes: each bin's records as a small dataset of links to the job's."""
+    records = ok_records(output)
+    for index, (low, high) in enumerate(BINS):
+        keep = {Path(r["image"]).name for r in rows if bin_of(r["area"]) == index}
+        chosen = [r for r in records if Path(r["image"]).name in keep]
+        if not chosen:
+            continue
+        label = bin_label(low, high)
+        sub = out / f"remove-{label}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chosen), encoding="utf-8")
+        for record in chosen:  # the grid reads images and masks relative to the dataset folder
+            for key in ("image", "mask"):
+                target = sub / record[key]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.exists():
+                    os.symlink((output / record[key]).resolve(), target)
+        grid(sub, sources, out / f"grid-remove-{label}.png", rows=len(chosen))
+
+
 def measure_bundle(bundle: str, held: Path, per_bin: int, out: Path, judge, threads: int, seed: int,
                    bins: tuple[tuple[float, float], ...] = BINS, extra: list[str] = (), add_only: bool = False) -> dict:
     common = ["--model", bundle, "--threads", str(threads), "--seed", str(seed), "--variants", "1", *extra]
@@ -181,22 +202,7 @@ def measure_bundle(bundle: str, held: Path, per_bin: int, out: Path, judge, thre
     output = out / "remove"
     run_job(["--input", str(held), "--mask-source", "box", "--mode", "remove", *common], output)
     removal_rows = judge_variants(judge, output)
-    for index, (low, high) in enumerate(BINS):
-        chosen = [r for r in removal_rows if bin_of(r["area"]) == index]
-        if chosen:
-            label = bin_label(low, high)
-            keep = {Path(r["image"]).name for r in chosen}
-            records = [r for r in ok_records(output) if Path(r["image"]).name in keep]
-            sub = out / f"remove-{label}"
-            sub.mkdir(parents=True, exist_ok=True)
-            (sub / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-            for record in records:  # the grid reads images and masks relative to the dataset folder
-                for key in ("image", "mask"):
-                    target = sub / record[key]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    if not target.exists():
-                        os.symlink((output / record[key]).resolve(), target)
-            grid(sub, held / "images", out / f"grid-remove-{label}.png", rows=len(records))
+    removal_grids(output, removal_rows, held / "images", out)
     result["remove"] = removal_rows
     return result
 
