@@ -56,3 +56,36 @@ def test_quit_after_env_closes_the_window(tmp_path):
     code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from desktop.app import run_app; sys.exit(run_app([]))"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_app_and_the_command_line_start_without_what_the_installer_leaves_out(tmp_path):
+    """The installed app leaves the torch stack and engine's torch packages out (installer/polypforge.spec's
+    EXCLUDES). Building main.py's parser and importing the desktop's modules must not need any of them: a module-level
+    import of engine.evaluation in the command wiring once broke the built app only in `make installer-test`."""
+    import ast
+
+    spec = (REPO / "installer" / "polypforge.spec").read_text(encoding="utf-8")
+    tree = ast.parse(spec)
+    excludes = next(ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                    and any(getattr(t, "id", None) == "EXCLUDES" for t in node.targets))
+    assert "engine.evaluation" in excludes and "torch" in excludes
+    script = f"""
+import importlib.abc, pkgutil, sys
+LEFT_OUT = {[e for e in excludes if not e.startswith("PySide6.") and e != "desktop.screenshots"]!r}
+class LeftOut(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if any(name == e or name.startswith(e + ".") for e in LEFT_OUT):
+            raise ImportError(f"{{name}} is not in the installed app")
+sys.meta_path.insert(0, LeftOut())
+import main
+main.build_parser()
+import desktop
+for module in pkgutil.walk_packages(desktop.__path__, "desktop."):
+    if module.name != "desktop.screenshots" and not module.name.startswith("desktop.screenshots."):
+        __import__(module.name)
+print("started without", len(LEFT_OUT), "left-out packages")
+"""
+    completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                               env={**os.environ, "QT_QPA_PLATFORM": "offscreen"}, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "started without" in completed.stdout

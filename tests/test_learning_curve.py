@@ -306,9 +306,9 @@ def test_the_ultralytics_consumer_is_scored_on_every_test_set_and_the_polyp_free
 
 
 def test_the_curves_typed_inputs_are_read_one_way_for_the_command_and_the_app(tmp_path):
-    """engine.evaluation.curve_inputs: shares in (0, 1], sorted and once; NAME=DIR or DIR named by its folder
+    """engine.dataset.curve_inputs: shares in (0, 1], sorted and once; NAME=DIR or DIR named by its folder
     (a job file by its stem); test folders must exist and be named apart."""
-    from engine.evaluation.curve_inputs import named_path, parse_fractions, parse_test_folders
+    from engine.dataset.curve_inputs import named_path, parse_fractions, parse_test_folders
 
     assert parse_fractions("0.25, 0.1;0.1") == (0.1, 0.25)
     assert parse_fractions("  ") == ()

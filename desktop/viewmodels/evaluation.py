@@ -31,7 +31,7 @@ from desktop.settings import EvaluationForm
 from desktop.workers.evaluation_worker import EvaluationWorker
 from desktop.workers.tasks import TaskRunner
 from engine.errors import InputError, PolypForgeError
-from engine.evaluation.curve_inputs import parse_fractions, parse_test_folders
+from engine.dataset.curve_inputs import parse_fractions, parse_test_folders
 from engine.fileio import atomic_write_bytes
 
 DEVELOPER_INSTALL = (

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from engine.cli.args import non_negative_float, positive_int
 from engine.errors import InputError
-from engine.evaluation.curve_inputs import named_path, parse_fractions, parse_test_folders
+from engine.dataset.curve_inputs import named_path, parse_fractions, parse_test_folders
 
 EXIT_OK, EXIT_CANNOT_START, EXIT_INTERRUPTED = 0, 2, 130
 Handler = Callable[[argparse.Namespace], int]

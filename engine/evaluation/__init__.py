@@ -7,7 +7,6 @@
 - ``train_judge``         — the ``train-judge`` command's work: train, export a "segmenter" bundle, card;
 - ``evaluate``            — real vs real + synthetic, seeds, paired statistics, report;
 - ``ultralytics_trainer`` — ``evaluate --trainer ultralytics`` (runs ``ultralytics_worker`` in its own Python);
-- ``curve_inputs``        — the curve's typed-in fractions and NAME=DIR folders (stdlib; the CLI and the app);
 - ``leaks``, ``evaluation_report``, ``model_card``, ``pictures`` — its checks, report, card and grids.
 
 The judge's torch-free runtime (scoring, rejection, detectability) is engine.judge, one floor down; the network

@@ -1,6 +1,7 @@
 """The learning curve's typed-in inputs, read one way for the command line (`evaluate --test/--arm/--real-fractions`)
 and the app's Evaluate… form: shares of the training frames, and NAME=PATH folders. Stdlib only, so the app's form
-checks them without torch; each error is an InputError that names what was typed."""
+checks them without torch; each error is an InputError that names what was typed. In engine.dataset (not the
+torch lab, engine.evaluation) because the installed app and command line, which leave the lab out, parse them too."""
 
 from __future__ import annotations
 
