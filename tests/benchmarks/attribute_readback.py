@@ -17,41 +17,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(HERE))
+
+from bench_jobs import chosen_names, held_out_names, link_frames, ok_records, run_batch  # noqa: E402
 
 ASKED = {"colour": ("pale", "pink", "red", "whitish"), "surface": ("smooth", "lobulated", "irregular"),
          "elevation": ("flat", "raised")}
 
 
-def link_frames(frames: Path, held_out: Path | None, target: Path, limit: int) -> int:
-    """The held-out frames (or all) with their masks, linked into target/images and target/masks."""
-    names = sorted(p.name for p in (frames / "images").iterdir())
-    if held_out is not None:
-        wanted = {line.strip() for line in held_out.read_text(encoding="utf-8").splitlines() if line.strip()}
-        names = [n for n in names if n in wanted or Path(n).stem in wanted]
-    names = names[:limit]
-    for sub in ("images", "masks"):
-        (target / sub).mkdir(parents=True, exist_ok=True)
-        for name in names:
-            link = target / sub / name
-            if not link.exists() and (frames / sub / name).exists():
-                link.symlink_to((frames / sub / name).resolve())
-    return len(names)
-
-
 def run_job(bundle: str, frames: Path, out: Path, attributes: str, threads: int, seed: int) -> Path:
-    if (out / "manifest.jsonl").is_file() and (out / "summary.json").is_file():
-        return out
-    command = [sys.executable, str(REPO_ROOT / "main.py"), "--batch", "--input", str(frames), "--output", str(out),
-               "--model", bundle, "--mask-source", "random", "--mode", "add", "--variants", "1", "--seed", str(seed),
-               "--attributes", attributes, "--threads", str(threads), "--quiet"]
-    subprocess.run(command, check=True, cwd=REPO_ROOT)
+    run_batch(["--input", str(frames), "--model", bundle, "--mask-source", "random", "--mode", "add", "--variants",
+               "1", "--seed", str(seed), "--attributes", attributes, "--threads", str(threads)], out)
     return out
 
 
@@ -64,10 +47,7 @@ def read_back(dataset: Path) -> list[dict]:
     from engine.masks.instances import Instance
 
     found = []
-    for line in (dataset / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        if record.get("status") != "ok":
-            continue
+    for record in ok_records(dataset):
         image = read_frame(dataset / record["image"])
         for data in record["instances"]:
             if data["origin"] != "generated":
@@ -93,7 +73,10 @@ def main() -> int:
     args = parser.parse_args()
     out = args.out.resolve()
     frames = out / "frames"
-    count = link_frames(args.frames.resolve(), args.held_out, frames, args.limit)
+    data = args.frames.resolve()
+    names = chosen_names(data, held_out_names(args.held_out) if args.held_out else None, args.limit)
+    link_frames(data, names, frames)
+    count = len(names)
     print(f"{count} frames; one variant each per asked value", file=sys.stderr)
     baseline = Counter()
     base = read_back(run_job(args.bundle, frames, out / "none", "none", args.threads, args.seed))

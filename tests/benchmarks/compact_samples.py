@@ -14,43 +14,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
 
-
-def held_out_folder(data: Path, stems: list[str], out: Path) -> Path:
-    folder = out / "held-out"
-    for sub in ("images", "masks"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    for stem in stems:
-        for sub in ("images", "masks"):
-            matches = list((data / sub).glob(stem + ".*"))
-            if matches and not (folder / sub / matches[0].name).exists():
-                os.symlink(matches[0].resolve(), folder / sub / matches[0].name)
-    return folder
-
-
-def run_job(args: list[str]) -> float:
-    started = time.perf_counter()
-    completed = subprocess.run([sys.executable, str(REPO / "main.py"), "--batch", "--quiet", "--fresh", *args],
-                               capture_output=True, text=True)
-    if completed.returncode not in (0, 1):
-        raise SystemExit(completed.stderr[-3000:])
-    return time.perf_counter() - started
+from bench_jobs import chosen_names, held_out_names, link_frames, ok_records, run_batch  # noqa: E402
 
 
 def grid(dataset: Path, source_root: Path, picture: Path, rows: int = 10, tile: int = 160) -> int:
-    records = [json.loads(l) for l in (dataset / "manifest.jsonl").read_text().splitlines()]
-    ok = [r for r in records if r["status"] == "ok"][:rows]
+    ok = ok_records(dataset)[:rows]
     canvas = Image.new("RGB", (3 * (tile + 4), max(1, len(ok)) * (tile + 4)), "white")
     for row, record in enumerate(ok):
         source = Image.open(source_root / record["source_frame"]).convert("RGB")
@@ -82,8 +62,8 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    stems = [s for s in args.held_out.read_text().split() if s][: args.limit]
-    folder = held_out_folder(args.data, stems, args.out)
+    names = chosen_names(args.data, held_out_names(args.held_out), args.limit)
+    folder = link_frames(args.data, names, args.out / "held-out")
     common = ["--model", str(args.model), "--threads", str(args.threads), "--seed", "0"]
     held_images = folder / "images"
     jobs = {  # name: (job arguments, folder the manifest's source_frame is relative to)
@@ -104,8 +84,7 @@ def main() -> int:
     figures = {}
     for name, (job, root) in jobs.items():
         output = args.out / name
-        seconds = run_job([*job, *common, "--output", str(output)])
-        summary = json.loads((output / "summary.json").read_text())
+        summary, seconds = run_batch([*job, *common], output, reuse=False)
         shown = grid(output, Path(root), args.out / f"{name}.png")
         per_image = summary["stage_seconds"].get("unet", 0.0) / max(1, summary["ok"])
         figures[name] = {"ok": summary["ok"], "failed": summary["failed"], "skipped": summary["skipped"],

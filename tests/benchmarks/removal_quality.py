@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(HERE))
+
+from bench_jobs import ok_records, run_batch  # noqa: E402
 BINS = ((0.0, 0.05), (0.05, 0.10), (0.10, 0.20), (0.20, 0.40), (0.40, 1.01))
 SMUDGE, BLUR = -15.0, 0.5
 BOX_PAD = 15  # the batch job's default --box-pad
@@ -67,10 +70,8 @@ def measure(image: np.ndarray, region: np.ndarray) -> dict | None:
 
 
 def run_bundle(bundle: str, frames: Path, out: Path, threads: int) -> Path:
-    if not (out / "summary.json").is_file():
-        subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "--batch", "--input", str(frames), "--output",
-                        str(out), "--model", bundle, "--mode", "remove", "--mask-source", "box", "--variants", "1",
-                        "--threads", str(threads), "--quiet"], cwd=REPO_ROOT)  # exit 1: some frames failed (named)
+    run_batch(["--input", str(frames), "--model", bundle, "--mode", "remove", "--mask-source", "box", "--variants",
+               "1", "--threads", str(threads)], out)
     return out
 
 
@@ -79,10 +80,7 @@ def measure_dataset(dataset: Path) -> list[dict]:
     from engine.masks.instances import padded_box_mask
 
     rows = []
-    for line in (dataset / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
-        record = json.loads(line)
-        if record.get("status") != "ok":
-            continue
+    for record in ok_records(dataset):
         image = read_frame(dataset / record["image"])
         region = np.zeros(image.shape[:2], bool)
         for removed in record.get("removed", []):  # the repainted box: the polyp's box padded as the job did

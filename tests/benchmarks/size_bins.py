@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -39,7 +37,8 @@ REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(HERE))
 
-from compact_samples import grid, held_out_folder  # noqa: E402  (sibling benchmark scripts)
+from bench_jobs import chosen_names, held_out_names, link_frames, ok_records, run_batch, unet_seconds_per_image  # noqa: E402,E501
+from compact_samples import grid  # noqa: E402  (sibling benchmark scripts)
 from removal_quality import measure  # noqa: E402
 
 BINS = ((0.005, 0.02), (0.02, 0.05), (0.05, 0.10), (0.10, 0.20), (0.20, 0.40))
@@ -56,21 +55,6 @@ def bin_of(area: float) -> int | None:
         if (index == 0 or area >= low) and (area < high or index == len(BINS) - 1):
             return index
     return None
-
-
-def run_job(arguments: list[str], output: Path) -> dict:
-    if not (output / "summary.json").is_file():
-        completed = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "--batch", "--quiet", "--fresh",
-                                    "--output", str(output), *arguments], capture_output=True, text=True,
-                                   cwd=REPO_ROOT)
-        if completed.returncode not in (0, 1):  # 1: some frames failed, each named in the summary
-            raise SystemExit(f"batch job {output} failed:\n{completed.stderr[-3000:]}")
-    return json.loads((output / "summary.json").read_text(encoding="utf-8"))
-
-
-def ok_records(output: Path) -> list[dict]:
-    lines = (output / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
-    return [r for r in (json.loads(line) for line in lines if line.strip()) if r.get("status") == "ok"]
 
 
 def judge_variants(judge, output: Path) -> list[dict]:
@@ -141,17 +125,6 @@ def quantiles(areas: list[float]) -> dict:
             "p90": round(float(q[3]), 2), "n": len(areas)}
 
 
-def link_frames(data: Path, names: list[str], folder: Path) -> Path:
-    for sub in ("images", "masks"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-        for name in names:
-            source = data / sub / name
-            target = folder / sub / name
-            if source.exists() and not target.exists():
-                os.symlink(source.resolve(), target)
-    return folder
-
-
 def removal_grids(output: Path, rows: list[dict], sources: Path, out: Path) -> None:
     """One grid per size bin of the removed boxes: each bin's records as a small dataset of links to the job's."""
     records = ok_records(output)
@@ -169,7 +142,7 @@ def removal_grids(output: Path, rows: list[dict], sources: Path, out: Path) -> N
                 target = sub / record[key]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if not target.exists():
-                    os.symlink((output / record[key]).resolve(), target)
+                    target.symlink_to((output / record[key]).resolve())
         grid(sub, sources, out / f"grid-remove-{label}.png", rows=len(chosen))
 
 
@@ -185,22 +158,21 @@ def measure_bundle(bundle: str, held: Path, per_bin: int, out: Path, judge, thre
     for low, high in bins:
         label = bin_label(low, high)
         output = out / f"add-{label}"
-        summary = run_job(["--input", str(held), "--mask-source", "random", "--sizes", label, "--split-file",
-                           str(split), "--from-splits", "train", *common], output)
+        summary, _ = run_batch(["--input", str(held), "--mask-source", "random", "--sizes", label, "--split-file",
+                                str(split), "--from-splits", "train", *common], output)
         rows = judge_variants(judge, output)
         grid(output, held / "images", out / f"grid-add-{label}.png", rows=per_bin)
         result["add"].append({"bin": label, "planned": summary["planned"], "ok": summary["ok"], "rows": rows,
-                              "unet_seconds_per_image": round(summary["stage_seconds"].get("unet", 0.0)
-                                                              / max(1, summary["ok"]), 3)})
+                              "unet_seconds_per_image": unet_seconds_per_image(summary)})
     if add_only:
         result["default_sizes"] = {"generated": []}
         return result
     output = out / "add-default-sizes"
-    run_job(["--input", str(held), "--mask-source", "random", *common], output)
+    run_batch(["--input", str(held), "--mask-source", "random", *common], output)
     generated = [r["area"] for r in judge_variants(judge, output)]
     result["default_sizes"] = {"generated": generated}
     output = out / "remove"
-    run_job(["--input", str(held), "--mask-source", "box", "--mode", "remove", *common], output)
+    run_batch(["--input", str(held), "--mask-source", "box", "--mode", "remove", *common], output)
     removal_rows = judge_variants(judge, output)
     removal_grids(output, removal_rows, held / "images", out)
     result["remove"] = removal_rows
@@ -255,8 +227,8 @@ def main() -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = args.data.resolve()
-    stems = [s for s in args.held_out.read_text(encoding="utf-8").split() if s]
-    held = held_out_folder(data, stems, out)
+    stems = held_out_names(args.held_out)
+    held = link_frames(data, chosen_names(data, stems), out / "held-out")
     judge = Judge.from_bundle(args.judge, provider="cpu", threads=args.threads)
     bundle_json = json.loads((args.judge / "bundle.json").read_text(encoding="utf-8"))
     validation = bundle_json["training"]["split"]["val_names"]
