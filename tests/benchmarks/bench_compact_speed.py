@@ -75,6 +75,7 @@ def main() -> int:
     parser.add_argument("--bundles", default="", help="comma list of candidate bundle folders or names")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -98,6 +99,11 @@ def main() -> int:
         detail = row["detail"]
         ran = "—" if detail is None else ("ran" if detail.get("ran") else "not needed")
         print(f"{Path(row['bundle']).name:50s} {row['median_s']:8.3f} {row['median_s'] / base:17.2f}  {ran}")
+    if args.json:
+        rows = [{**row, "ratio_to_default": round(row["median_s"] / base, 3)} for row in rows]
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"threads": args.threads, "images": args.images, "rows": rows}, indent=1)
+                             + "\n", encoding="utf-8")
     return 0
 
 
