@@ -169,8 +169,22 @@ def test_the_curve_its_plan_budgets_report_and_runs_added_later(frames, tmp_path
     rescored = json.loads((out / "results" / "0.5" / "add-seed1.json").read_text())
     assert set(rescored["tests"]) == {"test", "again", "clean"}
     assert rescored["tests"]["test"] == records["0.5/add-seed1.json"]["tests"]["test"]
-    # other settings in the same folder are refused, naming the run
+    # the report of what is finished, with an arm not run yet: no batch job runs, nothing trains
+    only = run_main(["evaluate", *_data(frames, "0.25", "0.5"), "--arm", f"later={frames / 'add.toml'}",
+                     "--report-only", "--out", out, *TINY])
+    assert only.returncode == 0, only.stderr[-3000:]
+    assert "report of the 8 finished runs (12 planned); nothing trained" in only.stderr
+    assert "training on" not in only.stderr and not (out / "synthetic" / "0.25" / "later").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report["runs_done"] == 8 and report["runs_planned"] == 12
+    later = next(v["text"] for v in report["verdicts"] if v["arm"] == "later" and v["test"] == "test")
+    assert later == "later vs real on test: not run yet at 10 frames; not run yet at 20 frames."
+    assert report["points"][1]["arms"]["add"]["runs"] == 2
+    # other settings in the same folder are refused, naming the run (a report too)
     changed = run_main(["evaluate", *_data(frames, "0.25"), "--out", out,
+                        *[("30" if a == "40" else a) for a in TINY]])
+    assert changed.returncode == 2 and "run 0.25/real-seed0 was made with other settings" in changed.stderr
+    changed = run_main(["evaluate", *_data(frames, "0.25"), "--out", out, "--report-only",
                         *[("30" if a == "40" else a) for a in TINY]])
     assert changed.returncode == 2 and "run 0.25/real-seed0 was made with other settings" in changed.stderr
 

@@ -150,6 +150,9 @@ def register_commands(subparsers) -> dict[str, Handler]:
     evaluate.add_argument("--patience", type=positive_int, default=None,
                           help="validations without a better Dice before a run stops (default 6)")
     evaluate.add_argument("--plan", action="store_true", help="print the plan and its estimated time, then stop")
+    evaluate.add_argument("--report-only", action="store_true",
+                          help="write the report of the runs finished in --out so far (e.g. arms run with other "
+                          "--real-fractions) and stop: no batch job, no training")
     evaluate.add_argument("--steps", type=positive_int, default=600,
                           help="the single comparison (--synthetic DIR): steps per run (default 600)")
     evaluate.add_argument("--synthetic-cap", type=_fraction, default=None,
@@ -253,7 +256,7 @@ def _learning_curve(args: argparse.Namespace) -> int:
     bar = None if args.quiet else CurveBar()
     try:
         data = run_learning_curve(settings, on_progress=bar.update if bar else None, log=bar.write if bar else _log,
-                                  plan_only=args.plan)
+                                  plan_only=args.plan, report_only=args.report_only)
     finally:
         if bar is not None:
             bar.close()

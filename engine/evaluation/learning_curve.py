@@ -301,10 +301,45 @@ def _rescore(record: dict, run: PlannedRun, settings: CurveSettings, pool, val, 
     return {**record, "tests": tests, "normals": normals}
 
 
+def _report_finished(settings: CurveSettings, data: _Data, runs: list[PlannedRun], started: float, log: Log) -> dict:
+    """The report of the runs already finished in the folder: no batch job runs and nothing trains. A results file
+    made with other settings is refused as a run would refuse it (its pool is not checked: that needs the arm's
+    variants). Planned runs not finished stay in the report as "not run yet", except ablation series never run."""
+    from engine.evaluation.curve_report import write_curve_report
+    from engine.training.run_files import changed_settings
+
+    out = Path(settings.out)
+    results: dict[float, dict[str, dict[int, dict]]] = {}
+    shown = []
+    for run in runs:
+        path = run.result_path(out)
+        if not path.is_file():
+            if not run.ablation:
+                shown.append(run)
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise InputError(f"{path}: not a readable results file ({error})") from error
+        part = data.parts[run.fraction]
+        key = _run_key(run, settings, part.train, part.val)
+        changed = [name for name in changed_settings(record.get("key", {}), key) if name != "pool_digest"]
+        if changed:
+            raise InputError(f"{path}: run {fraction_label(run.fraction)}/{run.name} was made with other settings "
+                             f"({', '.join(changed)}); use another --out folder")
+        results.setdefault(run.fraction, {}).setdefault(run.series, {})[run.seed] = record
+        shown.append(run)
+    done = sum(len(s) for f in results.values() for s in f.values())
+    log(f"report of the {done} finished runs ({len(runs)} planned); nothing trained")
+    return write_curve_report(out, settings, data, shown, results, time.perf_counter() - started)
+
+
 def run_learning_curve(settings: CurveSettings, on_progress: Callable[[CurveProgress], None] | None = None,
-                       cancel: Callable[[], bool] | None = None, log: Log = print, plan_only: bool = False) -> dict:
+                       cancel: Callable[[], bool] | None = None, log: Log = print, plan_only: bool = False,
+                       report_only: bool = False) -> dict:
     """Run (or resume) the learning curve; the report's data (with "html" and "json": the files written).
-    ``plan_only``: read the data, print the plan, write the subsets' split files and stop."""
+    ``plan_only``: read the data, print the plan, write the subsets' split files and stop. ``report_only``: write
+    the report of the runs finished in the folder so far, and stop (no job, no training)."""
     import torch
 
     from engine.evaluation import ultralytics_trainer
@@ -318,6 +353,8 @@ def run_learning_curve(settings: CurveSettings, on_progress: Callable[[CurveProg
     started = time.perf_counter()
     data = _read_data(settings, log)
     runs = plan_runs(settings)
+    if report_only:
+        return _report_finished(settings, data, runs, started, log)
     smallest = data.parts[min(data.parts)]
     per_step = measure_seconds_per_step(settings, smallest.train) if settings.trainer == "judge" else None
     plan = describe_plan(settings, runs, per_step, torch.get_num_threads())
