@@ -180,6 +180,12 @@ def test_the_curve_its_plan_budgets_report_and_runs_added_later(frames, tmp_path
     later = next(v["text"] for v in report["verdicts"] if v["arm"] == "later" and v["test"] == "test")
     assert later == "later vs real on test: not run yet at 10 frames; not run yet at 20 frames."
     assert report["points"][1]["arms"]["add"]["runs"] == 2
+    # a ratio the arm's job made too few variants for: trained on what there is, and said so
+    more = run_main(["evaluate", *_data(frames, "0.25"), "--ratio-ablation", "2", "--out", out,
+                     *[("1" if a == "2" and i and TINY[i - 1] == "--seeds" else a) for i, a in enumerate(TINY)]])
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "add ×2 at fraction 0.25: ratio 2 asks 16 variants, the arm has 8: its pool is real + 8" in more.stderr
+    assert json.loads((out / "results" / "0.25" / "add-ratio2-seed0.json").read_text())["synthetic_frames"] == 8
     # other settings in the same folder are refused, naming the run (a report too)
     changed = run_main(["evaluate", *_data(frames, "0.25"), "--out", out,
                         *[("30" if a == "40" else a) for a in TINY]])

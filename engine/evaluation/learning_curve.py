@@ -387,6 +387,13 @@ def run_learning_curve(settings: CurveSettings, on_progress: Callable[[CurveProg
                 synthetic_sets[(run.fraction, run.arm)] = _synthetic_for(settings, data, part, run.arm, progress, log)
                 progress.run = f"{part.label}/{run.name}"
             drawn = draw_synthetic(synthetic_sets[(run.fraction, run.arm)], len(part.train), run.ratio)
+            wanted = round(run.ratio * len(part.train))
+            if len(drawn) < wanted:
+                note = (f"{run.series} at fraction {part.label}: ratio {run.ratio:g} asks {wanted} variants, the arm "
+                        f"has {len(drawn)}: its pool is real + {len(drawn)} (plan more variants per frame in its job)")
+                if note not in data.notes:
+                    data.notes.append(note)
+                    log(note)
             pool = segdata.concatenate([part.train, drawn])
         key = _run_key(run, settings, pool, part.val)
         path = run.result_path(out)
