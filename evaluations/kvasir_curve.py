@@ -2,12 +2,21 @@
 
 Real frames: ../shared/data/kvasir-seg, split as the judge's validation split (engine.evaluation.segdata.holdout:
 903 training frames, 97 test frames), linked into WORK/train and WORK/test; polyp-free frames: ../shared/data/normal.
-Arms (job files beside this script): `synthetic` (the default model at random masks sized like the subset's polyps),
-`copy-paste` (the subset's own polyps pasted elsewhere, no model) and `transplant` (moved and redrawn by the default
-model at strength 0.3), against `real`, at the default fractions (0.1, 0.25) and seeds; and `synthetic-judged` (added
-after the first 14 runs had shown the synthetic arm's polyps are found by the judge in a quarter of the frames: the
-same as `synthetic`, but only variants the project judge sees as a polyp are kept, up to 4 tries each; it trains
-after the other arms' runs of every fraction and seed).
+Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in the order they train):
+
+1. the issue's default evaluation at the default fractions (0.1, 0.25) and seeds: `synthetic` (the default model at
+   random masks sized like the subset's polyps), `copy-paste` (the subset's own polyps pasted elsewhere, no model)
+   and `transplant` (moved and redrawn by the default model at strength 0.3);
+2. `removal` at 0.1: the subset's polyps removed by the default model (polyp-free frames of the subset's own
+   mucosa): do removals lower the false-positive rate on polyp-free frames?
+3. the synthetic:real ratio ablation (0.5, 1, 2) at 0.1, 3 seeds, on `synthetic-judged-x4` (judge-kept variants
+   of 4 candidates per frame: enough for ratio 2);
+4. `synthetic-judged` at both fractions (added after the first 14 runs had shown the synthetic arm's polyps are
+   found by the judge in a quarter of the frames: the same as `synthetic`, but only variants the project judge
+   sees as a polyp are kept, up to 4 tries each).
+
+Each phase is one `main.py evaluate` call that reuses every finished run; then `evaluate --report-only` writes one
+report of every arm and fraction (an arm not run at a fraction shows "not run yet").
 
 Finished runs' results (small JSON) and the report are copied into evaluations/kvasir-curve/ after every call and
 copied back before the next, so a later session on a fresh machine reuses them (the evaluation reuses a run whose
@@ -25,10 +34,17 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 COMMITTED = HERE / "kvasir-curve"
-# The issue's arms train first, for every fraction and seed; the arm added later trains after them (a second call of
-# the evaluation that reuses every finished run), so the default evaluation is complete as early as it can be.
-ISSUE_ARMS = ("synthetic", "copy-paste", "transplant")
-ARMS = ISSUE_ARMS + ("synthetic-judged",)
+JOBS = HERE / "kvasir-curve-jobs"
+FRACTIONS = "0.1,0.25"
+RATIOS = "0.5,2"
+# (arms, fractions, further flags), in the order they train: the issue's default evaluation is complete first.
+PHASES = (
+    (("synthetic", "copy-paste", "transplant"), FRACTIONS, ()),
+    (("removal",), "0.1", ()),
+    (("synthetic-judged-x4",), "0.1", ("--ratio-ablation", RATIOS, "--seeds", "3")),
+    (("synthetic-judged",), FRACTIONS, ()),
+)
+ARMS = tuple(arm for arms, _, _ in PHASES for arm in arms)
 
 
 def link_split(data: Path, work: Path) -> None:
@@ -61,7 +77,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "kvasir-seg")
     parser.add_argument("--normals", type=Path, default=REPO.parent / "shared" / "data" / "normal")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--plan", action="store_true", help="print the plan and stop")
+    parser.add_argument("--plan", action="store_true", help="print each phase's plan and stop")
     parser.add_argument("--collect", action="store_true",
                         help="only copy the finished runs' results and the report into evaluations/kvasir-curve/ "
                         "(after an evaluation was stopped)")
@@ -76,18 +92,23 @@ def main() -> int:
     base = [sys.executable, str(REPO / "main.py"), "evaluate", "--train", str(work / "train"),
             "--test", f"kvasir={work / 'test'}", "--normals", str(args.normals.resolve()), "--out", str(out),
             "--threads", str(args.threads)]
-    code = 0
-    for arms in ((ARMS,) if args.plan else (ISSUE_ARMS, ARMS)):
-        command = list(base)
-        for arm in arms:
-            command += ["--arm", f"{arm}={HERE / 'kvasir-curve-jobs' / (arm + '.toml')}"]
-        if args.plan:
-            command.append("--plan")
-        code = subprocess.call(command, cwd=REPO)
-        collect(out)
+    for arms, fractions, flags in PHASES:
+        command = [*base, *arm_flags(arms), "--real-fractions", fractions, *flags]
+        code = subprocess.call(command + (["--plan"] if args.plan else []), cwd=REPO)
+        if not args.plan:
+            collect(out)
         if code != 0:
-            break
+            return code
+    if args.plan:
+        return 0
+    code = subprocess.call([*base, *arm_flags(ARMS), "--real-fractions", FRACTIONS, "--ratio-ablation", RATIOS,
+                            "--report-only"], cwd=REPO)
+    collect(out)
     return code
+
+
+def arm_flags(arms: tuple[str, ...]) -> list[str]:
+    return [flag for arm in arms for flag in ("--arm", f"{arm}={JOBS / (arm + '.toml')}")]
 
 
 def collect(out: Path) -> None:
