@@ -292,6 +292,42 @@ def test_the_command_line_names_test_sets_and_arms(tmp_path):
     assert settings.seeds_at(0.25) == 5 and settings.seeds_at(1.0) == 3 and settings.max_steps == 1500
 
 
+def test_arm_presets_by_name_and_the_default_arm_write_checked_job_files(frames, tmp_path):
+    """--arm NAME names a preset (engine.jobs.arm_presets): its job file is written into --out/jobs/ and read back
+    as the batch job reads it; without any arm the preset 'synthetic' is the arm; an unknown name is refused with
+    the presets listed."""
+    import argparse
+    import tomllib
+
+    from engine.cli.evaluate import curve_settings, register_commands
+    from engine.jobs import read_job_file
+
+    parser = argparse.ArgumentParser()
+    register_commands(parser.add_subparsers(dest="command"))
+
+    def settings_for(*extra):
+        return curve_settings(parser.parse_args(["evaluate", "--train", str(frames / "train"), "--test",
+                                                 str(frames / "test"), "--out", str(tmp_path / "o"), *extra]))
+
+    settings = settings_for("--arm", "copy-paste", "--arm", "removal", "--arm", "judged=" + str(frames / "add.toml"))
+    assert settings.arm_names() == ["real", "copy-paste", "removal", "judged"]
+    copy_paste = tomllib.loads(settings.arms["copy-paste"].read_text())
+    assert settings.arms["copy-paste"] == tmp_path / "o" / "jobs" / "copy-paste.toml"
+    assert copy_paste == {"mode": "transplant", "harmonize": "none", "variants": 1, "seed": 0}
+    removal = read_job_file(settings.arms["removal"])
+    assert removal["mode"] == "remove" and removal["mask_source"] == "box"
+    assert settings.arms["judged"] == frames / "add.toml"
+    default = settings_for()
+    assert default.arm_names() == ["real", "synthetic"]
+    assert tomllib.loads(default.arms["synthetic"].read_text()) == {"mode": "add", "mask_source": "random",
+                                                                     "variants": 1, "seed": 0}
+    assert settings_for("--synthetic", f"0.1={frames / 'train'}").arm_names() == ["real", "synthetic"]
+    with pytest.raises(InputError, match="no such arm preset .*copy-paste"):
+        settings_for("--arm", "copypaste")
+    with pytest.raises(InputError, match="--arm removal: given twice"):
+        settings_for("--arm", "removal", "--arm", "removal")
+
+
 def test_the_ultralytics_consumer_is_scored_on_every_test_set_and_the_polyp_free_frames(frames, tmp_path, monkeypatch):
     """--trainer ultralytics: one YOLO run per arm × fraction × seed (its worker replaced here by a model that
     predicts a blob on every frame), its rows split back into the test sets and the polyp-free frames."""

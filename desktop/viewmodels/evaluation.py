@@ -5,9 +5,10 @@
   frames are the open dataset folder (frames + masks: the folder the batch job reads), the test folders and
   polyp-free frames as given, the output folder (default: ``<dataset>-evaluation`` beside it), fractions, seeds,
   step cap and threads (0 or "" = the engine's default), and the arms, each a batch-job file written atomically
-  into ``<output>/jobs/``: ``synthetic`` = the app's current generation settings ("PolypForge synthetic"),
-  ``copy-paste`` (mode transplant, harmonize none: no model) and ``transplant`` (mode transplant, harmonize model
-  at strength 0.3), the honest baselines. The evaluation sets each job's input, output and split per fraction.
+  into ``<output>/jobs/`` from the engine's presets (engine.jobs.arm_presets) built on the app's current generation
+  settings: ``synthetic`` ("PolypForge synthetic"), ``synthetic-judged``, and the honest baselines ``copy-paste``
+  (mode transplant, harmonize none: no model) and ``transplant`` (harmonize model at strength 0.3). The evaluation
+  sets each job's input, output and split per fraction.
 - ``plan(settings)`` and ``start(settings)`` run the engine on an EvaluationWorker thread (the plan reads the
   frames and times a training step: seconds); progress (``CurveProgress``), log lines, then the report's data
   or the reason it stopped come back as signals. ``cancel()`` is the engine's cancel callback: the run stops
@@ -19,9 +20,6 @@
 
 from __future__ import annotations
 
-import json
-import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from desktop.workers.evaluation_worker import EvaluationWorker
 from desktop.workers.tasks import TaskRunner
 from engine.errors import InputError, PolypForgeError
 from engine.dataset.curve_inputs import parse_fractions, parse_test_folders
-from engine.fileio import atomic_write_bytes
+from engine.jobs.arm_presets import PRESETS, arm_job_values, write_arm_job
 
 DEVELOPER_INSTALL = (
     "The evaluation needs the developer install: torch and pycocotools (the pyproject extra “export”), which "
@@ -42,14 +40,6 @@ DEVELOPER_INSTALL = (
 )
 JOBS_FOLDER = "jobs"  # in the output folder: the arms' job files
 REPORT_NAME = "report.html"
-TRANSPLANT_STRENGTH = 0.3
-JUDGED_ATTEMPTS = 4  # the judge-kept arm: generations per variant before it is left out
-JUDGED_VARIANTS = 2  # and at least this many planned per frame, so about as many are kept as there are real frames
-DEFAULT_JUDGE = "polyp-judge"
-# Keys of the app's job that the evaluation sets itself per fraction (engine.evaluation.curve_arms), or that
-# belong to the app's own output folder.
-SET_BY_EVALUATION = ("input", "output", "masks", "split_file", "from_splits", "resume")
-BUNDLE_KEYS = ("model", "judge")  # a bundle name or folder (engine.bundle.format.find_bundle)
 RUNNING = ("planning", "running", "cancelling")
 
 
@@ -61,18 +51,12 @@ class Arm:
     description: str
 
 
-ARMS = (
-    Arm("synthetic", "PolypForge synthetic", "synthetic_arm",
-        "the app's current generation settings (model, mode, mask source, variants, …) as a batch job"),
-    Arm("copy-paste", "copy-paste", "copy_paste_arm",
-        "the subset's own polyps pasted elsewhere with a soft margin, no model (mode transplant, harmonize none)"),
-    Arm("transplant", "harmonized transplant", "transplant_arm",
-        f"the subset's own polyps moved and redrawn by the model at strength {TRANSPLANT_STRENGTH:g} "
-        "(mode transplant, harmonize model)"),
-    Arm("synthetic-judged", "PolypForge synthetic, judge-kept", "judged_arm",
-        "the app's current generation settings, keeping only the variants in which the polyp judge finds the new "
-        f"polyp (up to {JUDGED_ATTEMPTS} tries each, at least {JUDGED_VARIANTS} planned per frame)"),
-)
+ARMS = tuple(Arm(name, label, field, PRESETS[name]) for name, label, field in (
+    ("synthetic", "PolypForge synthetic", "synthetic_arm"),
+    ("copy-paste", "copy-paste", "copy_paste_arm"),
+    ("transplant", "harmonized transplant", "transplant_arm"),
+    ("synthetic-judged", "PolypForge synthetic, judge-kept", "judged_arm"),
+))
 
 
 class EvaluationUnavailable(PolypForgeError):
@@ -115,79 +99,12 @@ def report_path(form: EvaluationForm, train: Path | None) -> Path | None:
 
 
 # ------------------------------------------------------------------------------------------------ the arms
-def arm_job_values(arm: str, job_values: dict) -> dict:
-    """The job file's keys of an arm; ``job_values``: the app's current job (MainWindow.job_values)."""
-    current = {k: v for k, v in job_values.items() if v is not None and k not in SET_BY_EVALUATION}
-    shared = {k: current[k] for k in ("variants", "seed", "formats") if k in current}
-    if arm == "synthetic":
-        return current
-    if arm == "copy-paste":
-        return {"mode": "transplant", "harmonize": "none", **shared}
-    if arm == "transplant":
-        model = {k: current[k] for k in ("model", "provider") if k in current}
-        return {"mode": "transplant", "harmonize": "model", "strength": TRANSPLANT_STRENGTH, **shared, **model}
-    if arm == "synthetic-judged":
-        return {**current, "variants": max(JUDGED_VARIANTS, int(current.get("variants", 1))),
-                "judge": current.get("judge", DEFAULT_JUDGE), "min_judge_score": current.get("min_judge_score", 0.5),
-                "max_attempts": max(JUDGED_ATTEMPTS, int(current.get("max_attempts", 1)))}
-    raise ValueError(arm)
-
-
-def _absolute(key: str, value) -> str:
-    """A path of a job file as an absolute path (a job file reads relative ones from its own folder)."""
-    if key in BUNDLE_KEYS:
-        from engine.bundle.format import find_bundle
-
-        return str(find_bundle(value).expanduser().resolve())
-    return str(Path(value).expanduser().resolve())
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InputError(f"job settings: {value} cannot be written to a job file")
-        return repr(value)
-    if isinstance(value, (str, Path)):  # a TOML basic string: JSON's escapes are TOML's, plus DEL
-        return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise InputError(f"job settings: {value!r} cannot be written to a job file")
-
-
-def job_file_text(values: dict, comment: str) -> str:
-    lines = [f"# {line}" for line in comment.splitlines()]
-    lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-    return "\n".join(lines) + "\n"
-
-
-def write_arm_job(arm: Arm, values: dict, folder: Path, train: Path) -> Path:
-    """Check the arm's job (engine.jobs.build_spec: the same refusals as a job file) and write it atomically to
-    ``folder/<arm>.toml``; read back, it must give the same keys."""
-    from engine.jobs import build_spec
-    from engine.jobs.spec import PATH_FIELDS
-
-    path = Path(folder) / f"{arm.name}.toml"
-    values = {k: (_absolute(k, v) if k in PATH_FIELDS else v) for k, v in values.items()}
-    try:
-        build_spec({**values, "input": str(train), "output": str(Path(folder).parent / "synthetic")}, source=str(path))
-    except InputError as exc:  # a value's own refusal does not name the file
-        raise InputError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from None
-    text = job_file_text(values, f"The arm {arm.name!r} of the app's evaluation ({arm.label}): {arm.description}.\n"
-                                 "Written by PolypForge's Evaluate… dialog; input, output and the split are set by "
-                                 "the evaluation for each fraction.")
-    if tomllib.loads(text) != json.loads(json.dumps(values)):
-        raise InputError(f"{path}: the job settings do not survive being written as TOML ({values})")
-    atomic_write_bytes(path, text.encode("utf-8"))
-    return path
-
-
 def write_arm_jobs(form: EvaluationForm, out: Path, train: Path, job_values: dict) -> dict[str, Path]:
     """The ticked arms' job files in <out>/jobs/: {arm name: job file}."""
-    return {arm.name: write_arm_job(arm, arm_job_values(arm.name, job_values), Path(out) / JOBS_FOLDER, train)
+    comment = ("The arm {name!r} of the app's evaluation ({label}): {description}.\nWritten by PolypForge's "
+               "Evaluate… dialog; input, output and the split are set by the evaluation for each fraction.")
+    return {arm.name: write_arm_job(arm.name, arm_job_values(arm.name, job_values), Path(out) / JOBS_FOLDER, train,
+                                    comment.format(name=arm.name, label=arm.label, description=arm.description))
             for arm in ARMS if getattr(form, arm.field)}
 
 

@@ -66,6 +66,15 @@ def _synthetic_folder(text: str) -> tuple[float | None, Path]:
     return None, Path(text)
 
 
+def _arm(text: str) -> tuple[str, Path | None]:
+    """NAME=JOB.toml, JOB.toml alone (named by its stem), or a preset's NAME alone (engine.jobs.arm_presets: its job
+    file is written into --out/jobs/); None in place of the job file marks a preset."""
+    stripped = text.strip()
+    if stripped and "=" not in stripped and not Path(stripped).suffix and not Path(stripped).exists():
+        return stripped, None
+    return named_path(stripped)
+
+
 def _log(text: str) -> None:
     print(text, file=sys.stderr)
 
@@ -124,9 +133,13 @@ def register_commands(subparsers) -> dict[str, Handler]:
                           help="real test frames + masks, never trained on: NAME=DIR or DIR (named by its folder); "
                                "repeatable")
     evaluate.add_argument("--out", required=True, type=Path, help="folder for runs, results and the report")
-    evaluate.add_argument("--arm", action="append", type=named_path, default=[],
+    evaluate.add_argument("--arm", action="append", type=_arm, default=[],
                           help="NAME=JOB.toml: an arm whose synthetic data the batch job makes from each fraction's "
-                               "subset (input, output and split file are set by evaluate); repeatable")
+                               "subset (input, output and split file are set by evaluate); or a preset's NAME: "
+                               "synthetic (the default model at random masks), synthetic-judged (only variants the "
+                               "judge finds), copy-paste (the subset's polyps pasted elsewhere, no model), transplant "
+                               "(moved and redrawn by the model), removal (the subset's polyps removed); repeatable. "
+                               "Without --arm, --generate or --synthetic: the preset synthetic")
     evaluate.add_argument("--generate", action="append", type=Path, default=[],
                           help="JOB.toml: an arm named by the job file's name (the same as --arm NAME=JOB.toml)")
     evaluate.add_argument("--synthetic", action="append", type=_synthetic_folder, default=[],
@@ -232,11 +245,26 @@ def curve_settings(args: argparse.Namespace):
     """The learning curve's settings from the command's flags (engine.evaluation.curve_plan.CurveSettings)."""
     from engine.evaluation.curve_plan import CurveSettings
 
-    arms = dict(args.arm)
+    from engine.jobs.arm_presets import DEFAULT_ARM, PRESETS, arm_job_values, write_arm_job
+
+    arms: dict[str, Path | None] = {}
+    for name, job in args.arm:
+        if name in arms:
+            raise InputError(f"--arm {name}: given twice")
+        arms[name] = job
     for job in args.generate:
         if job.stem in arms:
             raise InputError(f"--generate {job}: an arm named {job.stem!r} is already given")
         arms[job.stem] = job
+    if not arms and not args.synthetic:
+        arms[DEFAULT_ARM] = None
+        _log(f"no --arm given: the preset arm {DEFAULT_ARM!r} ({PRESETS[DEFAULT_ARM]} of the default job: the "
+             "default model adds one polyp per frame at a random mask)")
+    for name in [name for name, job in arms.items() if job is None]:
+        values = arm_job_values(name)
+        arms[name] = write_arm_job(name, values, Path(args.out) / "jobs", args.train,
+                                   f"The preset arm {name!r} of `main.py evaluate`: {PRESETS[name]}.\nWritten by "
+                                   "evaluate; input, output and the split are set by the evaluation for each fraction.")
     tests = parse_test_folders(args.test, must_exist=False)
     optional = {"seeds": args.seeds, "fractions": args.real_fractions, "max_steps": args.max_steps,
                 "patience": args.patience, "widths": args.widths}
