@@ -200,6 +200,7 @@ class EvaluationForm:
     copy_paste_arm: bool = True  # the honest baseline: the subset's own polyps pasted elsewhere, no model
     transplant_arm: bool = False  # moved polyps redrawn by the model at strength 0.3
     judged_arm: bool = False  # the synthetic arm keeping only the variants the polyp judge finds
+    removal_arm: bool = False  # the subset's polyps removed: do removals lower false positives on polyp-free frames?
     fresh: bool = False
 
     def save(self, settings: QSettings) -> None:

@@ -90,14 +90,14 @@ def test_the_form_becomes_the_engines_settings_and_the_arms_job_files(window, fr
     form = app_settings.EvaluationForm(tests=f"kvasir={frames / 'test'}\n{frames / 'normal'}\n",
                                        normals=str(frames / "normal"), fractions="0.5, 0.1", seeds=2,
                                        max_steps=300, threads=1, synthetic_arm=True, copy_paste_arm=True,
-                                       transplant_arm=True, judged_arm=True)
+                                       transplant_arm=True, judged_arm=True, removal_arm=True)
     settings = vm.curve_settings(form, frames / "train", window.job_values())
     out = frames / "train-evaluation"  # the default: beside the dataset
     assert settings.train == frames / "train" and settings.out == out
     assert settings.tests == {"kvasir": frames / "test", "normal": frames / "normal"}
     assert settings.normals == frames / "normal" and settings.fractions == (0.1, 0.5) and settings.seeds == 2
     assert settings.max_steps == 300 and settings.threads == 1 and not settings.fresh
-    named = ("synthetic", "copy-paste", "transplant", "synthetic-judged")
+    named = ("synthetic", "copy-paste", "transplant", "synthetic-judged", "removal")
     assert settings.arms == {name: out / "jobs" / f"{name}.toml" for name in named}
     assert settings.arm_names() == ["real", *named]
     # the synthetic arm is the app's current generation settings; the evaluation sets input, output and split
@@ -116,6 +116,9 @@ def test_the_form_becomes_the_engines_settings_and_the_arms_job_files(window, fr
     assert {k: v for k, v in judged.items() if k not in ("judge", "min_judge_score", "max_attempts")} == synthetic
     assert Path(judged["judge"]) == (shipped_bundles_folder() / "polyp-judge").resolve()
     assert (judged["min_judge_score"], judged["max_attempts"], judged["variants"]) == (0.5, 4, 3)
+    removal = read_job_file(settings.arms["removal"])  # the subset's polyps removed by the app's model
+    assert removal == {"mode": "remove", "mask_source": "box", "variants": 3, "seed": 7, "model": synthetic["model"],
+                       "provider": synthetic["provider"], "formats": ["coco", "yolo", "yolo-seg"]}
     for job in settings.arms.values():  # each a job the batch job accepts
         build_spec({**read_job_file(job), "input": frames / "train", "output": tmp_path / "o"}, source=str(job))
         assert tomllib.loads(job.read_text())  # plain TOML, written whole

@@ -56,6 +56,7 @@ ARMS = tuple(Arm(name, label, field, PRESETS[name]) for name, label, field in (
     ("copy-paste", "copy-paste", "copy_paste_arm"),
     ("transplant", "harmonized transplant", "transplant_arm"),
     ("synthetic-judged", "PolypForge synthetic, judge-kept", "judged_arm"),
+    ("removal", "polyps removed (false positives)", "removal_arm"),
 ))
 
 
