@@ -330,7 +330,7 @@ def _report_finished(settings: CurveSettings, data: _Data, runs: list[PlannedRun
         results.setdefault(run.fraction, {}).setdefault(run.series, {})[run.seed] = record
         shown.append(run)
     done = sum(len(s) for f in results.values() for s in f.values())
-    log(f"report of the {done} finished runs ({len(runs)} planned); nothing trained")
+    log(f"report of the {done} finished runs ({len(shown)} planned); nothing trained")
     return write_curve_report(out, settings, data, shown, results, time.perf_counter() - started)
 
 
