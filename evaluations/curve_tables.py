@@ -13,13 +13,15 @@ import sys
 from pathlib import Path
 
 
-def _ci(stats: dict | None, digits: int = 3) -> str:
-    if not stats or stats.get("mean") is None:
-        return "–"
-    low, high = stats.get("ci95") or (None, None)
+def _ci(stats: dict | None) -> str:
+    low, high = (stats or {}).get("ci95") or (None, None)
     if low is None:
-        return f"{stats['mean']:.{digits}f}"
-    return f"{stats['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+        return _mean(stats)
+    return f"{stats['mean']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _mean(stats: dict | None) -> str:
+    return "–" if not stats or stats.get("mean") is None else f"{stats['mean']:.3f}"
 
 
 def _signed(stats: dict | None, with_ci: bool = True) -> str:
@@ -49,8 +51,7 @@ def fraction_table(point: dict, test: str) -> list[str]:
         diff = point["differences"].get(name, {}).get(test) if name != "real" else None
         fp = entry.get("normals_false_positive_rate")
         minutes = entry["train_minutes"]
-        cells = [name, str(entry["runs"]), _ci(scores.get("dice")), _ci(scores.get("iou"), 3).split(" [")[0],
-                 _ci(scores.get("ap50"), 3).split(" [")[0]]
+        cells = [name, str(entry["runs"]), _ci(scores.get("dice")), _mean(scores.get("iou")), _mean(scores.get("ap50"))]
         if diff:
             cells += [_signed(diff["dice"]), f"{_p(diff['dice'].get('p_value'))} / "
                       f"{_p(diff.get('per_frame_dice', {}).get('p_value'))}", _signed(diff["iou"], False),

@@ -136,8 +136,13 @@ def check_sources(synthetic: segdata.SegmentationSet, part: Fraction, arm: str) 
                                     "the validation frames were left out (they would bias the choice of weights)")
 
 
-def draw_synthetic(synthetic: segdata.SegmentationSet, real_count: int, ratio: float) -> segdata.SegmentationSet:
-    """round(ratio × real_count) variants (all when there are fewer), the lowest by sha256 of their names."""
-    wanted = min(len(synthetic), max(0, round(ratio * real_count)))
+def draw_synthetic(synthetic: segdata.SegmentationSet, real_count: int,
+                   ratio: float) -> tuple[segdata.SegmentationSet, str | None]:
+    """round(ratio × real_count) variants (all when there are fewer), the lowest by sha256 of their names; and, when
+    there were fewer, what was asked and what the pool got (None when the ratio was met)."""
+    asked = max(0, round(ratio * real_count))
+    wanted = min(len(synthetic), asked)
     order = sorted(range(len(synthetic)), key=lambda i: hashlib.sha256(synthetic.names[i].encode()).hexdigest())
-    return synthetic.subset(sorted(order[:wanted]))
+    short = None if wanted == asked else (f"asks {asked} variants, the arm has {wanted}: its pool is real + {wanted} "
+                                          "(plan more variants per frame in its job)")
+    return synthetic.subset(sorted(order[:wanted])), short

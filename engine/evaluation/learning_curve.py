@@ -89,6 +89,12 @@ class _Data:
         for part in self.parts.values():
             write_split_file(out, self.real.names, part)
 
+    def add_note(self, note: str | None, log: Log) -> None:
+        """A note for the report, logged once however many runs meet it."""
+        if note and note not in self.notes:
+            self.notes.append(note)
+            log(note)
+
 
 def _read_data(settings: CurveSettings, log: Log) -> _Data:
     from engine.evaluation.leaks import check_no_leak
@@ -187,9 +193,7 @@ def _synthetic_for(settings: CurveSettings, data: _Data, part: Fraction, arm: st
         if ran:
             log(f"{arm} at fraction {part.label}: generated into {folder}")
     synthetic, note = check_sources(segdata.from_polypforge_output(folder, cache=settings.cache), part, arm)
-    if note and note not in data.notes:
-        data.notes.append(note)
-        log(note)
+    data.add_note(note, log)
     for test, _ in data.tests.values():
         check_no_leak(part.train, synthetic, test)
     return synthetic
@@ -266,19 +270,25 @@ def _run_key(run: PlannedRun, settings: CurveSettings, pool, val) -> dict:
             "pool_digest": pool.digest(), "val_digest": val.digest()}
 
 
+def _refuse_other_settings(path: Path, record: dict, key: dict, run: PlannedRun, ignore: tuple[str, ...] = ()) -> None:
+    """A results file made with other settings than this run's (its key, but for ``ignore``) is refused in one line
+    naming what changed."""
+    from engine.training.run_files import changed_settings
+
+    changed = [name for name in changed_settings(record.get("key", {}), key) if name not in ignore]
+    if changed:
+        raise InputError(f"{path}: run {fraction_label(run.fraction)}/{run.name} was made with other settings "
+                         f"({', '.join(changed)}); use --fresh to start over, or another --out folder")
+
+
 def _reusable(path: Path, key: dict, data: _Data, run: PlannedRun) -> dict | None:
     """The earlier result of this run when its key matches and it scored these test sets; None to train it.
     A result made with other settings is refused (one line naming what changed)."""
-    from engine.training.run_files import changed_settings
-
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    changed = changed_settings(record.get("key", {}), key)
-    if changed:
-        raise InputError(f"{path}: run {fraction_label(run.fraction)}/{run.name} was made with other settings "
-                         f"({', '.join(changed)}); use --fresh to start over, or another --out folder")
+    _refuse_other_settings(path, record, key, run)
     wanted = {name: _digest(test.sha256) for name, (test, _) in data.tests.items()}
     have = {name: entry.get("digest") for name, entry in record.get("tests", {}).items()}
     normals_ok = data.normals is None or (record.get("normals") or {}).get("digest") == _digest(data.normals[0].sha256)
@@ -306,7 +316,6 @@ def _report_finished(settings: CurveSettings, data: _Data, runs: list[PlannedRun
     made with other settings is refused as a run would refuse it (its pool is not checked: that needs the arm's
     variants). Planned runs not finished stay in the report as "not run yet", except ablation series never run."""
     from engine.evaluation.curve_report import write_curve_report
-    from engine.training.run_files import changed_settings
 
     out = Path(settings.out)
     results: dict[float, dict[str, dict[int, dict]]] = {}
@@ -322,11 +331,7 @@ def _report_finished(settings: CurveSettings, data: _Data, runs: list[PlannedRun
         except (OSError, ValueError) as error:
             raise InputError(f"{path}: not a readable results file ({error})") from error
         part = data.parts[run.fraction]
-        key = _run_key(run, settings, part.train, part.val)
-        changed = [name for name in changed_settings(record.get("key", {}), key) if name != "pool_digest"]
-        if changed:
-            raise InputError(f"{path}: run {fraction_label(run.fraction)}/{run.name} was made with other settings "
-                             f"({', '.join(changed)}); use another --out folder")
+        _refuse_other_settings(path, record, _run_key(run, settings, part.train, part.val), run, ignore=("pool_digest",))
         results.setdefault(run.fraction, {}).setdefault(run.series, {})[run.seed] = record
         shown.append(run)
     done = sum(len(s) for f in results.values() for s in f.values())
@@ -386,14 +391,9 @@ def run_learning_curve(settings: CurveSettings, on_progress: Callable[[CurveProg
             if (run.fraction, run.arm) not in synthetic_sets:
                 synthetic_sets[(run.fraction, run.arm)] = _synthetic_for(settings, data, part, run.arm, progress, log)
                 progress.run = f"{part.label}/{run.name}"
-            drawn = draw_synthetic(synthetic_sets[(run.fraction, run.arm)], len(part.train), run.ratio)
-            wanted = round(run.ratio * len(part.train))
-            if len(drawn) < wanted:
-                note = (f"{run.series} at fraction {part.label}: ratio {run.ratio:g} asks {wanted} variants, the arm "
-                        f"has {len(drawn)}: its pool is real + {len(drawn)} (plan more variants per frame in its job)")
-                if note not in data.notes:
-                    data.notes.append(note)
-                    log(note)
+            drawn, short = draw_synthetic(synthetic_sets[(run.fraction, run.arm)], len(part.train), run.ratio)
+            if short:
+                data.add_note(f"{run.series} at fraction {part.label}: ratio {run.ratio:g} {short}", log)
             pool = segdata.concatenate([part.train, drawn])
         key = _run_key(run, settings, pool, part.val)
         path = run.result_path(out)
