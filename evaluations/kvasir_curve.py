@@ -16,7 +16,8 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    sees as a polyp are kept, up to 4 tries each).
 
 Each phase is one `main.py evaluate` call that reuses every finished run; then `evaluate --report-only` writes one
-report of every arm and fraction (an arm not run at a fraction shows "not run yet").
+report of every arm and fraction (an arm not run at a fraction shows "not run yet"). `--report-only` writes that
+report from whatever has finished, without running a phase (a session that stops between phases).
 
 Finished runs' results (small JSON) and the report are copied into evaluations/kvasir-curve/ after every call and
 copied back before the next, so a later session on a fresh machine reuses them (the evaluation reuses a run whose
@@ -81,6 +82,9 @@ def main() -> int:
     parser.add_argument("--collect", action="store_true",
                         help="only copy the finished runs' results and the report into evaluations/kvasir-curve/ "
                         "(after an evaluation was stopped)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="skip the phases: one report of every run finished so far (nothing trains), then collect; "
+                        "for a session that stops between phases")
     args = parser.parse_args()
     work = args.work.resolve()
     out = work / "out"
@@ -92,7 +96,7 @@ def main() -> int:
     base = [sys.executable, str(REPO / "main.py"), "evaluate", "--train", str(work / "train"),
             "--test", f"kvasir={work / 'test'}", "--normals", str(args.normals.resolve()), "--out", str(out),
             "--threads", str(args.threads)]
-    for arms, fractions, flags in PHASES:
+    for arms, fractions, flags in () if args.report_only else PHASES:
         command = [*base, *arm_flags(arms), "--real-fractions", fractions, *flags]
         code = subprocess.call(command + (["--plan"] if args.plan else []), cwd=REPO)
         if not args.plan:
