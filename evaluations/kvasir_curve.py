@@ -10,7 +10,9 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
 2. `removal` at 0.1: the subset's polyps removed by the default model (polyp-free frames of the subset's own
    mucosa): do removals lower the false-positive rate on polyp-free frames?
 3. the synthetic:real ratio ablation (0.5, 1, 2) at 0.1, 3 seeds, on `synthetic-judged-x4` (judge-kept variants
-   of 4 candidates per frame: enough for ratio 2);
+   of 4 candidates per frame: enough for ratio 2),
+   then ratios 1 and 2 to 5 seeds (added after the 3 seeds put judge-kept ratio 2 above copy-paste on the same
+   seeds: does the generator clear the baseline over 5?);
 4. `synthetic-judged` at both fractions (added after the first 14 runs had shown the synthetic arm's polyps are
    found by the judge in a quarter of the frames: the same as `synthetic`, but only variants the project judge
    sees as a polyp are kept, up to 4 tries each).
@@ -43,6 +45,7 @@ PHASES = (
     (("synthetic", "copy-paste", "transplant"), FRACTIONS, ()),
     (("removal",), "0.1", ()),
     (("synthetic-judged-x4",), "0.1", ("--ratio-ablation", RATIOS, "--seeds", "3")),
+    (("synthetic-judged-x4",), "0.1", ("--ratio-ablation", "2", "--seeds", "5")),
     (("synthetic-judged",), FRACTIONS, ()),
 )
 ARMS = tuple(arm for arms, _, _ in PHASES for arm in arms)
