@@ -48,7 +48,7 @@ PHASES = (
     (("synthetic-judged-x4",), "0.1", ("--ratio-ablation", "2", "--seeds", "5")),
     (("synthetic-judged",), FRACTIONS, ()),
 )
-ARMS = tuple(arm for arms, _, _ in PHASES for arm in arms)
+ARMS = tuple(dict.fromkeys(arm for arms, _, _ in PHASES for arm in arms))  # an arm in two phases is one --arm
 
 
 def link_split(data: Path, work: Path) -> None:
