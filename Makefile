@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # pulling a multi-GB CUDA one.
 TORCH  ?= torch==2.13.0
 
-.PHONY: evaluate-kvasir train-compact anneal-compact train-attributes train-compact96 train-detail train-ccis-compact ccis-compact-bundle demo test ultralytics-env test-ultralytics screenshots installer installer-test bench bench-retrieval bench-ray bench-scale demo-bundle demo-features demo-controlnet clean
+.PHONY: evaluate-kvasir train-compact anneal-compact train-attributes train-compact96 compact96-bundle train-detail train-ccis-compact ccis-compact-bundle demo test ultralytics-env test-ultralytics screenshots installer installer-test bench bench-retrieval bench-ray bench-scale demo-bundle demo-features demo-controlnet clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -123,6 +123,12 @@ train-compact96: $(VENV)/.dev-installed
 	    --lr 3e-4 --lr-schedule cosine --warmup-steps 20 --steps $(C96_STEPS) --checkpoint-every 50 \
 	    --sample-every 500 --validate-every 500 --max-minutes $(C96_MINUTES) \
 	    --to .bench/compact-96 --name polypforge-compact-96
+
+# The committed result of that run (training_runs/compact-96/model) as a bundle in .bench/compact-96, parity-checked,
+# without training (a fresh clone: what evaluations/kvasir_curve.py's candidate arm and the scorecard read).
+compact96-bundle: $(VENV)/.dev-installed
+	$(BIN)/python -c "from pathlib import Path; from engine.export.compact_export import export_compact_bundle as export; \
+	    export('training_runs/compact-96/model', '.bench/compact-96', name='polypforge-compact-96', card=Path('training_runs/compact-96/model/MODEL_CARD.md'))"
 
 # The compact model's detail stage (issue 25): a 128² SR3-style U-Net that repaints large region crops from the
 # default model's 64² result, trained from scratch on real Kvasir-SEG crops (~1.4 s a step of 16 on one thread),

@@ -28,3 +28,12 @@ def test_every_phase_arm_is_named_once_and_has_its_job_file():
     for value in flags[1::2]:
         assert Path(value.split("=", 1)[1]).is_file(), value
 
+
+
+def test_an_arm_whose_candidate_model_is_missing_is_skipped_and_named(tmp_path):
+    wrapper = load_wrapper()
+    wrapper.NEEDS = {"compact96-judged": (wrapper.REPO / ".bench" / "no-such-bundle", "make train-compact96")}
+    assert not wrapper.runnable("compact96-judged")
+    assert wrapper.runnable("copy-paste")  # needs no trained candidate
+    line = wrapper.needs_line("compact96-judged")
+    assert ".bench/no-such-bundle" in line and "make train-compact96" in line
