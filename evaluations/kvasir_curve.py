@@ -40,6 +40,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+if str(REPO) not in sys.path:  # engine/ is imported lazily by link_split and missing_model
+    sys.path.insert(0, str(REPO))
 COMMITTED = HERE / "kvasir-curve"
 JOBS = HERE / "kvasir-curve-jobs"
 FRACTIONS = "0.1,0.25"
@@ -54,13 +56,9 @@ PHASES = (
     (("compact96-judged",), "0.1", ("--seeds", "3")),
 )
 ARMS = tuple(dict.fromkeys(arm for arms, _, _ in PHASES for arm in arms))  # an arm in two phases is one --arm
-# Arms whose model is not shipped but trained by a make target (issue 25's candidates, in .bench/): their phase is
-# skipped, and they are left out of the report, until the bundle exists.
-NEEDS = {"compact96-judged": (REPO / ".bench" / "compact-96", "make compact96-bundle")}
 
 
 def link_split(data: Path, work: Path) -> None:
-    sys.path.insert(0, str(REPO))
     from engine.evaluation import segdata
 
     names = sorted(p.name for p in (data / "images").iterdir())
@@ -108,9 +106,9 @@ def main() -> int:
             "--test", f"kvasir={work / 'test'}", "--normals", str(args.normals.resolve()), "--out", str(out),
             "--threads", str(args.threads)]
     for arms, fractions, flags in () if args.report_only else PHASES:
-        missing = [arm for arm in arms if not runnable(arm)]
+        missing = [missing_model(arm) for arm in arms if missing_model(arm)]
         if missing:
-            print(f"skipping the phase of {', '.join(arms)}: {'; '.join(needs_line(arm) for arm in missing)}")
+            print(f"skipping the phase of {', '.join(arms)}: {'; '.join(missing)}")
             continue
         command = [*base, *arm_flags(arms), "--real-fractions", fractions, *flags]
         code = subprocess.call(command + (["--plan"] if args.plan else []), cwd=REPO)
@@ -120,20 +118,23 @@ def main() -> int:
             return code
     if args.plan:
         return 0
-    code = subprocess.call([*base, *arm_flags(tuple(arm for arm in ARMS if runnable(arm))), "--real-fractions", FRACTIONS, "--ratio-ablation", RATIOS,
+    reported = tuple(arm for arm in ARMS if not missing_model(arm))
+    code = subprocess.call([*base, *arm_flags(reported), "--real-fractions", FRACTIONS, "--ratio-ablation", RATIOS,
                             "--report-only"], cwd=REPO)
     collect(out)
     return code
 
 
-def runnable(arm: str) -> bool:
-    """Whether the arm's model is here (an arm that needs no trained candidate always is)."""
-    return arm not in NEEDS or NEEDS[arm][0].exists()
+def missing_model(arm: str) -> str:
+    """What the arm lacks, in one line, when its job file names a model that is not there (issue 25's candidates live
+    in .bench/, made by a make target that the job file's comment names); "" when it can run (the default model)."""
+    from engine.jobs.spec import read_job_file
 
-
-def needs_line(arm: str) -> str:
-    bundle, target = NEEDS[arm]
-    return f"{arm} needs {bundle.relative_to(REPO)} ({target} makes it)"
+    job = JOBS / f"{arm}.toml"
+    model = read_job_file(job).get("model")  # relative to the job file, resolved as the batch job resolves it
+    if model is None or Path(model).exists():
+        return ""
+    return f"{arm} needs its model {Path(model).relative_to(REPO)} (named in {job.relative_to(REPO)}; see its comment)"
 
 
 def arm_flags(arms: tuple[str, ...]) -> list[str]:

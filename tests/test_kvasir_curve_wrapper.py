@@ -32,8 +32,13 @@ def test_every_phase_arm_is_named_once_and_has_its_job_file():
 
 def test_an_arm_whose_candidate_model_is_missing_is_skipped_and_named(tmp_path):
     wrapper = load_wrapper()
-    wrapper.NEEDS = {"compact96-judged": (wrapper.REPO / ".bench" / "no-such-bundle", "make train-compact96")}
-    assert not wrapper.runnable("compact96-judged")
-    assert wrapper.runnable("copy-paste")  # needs no trained candidate
-    line = wrapper.needs_line("compact96-judged")
-    assert ".bench/no-such-bundle" in line and "make train-compact96" in line
+    wrapper.JOBS = tmp_path / "jobs"
+    wrapper.REPO = tmp_path
+    wrapper.JOBS.mkdir()
+    (wrapper.JOBS / "candidate.toml").write_text('mode = "add"\nmodel = "../.bench/no-such-bundle"\n')
+    (wrapper.JOBS / "copy-paste.toml").write_text('mode = "transplant"\nharmonize = "none"\n')
+    line = wrapper.missing_model("candidate")
+    assert line and ".bench/no-such-bundle" in line and "jobs/candidate.toml" in line
+    assert wrapper.missing_model("copy-paste") == ""  # needs no trained candidate
+    (tmp_path / ".bench" / "no-such-bundle").mkdir(parents=True)
+    assert wrapper.missing_model("candidate") == ""  # runs once the bundle is there
