@@ -75,6 +75,27 @@ def _arm(text: str) -> tuple[str, Path | None]:
     return named_path(stripped)
 
 
+def _mix(text: str) -> tuple[str, tuple[str, ...]]:
+    """NAME=ARM+ARM[+…]: a mixed arm drawing equally from the named arms' pools."""
+    name, sep, parts = text.partition("=")
+    arms = tuple(part.strip() for part in parts.split("+"))
+    if not sep or not name.strip() or not all(arms):
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=ARM+ARM, e.g. mixed=copy-paste+synthetic-judged")
+    return name.strip(), arms
+
+
+def _arm_ratio(text: str) -> tuple[str, float]:
+    """NAME=R: the arm's own synthetic variants per real frame."""
+    name, sep, value = text.partition("=")
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = -1.0
+    if not sep or not name.strip() or not ratio >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=R with R a number ≥ 0, e.g. copy-paste-x2=2")
+    return name.strip(), ratio
+
+
 def _log(text: str) -> None:
     print(text, file=sys.stderr)
 
@@ -154,6 +175,13 @@ def register_commands(subparsers) -> dict[str, Handler]:
                           help="synthetic variants per real training frame in an arm's pool (default 1)")
     evaluate.add_argument("--ratio-ablation", type=_ratios, default=(),
                           help="other ratios to try at the smallest fraction, e.g. 0.5,1,2 (default: none)")
+    evaluate.add_argument("--mix", action="append", type=_mix, default=[],
+                          help="NAME=ARM+ARM: an arm whose variants come in equal shares from the pools of the named "
+                               "arms (given by --arm), e.g. copy-paste+synthetic-judged: does the generator add to "
+                               "copy-paste? repeatable")
+    evaluate.add_argument("--arm-ratio", action="append", type=_arm_ratio, default=[],
+                          help="NAME=R: that arm's synthetic variants per real frame instead of --synthetic-ratio, "
+                               "e.g. copy-paste-x2=2 (its job must plan enough variants); repeatable")
     evaluate.add_argument("--val", type=Path, default=None,
                           help="real validation frames for early stopping (default: 20 %% held out of each subset)")
     evaluate.add_argument("--normals", type=Path, default=None,
@@ -219,9 +247,10 @@ def _single_comparison(args: argparse.Namespace) -> int:
     """``--synthetic DIR``: real vs real + that folder on all training frames, a fixed step budget."""
     from engine.evaluation.evaluate import EvaluationSettings, run_evaluation
 
-    if len(args.synthetic) > 1 or len(args.test) > 1 or args.arm or args.generate or args.real_fractions:
+    if (len(args.synthetic) > 1 or len(args.test) > 1 or args.arm or args.generate or args.real_fractions
+            or args.mix or args.arm_ratio):
         raise InputError("--synthetic DIR (without FRACTION=) is the single comparison on all training frames: one "
-                         "--synthetic, one --test, no --arm/--generate/--real-fractions")
+                         "--synthetic, one --test, no --arm/--generate/--mix/--arm-ratio/--real-fractions")
     (test,) = parse_test_folders(args.test, must_exist=False).values()
     settings = EvaluationSettings(train=args.train, synthetic=args.synthetic[0][1], test=test, out=args.out,
                                   seeds=args.seeds or 3, synthetic_cap=args.synthetic_cap, steps=args.steps,
@@ -265,10 +294,20 @@ def curve_settings(args: argparse.Namespace):
         arms[name] = write_arm_job(name, values, Path(args.out) / "jobs", args.train,
                                    f"The preset arm {name!r} of `main.py evaluate`: {PRESETS[name]}.\nWritten by "
                                    "evaluate; input, output and the split are set by the evaluation for each fraction.")
+    mixes: dict[str, tuple[str, ...]] = {}
+    for name, parts in args.mix:
+        if name in mixes:
+            raise InputError(f"--mix {name}: given twice")
+        mixes[name] = parts
+    arm_ratios: dict[str, float] = {}
+    for name, ratio in args.arm_ratio:
+        if name in arm_ratios:
+            raise InputError(f"--arm-ratio {name}: given twice")
+        arm_ratios[name] = ratio
     tests = parse_test_folders(args.test, must_exist=False)
     optional = {"seeds": args.seeds, "fractions": args.real_fractions, "max_steps": args.max_steps,
                 "patience": args.patience, "widths": args.widths}
-    return CurveSettings(train=args.train, tests=tests, out=args.out, arms=arms,
+    return CurveSettings(train=args.train, tests=tests, out=args.out, arms=arms, mixes=mixes, arm_ratios=arm_ratios,
                          synthetic={fraction: folder for fraction, folder in args.synthetic},
                          synthetic_ratio=args.synthetic_ratio, ratio_ablation=args.ratio_ablation, val=args.val,
                          normals=args.normals, validate_every=args.validate_every, size=args.size,

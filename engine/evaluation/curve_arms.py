@@ -12,15 +12,16 @@ variants an arm adds — made only from that subset's frames.
 - ``check_sources``: every variant's source frame (the manifest's ``source_sha256``) must be in the fraction's
   subset, else the evaluation is refused in one line naming the variant and the fraction; variants of its
   validation frames are left out.
-- ``draw_synthetic``: ``ratio`` × (real training frames) variants, drawn deterministically (lowest sha256 of
-  their names), so every seed and every rerun sees the same ones.
+- ``draw_mixed``: ``ratio`` × (real training frames) variants, drawn deterministically (lowest sha256 of
+  their names), so every seed and every rerun sees the same ones; from one arm's pool, or from several in equal
+  shares (a mixed arm, ``--mix``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,13 +137,21 @@ def check_sources(synthetic: segdata.SegmentationSet, part: Fraction, arm: str) 
                                     "the validation frames were left out (they would bias the choice of weights)")
 
 
-def draw_synthetic(synthetic: segdata.SegmentationSet, real_count: int,
-                   ratio: float) -> tuple[segdata.SegmentationSet, str | None]:
-    """round(ratio × real_count) variants (all when there are fewer), the lowest by sha256 of their names; and, when
-    there were fewer, what was asked and what the pool got (None when the ratio was met)."""
+def draw_mixed(pools: Sequence[segdata.SegmentationSet], real_count: int,
+               ratio: float) -> tuple[segdata.SegmentationSet, str | None]:
+    """A mixed arm's variants: round(ratio × real_count) in all, shared as equally as the count allows among the
+    pools (the first pools take one more when it does not divide), each pool's share its lowest by sha256 of the
+    names — so a mix of copy-paste and a generated arm at ratio 2 is exactly their two ratio-1 pools together; one
+    pool is a plain arm's draw. With the note of what was asked and got when a pool has fewer (None when met)."""
     asked = max(0, round(ratio * real_count))
-    wanted = min(len(synthetic), asked)
-    order = sorted(range(len(synthetic)), key=lambda i: hashlib.sha256(synthetic.names[i].encode()).hexdigest())
-    short = None if wanted == asked else (f"asks {asked} variants, the arm has {wanted}: its pool is real + {wanted} "
-                                          "(plan more variants per frame in its job)")
-    return synthetic.subset(sorted(order[:wanted])), short
+    shares = [asked // len(pools) + (1 if i < asked % len(pools) else 0) for i in range(len(pools))]
+    drawn, got = [], 0
+    for pool, share in zip(pools, shares):
+        wanted = min(len(pool), share)
+        order = sorted(range(len(pool)), key=lambda i: hashlib.sha256(pool.names[i].encode()).hexdigest())
+        drawn.append(pool.subset(sorted(order[:wanted])))
+        got += wanted
+    short = None if got == asked else (f"asks {asked} variants, the arm has {got}: its pool is real + {got} "
+                                       "(plan more variants per frame in its job)")
+    picked = [part for part in drawn if len(part)]
+    return (segdata.concatenate(picked) if len(picked) > 1 else picked[0] if picked else drawn[0]), short

@@ -33,11 +33,13 @@ class CurveSettings:
     tests: dict[str, Path]  # name → real test frames + masks
     out: Path
     arms: dict[str, Path] = field(default_factory=dict)  # arm name → batch job file, run per fraction
+    mixes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # arm name → the arms whose pools it shares
     synthetic: dict[float, Path] = field(default_factory=dict)  # fraction → a synthetic folder (arm "synthetic")
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
     seeds: int | None = None  # None: SEEDS_SMALL at fractions ≤ SMALL_FRACTION, else SEEDS_LARGE
     synthetic_ratio: float = 1.0  # synthetic variants per real training frame in an arm's pool
     ratio_ablation: tuple[float, ...] = ()  # other ratios, tried at the smallest fraction
+    arm_ratios: dict[str, float] = field(default_factory=dict)  # an arm's own ratio instead of synthetic_ratio
     val: Path | None = None  # real validation frames for every fraction (default: held out of each subset)
     normals: Path | None = None  # polyp-free frames: the false-positive rate
     max_steps: int = MAX_STEPS
@@ -65,7 +67,15 @@ class CurveSettings:
         return SEEDS_SMALL if fraction <= SMALL_FRACTION else SEEDS_LARGE
 
     def arm_names(self) -> list[str]:
-        return [REAL, *([FROM_FOLDERS] if self.synthetic else []), *self.arms]
+        return [REAL, *([FROM_FOLDERS] if self.synthetic else []), *self.arms, *self.mixes]
+
+    def ratio_of(self, arm: str) -> float | None:
+        """Synthetic variants per real frame in the arm's pool (None for the real arm)."""
+        return None if arm == REAL else self.arm_ratios.get(arm, self.synthetic_ratio)
+
+    def components(self, arm: str) -> tuple[str, ...]:
+        """The arms whose variants make up this arm's pool: a mix's arms, else the arm itself."""
+        return self.mixes.get(arm, (arm,))
 
     def network_widths(self) -> tuple[int, ...]:
         from engine.models.segmenter import DEFAULT_WIDTHS
@@ -138,14 +148,13 @@ def plan_runs(settings: CurveSettings) -> list[PlannedRun]:
     for fraction in fractions:
         for seed in range(settings.seeds_at(fraction)):
             for arm in settings.arm_names():
-                runs.append(PlannedRun(fraction, arm, seed, None if arm == REAL else settings.synthetic_ratio))
+                runs.append(PlannedRun(fraction, arm, seed, settings.ratio_of(arm)))
     smallest = fractions[0]
     for ratio in settings.ratio_ablation:
-        if ratio == settings.synthetic_ratio:
-            continue
         for seed in range(settings.seeds_at(smallest)):
             for arm in settings.arm_names()[1:]:
-                runs.append(PlannedRun(smallest, arm, seed, ratio, ablation=True))
+                if ratio != settings.ratio_of(arm):  # an arm's own ratio is its curve's, not an ablation's
+                    runs.append(PlannedRun(smallest, arm, seed, ratio, ablation=True))
     return runs
 
 
@@ -169,11 +178,34 @@ def check_settings(settings: CurveSettings) -> None:
         raise InputError(f"--synthetic {fraction_label(extra[0])}=…: not one of --real-fractions")
     if settings.synthetic_ratio < 0 or any(r < 0 for r in settings.ratio_ablation):
         raise InputError("--synthetic-ratio and --ratio-ablation must not be negative")
+    _check_mixes(settings)
+    for arm, ratio in settings.arm_ratios.items():
+        if arm == REAL or arm not in settings.arm_names():
+            raise InputError(f"--arm-ratio {arm}={ratio:g}: no arm {arm!r} (arms: "
+                             f"{', '.join(settings.arm_names()[1:]) or 'none'})")
+        if ratio < 0:
+            raise InputError(f"--arm-ratio {arm}={ratio:g}: must not be negative")
     if settings.trainer not in ("judge", "ultralytics"):
         raise InputError(f"--trainer {settings.trainer}: not one of judge, ultralytics")
     for arm, job in settings.arms.items():
         if not Path(job).is_file():
             raise InputError(f"--arm {arm}={job}: job file not found")
+
+
+def _check_mixes(settings: CurveSettings) -> None:
+    """A mix names two or more different arms that make their own variants (a job file, or the --synthetic folders),
+    under a name no other arm has."""
+    own = [arm for arm in settings.arm_names() if arm != REAL and arm not in settings.mixes]
+    for name, parts in settings.mixes.items():
+        if name in (REAL, FROM_FOLDERS) or name in settings.arms:
+            raise InputError(f"--mix {name}=…: the name {name!r} is taken by another arm; pick another")
+        if len(parts) < 2 or len(set(parts)) != len(parts):
+            raise InputError(f"--mix {name}={'+'.join(parts)}: name two or more different arms, e.g. "
+                             "copy-paste+synthetic-judged")
+        unknown = [part for part in parts if part not in own]
+        if unknown:
+            raise InputError(f"--mix {name}={'+'.join(parts)}: {', '.join(unknown)} is not an arm with variants of its "
+                             f"own (given by --arm, --generate or --synthetic: {', '.join(own) or 'none'})")
 
 
 def measure_seconds_per_step(settings: CurveSettings, train: segdata.SegmentationSet, steps: int = TIMED_STEPS) -> float:
@@ -219,6 +251,11 @@ def describe_plan(settings: CurveSettings, runs: list[PlannedRun], seconds_per_s
              + (f" + the ratio ablation ({', '.join(f'{r:g}' for r in settings.ratio_ablation)}) at "
                 f"{fraction_label(fractions[0])}" if settings.ratio_ablation else "")
              + f" = {len(runs)} runs"]
+    for arm in settings.arm_names()[1:]:
+        if arm in settings.mixes or arm in settings.arm_ratios:
+            lines.append(f"  {arm}: {settings.ratio_of(arm):g} synthetic per real frame"
+                         + (f", drawn equally from the pools of {', '.join(settings.mixes[arm])}"
+                            if arm in settings.mixes else ""))
     budget = settings.trainer_settings()
     if settings.trainer == "judge":
         lines.append(f"  budget per run: {budget['stopping']}; batches of {settings.batch_size} at {settings.size}²")

@@ -127,6 +127,17 @@ def verdicts(points: list[dict], arms: list[str], tests: list[str]) -> list[dict
     return sentences
 
 
+def _arm_description(settings, arm: str):
+    """What an arm is, for the report: the subset alone, its job file, the mix of arms, or the folders given."""
+    if arm == REAL:
+        return "the subset's real training frames alone"
+    if arm in settings.arms:
+        return str(settings.arms[arm])
+    if arm in settings.mixes:
+        return f"equal shares of the pools of {' and '.join(settings.mixes[arm])}"
+    return {fraction_label(f): str(d) for f, d in settings.synthetic.items()}
+
+
 def build(settings, data, runs, results: dict, seconds: float) -> dict:
     """report.json's contents from the runs finished so far."""
     tests = list(settings.tests)
@@ -156,10 +167,10 @@ def build(settings, data, runs, results: dict, seconds: float) -> dict:
         "validation": (f"--val {settings.val}" if settings.val is not None else
                        f"held out of each subset: the {VAL_FRACTION:.0%} with the lowest sha256 of the file stem "
                        "(engine.dataset.splits.holdout, by rank)"),
-        "arms": {arm: (str(settings.arms[arm]) if arm in settings.arms else
-                       {fraction_label(f): str(d) for f, d in settings.synthetic.items()} if arm != REAL else
-                       "the subset's real training frames alone") for arm in arms},
+        "arms": {arm: _arm_description(settings, arm) for arm in arms},
         "synthetic_ratio": settings.synthetic_ratio, "ablation_series": ablation,
+        "arm_ratios": {arm: settings.ratio_of(arm) for arm in arms
+                       if arm != REAL and settings.ratio_of(arm) != settings.synthetic_ratio},
         "trainer": settings.trainer_settings(),
         "points": points,
         "verdicts": verdicts(points, arms, tests),
@@ -282,7 +293,9 @@ def render_html(report: dict, plot: bytes) -> str:
                     if report["normals"] else "") + "</p>")
     parts.append("<p>Arms: " + "; ".join(f"<b>{e(arm)}</b>: {e(json.dumps(what) if isinstance(what, dict) else what)}"
                                           for arm, what in report["arms"].items())
-                 + f". Synthetic variants per real training frame: {report['synthetic_ratio']:g}, drawn "
+                 + f". Synthetic variants per real training frame: {report['synthetic_ratio']:g}"
+                 + "".join(f"; {e(arm)}: {ratio:g}" for arm, ratio in report.get("arm_ratios", {}).items())
+                 + ", drawn "
                  "deterministically; every variant made from the fraction's own training frames (checked).</p>")
     budget = trainer.get("stopping") or f"{trainer.get('epochs')} epochs"
     parts.append(f"<p>Downstream model: {e(trainer['description'])}; the same rule for every run: {e(str(budget))}; "

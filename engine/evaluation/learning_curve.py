@@ -8,7 +8,10 @@ Arms, each trained under the same budget with the same seeds and the same valida
 - one arm per batch job file (``arms``: name → job file; e.g. add, copy-paste, transplant): the job is run per
   fraction on the subset's training frames only, and ``synthetic_ratio`` × (real training frames) of its variants
   join the real ones in the pool; or ``synthetic``: folders made beforehand, one per fraction, refused when a
-  variant's source frame is not in that fraction's subset.
+  variant's source frame is not in that fraction's subset;
+- a mix (``mixes``: name → arms): the pools of two or more of those arms, drawn in equal shares (copy-paste and
+  judge-kept synthetic together, say); any arm may have its own ratio (``arm_ratios``: e.g. copy-paste at 2 per
+  real frame, the equal-count baseline of a generated arm at 2).
 
 The downstream segmenter is the judge's recipe (engine.evaluation.judge_task: the compact U-Net at 128², batches
 of 8, AdamW with a cosine schedule over ``max_steps``) with the budget set by convergence: validation Dice every
@@ -49,7 +52,7 @@ from engine.evaluation.curve_arms import (
     REAL,
     Fraction,
     check_sources,
-    draw_synthetic,
+    draw_mixed,
     fraction_label,
     generate_arm,
     make_fraction,
@@ -388,10 +391,12 @@ def run_learning_curve(settings: CurveSettings, on_progress: Callable[[CurveProg
         progress.run = f"{part.label}/{run.name}"
         pool = part.train
         if run.arm != REAL:
-            if (run.fraction, run.arm) not in synthetic_sets:
-                synthetic_sets[(run.fraction, run.arm)] = _synthetic_for(settings, data, part, run.arm, progress, log)
-                progress.run = f"{part.label}/{run.name}"
-            drawn, short = draw_synthetic(synthetic_sets[(run.fraction, run.arm)], len(part.train), run.ratio)
+            for arm in settings.components(run.arm):  # a mix draws from the pools of the arms it names
+                if (run.fraction, arm) not in synthetic_sets:
+                    synthetic_sets[(run.fraction, arm)] = _synthetic_for(settings, data, part, arm, progress, log)
+                    progress.run = f"{part.label}/{run.name}"
+            drawn, short = draw_mixed([synthetic_sets[(run.fraction, arm)] for arm in settings.components(run.arm)],
+                                      len(part.train), run.ratio)
             if short:
                 data.add_note(f"{run.series} at fraction {part.label}: ratio {run.ratio:g} {short}", log)
             pool = segdata.concatenate([part.train, drawn])
