@@ -10,19 +10,24 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
 2. `removal` at 0.1: the subset's polyps removed by the default model (polyp-free frames of the subset's own
    mucosa): do removals lower the false-positive rate on polyp-free frames?
 3. the synthetic:real ratio ablation (0.5, 1, 2) at 0.1, 3 seeds, on `synthetic-judged-x4` (judge-kept variants
-   of 4 candidates per frame: enough for ratio 2),
-   then ratios 1 and 2 to 5 seeds (added after the 3 seeds put judge-kept ratio 2 above copy-paste on the same
+   of 4 candidates per frame: enough for ratio 2);
+4. its ratios 1 and 2 to 5 seeds (added after the 3 seeds put judge-kept ratio 2 above copy-paste on the same
    seeds: does the generator clear the baseline over 5?);
-4. `synthetic-judged` at both fractions (added after the first 14 runs had shown the synthetic arm's polyps are
+5. `synthetic-judged` at both fractions (added after the first 14 runs had shown the synthetic arm's polyps are
    found by the judge in a quarter of the frames: the same as `synthetic`, but only variants the project judge
    sees as a polyp are kept, up to 4 tries each).
-5. `compact96-judged` at 0.1, 3 seeds: issue 25's candidate default model (.bench/compact-96: `make
+6. `compact96-judged` at 0.1, 3 seeds: issue 25's candidate default model (.bench/compact-96: `make
    compact96-bundle` from the committed run, or `make train-compact96`) in the judge-kept job, against
    `synthetic-judged` and `copy-paste` on the same seeds; skipped, and left out of the report, while the bundle is
    not there (a fresh clone).
+7. at 0.1, 5 seeds, 2 synthetic per real frame (added after judge-kept ×2 came out level with copy-paste ×1):
+   `copy-paste-x2` (copy-paste with two pastes per frame: the equal-count baseline) and `judged-and-copy-paste` (a
+   mix: copy-paste's 72 pastes plus judge-kept ×1's 72 variants, `--mix`): does the generator add anything that more
+   copy-paste does not?
 
-Each phase is one `main.py evaluate` call that reuses every finished run; then `evaluate --report-only` writes one
-report of every arm and fraction (an arm not run at a fraction shows "not run yet"). `--report-only` writes that
+Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
+here); then `evaluate --report-only` writes one report of every arm and fraction (an arm not run at a fraction shows
+"not run yet"). `--report-only` writes that
 report from whatever has finished, without running a phase (a session that stops between phases).
 
 Finished runs' results (small JSON) and the report are copied into evaluations/kvasir-curve/ after every call and
@@ -54,8 +59,13 @@ PHASES = (
     (("synthetic-judged-x4",), "0.1", ("--ratio-ablation", "2", "--seeds", "5")),
     (("synthetic-judged",), FRACTIONS, ()),
     (("compact96-judged",), "0.1", ("--seeds", "3")),
+    (("copy-paste-x2", "judged-and-copy-paste"), "0.1", ("--seeds", "5")),
 )
 ARMS = tuple(dict.fromkeys(arm for arms, _, _ in PHASES for arm in arms))  # an arm in two phases is one --arm
+# Arms with their own synthetic:real ratio (--arm-ratio; the others: 1), and mixes of other arms' pools (--mix; a mix
+# has no job file): the same in every call, the phase that trains them and the report of all arms.
+ARM_RATIOS = {"copy-paste-x2": 2.0, "judged-and-copy-paste": 2.0}
+MIXES = {"judged-and-copy-paste": ("copy-paste", "synthetic-judged-x4")}
 
 
 def link_split(data: Path, work: Path) -> None:
@@ -91,6 +101,9 @@ def main() -> int:
     parser.add_argument("--collect", action="store_true",
                         help="only copy the finished runs' results and the report into evaluations/kvasir-curve/ "
                         "(after an evaluation was stopped)")
+    parser.add_argument("--phase", type=int, action="append", default=[], choices=range(1, len(PHASES) + 1),
+                        metavar="N", help="run only phase N (1–%d; repeatable), then the report: on a fresh machine the "
+                        "earlier phases would regenerate their arms' variants only to reuse their finished runs" % len(PHASES))
     parser.add_argument("--report-only", action="store_true",
                         help="skip the phases: one report of every run finished so far (nothing trains), then collect; "
                         "for a session that stops between phases")
@@ -105,7 +118,8 @@ def main() -> int:
     base = [sys.executable, str(REPO / "main.py"), "evaluate", "--train", str(work / "train"),
             "--test", f"kvasir={work / 'test'}", "--normals", str(args.normals.resolve()), "--out", str(out),
             "--threads", str(args.threads)]
-    for arms, fractions, flags in () if args.report_only else PHASES:
+    chosen = [phase for number, phase in enumerate(PHASES, 1) if not args.phase or number in args.phase]
+    for arms, fractions, flags in () if args.report_only else chosen:
         missing = [missing_model(arm) for arm in arms if missing_model(arm)]
         if missing:
             print(f"skipping the phase of {', '.join(arms)}: {'; '.join(missing)}")
@@ -130,6 +144,8 @@ def missing_model(arm: str) -> str:
     in .bench/, made by a make target that the job file's comment names); "" when it can run (the default model)."""
     from engine.jobs.spec import read_job_file
 
+    if arm in MIXES:
+        return "; ".join(filter(None, (missing_model(part) for part in MIXES[arm])))
     job = JOBS / f"{arm}.toml"
     model = read_job_file(job).get("model")  # relative to the job file, resolved as the batch job resolves it
     if model is None or Path(model).exists():
@@ -138,7 +154,14 @@ def missing_model(arm: str) -> str:
 
 
 def arm_flags(arms: tuple[str, ...]) -> list[str]:
-    return [flag for arm in arms for flag in ("--arm", f"{arm}={JOBS / (arm + '.toml')}")]
+    """The flags that name these arms: --arm for each arm with a job file (a mix's arms too: it draws on their
+    pools; their finished runs are reused), --mix for each mix, --arm-ratio where an arm has its own ratio."""
+    jobs = dict.fromkeys(part for arm in arms for part in MIXES.get(arm, (arm,)))
+    flags = [flag for arm in jobs for flag in ("--arm", f"{arm}={JOBS / (arm + '.toml')}")]
+    flags += [flag for arm in arms if arm in MIXES for flag in ("--mix", f"{arm}={'+'.join(MIXES[arm])}")]
+    flags += [flag for arm in dict.fromkeys([*jobs, *arms]) if arm in ARM_RATIOS
+              for flag in ("--arm-ratio", f"{arm}={ARM_RATIOS[arm]:g}")]
+    return flags
 
 
 def collect(out: Path) -> None:

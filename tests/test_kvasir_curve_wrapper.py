@@ -21,13 +21,30 @@ def load_wrapper():
 def test_every_phase_arm_is_named_once_and_has_its_job_file():
     wrapper = load_wrapper()
     flags = wrapper.arm_flags(wrapper.ARMS)
-    names = [value.split("=", 1)[0] for flag, value in zip(flags[::2], flags[1::2])]
-    assert set(flags[::2]) == {"--arm"}
-    assert len(names) == len(set(names)), names
-    assert set(names) == {arm for arms, _, _ in wrapper.PHASES for arm in arms}
-    for value in flags[1::2]:
-        assert Path(value.split("=", 1)[1]).is_file(), value
+    pairs = list(zip(flags[::2], flags[1::2]))
+    names = {flag: [value.split("=", 1)[0] for f, value in pairs if f == flag] for flag in ("--arm", "--mix", "--arm-ratio")}
+    assert {flag for flag, _ in pairs} == set(names)
+    for listed in names.values():
+        assert len(listed) == len(set(listed)), listed
+    assert set(names["--arm"]) | set(names["--mix"]) == {arm for arms, _, _ in wrapper.PHASES for arm in arms}
+    assert set(names["--mix"]) == set(wrapper.MIXES) and set(names["--arm-ratio"]) == set(wrapper.ARM_RATIOS)
+    for flag, value in pairs:
+        if flag == "--arm":
+            assert Path(value.split("=", 1)[1]).is_file(), value
 
+
+def test_the_arms_a_mix_draws_on_are_named_with_it_and_the_flags_are_the_same_in_every_call():
+    """A phase naming only a mix still names the arms whose pools it draws on; the arm ratios come with their arms,
+    in one order (the report-only call and the phase must plan the same runs)."""
+    wrapper = load_wrapper()
+    flags = wrapper.arm_flags(("copy-paste-x2", "judged-and-copy-paste"))
+    assert flags == wrapper.arm_flags(("copy-paste-x2", "judged-and-copy-paste"))
+    pairs = list(zip(flags[::2], flags[1::2]))
+    arms = [value.split("=", 1)[0] for flag, value in pairs if flag == "--arm"]
+    assert arms == ["copy-paste-x2", "copy-paste", "synthetic-judged-x4"]
+    assert ("--mix", "judged-and-copy-paste=copy-paste+synthetic-judged-x4") in pairs
+    assert [value for flag, value in pairs if flag == "--arm-ratio"] == ["copy-paste-x2=2", "judged-and-copy-paste=2"]
+    assert wrapper.missing_model("judged-and-copy-paste") == ""  # a mix needs what its arms need: here no candidate
 
 
 def test_an_arm_whose_candidate_model_is_missing_is_skipped_and_named(tmp_path):
