@@ -24,6 +24,8 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    `copy-paste-x2` (copy-paste with two pastes per frame: the equal-count baseline) and `judged-and-copy-paste` (a
    mix: copy-paste's 72 pastes plus judge-kept ×1's 72 variants, `--mix`): does the generator add anything that more
    copy-paste does not?
+8. `synthetic-judged-x6` at 0.1, 3 seeds, 3 synthetic per real frame (judge-kept variants of 6 candidates per
+   frame): does more generated data keep helping, where copy-paste has only the subset's own polyps to paste again?
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report of every arm and fraction (an arm not run at a fraction shows
@@ -60,11 +62,12 @@ PHASES = (
     (("synthetic-judged",), FRACTIONS, ()),
     (("compact96-judged",), "0.1", ("--seeds", "3")),
     (("copy-paste-x2", "judged-and-copy-paste"), "0.1", ("--seeds", "5")),
+    (("synthetic-judged-x6",), "0.1", ("--seeds", "3")),
 )
 ARMS = tuple(dict.fromkeys(arm for arms, _, _ in PHASES for arm in arms))  # an arm in two phases is one --arm
 # Arms with their own synthetic:real ratio (--arm-ratio; the others: 1), and mixes of other arms' pools (--mix; a mix
 # has no job file): the same in every call, the phase that trains them and the report of all arms.
-ARM_RATIOS = {"copy-paste-x2": 2.0, "judged-and-copy-paste": 2.0}
+ARM_RATIOS = {"copy-paste-x2": 2.0, "judged-and-copy-paste": 2.0, "synthetic-judged-x6": 3.0}
 MIXES = {"judged-and-copy-paste": ("copy-paste", "synthetic-judged-x4")}
 
 
