@@ -201,6 +201,7 @@ class EvaluationForm:
     transplant_arm: bool = False  # moved polyps redrawn by the model at strength 0.3
     judged_arm: bool = False  # the synthetic arm keeping only the variants the polyp judge finds
     removal_arm: bool = False  # the subset's polyps removed: do removals lower false positives on polyp-free frames?
+    mixed_arm: bool = False  # half copy-paste, half judge-kept synthetic: does the generator add to copy-paste?
     fresh: bool = False
 
     def save(self, settings: QSettings) -> None:

@@ -95,6 +95,14 @@ def test_the_plan_gives_a_mix_and_an_arm_their_own_ratio_and_the_flags_are_check
         "--mix", "both=add+paste", "--mix", "other=add+both")  # a mix of mixes is not a thing
     assert "--arm-ratio real=2: no arm 'real'" in refused("--arm-ratio", "real=2")
     assert "--arm-ratio later=2: no arm 'later' (arms: add, paste)" in refused("--arm-ratio", "later=2")
+    # a mix preset by name brings the preset arms it draws on, unless they are given
+    preset = _settings(tmp_path, "--mix", "judged-and-copy-paste")
+    assert preset.mixes == {"judged-and-copy-paste": ("copy-paste", "synthetic-judged")}
+    assert preset.arm_names() == ["real", "add", "paste", "copy-paste", "synthetic-judged", "judged-and-copy-paste"]
+    assert preset.arms["copy-paste"] == tmp_path / "o" / "jobs" / "copy-paste.toml"
+    check_settings(preset)
+    with pytest.raises(InputError, match="--mix judged: no such mix preset .*judged-and-copy-paste"):
+        _settings(tmp_path, "--mix", "judged")
     with pytest.raises(InputError, match="--mix both: given twice"):
         _settings(tmp_path, "--mix", "both=add+paste", "--mix", "both=add+paste")
     with pytest.raises(SystemExit):

@@ -73,7 +73,7 @@ def _dialog(window, frames, tmp_path, *, arms=(), seeds=1, fractions="0.25"):
     dialog.seeds.setValue(seeds)
     dialog.max_steps.setValue(20)
     dialog.threads.setValue(1)
-    for arm in vm.ARMS:
+    for arm in (*vm.ARMS, *vm.MIXES):
         dialog.arm_boxes[arm.field].setChecked(arm.name in arms)
     return dialog
 
@@ -129,6 +129,13 @@ def test_the_form_becomes_the_engines_settings_and_the_arms_job_files(window, fr
 
     assert defaults.fractions == DEFAULT_FRACTIONS and defaults.seeds is None and defaults.max_steps == MAX_STEPS
     assert defaults.arms == {} and defaults.tests == {"test": frames / "test"} and defaults.threads is None
+    # the mixed arm alone brings the two arms it draws on (their job files as above), and the dialog shows it
+    mixed = vm.curve_settings(app_settings.EvaluationForm(tests=str(frames / "test"), synthetic_arm=False,
+                                                          copy_paste_arm=False, mixed_arm=True),
+                              frames / "train", window.job_values())
+    assert mixed.arm_names() == ["real", "copy-paste", "synthetic-judged", "judged-and-copy-paste"]
+    assert mixed.mixes == {"judged-and-copy-paste": ("copy-paste", "synthetic-judged")} and not mixed.arm_ratios
+    assert read_job_file(mixed.arms["synthetic-judged"]) == judged
     # what cannot run is one line naming the file or field
     with pytest.raises(InputError, match="test folder not found"):
         vm.curve_settings(app_settings.EvaluationForm(tests=str(tmp_path / "nope")), frames / "train", {})

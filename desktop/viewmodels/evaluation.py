@@ -7,8 +7,9 @@
   step cap and threads (0 or "" = the engine's default), and the arms, each a batch-job file written atomically
   into ``<output>/jobs/`` from the engine's presets (engine.jobs.arm_presets) built on the app's current generation
   settings: ``synthetic`` ("PolypForge synthetic"), ``synthetic-judged``, and the honest baselines ``copy-paste``
-  (mode transplant, harmonize none: no model) and ``transplant`` (harmonize model at strength 0.3). The evaluation
-  sets each job's input, output and split per fraction.
+  (mode transplant, harmonize none: no model) and ``transplant`` (harmonize model at strength 0.3); and the mixed
+  arm ``judged-and-copy-paste`` (half copy-paste, half judge-kept synthetic; ticking it brings those two arms). The
+  evaluation sets each job's input, output and split per fraction.
 - ``plan(settings)`` and ``start(settings)`` run the engine on an EvaluationWorker thread (the plan reads the
   frames and times a training step: seconds); progress (``CurveProgress``), log lines, then the report's data
   or the reason it stopped come back as signals. ``cancel()`` is the engine's cancel callback: the run stops
@@ -30,7 +31,7 @@ from desktop.workers.evaluation_worker import EvaluationWorker
 from desktop.workers.tasks import TaskRunner
 from engine.errors import InputError, PolypForgeError
 from engine.dataset.curve_inputs import parse_fractions, parse_test_folders
-from engine.jobs.arm_presets import PRESETS, arm_job_values, write_arm_job
+from engine.jobs.arm_presets import MIX_DESCRIPTIONS, MIX_PRESETS, PRESETS, arm_job_values, write_arm_job
 
 DEVELOPER_INSTALL = (
     "The evaluation needs the developer install: torch and pycocotools (the pyproject extra “export”), which "
@@ -57,6 +58,10 @@ ARMS = tuple(Arm(name, label, field, PRESETS[name]) for name, label, field in (
     ("transplant", "harmonized transplant", "transplant_arm"),
     ("synthetic-judged", "PolypForge synthetic, judge-kept", "judged_arm"),
     ("removal", "polyps removed (false positives)", "removal_arm"),
+))
+# Mixed arms (engine.jobs.arm_presets.MIX_PRESETS): ticking one brings the arms whose pools it draws on.
+MIXES = tuple(Arm(name, label, field, MIX_DESCRIPTIONS[name]) for name, label, field in (
+    ("judged-and-copy-paste", "copy-paste + judge-kept synthetic, half each", "mixed_arm"),
 ))
 
 
@@ -106,7 +111,16 @@ def write_arm_jobs(form: EvaluationForm, out: Path, train: Path, job_values: dic
                "Evaluate… dialog; input, output and the split are set by the evaluation for each fraction.")
     return {arm.name: write_arm_job(arm.name, arm_job_values(arm.name, job_values), Path(out) / JOBS_FOLDER, train,
                                     comment.format(name=arm.name, label=arm.label, description=arm.description))
-            for arm in ARMS if getattr(form, arm.field)}
+            for arm in ARMS if getattr(form, arm.field) or arm.name in mixed_parts(form)}
+
+
+def mixed_parts(form: EvaluationForm) -> set[str]:
+    """The arms the ticked mixes draw on."""
+    return {part for mix in MIXES if getattr(form, mix.field) for part in MIX_PRESETS[mix.name]}
+
+
+def ticked_mixes(form: EvaluationForm) -> dict[str, tuple[str, ...]]:
+    return {mix.name: MIX_PRESETS[mix.name] for mix in MIXES if getattr(form, mix.field)}
 
 
 def curve_settings(form: EvaluationForm, train: Path, job_values: dict, lab=None, tuning: dict | None = None):
@@ -126,7 +140,8 @@ def curve_settings(form: EvaluationForm, train: Path, job_values: dict, lab=None
     optional = {"fractions": parse_fractions(form.fractions) or None, "seeds": form.seeds or None,
                 "max_steps": form.max_steps or None, "threads": form.threads or None}
     arms = write_arm_jobs(form, out, train, job_values)
-    return lab.CurveSettings(train=train, tests=tests, out=out, arms=arms, normals=normals, fresh=form.fresh,
+    return lab.CurveSettings(train=train, tests=tests, out=out, arms=arms, mixes=ticked_mixes(form), normals=normals,
+                             fresh=form.fresh,
                              **{k: v for k, v in optional.items() if v is not None}, **(tuning or {}))
 
 

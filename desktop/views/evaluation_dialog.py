@@ -35,6 +35,7 @@ from desktop.errors import describe_error, show_error
 from desktop.settings import EvaluationForm
 from desktop.viewmodels.evaluation import (
     ARMS,
+    MIXES,
     REPORT_NAME,
     EvaluationController,
     default_output,
@@ -88,9 +89,10 @@ class EvaluationDialog(QDialog):
         self.threads.setToolTip("torch threads; on a machine busy with other work 1 is often faster")
         self.arm_boxes = {}
         arms_row = QVBoxLayout()
-        for arm in ARMS:
+        for arm in (*ARMS, *MIXES):
             box = QCheckBox(arm.label)
-            box.setToolTip(f"arm “{arm.name}”: {arm.description}")
+            box.setToolTip(f"arm “{arm.name}”: {arm.description}"
+                           + (" (it brings the copy-paste and judge-kept arms)" if arm in MIXES else ""))
             self.arm_boxes[arm.field] = box
             arms_row.addWidget(box)
         self.fresh = QCheckBox("Start over: discard the runs, results and report the output folder holds")
@@ -208,7 +210,7 @@ class EvaluationDialog(QDialog):
         self.seeds.setValue(form.seeds)
         self.max_steps.setValue(form.max_steps)
         self.threads.setValue(form.threads)
-        for arm in ARMS:
+        for arm in (*ARMS, *MIXES):
             self.arm_boxes[arm.field].setChecked(getattr(form, arm.field))
         self.fresh.setChecked(form.fresh)
         self.refresh_dataset()
@@ -222,7 +224,7 @@ class EvaluationDialog(QDialog):
                               output=output, fractions=self.fractions.text().strip(), seeds=self.seeds.value(),
                               max_steps=self.max_steps.value(), threads=self.threads.value(),
                               fresh=self.fresh.isChecked(),
-                              **{arm.field: self.arm_boxes[arm.field].isChecked() for arm in ARMS})
+                              **{arm.field: self.arm_boxes[arm.field].isChecked() for arm in (*ARMS, *MIXES)})
 
     def save_form(self) -> None:
         self.form().save(self.settings)

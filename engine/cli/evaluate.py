@@ -75,12 +75,16 @@ def _arm(text: str) -> tuple[str, Path | None]:
     return named_path(stripped)
 
 
-def _mix(text: str) -> tuple[str, tuple[str, ...]]:
-    """NAME=ARM+ARM[+…]: a mixed arm drawing equally from the named arms' pools."""
+def _mix(text: str) -> tuple[str, tuple[str, ...] | None]:
+    """NAME=ARM+ARM[+…]: a mixed arm drawing equally from the named arms' pools; or a mix preset's NAME alone
+    (engine.jobs.arm_presets.MIX_PRESETS), None in place of its arms."""
     name, sep, parts = text.partition("=")
+    if not sep and name.strip():
+        return name.strip(), None
     arms = tuple(part.strip() for part in parts.split("+"))
-    if not sep or not name.strip() or not all(arms):
-        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=ARM+ARM, e.g. mixed=copy-paste+synthetic-judged")
+    if not name.strip() or not all(arms):
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=ARM+ARM, e.g. mixed=copy-paste+synthetic-judged, or "
+                                         "a preset's name")
     return name.strip(), arms
 
 
@@ -178,7 +182,8 @@ def register_commands(subparsers) -> dict[str, Handler]:
     evaluate.add_argument("--mix", action="append", type=_mix, default=[],
                           help="NAME=ARM+ARM: an arm whose variants come in equal shares from the pools of the named "
                                "arms (given by --arm), e.g. copy-paste+synthetic-judged: does the generator add to "
-                               "copy-paste? repeatable")
+                               "copy-paste? Or a preset's NAME: judged-and-copy-paste (brings the preset arms "
+                               "copy-paste and synthetic-judged unless given); repeatable")
     evaluate.add_argument("--arm-ratio", action="append", type=_arm_ratio, default=[],
                           help="NAME=R: that arm's synthetic variants per real frame instead of --synthetic-ratio, "
                                "e.g. copy-paste-x2=2 (its job must plan enough variants); repeatable")
@@ -274,7 +279,7 @@ def curve_settings(args: argparse.Namespace):
     """The learning curve's settings from the command's flags (engine.evaluation.curve_plan.CurveSettings)."""
     from engine.evaluation.curve_plan import CurveSettings
 
-    from engine.jobs.arm_presets import DEFAULT_ARM, PRESETS, arm_job_values, write_arm_job
+    from engine.jobs.arm_presets import DEFAULT_ARM, PRESETS, arm_job_values, mix_parts, write_arm_job
 
     arms: dict[str, Path | None] = {}
     for name, job in args.arm:
@@ -285,6 +290,13 @@ def curve_settings(args: argparse.Namespace):
         if job.stem in arms:
             raise InputError(f"--generate {job}: an arm named {job.stem!r} is already given")
         arms[job.stem] = job
+    mixes: dict[str, tuple[str, ...]] = {}
+    for name, parts in args.mix:
+        if name in mixes:
+            raise InputError(f"--mix {name}: given twice")
+        mixes[name] = parts if parts is not None else mix_parts(name)
+        for part in () if parts is not None else mixes[name]:
+            arms.setdefault(part, None)  # a mix preset brings the preset arms it draws on, unless given
     if not arms and not args.synthetic:
         arms[DEFAULT_ARM] = None
         _log(f"no --arm given: the preset arm {DEFAULT_ARM!r} ({PRESETS[DEFAULT_ARM]} of the default job: the "
@@ -294,11 +306,6 @@ def curve_settings(args: argparse.Namespace):
         arms[name] = write_arm_job(name, values, Path(args.out) / "jobs", args.train,
                                    f"The preset arm {name!r} of `main.py evaluate`: {PRESETS[name]}.\nWritten by "
                                    "evaluate; input, output and the split are set by the evaluation for each fraction.")
-    mixes: dict[str, tuple[str, ...]] = {}
-    for name, parts in args.mix:
-        if name in mixes:
-            raise InputError(f"--mix {name}: given twice")
-        mixes[name] = parts
     arm_ratios: dict[str, float] = {}
     for name, ratio in args.arm_ratio:
         if name in arm_ratios:

@@ -14,6 +14,9 @@ input's own polyps).
 - ``removal``: the subset's own polyps removed by the model ("Normal" at each polyp's box): polyp-free frames of the
   subset's mucosa, for the false-positive rate on polyp-free frames.
 
+Mixed arms by name (``MIX_PRESETS``): ``judged-and-copy-paste`` draws half its variants from ``copy-paste`` and half
+from ``synthetic-judged`` (engine.evaluation.curve_arms.draw_mixed).
+
 ``write_arm_job`` checks a preset's settings as a job file would be checked (engine.jobs.build_spec) and writes it
 atomically as TOML, which must read back to the same keys. Torch-free and Qt-free.
 """
@@ -49,6 +52,20 @@ PRESETS = {
                   "transplant, harmonize model)",
     "removal": "the subset's own polyps removed by the model (mode remove at each polyp's box): polyp-free frames",
 }
+
+# Mixed arms by name (`evaluate --mix NAME`, the app's dialog): the preset arms whose pools they draw on, equally.
+MIX_PRESETS = {"judged-and-copy-paste": ("copy-paste", "synthetic-judged")}
+MIX_DESCRIPTIONS = {
+    "judged-and-copy-paste": "half copy-paste, half judge-kept synthetic, as many frames as any other arm: does the "
+                             "generator add what more copy-paste does not?",
+}
+
+
+def mix_parts(name: str) -> tuple[str, ...]:
+    """The preset arms a mix preset draws on; InputError naming the presets when there is no such mix."""
+    if name not in MIX_PRESETS:
+        raise InputError(f"--mix {name}: no such mix preset (presets: {', '.join(MIX_PRESETS)}; or NAME=ARM+ARM)")
+    return MIX_PRESETS[name]
 
 
 def arm_job_values(arm: str, base: dict | None = None) -> dict:
