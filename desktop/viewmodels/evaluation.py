@@ -60,7 +60,8 @@ ARMS = tuple(Arm(name, label, field, PRESETS[name]) for name, label, field in (
     ("removal", "polyps removed (false positives)", "removal_arm"),
 ))
 # Mixed arms (engine.jobs.arm_presets.MIX_PRESETS): ticking one brings the arms whose pools it draws on.
-MIXES = tuple(Arm(name, label, field, MIX_DESCRIPTIONS[name]) for name, label, field in (
+MIXES = tuple(Arm(name, label, field, f"{MIX_DESCRIPTIONS[name]} (it brings the arms {' and '.join(MIX_PRESETS[name])})")
+              for name, label, field in (
     ("judged-and-copy-paste", "copy-paste + judge-kept synthetic, half each", "mixed_arm"),
 ))
 

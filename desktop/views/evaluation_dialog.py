@@ -91,8 +91,7 @@ class EvaluationDialog(QDialog):
         arms_row = QVBoxLayout()
         for arm in (*ARMS, *MIXES):
             box = QCheckBox(arm.label)
-            box.setToolTip(f"arm “{arm.name}”: {arm.description}"
-                           + (" (it brings the copy-paste and judge-kept arms)" if arm in MIXES else ""))
+            box.setToolTip(f"arm “{arm.name}”: {arm.description}")
             self.arm_boxes[arm.field] = box
             arms_row.addWidget(box)
         self.fresh = QCheckBox("Start over: discard the runs, results and report the output folder holds")
