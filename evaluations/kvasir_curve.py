@@ -29,8 +29,8 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report of every arm and fraction (an arm not run at a fraction shows
-"not run yet"). `--report-only` writes that
-report from whatever has finished, without running a phase (a session that stops between phases).
+"not run yet"). `--report-only` writes that report from whatever has finished, without running a phase (a session
+that stops between phases).
 
 Finished runs' results (small JSON) and the report are copied into evaluations/kvasir-curve/ after every call and
 copied back before the next, so a later session on a fresh machine reuses them (the evaluation reuses a run whose
@@ -105,8 +105,9 @@ def main() -> int:
                         help="only copy the finished runs' results and the report into evaluations/kvasir-curve/ "
                         "(after an evaluation was stopped)")
     parser.add_argument("--phase", type=int, action="append", default=[], choices=range(1, len(PHASES) + 1),
-                        metavar="N", help="run only phase N (1–%d; repeatable), then the report: on a fresh machine the "
-                        "earlier phases would regenerate their arms' variants only to reuse their finished runs" % len(PHASES))
+                        metavar="N", help=f"run only phase N (1–{len(PHASES)}; repeatable), then the report: on a "
+                        "fresh machine the earlier phases would regenerate their arms' variants only to reuse their "
+                        "finished runs")
     parser.add_argument("--report-only", action="store_true",
                         help="skip the phases: one report of every run finished so far (nothing trains), then collect; "
                         "for a session that stops between phases")
@@ -123,7 +124,7 @@ def main() -> int:
             "--threads", str(args.threads)]
     chosen = [phase for number, phase in enumerate(PHASES, 1) if not args.phase or number in args.phase]
     for arms, fractions, flags in () if args.report_only else chosen:
-        missing = [missing_model(arm) for arm in arms if missing_model(arm)]
+        missing = list(filter(None, map(missing_model, arms)))  # reads each arm's job file once
         if missing:
             print(f"skipping the phase of {', '.join(arms)}: {'; '.join(missing)}")
             continue

@@ -22,7 +22,8 @@ def test_every_phase_arm_is_named_once_and_has_its_job_file():
     wrapper = load_wrapper()
     flags = wrapper.arm_flags(wrapper.ARMS)
     pairs = list(zip(flags[::2], flags[1::2]))
-    names = {flag: [value.split("=", 1)[0] for f, value in pairs if f == flag] for flag in ("--arm", "--mix", "--arm-ratio")}
+    names = {flag: [value.split("=", 1)[0] for f, value in pairs if f == flag]
+             for flag in ("--arm", "--mix", "--arm-ratio")}
     assert {flag for flag, _ in pairs} == set(names)
     for listed in names.values():
         assert len(listed) == len(set(listed)), listed

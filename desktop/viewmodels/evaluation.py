@@ -60,10 +60,10 @@ ARMS = tuple(Arm(name, label, field, PRESETS[name]) for name, label, field in (
     ("removal", "polyps removed (false positives)", "removal_arm"),
 ))
 # Mixed arms (engine.jobs.arm_presets.MIX_PRESETS): ticking one brings the arms whose pools it draws on.
-MIXES = tuple(Arm(name, label, field, f"{MIX_DESCRIPTIONS[name]} (it brings the arms {' and '.join(MIX_PRESETS[name])})")
-              for name, label, field in (
-    ("judged-and-copy-paste", "copy-paste + judge-kept synthetic, half each", "mixed_arm"),
-))
+MIXES = tuple(Arm(name, label, field,
+                  f"{MIX_DESCRIPTIONS[name]} (it brings the arms {' and '.join(MIX_PRESETS[name])})")
+              for name, label, field in (("judged-and-copy-paste", "copy-paste + judge-kept synthetic, half each",
+                                          "mixed_arm"),))
 
 
 class EvaluationUnavailable(PolypForgeError):
@@ -110,17 +110,14 @@ def write_arm_jobs(form: EvaluationForm, out: Path, train: Path, job_values: dic
     """The ticked arms' job files in <out>/jobs/: {arm name: job file}."""
     comment = ("The arm {name!r} of the app's evaluation ({label}): {description}.\nWritten by PolypForge's "
                "Evaluate… dialog; input, output and the split are set by the evaluation for each fraction.")
+    brought = {part for parts in ticked_mixes(form).values() for part in parts}  # the ticked mixes draw on them
     return {arm.name: write_arm_job(arm.name, arm_job_values(arm.name, job_values), Path(out) / JOBS_FOLDER, train,
                                     comment.format(name=arm.name, label=arm.label, description=arm.description))
-            for arm in ARMS if getattr(form, arm.field) or arm.name in mixed_parts(form)}
-
-
-def mixed_parts(form: EvaluationForm) -> set[str]:
-    """The arms the ticked mixes draw on."""
-    return {part for mix in MIXES if getattr(form, mix.field) for part in MIX_PRESETS[mix.name]}
+            for arm in ARMS if getattr(form, arm.field) or arm.name in brought}
 
 
 def ticked_mixes(form: EvaluationForm) -> dict[str, tuple[str, ...]]:
+    """The ticked mixed arms: {name: the arms whose pools it draws on}."""
     return {mix.name: MIX_PRESETS[mix.name] for mix in MIXES if getattr(form, mix.field)}
 
 

@@ -153,5 +153,4 @@ def draw_mixed(pools: Sequence[segdata.SegmentationSet], real_count: int,
         got += wanted
     short = None if got == asked else (f"asks {asked} variants, the arm has {got}: its pool is real + {got} "
                                        "(plan more variants per frame in its job)")
-    picked = [part for part in drawn if len(part)]
-    return (segdata.concatenate(picked) if len(picked) > 1 else picked[0] if picked else drawn[0]), short
+    return (segdata.concatenate(drawn) if got else drawn[0]), short  # concatenate leaves out empty shares

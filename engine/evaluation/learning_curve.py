@@ -391,12 +391,13 @@ def run_learning_curve(settings: CurveSettings, on_progress: Callable[[CurveProg
         progress.run = f"{part.label}/{run.name}"
         pool = part.train
         if run.arm != REAL:
-            for arm in settings.components(run.arm):  # a mix draws from the pools of the arms it names
+            components = settings.components(run.arm)  # a mix draws from the pools of the arms it names
+            for arm in components:
                 if (run.fraction, arm) not in synthetic_sets:
                     synthetic_sets[(run.fraction, arm)] = _synthetic_for(settings, data, part, arm, progress, log)
                     progress.run = f"{part.label}/{run.name}"
-            drawn, short = draw_mixed([synthetic_sets[(run.fraction, arm)] for arm in settings.components(run.arm)],
-                                      len(part.train), run.ratio)
+            drawn, short = draw_mixed([synthetic_sets[(run.fraction, arm)] for arm in components], len(part.train),
+                                      run.ratio)
             if short:
                 data.add_note(f"{run.series} at fraction {part.label}: ratio {run.ratio:g} {short}", log)
             pool = segdata.concatenate([part.train, drawn])
