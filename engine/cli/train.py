@@ -136,6 +136,9 @@ def register_commands(subparsers) -> dict:
     train.add_argument("--log-every", type=int, default=None)
     train.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept in the run folder")
     train.add_argument("--threads", type=int, default=None)
+    train.add_argument("--loader-workers", type=int, default=None, metavar="N",
+                       help="build the coming batches in N worker processes (a GPU run: the data would otherwise "
+                            "hold the GPU up; the batches are the same as without)")
     train.add_argument("--max-minutes", type=float, default=None,
                        help="stop (checkpointed, then exported) after this many minutes; --resume continues later")
     train.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default=None,

@@ -80,6 +80,7 @@ def _sha(data: bytes) -> str:
 
 
 class CCISCompactTask(CompactInpaintTask):
+    noise_on_device = False  # its loss draws on a CPU generator
     name = "ccis-compact-controlnet"
 
     def __init__(self, corpus: Corpus, config: CCISCompactTaskConfig, grid_rows: int = 4):
@@ -136,6 +137,12 @@ class CCISCompactTask(CompactInpaintTask):
         return {"parameters": parameter_count(model.controlnet), "base_parameters": parameter_count(model.base)}
 
     # ------------------------------------------------------------------ data
+    def make_raw_batch(self, step: int, rng: np.random.Generator) -> dict:
+        return self.make_batch(step, rng)  # its batch is built whole (tensors) in the worker
+
+    def collate(self, raw: dict) -> dict:
+        return raw
+
     def make_batch(self, step: int, rng: np.random.Generator) -> dict:
         return self._controlled_batch(rng, self.polyp_frames, drop=True)
 

@@ -162,6 +162,7 @@ def with_new_attribute_weights(weights: dict[str, torch.Tensor], config: Compact
 
 
 class CompactInpaintTask(TrainingTask):
+    noise_on_device = True
     name = "compact-inpaint"
 
     def __init__(self, corpus: Corpus, config: CompactTaskConfig | None = None, grid_rows: int = 8,
@@ -202,9 +203,28 @@ class CompactInpaintTask(TrainingTask):
         return self.config.batch_size
 
     def make_batch(self, step: int, rng: np.random.Generator) -> dict:
-        return self._batch(rng, self.polyp_frames, self.normal_frames, self.corpus.train)
+        return self.collate(self.make_raw_batch(step, rng))
+
+    def warm_up(self) -> None:
+        if self.attribute_columns:
+            self.polyp_attributes()
+
+    def make_raw_batch(self, step: int, rng: np.random.Generator) -> dict:
+        return self._raw_batch(rng, self.polyp_frames, self.normal_frames, self.corpus.train)
+
+    def collate(self, raw: dict) -> dict:
+        """uint8 crops and boolean masks → the model's [-1, 1] images and {0, 1} masks."""
+        x0 = torch.from_numpy(raw["images"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        batch = {"x0": x0, "mask": torch.from_numpy(raw["masks"])[:, None].float(),
+                 "labels": torch.from_numpy(raw["labels"])}
+        if "attributes" in raw:
+            batch["attributes"] = torch.from_numpy(raw["attributes"])
+        return batch
 
     def _batch(self, rng, polyp_frames, normal_frames, all_frames, drop_labels: bool = True) -> dict:
+        return self.collate(self._raw_batch(rng, polyp_frames, normal_frames, all_frames, drop_labels))
+
+    def _raw_batch(self, rng, polyp_frames, normal_frames, all_frames, drop_labels: bool = True) -> dict:
         size = self.config.resolution
         images = np.empty((self.config.batch_size, size, size, 3), np.uint8)
         masks = np.empty((self.config.batch_size, size, size), bool)
@@ -230,11 +250,10 @@ class CompactInpaintTask(TrainingTask):
                     kept = rng.random(len(row)) >= self.config.attribute_dropout
                     row = np.where(kept & (labels[i] != UNCONDITIONAL), row, 0)
                 attributes[i] = row
-        x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        batch = {"x0": x0, "mask": torch.from_numpy(masks)[:, None].float(), "labels": torch.from_numpy(labels)}
+        raw = {"images": images, "masks": masks, "labels": labels}
         if with_attributes:
-            batch["attributes"] = torch.from_numpy(attributes)
-        return batch
+            raw["attributes"] = attributes
+        return raw
 
     # ------------------------------------------------------------------ attributes
     @property
@@ -259,9 +278,10 @@ class CompactInpaintTask(TrainingTask):
     def loss(self, model, batch, generator):
         x0, mask, labels = batch["x0"], batch["mask"], batch["labels"]
         count = x0.shape[0]
-        # random draws on the CPU generator (the same numbers on any device), then moved to the batch's device
-        t = torch.randint(0, len(self.alphas_cumprod), (count,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        # random draws on the step's generator (on the GPU when the trainer gives it one there: drawing a batch's
+        # noise on the CPU would hold a GPU step up), then moved to the batch's device
+        t = torch.randint(0, len(self.alphas_cumprod), (count,), generator=generator, device=generator.device)
+        noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
         noisy = add_noise(x0, noise, self.alphas_cumprod, t)
         model_input = torch.cat([noisy, x0 * (1 - mask), mask], dim=1)
         extra = {"attributes": batch["attributes"]} if "attributes" in batch else {}

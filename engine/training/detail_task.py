@@ -72,6 +72,7 @@ class DetailTaskConfig(CompactTaskConfig):
 
 class DetailTask(CompactInpaintTask):
     """The compact task's pairs and held-out rows; its own network, conditioning and sampler."""
+    noise_on_device = False  # its loss draws on a CPU generator
 
     name = "compact-detail"
 
@@ -93,8 +94,8 @@ class DetailTask(CompactInpaintTask):
     def initial_state(self):
         return None  # from scratch: --init-from names the base, not weights of this network
 
-    def make_batch(self, step: int, rng: np.random.Generator) -> dict:
-        batch = super().make_batch(step, rng)
+    def collate(self, raw: dict) -> dict:
+        batch = super().collate(raw)
         return {**batch, "low": self._low_of(batch["x0"])}
 
     def _low_of(self, x0: torch.Tensor) -> torch.Tensor:

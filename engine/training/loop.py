@@ -5,7 +5,8 @@ What the trainer owns, so no task writes it again:
 - the optimiser (AdamW), the learning rate as a pure function of the step (warmup, then constant or cosine),
   gradient accumulation and clipping, an EMA of the weights (its decay warmed up from the start, so a short run's
   EMA is not mostly the random initial weights), accelerate for mixed precision and several processes;
-- determinism: the data of step s is ``task.make_batch(s, rng(seed, s, micro, rank))`` and its noise comes from a
+- determinism: the data of step s is ``task.make_batch(s, rng(seed, s, micro, rank))`` (built ahead in worker
+  processes with ``loader_workers``: engine.training.prefetch) and its noise comes from a
   torch generator seeded the same way, so the data order and noise depend on the step alone. A run resumed from a
   checkpoint therefore continues exactly like an uninterrupted one (same weights bit for bit on a CPU);
 - checkpoints (engine.training.checkpoint: safetensors, atomic) every ``checkpoint_every`` steps, at the end, and
@@ -65,13 +66,21 @@ class ExponentialMovingAverage:
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        shadows, values = [], []
         with torch.no_grad():
             for key, value in model.state_dict().items():
-                shadow = self.shadow[key]
                 if value.dtype.is_floating_point:
-                    shadow.mul_(decay).add_(value.detach().float(), alpha=1.0 - decay)
+                    shadows.append(self.shadow[key])
+                    values.append(value.detach().float())
                 else:
-                    shadow.copy_(value)
+                    self.shadow[key].copy_(value)
+            if shadows:  # all tensors in two calls (a GPU run: two kernels' worth of launches, not two per tensor)
+                torch._foreach_mul_(shadows, decay)
+                torch._foreach_add_(shadows, values, alpha=1.0 - decay)
+
+    def to(self, device) -> None:
+        """Keep the shadow where the model is (a GPU run updates it there every step)."""
+        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
 
     def copy_into(self, model: torch.nn.Module) -> torch.nn.Module:
         model.load_state_dict({k: v.to(dtype=model.state_dict()[k].dtype) for k, v in self.shadow.items()})
@@ -82,9 +91,9 @@ def step_rng(seed: int, step: int, micro: int = 0, rank: int = 0) -> np.random.G
     return np.random.default_rng([seed, step, micro, rank])
 
 
-def step_generator(seed: int, step: int, micro: int = 0, rank: int = 0) -> torch.Generator:
+def step_generator(seed: int, step: int, micro: int = 0, rank: int = 0, device=None) -> torch.Generator:
     words = np.random.default_rng([seed, step, micro, rank, 7]).integers(0, 2**62)
-    generator = torch.Generator()
+    generator = torch.Generator(device=device or "cpu")
     generator.manual_seed(int(words))
     return generator
 
@@ -164,12 +173,26 @@ class _Run:
     """One invocation of ``train``: the prepared model, optimiser and EMA, the counters, the log and the bar."""
 
     def __init__(self, task: TrainingTask, config: TrainConfig, run_dir: Path, resume: bool):
-        from accelerate import Accelerator
-
         run_dir.mkdir(parents=True, exist_ok=True)
         if config.threads:
             torch.set_num_threads(int(config.threads))
         self.task, self.config, self.run_dir = task, config, run_dir
+        self.prefetcher = None
+        if config.loader_workers:  # forked before accelerate touches the GPU
+            from engine.training.prefetch import BatchPrefetcher
+
+            task.warm_up()  # what every batch reads, measured once here rather than once per worker
+            self.prefetcher = BatchPrefetcher(task, step_rng, int(config.loader_workers), config.seed)
+        try:
+            self._start(resume)
+        except BaseException:
+            self.close_loader()
+            raise
+
+    def _start(self, resume: bool) -> None:
+        from accelerate import Accelerator
+
+        task, config, run_dir = self.task, self.config, self.run_dir
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision)
         self.rank, self.is_main = self.accelerator.process_index, self.accelerator.is_main_process
         self.record = {"task_name": task.name, "task": task.describe(), "config": config.shaping(),
@@ -191,6 +214,11 @@ class _Run:
         self.log_rows = read_log(run_dir / LOG, self.start_step) if self.checkpoint is not None else []
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.bare = self.accelerator.unwrap_model(self.model)
+        if self.ema is not None:
+            self.ema.to(self.accelerator.device)
+        if self.prefetcher is not None:
+            self.prefetcher.rank = self.rank
+            self.prefetcher.start(self.start_step, config.steps, config.grad_accum)
         self.stopped_early, self.last_loss = False, None
         self.bar = None
         if config.progress and self.is_main:
@@ -237,8 +265,13 @@ class _Run:
     def _micro_step(self, step: int, micro: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss and backward of one micro-batch; its data and noise depend on (seed, step, micro, rank) alone."""
         config, accelerator = self.config, self.accelerator
-        batch = _to_device(self.task.make_batch(step, step_rng(config.seed, step, micro, self.rank)), accelerator.device)
-        generator = step_generator(config.seed, step, micro, self.rank)
+        if self.prefetcher is not None:
+            raw = self.prefetcher.get(step, micro)
+        else:
+            raw = self.task.make_raw_batch(step, step_rng(config.seed, step, micro, self.rank))
+        batch = _to_device(self.task.collate(raw), accelerator.device)
+        on_gpu = self.task.noise_on_device and accelerator.device.type != "cpu"
+        generator = step_generator(config.seed, step, micro, self.rank, accelerator.device if on_gpu else None)
         sync = micro == config.grad_accum - 1
         context = accelerator.no_sync(self.model) if not sync and accelerator.num_processes > 1 else nullcontext()
         with context, accelerator.autocast():
@@ -356,6 +389,11 @@ class _Run:
         if self.bar is not None:
             self.bar.close()
 
+    def close_loader(self) -> None:
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+            self.prefetcher = None
+
     def finish(self) -> TrainResult:
         """Close the run: a checkpoint when it trained nothing new, the last sample grid, the best weights."""
         self.close_bar()
@@ -380,6 +418,14 @@ def train(task: TrainingTask, config: TrainConfig, run_dir: Path, resume: bool =
     """Train ``task`` into ``run_dir`` (resuming from its newest checkpoint when ``resume``)."""
     run = _Run(task, config, Path(run_dir), resume)
     invocation_started = time.perf_counter()
+    try:
+        _train_steps(run, config, run_dir, invocation_started)
+    finally:
+        run.close_loader()
+    return run.finish()
+
+
+def _train_steps(run: _Run, config: TrainConfig, run_dir: Path, invocation_started: float) -> None:
     with _StopSignal() as stop:
         while run.counters.step < config.steps:
             run.train_step()
@@ -396,7 +442,6 @@ def train(task: TrainingTask, config: TrainConfig, run_dir: Path, resume: bool =
                                           "(rerun with --resume to continue)")
             if run.stopped_early or out_of_time:
                 break
-    return run.finish()
 
 
 def _to_device(batch: dict, device) -> dict:

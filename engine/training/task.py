@@ -27,6 +27,9 @@ class TrainingTask:
     """What a model brings to the trainer. Subclass and fill in."""
 
     name = "task"
+    # Whether ``loss`` takes a generator on the training device (it then draws with device=generator.device): the
+    # same numbers on every run on that device, but not the CPU's numbers. False: a CPU generator everywhere.
+    noise_on_device = False
 
     def describe(self) -> dict:
         """What shapes the run (data, sizes, objective): stored in run.json; a resume with another refuses."""
@@ -44,6 +47,18 @@ class TrainingTask:
 
     def make_batch(self, step: int, rng: np.random.Generator) -> dict[str, Any]:
         raise NotImplementedError
+
+    def warm_up(self) -> None:
+        """Compute once what every batch reads (before worker processes fork and would each compute it)."""
+
+    def make_raw_batch(self, step: int, rng: np.random.Generator) -> Any:
+        """The batch's data in a form cheap to send between processes (the loop's ``--loader-workers`` build it in
+        worker processes); ``collate`` turns it into ``make_batch``'s dict. By default the batch itself."""
+        return self.make_batch(step, rng)
+
+    def collate(self, raw: Any) -> dict[str, Any]:
+        """``make_raw_batch``'s result as the tensors ``loss`` takes (in the training process)."""
+        return raw
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any], generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -89,10 +104,12 @@ class TrainConfig:
     mixed_precision: str = "no"  # "fp16" / "bf16" on a GPU (accelerate)
     progress: bool = True
     max_seconds: float | None = None  # wall-clock budget of this invocation: checkpoint and stop when spent
+    loader_workers: int = 0  # processes that build the coming batches ahead of the loop (0: built in the loop)
 
     # Fields that may differ when a run is resumed: how long, how often, how it is shown.
     RESUMABLE_CHANGES = ("steps", "checkpoint_every", "sample_every", "validate_every", "log_every",
-                         "keep_checkpoints", "patience", "threads", "progress", "max_seconds", "mixed_precision")
+                         "keep_checkpoints", "patience", "threads", "progress", "max_seconds", "mixed_precision",
+                         "loader_workers")
 
     def shaping(self) -> dict:
         values = asdict(self)
