@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # pulling a multi-GB CUDA one.
 TORCH  ?= torch==2.13.0
 
-.PHONY: evaluate-kvasir train-compact anneal-compact train-attributes train-compact96 compact96-bundle compact128-bundle train-detail train-ccis-compact ccis-compact-bundle demo test ultralytics-env test-ultralytics screenshots installer installer-test bench bench-retrieval bench-ray bench-scale demo-bundle demo-features demo-controlnet clean
+.PHONY: evaluate-kvasir train-compact anneal-compact train-attributes attributes-bundle train-compact96 compact96-bundle compact128-bundle train-detail train-ccis-compact ccis-compact-bundle demo test ultralytics-env test-ultralytics screenshots installer installer-test bench bench-retrieval bench-ray bench-scale demo-bundle demo-features demo-controlnet clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -104,6 +104,13 @@ train-attributes: $(VENV)/.dev-installed
 	    --sample-every 500 --validate-every 500 --max-minutes $(ATTR_MINUTES) \
 	    --to .bench/compact-attributes --name polypforge-compact-attributes
 
+# The committed result of that run (training_runs/compact-attributes/model, 2,000 steps) as a bundle in
+# .bench/compact-attributes, parity-checked, without training (its checkpoint is not committed: on a fresh clone
+# `make train-attributes` would train it again from the default model).
+attributes-bundle: $(VENV)/.dev-installed
+	$(BIN)/python -c "from pathlib import Path; from engine.export.compact_export import export_compact_bundle as export; \
+	    export('training_runs/compact-attributes/model', '.bench/compact-attributes', name='polypforge-compact-attributes', card=Path('training_runs/compact-attributes/model/MODEL_CARD.md'))"
+
 # The compact model at 96² (issue 25 item 2, the next default model's candidate): the attribute run's newest
 # weights (attributes and large Normal regions, items 3-4) fine-tuned on crops of 96² instead of 64², batch 16 (about
 # the pixels per step of the 64² runs), so large regions are painted with more detail: `--working-size 96` on the
@@ -119,7 +126,7 @@ train-compact96: $(VENV)/.dev-installed
 	    cp training_runs/compact-attributes/attribute_captions.json training_runs/compact-96/
 	$(BIN)/python main.py train $(subst --resolution 64,--resolution 96,$(subst --batch-size 32,--batch-size 16,$(COMPACT_NETWORK))) \
 	    --threads $(C96_THREADS) --attributes --normal-sizes 0.12,0.70 --normal-max-dark 0.05 \
-	    --run training_runs/compact-96 --init-from training_runs/compact-attributes \
+	    --run training_runs/compact-96 --init-from training_runs/compact-attributes/model \
 	    --lr 3e-4 --lr-schedule cosine --warmup-steps 20 --steps $(C96_STEPS) --checkpoint-every 50 \
 	    --sample-every 500 --validate-every 500 --max-minutes $(C96_MINUTES) \
 	    --to .bench/compact-96 --name polypforge-compact-96
