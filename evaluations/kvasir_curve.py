@@ -29,6 +29,8 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
 9. `compact128-judged-x4` at 0.1, 5 seeds, 2 synthetic per real frame: issue 25's 128² model (.bench/compact-128,
    trained on a lent GPU: training_runs/compact-128/) in the judge-kept x4 job, against judge-kept x2 of the default
    model and copy-paste x2 on the same seeds; skipped, and left out of the report, while the bundle is not there.
+10. `attributes-judged-x4` at 0.1, 3 seeds, 2 synthetic per real frame: the attribute model (.bench/compact-attributes,
+   `make attributes-bundle`; attributes drawn from the subset's own polyps) in the same job; skipped likewise.
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report of every arm and fraction (an arm not run at a fraction shows
@@ -67,12 +69,13 @@ PHASES = (
     (("copy-paste-x2", "judged-and-copy-paste"), "0.1", ("--seeds", "5")),
     (("synthetic-judged-x6",), "0.1", ("--seeds", "3")),
     (("compact128-judged-x4",), "0.1", ("--seeds", "5")),
+    (("attributes-judged-x4",), "0.1", ("--seeds", "3")),
 )
 ARMS = tuple(dict.fromkeys(arm for arms, _, _ in PHASES for arm in arms))  # an arm in two phases is one --arm
 # Arms with their own synthetic:real ratio (--arm-ratio; the others: 1), and mixes of other arms' pools (--mix; a mix
 # has no job file): the same in every call, the phase that trains them and the report of all arms.
 ARM_RATIOS = {"copy-paste-x2": 2.0, "judged-and-copy-paste": 2.0, "synthetic-judged-x6": 3.0,
-              "compact128-judged-x4": 2.0}
+              "compact128-judged-x4": 2.0, "attributes-judged-x4": 2.0}
 MIXES = {"judged-and-copy-paste": ("copy-paste", "synthetic-judged-x4")}
 
 
