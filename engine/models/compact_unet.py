@@ -72,7 +72,8 @@ class CompactConfig:
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
     half = dim // 2
-    frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    steps = torch.arange(half, dtype=torch.float32, device=timesteps.device)  # where the timesteps are (a GPU run)
+    frequencies = torch.exp(-math.log(10000.0) * steps / half)
     angles = timesteps.float()[:, None] * frequencies[None]
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
