@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Before the one `device` call that trains the 128² model (docs/compact-model.md#the-128-model-prepared-for-a-gpu):
+# Before the one `device` call that trains the 128² model (docs/compact-model.md#the-128-model-prepared-for-a-gpu-not-trained-yet):
 # pack the corpus into .gpu/, fetch the wheels the GPU machine lacks into .whl/ (both ignored by git through
 # .git/info/exclude), and switch to a temporary branch without the committed weights, so that what travels stays
 # under the tool's 64 MiB. Then: run with carry [".gpu", ".whl"], command
