@@ -104,12 +104,18 @@ train-attributes: $(VENV)/.dev-installed
 	    --sample-every 500 --validate-every 500 --max-minutes $(ATTR_MINUTES) \
 	    --to .bench/compact-attributes --name polypforge-compact-attributes
 
+# A committed run's model folder (training_runs/$(1)/model) exported to .bench/$(2) as bundle polypforge-$(2), with
+# its card, parity-checked: the *-bundle targets below.
+define export_committed
+$(BIN)/python -c "from pathlib import Path; from engine.export.compact_export import export_compact_bundle as export; \
+    export('training_runs/$(1)/model', '.bench/$(2)', name='polypforge-$(2)', card=Path('training_runs/$(1)/model/MODEL_CARD.md'))"
+endef
+
 # The committed result of that run (training_runs/compact-attributes/model, 2,000 steps) as a bundle in
 # .bench/compact-attributes, parity-checked, without training (its checkpoint is not committed: on a fresh clone
 # `make train-attributes` would train it again from the default model).
 attributes-bundle: $(VENV)/.dev-installed
-	$(BIN)/python -c "from pathlib import Path; from engine.export.compact_export import export_compact_bundle as export; \
-	    export('training_runs/compact-attributes/model', '.bench/compact-attributes', name='polypforge-compact-attributes', card=Path('training_runs/compact-attributes/model/MODEL_CARD.md'))"
+	$(call export_committed,compact-attributes,compact-attributes)
 
 # The compact model at 96² (issue 25 item 2, the next default model's candidate): the attribute run's newest
 # weights (attributes and large Normal regions, items 3-4) fine-tuned on crops of 96² instead of 64², batch 16 (about
@@ -134,8 +140,7 @@ train-compact96: $(VENV)/.dev-installed
 # The committed result of that run (training_runs/compact-96/model) as a bundle in .bench/compact-96, parity-checked,
 # without training (a fresh clone: what evaluations/kvasir_curve.py's candidate arm and the scorecard read).
 compact96-bundle: $(VENV)/.dev-installed
-	$(BIN)/python -c "from pathlib import Path; from engine.export.compact_export import export_compact_bundle as export; \
-	    export('training_runs/compact-96/model', '.bench/compact-96', name='polypforge-compact-96', card=Path('training_runs/compact-96/model/MODEL_CARD.md'))"
+	$(call export_committed,compact-96,compact-96)
 
 # The compact model at 128² (issue 25 item 2: a working view of 128² for every region; 32-64-128-128, a space-to-depth
 # stem of 2, attention at 8², attributes, large Normal regions; 4.5 M parameters, as fast as the 64² default on a
@@ -144,8 +149,7 @@ compact96-bundle: $(VENV)/.dev-installed
 # committed model folder to .bench/compact-128, parity-checked.
 compact128-bundle: $(VENV)/.dev-installed
 	test -f training_runs/compact-128/model/model.safetensors || { echo "training_runs/compact-128/model: not trained yet (training_runs/compact-128/device_train.sh on a GPU)"; exit 2; }
-	$(BIN)/python -c "from pathlib import Path; from engine.export.compact_export import export_compact_bundle as export; \
-	    export('training_runs/compact-128/model', '.bench/compact-128', name='polypforge-compact-128', card=Path('training_runs/compact-128/model/MODEL_CARD.md'))"
+	$(call export_committed,compact-128,compact-128)
 
 # The compact model's detail stage (issue 25): a 128² SR3-style U-Net that repaints large region crops from the
 # default model's 64² result, trained from scratch on real Kvasir-SEG crops (~1.4 s a step of 16 on one thread),

@@ -22,11 +22,11 @@ TINY = ["--preset", "compact", "--resolution", "32", "--widths", "8,16", "--bloc
 
 def _parts(run: Path, out: Path, drop_model: bool) -> None:
     """What device_train.sh leaves under $OUT: the run folder without checkpoints, tarred and split."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    latest = (run / "checkpoints" / "latest").read_text().strip()
-    tensors = load_file(str(run / "checkpoints" / latest / "tensors.safetensors"))
-    save_file({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, str(run / "latest_ema.safetensors"))
+    from engine.training.checkpoint import load_latest_checkpoint
+
+    save_file(load_latest_checkpoint(run).group("ema"), str(run / "latest_ema.safetensors"))
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         for path in sorted(run.rglob("*")):

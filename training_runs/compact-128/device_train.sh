@@ -55,18 +55,16 @@ echo "== packing"
 import sys
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from engine.training.checkpoint import load_latest_checkpoint
 
 run = Path(sys.argv[1])
-latest = run / "checkpoints" / "latest"
-if latest.is_file():
-    folder = run / "checkpoints" / latest.read_text().strip()
-    tensors = {}
-    for shard in sorted(folder.glob("tensors*.safetensors")):
-        tensors.update(load_file(str(shard)))
-    ema = {k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")}
+checkpoint = load_latest_checkpoint(run)
+if checkpoint is not None:
+    ema = {k: v.contiguous() for k, v in checkpoint.group("ema").items()}
     save_file(ema, str(run / "latest_ema.safetensors"))
-    print(f"latest checkpoint {folder.name}: {len(ema)} EMA tensors")
+    print(f"latest checkpoint at step {checkpoint.step}: {len(ema)} EMA tensors")
 EOF
 tar -C "$(dirname "$RUN")" -cf /tmp/run.tar --exclude=checkpoints --exclude=best.safetensors "$(basename "$RUN")"
 split -b 15m -d /tmp/run.tar "$OUT/run.tar.part-"

@@ -29,8 +29,7 @@ def main() -> int:
     source, out = args.data / "kvasir-seg", args.out / "kvasir-seg"
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    for name in ("kavsir_bboxes.json",):
-        shutil.copy2(source / name, out / name)
+    shutil.copy2(source / "kavsir_bboxes.json", out / "kavsir_bboxes.json")
     for image in sorted((source / "images").iterdir()):
         shutil.copy2(image, out / "images" / image.name)
         with Image.open(source / "masks" / image.name) as mask:
