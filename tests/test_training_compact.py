@@ -358,3 +358,131 @@ def test_model_card_paths_inside_the_working_folder_are_written_relative(tmp_pat
     relative = _relative_to_working_folder(settings, root=tmp_path)
     assert relative == {"captions": "runs/a/captions.csv", "base": "/elsewhere/model", "nested": ["x.txt", 3],
                         "word": "pale"}
+
+
+def test_a_lifted_stem_computes_the_lower_resolution_model_on_averaged_cells():
+    import torch.nn.functional as F
+
+    from engine.models.compact_unet import CompactConfig, CompactInpaintUNet, lift_stem_weights
+
+    torch.manual_seed(0)
+    low = CompactInpaintUNet(CompactConfig(widths=(8, 16), groups=4, attributes=(("colour", ("pink", "red")),)))
+    for p in low.parameters():  # zero-initialised heads would make any lift look exact
+        torch.nn.init.normal_(p, std=0.1)
+    high = CompactInpaintUNet(CompactConfig(widths=(8, 16), groups=4, stem=2, attributes=(("colour", ("pink", "red")),)))
+    high.load_state_dict(lift_stem_weights(low.state_dict(), 2))
+    x, t, labels = torch.randn(2, 7, 32, 32), torch.tensor([500.0]), torch.tensor([1, 2])
+    asked = torch.tensor([[2], [0]])
+    with torch.no_grad():
+        expected = F.interpolate(low(F.avg_pool2d(x, 2), t, labels, attributes=asked), scale_factor=2, mode="nearest")
+        got = high(x, t, labels, attributes=asked)
+    assert expected.abs().mean() > 0.01
+    assert (got - expected).abs().max() < 1e-5
+    # a cell's pixels are read as their mean: a pattern inside every cell that keeps the means changes nothing
+    wiggle = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(16, 16)
+    with torch.no_grad():
+        assert (high(x + wiggle, t, labels, attributes=asked) - got).abs().max() < 1e-5
+
+
+def test_shifted_schedule_moves_log_snr_by_twice_the_log_of_the_shift():
+    from engine.schedulers.common import betas_for_alpha_bar, cumprod_float32, shifted_cosine_betas
+
+    assert np.array_equal(shifted_cosine_betas(1000, 1.0), betas_for_alpha_bar(1000))
+    plain, shifted = (cumprod_float32(1 - b).astype(np.float64) for b in (betas_for_alpha_bar(1000),
+                                                                              shifted_cosine_betas(1000, 2.0)))
+    t = np.arange(10, 990)  # away from the clipped ends
+    log_snr = lambda a: np.log(a[t] / (1 - a[t]))  # noqa: E731
+    assert np.allclose(log_snr(plain) - log_snr(shifted), 2 * np.log(2.0), atol=0.02)
+    with pytest.raises(ValueError, match="positive"):
+        shifted_cosine_betas(1000, 0.0)
+
+
+def test_a_64_model_warm_starts_a_stem_2_run_at_twice_the_resolution_on_a_shifted_schedule(sample_corpus, tmp_path):
+    from safetensors.torch import load_file
+
+    from engine.models.compact_unet import lift_stem_weights
+    from engine.pipelines.compact import CompactInpaintPipeline
+    from engine.schedulers.common import shifted_cosine_betas
+
+    low, high, bundle = tmp_path / "low", tmp_path / "high", tmp_path / "bundle"
+    shape = ["--preset", "compact", "--input", str(sample_corpus), "--widths", "8,16", "--blocks", "1",
+             "--attention-levels", "", "--batch-size", "4", "--threads", "1", "--quiet", "--held-out-fraction", "0.25",
+             "--sample-every", "0", "--validate-every", "0", "--checkpoint-every", "2", "--steps", "2"]
+    assert _train([*shape, "--resolution", "16", "--stem", "1", "--run", str(low)]).returncode == 0
+    lifted = _train([*shape, "--resolution", "32", "--stem", "2", "--schedule-shift", "2", "--cell-shortcut",
+                     "--init-from", str(low / "model"), "--lr", "0", "--run", str(high), "--to", str(bundle)])
+    assert lifted.returncode == 0, lifted.stderr[-2000:]
+    assert "lifted to a stem of 2" in lifted.stdout + lifted.stderr
+    start = lift_stem_weights(load_file(str(low / "model" / "model.safetensors")), 2)
+    trained = load_file(str(high / "checkpoints" / "step-00000002" / "tensors.safetensors"))
+    assert all(torch.equal(trained[f"model.{k}"], v) for k, v in start.items())  # lr 0: still the lifted weights
+    gains = trained["model.cell_shortcut_gain"]  # measured on the crops, on the shifted schedule: bounded, not zero
+    assert gains.shape == (1000,) and 0.5 < float(gains.max()) < 100
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["image_size"] == 32
+    betas = manifest["scheduler"]["trained_betas"]
+    assert np.allclose(betas, shifted_cosine_betas(1000, 2.0))
+    config = json.loads((high / "model" / "config.json").read_text())["task"]
+    assert config["schedule_shift"] == 2.0 and config["model"]["stem"] == 2 and config["model"]["cell_shortcut"] == 1000
+    pipe = CompactInpaintPipeline.from_bundle(bundle)  # the engine samples on the shifted schedule
+    from engine.schedulers import make_scheduler
+    from engine.schedulers.common import cumprod_float32
+
+    assert np.allclose(make_scheduler("ddim", pipe.scheduler_config).alphas_cumprod,
+                       cumprod_float32(1 - shifted_cosine_betas(1000, 2.0)))
+    frame = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
+    mask = np.zeros((64, 80), bool)
+    mask[20:40, 30:50] = True
+    result = pipe.generate_variants(pipe.prepare_frame(frame, mask), [0], prompt="Polyp", steps=3)[0]
+    assert np.array_equal(result.image[~mask], frame[~mask])
+
+
+def test_cell_shortcut_gains_are_the_best_linear_prediction_of_v_from_cell_detail():
+    from engine.models.compact_unet import cell_shortcut_gains
+
+    rng = np.random.default_rng(0)
+    alphas_cumprod = torch.tensor([0.9999, 0.99, 0.9, 0.5, 0.1, 0.001])
+    variance, stem = 0.003, 2
+    gains = cell_shortcut_gains(alphas_cumprod, variance, stem).numpy()
+    for a, gain in zip(alphas_cumprod.double().numpy(), gains):
+        alpha, sigma = np.sqrt(a), np.sqrt(1 - a)
+        # pixels minus their cell's mean, of a Gaussian clean detail and of white noise
+        clean = rng.normal(0, np.sqrt(variance * 4 / 3), (200_000, 4))
+        noise = rng.normal(0, 1, (200_000, 4))
+        d0, de = clean - clean.mean(1, keepdims=True), noise - noise.mean(1, keepdims=True)
+        d, v = alpha * d0 + sigma * de, alpha * de - sigma * d0
+        regression = float((d * v).mean() / (d * d).mean())
+        assert abs(regression - gain) < 0.03 * max(1.0, abs(gain)), (a, regression, gain)
+    assert gains.max() < 1 / np.sqrt(variance)
+
+
+def test_a_cell_shortcut_adds_the_noisy_detail_times_its_gain_and_exports_equal(tmp_path):
+    import torch.nn.functional as F
+
+    from engine.export.compact_export import export_compact_bundle
+    from engine.models.compact_unet import CompactConfig, CompactInpaintUNet, lift_stem_weights, save_compact_model
+    from engine.training.compact_task import CompactTaskConfig
+
+    torch.manual_seed(0)
+    low = CompactInpaintUNet(CompactConfig(widths=(8, 16), groups=4))
+    for p in low.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    config = CompactConfig(widths=(8, 16), groups=4, stem=2, cell_shortcut=1000)
+    high = CompactInpaintUNet(config)
+    gains = torch.linspace(0, 5, 1000)
+    high.load_state_dict({**lift_stem_weights(low.state_dict(), 2), "cell_shortcut_gain": gains})
+    x, labels = torch.randn(2, 7, 32, 32), torch.tensor([1, 0])
+    cells = lambda image: F.interpolate(F.avg_pool2d(image, 2), scale_factor=2, mode="nearest")  # noqa: E731
+    with torch.no_grad():
+        for t in (0, 17, 999):
+            expected = F.interpolate(low(F.avg_pool2d(x, 2), torch.tensor([float(t)]), labels), scale_factor=2,
+                                     mode="nearest") + gains[t] * (x[:, :3] - cells(x[:, :3]))
+            assert (high(x, torch.tensor([float(t)]), labels) - expected).abs().max() < 1e-5
+    assert CompactConfig.from_json(config.to_json()) == config
+    assert "cell_shortcut" not in CompactConfig().to_json()  # earlier models' config.json unchanged
+    with pytest.raises(ValueError, match="stem"):
+        CompactInpaintUNet(CompactConfig(widths=(8, 16), groups=4, cell_shortcut=1000))
+    save_compact_model(high, CompactTaskConfig(resolution=32, model=config), tmp_path / "model")
+    manifest = json.loads((export_compact_bundle(tmp_path / "model", tmp_path / "bundle", log=lambda _: None)
+                           / "bundle.json").read_text())
+    assert manifest["parity"]["unet"]["max_abs_error"] < 1e-4  # the gain table and its lookup are in the ONNX graph

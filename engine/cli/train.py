@@ -124,6 +124,15 @@ def register_commands(subparsers) -> dict:
     train.add_argument("--normal-max-dark", type=float, default=None, metavar="SHARE",
                        help="--preset compact: Normal regions hold at most this share of lumen (dark) pixels "
                             "(default: any), so removals learn to fill with mucosa, not a new lumen")
+    train.add_argument("--schedule-shift", type=float, default=None, metavar="FACTOR",
+                       help="--preset compact: shift the cosine noise schedule for a resolution FACTOR times the one "
+                            "it was made for (simple diffusion: log-SNR - 2 ln FACTOR), e.g. 2 for a 128² run "
+                            "warm-started from a 64² model (default 1: unshifted)")
+    train.add_argument("--cell-shortcut", action="store_true", default=False,
+                       help="--preset compact with --stem 2: pass the noisy image's detail inside each stem cell to the "
+                            "output with a per-timestep gain (the v-prediction of that detail under a Gaussian prior "
+                            "measured on the training crops), so the trunk, which sees cells, adds only the rest: how a "
+                            "64² model lifted to a stem of 2 starts without the stem's per-pixel noise")
     train.add_argument("--box-mask-fraction", type=float, default=None,
                        help="share of pairs trained with the region's box as mask (compact: 0.25)")
     train.add_argument("--held-out-fraction", type=float, default=0.05, help="frames never trained on (by name hash)")

@@ -44,11 +44,17 @@ class CompactConfig:
     # (name, values) per conditioning attribute, in the order of the model's attribute input; index 0 of each is
     # "not asked", i the i-th value. Empty: no attribute input (and config.json says nothing of it).
     attributes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # The cell shortcut of a model with a stem (see CompactInpaintUNet.forward): the length of its gain table, one
+    # gain per training timestep; 0 = none (config.json then says nothing of it).
+    cell_shortcut: int = 0
 
     def to_json(self) -> dict:
-        data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k != "attributes"}
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+                if k not in ("attributes", "cell_shortcut")}
         if self.attributes:
             data["attributes"] = [[name, list(values)] for name, values in self.attributes]
+        if self.cell_shortcut:
+            data["cell_shortcut"] = self.cell_shortcut
         return data
 
     @classmethod
@@ -205,6 +211,11 @@ class CompactInpaintUNet(PixelUNetTrunk):
                 {name: nn.Embedding(len(values) + 1, emb, padding_idx=0) for name, values in config.attributes})
             for embedding in self.attribute_embeddings.values():
                 nn.init.zeros_(embedding.weight)
+        if config.cell_shortcut:
+            if s < 2:
+                raise ValueError("a cell shortcut needs a space-to-depth stem of 2 or more")
+            # set by the trainer (cell_shortcut_gains), then saved and exported with the weights; never trained
+            self.register_buffer("cell_shortcut_gain", torch.zeros(config.cell_shortcut))
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor,
                 down_residuals: list[torch.Tensor] | None = None, mid_residual: torch.Tensor | None = None,
@@ -220,7 +231,17 @@ class CompactInpaintUNet(PixelUNetTrunk):
             emb = emb + self.attribute_embedding(attributes)
         x = F.pixel_unshuffle(sample, s) if s > 1 else sample
         out = self._run_trunk(self.conv_in(x), emb, down_residuals, mid_residual)
-        return F.pixel_shuffle(out, s) if s > 1 else out
+        out = F.pixel_shuffle(out, s) if s > 1 else out
+        if self.config.cell_shortcut:
+            # The noisy image's detail inside each stem cell (what the trunk, seeing cells, reads only through the
+            # stem) goes to the output times a gain per timestep: the v-prediction of that detail under a Gaussian
+            # prior on real detail (cell_shortcut_gains). The trunk adds the rest; a stem-lifted 64² model thus
+            # starts at its own result with grain of the real detail's strength, not at the stem's noise.
+            noisy = sample[:, : self.config.image_channels]
+            detail = noisy - F.interpolate(F.avg_pool2d(noisy, s), scale_factor=s, mode="nearest")
+            index = timestep.reshape(-1).expand(sample.shape[0]).round().long().clamp(0, self.config.cell_shortcut - 1)
+            out = out + self.cell_shortcut_gain[index].reshape(-1, 1, 1, 1) * detail
+        return out
 
     def attribute_embedding(self, attributes: torch.Tensor) -> torch.Tensor:
         """The sum of the attribute embeddings of int (B, A) indices, (B, emb)."""
@@ -233,6 +254,35 @@ class CompactInpaintUNet(PixelUNetTrunk):
         for column, name in enumerate(names[1:], start=1):
             total = total + self.attribute_embeddings[name](attributes[:, column])
         return total
+
+
+def lift_stem_weights(weights: dict[str, torch.Tensor], stem: int) -> dict[str, torch.Tensor]:
+    """Weights of a stem-1 compact U-Net made into those of the same network with a space-to-depth stem of ``stem``,
+    computing ``upsample_nearest(f(avg_pool(x)))`` where the stem-1 model computed ``f(x)``: its first convolution
+    reads the mean of each cell's pixels (its kernel spread over the cell's channels, divided by the cell's size)
+    and its last writes the same value to every pixel of a cell. A model trained at R² so starts a run at
+    (stem·R)² from what it knew, its trunk still at R² (the receptive field over the view unchanged), and learns
+    the finer detail from there. The other weights are returned as they are."""
+    cell = stem * stem
+    conv_in, conv_out = weights["conv_in.weight"], weights["conv_out.weight"]
+    lifted = dict(weights)
+    lifted["conv_in.weight"] = conv_in.repeat_interleave(cell, dim=1) / cell
+    lifted["conv_out.weight"] = conv_out.repeat_interleave(cell, dim=0)
+    lifted["conv_out.bias"] = weights["conv_out.bias"].repeat_interleave(cell, dim=0)
+    return lifted
+
+
+def cell_shortcut_gains(alphas_cumprod: torch.Tensor, detail_variance: float, stem: int) -> torch.Tensor:
+    """Per timestep, the gain g with which v = α ε − σ x₀ is best predicted, inside a stem cell, from the noisy
+    image's detail there (d = α d₀ + σ d_ε; a pixel minus its cell's mean), when the clean detail d₀ is Gaussian of
+    variance ``detail_variance`` (measured on training crops) and the noise's is 1 − 1/stem²: the Wiener estimate
+    d̂₀ = k d, k = α v₀ / (α² v₀ + σ² n), and v = (α x_t − x₀) / σ give g = (α − k) / σ. Bounded (about
+    1 / (2 √v₀) at most); near 0 at pure noise, 0 again as σ → 0."""
+    a = alphas_cumprod.double()
+    alpha, sigma = a.sqrt(), (1 - a).clamp_min(1e-12).sqrt()
+    noise_variance = 1.0 - 1.0 / (stem * stem)
+    k = alpha * detail_variance / (a * detail_variance + (1 - a) * noise_variance)
+    return ((alpha - k) / sigma).float()
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -134,6 +134,27 @@ def betas_for_alpha_bar(num_diffusion_timesteps: int, max_beta: float = 0.999) -
     return np.asarray(betas, dtype=np.float32)
 
 
+def shifted_cosine_betas(num_diffusion_timesteps: int, shift: float, max_beta: float = 0.999) -> np.ndarray:
+    """The Glide cosine schedule with its log-SNR moved down by ``2 ln(shift)`` at every t (Hoogeboom et al.,
+    "simple diffusion", 2023: a model trained at ``shift`` times the resolution of the schedule's design sees the
+    same signal-to-noise ratio in its ``shift``×``shift`` averaged pixels as the lower-resolution model saw in its
+    pixels). ᾱ_s = ᾱ / (ᾱ + shift² (1 − ᾱ)); ``shift`` 1 gives :func:`betas_for_alpha_bar` exactly. For a
+    scheduler config's ``trained_betas``."""
+    if not shift > 0:
+        raise ValueError(f"schedule shift must be positive, got {shift}")
+
+    def alpha_bar(t: float) -> float:
+        plain = math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+        return plain / (plain + shift * shift * (1.0 - plain))
+
+    betas = []
+    for i in range(num_diffusion_timesteps):
+        t1 = i / num_diffusion_timesteps
+        t2 = (i + 1) / num_diffusion_timesteps
+        betas.append(min(1 - alpha_bar(t2) / alpha_bar(t1), max_beta))
+    return np.asarray(betas, dtype=np.float32)
+
+
 def make_betas(
     num_train_timesteps: int,
     beta_start: float,

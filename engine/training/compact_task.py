@@ -30,7 +30,14 @@ from PIL import Image
 from engine.captioning.conditioning import MODEL_ATTRIBUTES
 from engine.pipelines.attribute_inputs import attribute_indices
 from engine.pipelines.framing import auto_region_padding, region_crop
-from engine.models.compact_unet import CLASS_NAMES, CompactConfig, CompactInpaintUNet, parameter_count
+from engine.models.compact_unet import (
+    CLASS_NAMES,
+    CompactConfig,
+    CompactInpaintUNet,
+    lift_stem_weights,
+    parameter_count,
+)
+from engine.schedulers.common import shifted_cosine_betas
 from engine.training.attribute_captions import CACHE_NAME as ATTRIBUTE_CACHE
 from engine.training.corpus import Corpus, CorpusFrame
 from engine.training.task import TrainConfig, TrainingError, TrainingTask
@@ -95,6 +102,10 @@ class CompactTaskConfig:
     # region may hold (None: any). Wider and lumen-free teaches large removals to fill with mucosa.
     normal_size_range: tuple[float, float] = NORMAL_SIZE_RANGE
     normal_max_dark: float | None = None
+    # The cosine schedule's log-SNR moved down by 2 ln(shift) (engine.schedulers.common.shifted_cosine_betas): a
+    # run at twice the resolution the schedule was made for uses 2. Written into ``scheduler`` as trained_betas,
+    # which the sampler and the exported bundle read; kept here too so the card says what they are.
+    schedule_shift: float = 1.0
 
     def to_json(self) -> dict:
         values = asdict(self)
@@ -108,6 +119,8 @@ class CompactTaskConfig:
             values.pop("normal_max_dark")
         else:
             values["normal_size_range"] = list(self.normal_size_range)
+        if self.schedule_shift == 1.0:
+            values.pop("schedule_shift")  # as written before it existed: earlier runs still resume
         return values
 
 
@@ -161,6 +174,18 @@ def with_new_attribute_weights(weights: dict[str, torch.Tensor], config: Compact
     return {**weights, **new}
 
 
+def with_lifted_stem(weights: dict[str, torch.Tensor], config: CompactConfig, log=print) -> dict[str, torch.Tensor]:
+    """Warm-start weights of a stem-1 model for a model with a space-to-depth stem (engine.models.compact_unet
+    .lift_stem_weights: the same function at twice the resolution, its trunk unchanged); other weights unchanged.
+    A first convolution that fits neither is left for the loader to refuse with the shapes."""
+    stem, channels = config.stem, 2 * config.image_channels + 1
+    if stem > 1 and tuple(weights["conv_in.weight"].shape[1:2]) == (channels,):
+        log(f"--init-from: a stem-1 model lifted to a stem of {stem} (its first and last convolutions read and write "
+            f"{stem}x{stem} cells)")
+        return lift_stem_weights(weights, stem)
+    return weights
+
+
 class CompactInpaintTask(TrainingTask):
     noise_on_device = True
     name = "compact-inpaint"
@@ -188,7 +213,33 @@ class CompactInpaintTask(TrainingTask):
                 "held_out_sha": _digest(sorted(f.stem for f in self.corpus.held_out))}
 
     def build_model(self) -> torch.nn.Module:
-        return CompactInpaintUNet(self.config.model)
+        model = CompactInpaintUNet(self.config.model)
+        if self.config.model.cell_shortcut:
+            model.cell_shortcut_gain.copy_(self.cell_shortcut_gain())
+        return model
+
+    def cell_shortcut_gain(self) -> torch.Tensor:
+        """The cell shortcut's gain per timestep (engine.models.compact_unet.cell_shortcut_gains) for the detail
+        measured inside the stem's cells on 64 training crops (a fixed draw: the same on every resume)."""
+        if not hasattr(self, "_cell_shortcut_gain"):
+            from engine.models.compact_unet import cell_shortcut_gains
+
+            stem = self.config.model.stem
+            raw = self._raw_batch(np.random.default_rng(0), self.polyp_frames, self.normal_frames, self.corpus.train,
+                                  drop_labels=False)
+            crops = [self.collate(raw)["x0"]]
+            while sum(len(c) for c in crops) < 64:
+                rng = np.random.default_rng(len(crops))
+                crops.append(self.collate(self._raw_batch(rng, self.polyp_frames, self.normal_frames,
+                                                          self.corpus.train, drop_labels=False))["x0"])
+            x0 = torch.cat(crops)
+            cells = torch.nn.functional.avg_pool2d(x0, stem)
+            detail = x0 - torch.nn.functional.interpolate(cells, scale_factor=stem, mode="nearest")
+            variance = float(detail.pow(2).mean())
+            print(f"cell shortcut: detail variance inside {stem}x{stem} cells {variance:.5f} (64 training crops)")
+            self._cell_shortcut_gain = cell_shortcut_gains(self.alphas_cumprod, variance, stem)
+            self.cell_detail_variance = variance
+        return self._cell_shortcut_gain
 
     def provenance(self) -> dict:
         return {"init_from": self.config.init_from} if self.config.init_from else {}
@@ -196,7 +247,9 @@ class CompactInpaintTask(TrainingTask):
     def initial_state(self):
         if not self.config.init_from:
             return None
-        weights = initial_weights(Path(self.config.init_from))
+        weights = with_lifted_stem(initial_weights(Path(self.config.init_from)), self.config.model)
+        if self.config.model.cell_shortcut and "cell_shortcut_gain" not in weights:
+            weights["cell_shortcut_gain"] = self.cell_shortcut_gain()
         return with_new_attribute_weights(weights, self.config.model) if self.attribute_columns else weights
 
     def samples_per_step(self) -> int:
@@ -463,7 +516,11 @@ class CompactInpaintTask(TrainingTask):
         return region_crop(box, width, height, auto_region_padding(box))
 
     def summary(self, model) -> dict:
-        return {"parameters": parameter_count(model)}
+        figures = {"parameters": parameter_count(model)}
+        if self.config.model.cell_shortcut:
+            self.cell_shortcut_gain()
+            figures["cell_detail_variance"] = round(self.cell_detail_variance, 6)
+        return figures
 
 
 def _digest(items: list[str]) -> str:
@@ -522,8 +579,13 @@ def build(options, corpus: Corpus) -> tuple[CompactInpaintTask, TrainConfig]:
         stem=options.stem if options.stem is not None else model.stem,
         attention_levels=options.attention_levels if options.attention_levels is not None else model.attention_levels,
         attributes=MODEL_ATTRIBUTES if with_attributes else (),
+        cell_shortcut=SCHEDULER_CONFIG["num_train_timesteps"] if getattr(options, "cell_shortcut", False) else 0,
     )
     gamma = defaults.min_snr_gamma if options.min_snr_gamma is None else (options.min_snr_gamma or None)
+    shift = float(getattr(options, "schedule_shift", None) or 1.0)
+    scheduler = dict(SCHEDULER_CONFIG)
+    if shift != 1.0:
+        scheduler["trained_betas"] = [float(b) for b in shifted_cosine_betas(scheduler["num_train_timesteps"], shift)]
     task_config = CompactTaskConfig(
         resolution=pick(options, "resolution", COMPACT_DEFAULTS), model=model,
         batch_size=pick(options, "batch_size", COMPACT_DEFAULTS), polyp_fraction=options.polyp_fraction,
@@ -535,6 +597,7 @@ def build(options, corpus: Corpus) -> tuple[CompactInpaintTask, TrainConfig]:
         attributes=with_attributes,
         normal_size_range=tuple(getattr(options, "normal_sizes", None) or NORMAL_SIZE_RANGE),
         normal_max_dark=getattr(options, "normal_max_dark", None),
+        scheduler=scheduler, schedule_shift=shift,
     )
     cache = Path(options.run) / ATTRIBUTE_CACHE if with_attributes else None
     return (CompactInpaintTask(corpus, task_config, attribute_cache=cache),
