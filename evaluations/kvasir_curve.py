@@ -31,6 +31,9 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    model and copy-paste x2 on the same seeds; skipped, and left out of the report, while the bundle is not there.
 10. `attributes-judged-x4` at 0.1, 3 seeds, 2 synthetic per real frame: the attribute model (.bench/compact-attributes,
    `make attributes-bundle`; attributes drawn from the subset's own polyps) in the same job; skipped likewise.
+11. `lift128-judged-x4` at 0.1, 5 seeds, 2 synthetic per real frame: the attribute model lifted to 128² on this CPU
+   (.bench/compact-lift128, `make lift128-bundle`: a stem of 2, its trunk still at 64², fine-tuned on 128² crops) in
+   the same job, against the 64² models' judge-kept x2 and copy-paste x2 on the same seeds; skipped likewise.
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report of every arm and fraction (an arm not run at a fraction shows
@@ -70,12 +73,14 @@ PHASES = (
     (("synthetic-judged-x6",), "0.1", ("--seeds", "3")),
     (("compact128-judged-x4",), "0.1", ("--seeds", "5")),
     (("attributes-judged-x4",), "0.1", ("--seeds", "3")),
+    (("lift128-judged-x4",), "0.1", ("--seeds", "5")),
 )
 ARMS = tuple(dict.fromkeys(arm for arms, _, _ in PHASES for arm in arms))  # an arm in two phases is one --arm
 # Arms with their own synthetic:real ratio (--arm-ratio; the others: 1), and mixes of other arms' pools (--mix; a mix
 # has no job file): the same in every call, the phase that trains them and the report of all arms.
 ARM_RATIOS = {"copy-paste-x2": 2.0, "judged-and-copy-paste": 2.0, "synthetic-judged-x6": 3.0,
-              "compact128-judged-x4": 2.0, "attributes-judged-x4": 2.0}
+              "compact128-judged-x4": 2.0, "attributes-judged-x4": 2.0,
+              "lift128-judged-x4": 2.0}
 MIXES = {"judged-and-copy-paste": ("copy-paste", "synthetic-judged-x4")}
 
 
