@@ -486,3 +486,13 @@ def test_a_cell_shortcut_adds_the_noisy_detail_times_its_gain_and_exports_equal(
     manifest = json.loads((export_compact_bundle(tmp_path / "model", tmp_path / "bundle", log=lambda _: None)
                            / "bundle.json").read_text())
     assert manifest["parity"]["unet"]["max_abs_error"] < 1e-4  # the gain table and its lookup are in the ONNX graph
+
+
+def test_the_model_card_line_shows_a_long_schedule_by_its_length():
+    from engine.training.model_card import _shortened
+
+    settings = {"scheduler": {"trained_betas": [0.001] * 999 + [0.999], "prediction_type": "v_prediction"},
+                "padding_range": [0.15, 0.5]}
+    shown = _shortened(settings)
+    assert shown["scheduler"]["trained_betas"] == "1000 values, 0.001 to 0.999"
+    assert shown["padding_range"] == [0.15, 0.5] and shown["scheduler"]["prediction_type"] == "v_prediction"

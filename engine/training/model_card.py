@@ -133,7 +133,7 @@ def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpu
         *([f"- warm start from {provenance['init_from']}"] if provenance.get("init_from") else []),
         *([f"- in all, with the {earlier['steps']} steps and {earlier['hours']} h it started from: "
            f"{facts['training']['steps_in_all']} steps, {facts['training']['hours_in_all']} h"] if earlier else []),
-        f"- settings: `{json.dumps(facts['training']['task'], sort_keys=True)}`",
+        f"- settings: `{json.dumps(_shortened(facts['training']['task']), sort_keys=True)}`",
         "",
         "## Figures",
         f"- final training loss (mean of the last logged window): {facts['figures']['final_training_loss']}",
@@ -276,3 +276,14 @@ def _figures_row(label: str, s: dict) -> str:
     else:
         text += " – |"
     return text
+
+
+def _shortened(value, longest: int = 16):
+    """Settings as the card's one line shows them: a list longer than ``longest`` (a schedule's 1,000 trained betas)
+    as its length, first and last value; model_card.json keeps every value."""
+    if isinstance(value, dict):
+        return {key: _shortened(item, longest) for key, item in value.items()}
+    if isinstance(value, list) and len(value) > longest:
+        return f"{len(value)} values, {value[0]:.6g} to {value[-1]:.6g}" if all(
+            isinstance(v, (int, float)) for v in value) else f"{len(value)} values"
+    return value
