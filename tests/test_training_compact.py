@@ -131,6 +131,12 @@ def test_normal_region_options_reach_the_task_and_are_refused_elsewhere(tmp_path
     refused = run_main(["train", "--method", "detail", "--preset", "compact", "--input", tmp_path,
                         "--normal-max-dark", "0.05", "--run", tmp_path / "run"])
     assert refused.returncode == 2 and "--normal-max-dark shapes the Normal regions" in refused.stderr, refused.stderr
+    refused = run_main(["train", "--method", "detail", "--preset", "compact", "--input", tmp_path,
+                        "--schedule-shift", "2", "--run", tmp_path / "run"])
+    assert refused.returncode == 2 and "--schedule-shift shifts the noise schedule of" in refused.stderr
+    stemless = run_main(["train", "--preset", "compact", "--input", tmp_path, "--stem", "1", "--cell-shortcut",
+                         "--run", tmp_path / "run"])
+    assert stemless.returncode == 2 and "needs --stem 2" in stemless.stderr, stemless.stderr
     bad = run_main(["train", "--preset", "compact", "--input", tmp_path, "--normal-sizes", "0.7,0.1"])
     assert bad.returncode == 2 and "0 < LOW < HIGH < 1" in bad.stderr
 

@@ -276,8 +276,8 @@ def cell_shortcut_gains(alphas_cumprod: torch.Tensor, detail_variance: float, st
     """Per timestep, the gain g with which v = α ε − σ x₀ is best predicted, inside a stem cell, from the noisy
     image's detail there (d = α d₀ + σ d_ε; a pixel minus its cell's mean), when the clean detail d₀ is Gaussian of
     variance ``detail_variance`` (measured on training crops) and the noise's is 1 − 1/stem²: the Wiener estimate
-    d̂₀ = k d, k = α v₀ / (α² v₀ + σ² n), and v = (α x_t − x₀) / σ give g = (α − k) / σ. Bounded (about
-    1 / (2 √v₀) at most); near 0 at pure noise, 0 again as σ → 0."""
+    d̂₀ = k d, k = α v₀ / (α² v₀ + σ² n), and v = (α x_t − x₀) / σ give g = (α − k) / σ. Bounded (of the
+    order of 1 / √v₀ where σ² n ≈ v₀); near 0 at pure noise, 0 again as σ → 0."""
     a = alphas_cumprod.double()
     alpha, sigma = a.sqrt(), (1 - a).clamp_min(1e-12).sqrt()
     noise_variance = 1.0 - 1.0 / (stem * stem)

@@ -225,9 +225,7 @@ class CompactInpaintTask(TrainingTask):
             from engine.models.compact_unet import cell_shortcut_gains
 
             stem = self.config.model.stem
-            raw = self._raw_batch(np.random.default_rng(0), self.polyp_frames, self.normal_frames, self.corpus.train,
-                                  drop_labels=False)
-            crops = [self.collate(raw)["x0"]]
+            crops = []
             while sum(len(c) for c in crops) < 64:
                 rng = np.random.default_rng(len(crops))
                 crops.append(self.collate(self._raw_batch(rng, self.polyp_frames, self.normal_frames,

@@ -39,10 +39,15 @@ def run_training(args: argparse.Namespace) -> int:
             raise InputError(f"{folder}: training folder not found")
     compact_inpaint = (getattr(args, "method", "inpaint"), args.preset) == ("inpaint", "compact")
     for flag, what in (("attributes", "conditions"), ("normal_sizes", "shapes the Normal regions of"),
-                       ("normal_max_dark", "shapes the Normal regions of")):
+                       ("normal_max_dark", "shapes the Normal regions of"), ("schedule_shift", "shifts the noise schedule of"),
+                       ("cell_shortcut", "is a part of")):
         if getattr(args, flag, None) not in (None, False) and not compact_inpaint:
             raise InputError(f"--{flag.replace('_', '-')} {what} the compact inpainting model (--preset compact, "
                              "--method inpaint)")
+    if getattr(args, "cell_shortcut", False) and args.stem is not None and args.stem < 2:  # unset: the preset's 2
+        raise InputError("--cell-shortcut passes the detail inside the stem's cells: it needs --stem 2")
+    if getattr(args, "schedule_shift", None) is not None and not args.schedule_shift > 0:
+        raise InputError(f"--schedule-shift must be above 0 (2 for a run at twice the resolution), got {args.schedule_shift}")
     started = time.perf_counter()
     corpus = load_corpus(args.input, args.normals, max_side=args.max_side, held_out_fraction=args.held_out_fraction,
                          limit=args.limit_frames)
