@@ -122,10 +122,15 @@ def betas_for_alpha_bar(num_diffusion_timesteps: int, max_beta: float = 0.999) -
 
     Computed in Python float64 like diffusers, then stored as float32.
     """
+    return _betas_of(_cosine_alpha_bar, num_diffusion_timesteps, max_beta)
 
-    def alpha_bar(t: float) -> float:
-        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
+def _cosine_alpha_bar(t: float) -> float:
+    return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+
+def _betas_of(alpha_bar, num_diffusion_timesteps: int, max_beta: float) -> np.ndarray:
+    """β_i = min(1 − ᾱ((i + 1) / N) / ᾱ(i / N), max_beta), in Python float64, stored as float32."""
     betas = []
     for i in range(num_diffusion_timesteps):
         t1 = i / num_diffusion_timesteps
@@ -144,15 +149,10 @@ def shifted_cosine_betas(num_diffusion_timesteps: int, shift: float, max_beta: f
         raise ValueError(f"schedule shift must be positive, got {shift}")
 
     def alpha_bar(t: float) -> float:
-        plain = math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+        plain = _cosine_alpha_bar(t)
         return plain / (plain + shift * shift * (1.0 - plain))
 
-    betas = []
-    for i in range(num_diffusion_timesteps):
-        t1 = i / num_diffusion_timesteps
-        t2 = (i + 1) / num_diffusion_timesteps
-        betas.append(min(1 - alpha_bar(t2) / alpha_bar(t1), max_beta))
-    return np.asarray(betas, dtype=np.float32)
+    return _betas_of(alpha_bar, num_diffusion_timesteps, max_beta)
 
 
 def make_betas(
