@@ -33,6 +33,13 @@ def _int_tuple(text: str) -> tuple[int, ...]:
     return values
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def _fraction_pair(text: str) -> tuple[float, float]:
     try:
         low, high = (float(part) for part in text.split(","))
@@ -124,7 +131,7 @@ def register_commands(subparsers) -> dict:
     train.add_argument("--normal-max-dark", type=float, default=None, metavar="SHARE",
                        help="--preset compact: Normal regions hold at most this share of lumen (dark) pixels "
                             "(default: any), so removals learn to fill with mucosa, not a new lumen")
-    train.add_argument("--schedule-shift", type=float, default=None, metavar="FACTOR",
+    train.add_argument("--schedule-shift", type=_positive_float, default=None, metavar="FACTOR",
                        help="--preset compact: shift the cosine noise schedule for a resolution FACTOR times the one "
                             "it was made for (simple diffusion: log-SNR - 2 ln FACTOR), e.g. 2 for a 128² run "
                             "warm-started from a 64² model (default 1: unshifted)")

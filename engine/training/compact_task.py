@@ -220,24 +220,25 @@ class CompactInpaintTask(TrainingTask):
 
     def cell_shortcut_gain(self) -> torch.Tensor:
         """The cell shortcut's gain per timestep (engine.models.compact_unet.cell_shortcut_gains) for the detail
-        measured inside the stem's cells on 64 training crops (a fixed draw: the same on every resume)."""
-        if not hasattr(self, "_cell_shortcut_gain"):
-            from engine.models.compact_unet import cell_shortcut_gains
+        measured inside the stem's cells (cell_detail_variance)."""
+        from engine.models.compact_unet import cell_shortcut_gains
 
-            stem = self.config.model.stem
-            crops = []
-            while sum(len(c) for c in crops) < 64:
-                rng = np.random.default_rng(len(crops))
-                crops.append(self.collate(self._raw_batch(rng, self.polyp_frames, self.normal_frames,
-                                                          self.corpus.train, drop_labels=False))["x0"])
-            x0 = torch.cat(crops)
+        return cell_shortcut_gains(self.alphas_cumprod, self.cell_detail_variance(), self.config.model.stem)
+
+    def cell_detail_variance(self) -> float:
+        """The variance of real detail inside the stem's cells (a pixel minus its cell's mean, [-1, 1] units) on 64
+        training crops of a fixed draw (the same on every resume); measured once."""
+        if not hasattr(self, "_cell_detail_variance"):
+            stem, batches = self.config.model.stem, -(-64 // self.config.batch_size)
+            x0 = torch.cat([self.collate(self._raw_batch(np.random.default_rng(i), self.polyp_frames, self.normal_frames,
+                                                         self.corpus.train, drop_labels=False))["x0"]
+                            for i in range(batches)])
             cells = torch.nn.functional.avg_pool2d(x0, stem)
             detail = x0 - torch.nn.functional.interpolate(cells, scale_factor=stem, mode="nearest")
-            variance = float(detail.pow(2).mean())
-            print(f"cell shortcut: detail variance inside {stem}x{stem} cells {variance:.5f} (64 training crops)")
-            self._cell_shortcut_gain = cell_shortcut_gains(self.alphas_cumprod, variance, stem)
-            self.cell_detail_variance = variance
-        return self._cell_shortcut_gain
+            self._cell_detail_variance = float(detail.pow(2).mean())
+            print(f"cell shortcut: detail variance inside {stem}x{stem} cells {self._cell_detail_variance:.5f} "
+                  f"({len(x0)} training crops)")
+        return self._cell_detail_variance
 
     def provenance(self) -> dict:
         return {"init_from": self.config.init_from} if self.config.init_from else {}
@@ -516,8 +517,7 @@ class CompactInpaintTask(TrainingTask):
     def summary(self, model) -> dict:
         figures = {"parameters": parameter_count(model)}
         if self.config.model.cell_shortcut:
-            self.cell_shortcut_gain()
-            figures["cell_detail_variance"] = round(self.cell_detail_variance, 6)
+            figures["cell_detail_variance"] = round(self.cell_detail_variance(), 6)
         return figures
 
 

@@ -46,8 +46,6 @@ def run_training(args: argparse.Namespace) -> int:
                              "--method inpaint)")
     if getattr(args, "cell_shortcut", False) and args.stem is not None and args.stem < 2:  # unset: the preset's 2
         raise InputError("--cell-shortcut passes the detail inside the stem's cells: it needs --stem 2")
-    if getattr(args, "schedule_shift", None) is not None and not args.schedule_shift > 0:
-        raise InputError(f"--schedule-shift must be above 0 (2 for a run at twice the resolution), got {args.schedule_shift}")
     started = time.perf_counter()
     corpus = load_corpus(args.input, args.normals, max_side=args.max_side, held_out_fraction=args.held_out_fraction,
                          limit=args.limit_frames)
