@@ -3,9 +3,11 @@ real `main.py export` path."""
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,52 @@ os.environ.setdefault("POLYPFORGE_CACHE_DIR", str(Path(os.environ.get("TMPDIR", 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+# ------------------------------------------------------------------------------------------- a stuck test
+# pytest-timeout ends a test stuck for `timeout` seconds (pyproject.toml) by ending its process: under pytest-xdist
+# the worker's own output is lost, so the report would only name the test. Shortly before, faulthandler (a C-level
+# watchdog: it fires inside a deadlock too) writes every thread's stack to a file the controller prints at the end.
+HANG_DUMPS = "POLYPFORGE_TEST_HANG_DUMPS"
+DUMP_AHEAD_SECONDS = 30
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist): the workers inherit it
+        os.environ[HANG_DUMPS] = tempfile.mkdtemp(prefix="polypforge-test-hangs-")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    try:
+        timeout = float(item.config.getini("timeout") or 0)
+    except ValueError:  # pytest-timeout not installed: no timeout to dump ahead of
+        timeout = 0.0
+    folder = os.environ.get(HANG_DUMPS)
+    if not folder or timeout <= DUMP_AHEAD_SECONDS:
+        yield
+        return
+    with open(Path(folder) / f"{os.getpid()}.txt", "w") as dump:
+        dump.write(f"{item.nodeid} ran over {timeout - DUMP_AHEAD_SECONDS:.0f} s; its threads then:\n")
+        dump.flush()
+        faulthandler.dump_traceback_later(timeout - DUMP_AHEAD_SECONDS, file=dump)
+        try:
+            yield
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+            dump.truncate(0)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    folder = os.environ.get(HANG_DUMPS)
+    if hasattr(config, "workerinput") or not folder or not Path(folder).is_dir():
+        return
+    for path in sorted(Path(folder).glob("*.txt")):
+        text = path.read_text(errors="replace")
+        if "Thread" in text:
+            terminalreporter.section("stuck test", sep="+")
+            terminalreporter.write(text)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

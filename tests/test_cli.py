@@ -28,7 +28,7 @@ def test_version_and_help_answer_before_heavy_imports():
     assert time.perf_counter() - started < 10
     probe = subprocess.run(
         [sys.executable, "-c", "import sys, main; main.build_parser(); print('onnxruntime' in sys.modules, 'numpy' in sys.modules)"],
-        cwd=REPO_ROOT, capture_output=True, text=True,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )
     assert probe.stdout.strip() == "False False"
 

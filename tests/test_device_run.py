@@ -58,7 +58,7 @@ def test_a_device_run_comes_home_and_exports(tmp_path):
         _parts(run, out, drop_model)
         home.mkdir()
         result = subprocess.run([sys.executable, str(UNPACK), str(out), "--into", str(home)], cwd=REPO,
-                                capture_output=True, text=True)
+                                capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         assert ("from the latest checkpoint" in result.stdout) == drop_model
         assert (home / "log.jsonl").is_file() and (home / "run.json").is_file()
@@ -71,6 +71,7 @@ def test_a_device_run_comes_home_and_exports(tmp_path):
 
 
 def test_unpack_names_a_folder_without_parts(tmp_path):
-    result = subprocess.run([sys.executable, str(UNPACK), str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(UNPACK), str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 2
     assert str(tmp_path) in result.stderr and "run.tar.part-" in result.stderr
