@@ -27,10 +27,11 @@ demo: $(VENV)/.runtime-installed
 	$(BIN)/python main.py demo
 
 # Two pytest workers (pytest-xdist): most tests are single-threaded Python or wait on subprocesses, so two of
-# them share the two cores well (11.2 -> 8.4 minutes here). TEST_WORKERS=0 runs them in one process.
+# them share the two cores well (11.2 -> 8.4 minutes here). TEST_WORKERS=0 runs them in one process. Tests marked
+# with an xdist_group run on one worker (the Ray tests: one local Ray instance at a time).
 TEST_WORKERS ?= 2
 test: $(VENV)/.dev-installed
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 screenshots: $(VENV)/.dev-installed
 	$(BIN)/python -m desktop.screenshots screenshots

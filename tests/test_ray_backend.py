@@ -24,6 +24,9 @@ from test_batch_robustness import _snapshot
 
 STEPS = 2
 JOB = {"mask_source": "random", "variants": 2, "steps": STEPS, "seed": 4}
+# Every test of this module on one pytest-xdist worker (`make test` distributes by group): one local Ray instance on
+# the two cores at a time, started once, instead of one per worker side by side.
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 @pytest.fixture(scope="module")
