@@ -34,15 +34,22 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
 11. `lift128-judged-x4` at 0.1, 5 seeds, 2 synthetic per real frame: the attribute model lifted to 128² on this CPU
    (.bench/compact-lift128, `make lift128-bundle`: a stem of 2, its trunk still at 64², fine-tuned on 128² crops) in
    the same job, against the 64² models' judge-kept x2 and copy-paste x2 on the same seeds; skipped likewise.
+12. the smallest real set, 0.05 (45 frames), 5 seeds, in a report of its own (WORK/out-smallest, committed in
+   kvasir-curve-smallest/): `copy-paste-x2` against `default-judged-x4` (the default model in synthetic-judged-x4's
+   judge-kept job, at 2 synthetic per real frame). Copy-paste can only paste the subset's own polyps again, while the
+   generator brings what it learnt from the whole training corpus: if a generator beats copy-paste anywhere, it is
+   where the real polyps are fewest. Its own report because the main report's ratio ablation is planned at its
+   smallest fraction (0.1) and would move.
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
-here); then `evaluate --report-only` writes one report of every arm and fraction (an arm not run at a fraction shows
-"not run yet"). `--report-only` writes that report from whatever has finished, without running a phase (a session
-that stops between phases).
+here); then `evaluate --report-only` writes one report per group (GROUPS) of every arm and fraction of its phases (an
+arm not run at a fraction shows "not run yet"). `--report-only` writes those reports from whatever has finished,
+without running a phase (a session that stops between phases).
 
-Finished runs' results (small JSON) and the report are copied into evaluations/kvasir-curve/ after every call and
-copied back before the next, so a later session on a fresh machine reuses them (the evaluation reuses a run whose
-settings match); the arms' generated frames and the run folders stay in WORK (they hold Kvasir pixels and weights).
+Finished runs' results (small JSON) and the report are copied into evaluations/kvasir-curve/ (the smallest set's into
+evaluations/kvasir-curve-smallest/) after every call and copied back before the next, so a later session on a fresh
+machine reuses them (the evaluation reuses a run whose settings match); the arms' generated frames and the run folders
+stay in WORK (they hold Kvasir pixels and weights).
 """
 
 from __future__ import annotations
@@ -61,7 +68,12 @@ COMMITTED = HERE / "kvasir-curve"
 JOBS = HERE / "kvasir-curve-jobs"
 FRACTIONS = "0.1,0.25"
 RATIOS = "0.5,2"
-# (arms, fractions, further flags), in the order they train: the issue's default evaluation is complete first.
+SMALLEST = "0.05"
+# Report groups: name → (output folder in WORK, committed folder, the report's fractions, its ratio ablation).
+GROUPS = {"curve": ("out", COMMITTED, FRACTIONS, RATIOS),
+          "smallest": ("out-smallest", HERE / "kvasir-curve-smallest", SMALLEST, "")}
+# (arms, fractions, further flags[, group]), in the order they train: the issue's default evaluation is complete
+# first. A phase without a group is in "curve".
 PHASES = (
     (("synthetic", "copy-paste", "transplant"), FRACTIONS, ()),
     (("removal",), "0.1", ()),
@@ -74,14 +86,32 @@ PHASES = (
     (("compact128-judged-x4",), "0.1", ("--seeds", "5")),
     (("attributes-judged-x4",), "0.1", ("--seeds", "3")),
     (("lift128-judged-x4",), "0.1", ("--seeds", "5")),
+    (("copy-paste-x2", "default-judged-x4"), SMALLEST, ("--seeds", "5"), "smallest"),
 )
-ARMS = tuple(dict.fromkeys(arm for arms, _, _ in PHASES for arm in arms))  # an arm in two phases is one --arm
+
+
+def group_of(phase: tuple) -> str:
+    return phase[3] if len(phase) > 3 else "curve"
+
+
+def arms_of(group: str) -> tuple[str, ...]:
+    """The group's arms in phase order, each once (an arm in two phases is one --arm)."""
+    return tuple(dict.fromkeys(arm for phase in PHASES if group_of(phase) == group for arm in phase[0]))
+
+
+ARMS = tuple(dict.fromkeys(arm for group in GROUPS for arm in arms_of(group)))
 # Arms with their own synthetic:real ratio (--arm-ratio; the others: 1), and mixes of other arms' pools (--mix; a mix
 # has no job file): the same in every call, the phase that trains them and the report of all arms.
 ARM_RATIOS = {"copy-paste-x2": 2.0, "judged-and-copy-paste": 2.0, "synthetic-judged-x6": 3.0,
               "compact128-judged-x4": 2.0, "attributes-judged-x4": 2.0,
-              "lift128-judged-x4": 2.0}
+              "lift128-judged-x4": 2.0, "default-judged-x4": 2.0}
 MIXES = {"judged-and-copy-paste": ("copy-paste", "synthetic-judged-x4")}
+# Arms that run another arm's job file under a name of their own (their own ratio, their own pool and results).
+JOB_OF = {"default-judged-x4": "synthetic-judged-x4"}
+
+
+def job_file(arm: str) -> Path:
+    return JOBS / f"{JOB_OF.get(arm, arm)}.toml"
 
 
 def link_split(data: Path, work: Path) -> None:
@@ -126,33 +156,41 @@ def main() -> int:
                         "for a session that stops between phases")
     args = parser.parse_args()
     work = args.work.resolve()
-    out = work / "out"
     if args.collect:
-        collect(out)
+        for group in GROUPS:
+            collect(group, work)
         return 0
     link_split(args.data.resolve(), work)
-    copy_tree(COMMITTED, out, ("results/**/*.json",))  # runs finished in earlier sessions
-    base = [sys.executable, str(REPO / "main.py"), "evaluate", "--train", str(work / "train"),
-            "--test", f"kvasir={work / 'test'}", "--normals", str(args.normals.resolve()), "--out", str(out),
-            "--threads", str(args.threads)]
+    for out_name, committed, _, _ in GROUPS.values():  # runs finished in earlier sessions
+        copy_tree(committed, work / out_name, ("results/**/*.json",))
+
+    def base(group: str) -> list[str]:
+        return [sys.executable, str(REPO / "main.py"), "evaluate", "--train", str(work / "train"),
+                "--test", f"kvasir={work / 'test'}", "--normals", str(args.normals.resolve()),
+                "--out", str(work / GROUPS[group][0]), "--threads", str(args.threads)]
+
     chosen = [phase for number, phase in enumerate(PHASES, 1) if not args.phase or number in args.phase]
-    for arms, fractions, flags in () if args.report_only else chosen:
+    for phase in () if args.report_only else chosen:
+        arms, fractions, flags = phase[:3]
         missing = list(filter(None, map(missing_model, arms)))  # reads each arm's job file once
         if missing:
             print(f"skipping the phase of {', '.join(arms)}: {'; '.join(missing)}")
             continue
-        command = [*base, *arm_flags(arms), "--real-fractions", fractions, *flags]
+        command = [*base(group_of(phase)), *arm_flags(arms), "--real-fractions", fractions, *flags]
         code = subprocess.call(command + (["--plan"] if args.plan else []), cwd=REPO)
         if not args.plan:
-            collect(out)
+            collect(group_of(phase), work)
         if code != 0:
             return code
     if args.plan:
         return 0
-    reported = tuple(arm for arm in ARMS if not missing_model(arm))
-    code = subprocess.call([*base, *arm_flags(reported), "--real-fractions", FRACTIONS, "--ratio-ablation", RATIOS,
-                            "--report-only"], cwd=REPO)
-    collect(out)
+    code = 0
+    for group, (_, _, fractions, ratios) in GROUPS.items():
+        reported = tuple(arm for arm in arms_of(group) if not missing_model(arm))
+        ablation = ["--ratio-ablation", ratios] if ratios else []
+        code = code or subprocess.call([*base(group), *arm_flags(reported), "--real-fractions", fractions, *ablation,
+                                        "--report-only"], cwd=REPO)
+        collect(group, work)
     return code
 
 
@@ -163,7 +201,7 @@ def missing_model(arm: str) -> str:
 
     if arm in MIXES:
         return "; ".join(filter(None, (missing_model(part) for part in MIXES[arm])))
-    job = JOBS / f"{arm}.toml"
+    job = job_file(arm)
     model = read_job_file(job).get("model")  # relative to the job file, resolved as the batch job resolves it
     if model is None or Path(model).exists():
         return ""
@@ -174,16 +212,17 @@ def arm_flags(arms: tuple[str, ...]) -> list[str]:
     """The flags that name these arms: --arm for each arm with a job file (a mix's arms too: it draws on their
     pools; their finished runs are reused), --mix for each mix, --arm-ratio where an arm has its own ratio."""
     jobs = dict.fromkeys(part for arm in arms for part in MIXES.get(arm, (arm,)))
-    flags = [flag for arm in jobs for flag in ("--arm", f"{arm}={JOBS / (arm + '.toml')}")]
+    flags = [flag for arm in jobs for flag in ("--arm", f"{arm}={job_file(arm)}")]
     flags += [flag for arm in arms if arm in MIXES for flag in ("--mix", f"{arm}={'+'.join(MIXES[arm])}")]
     flags += [flag for arm in dict.fromkeys([*jobs, *arms]) if arm in ARM_RATIOS
               for flag in ("--arm-ratio", f"{arm}={ARM_RATIOS[arm]:g}")]
     return flags
 
 
-def collect(out: Path) -> None:
-    copy_tree(out, COMMITTED, ("results/**/*.json", "report.json", "report.html", "learning_curve.png",
-                               "evaluation.json"))
+def collect(group: str, work: Path) -> None:
+    out_name, committed, _, _ = GROUPS[group]
+    copy_tree(work / out_name, committed, ("results/**/*.json", "report.json", "report.html", "learning_curve.png",
+                                           "evaluation.json"))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def test_every_phase_arm_is_named_once_and_has_its_job_file():
     assert {flag for flag, _ in pairs} == set(names)
     for listed in names.values():
         assert len(listed) == len(set(listed)), listed
-    assert set(names["--arm"]) | set(names["--mix"]) == {arm for arms, _, _ in wrapper.PHASES for arm in arms}
+    assert set(names["--arm"]) | set(names["--mix"]) == {arm for phase in wrapper.PHASES for arm in phase[0]}
     assert set(names["--mix"]) == set(wrapper.MIXES) and set(names["--arm-ratio"]) == set(wrapper.ARM_RATIOS)
     for flag, value in pairs:
         if flag == "--arm":
