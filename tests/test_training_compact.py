@@ -179,6 +179,23 @@ def _train(args):
     return run_main(["train", *args])
 
 
+# Loader workers are forked: from a fresh process, as under `main.py train`, never from this test process. A
+# pytest-xdist worker holds the thread pools of every test it ran before (onnxruntime's, OpenCV's, torch's), and a fork
+# beside live threads can leave a child, or the fork itself, waiting on a lock no thread will release.
+def _train_in_a_fresh_process(args):
+    return subprocess.run([sys.executable, str(REPO / "main.py"), "train", *map(str, args)], check=False, cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+
+
+def _in_a_fresh_process(function, *args):
+    """One of this module's functions, called in a new interpreter with string arguments."""
+    code = (f"import sys; sys.path[:0] = [{str(REPO / 'tests')!r}, {str(REPO)!r}]; import test_training_compact; "
+            f"test_training_compact.{function.__name__}(*sys.argv[1:])")
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], check=False, cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_kill_9_then_resume_equals_uninterrupted(sample_corpus, tmp_path):
     from safetensors.torch import load_file
 
@@ -220,9 +237,9 @@ def test_loader_workers_train_the_same_weights_as_the_loop_alone(sample_corpus, 
               "--checkpoint-every", "4", "--sample-every", "0", "--validate-every", "0", "--no-export"]
     alone = _train([*common, "--steps", "12", "--run", str(tmp_path / "alone")])
     assert alone.returncode == 0, alone.stderr[-2000:]
-    ahead = _train([*common, "--steps", "12", "--loader-workers", "2", "--run", str(tmp_path / "ahead")])
+    ahead = _train_in_a_fresh_process([*common, "--steps", "12", "--loader-workers", "2", "--run", tmp_path / "ahead"])
     assert ahead.returncode == 0, ahead.stderr[-2000:]
-    half = _train([*common, "--steps", "6", "--loader-workers", "3", "--run", str(tmp_path / "half")])
+    half = _train_in_a_fresh_process([*common, "--steps", "6", "--loader-workers", "3", "--run", tmp_path / "half"])
     assert half.returncode == 0, half.stderr[-2000:]
     rest = _train([*common, "--steps", "12", "--run", str(tmp_path / "half")])
     assert rest.returncode == 0, rest.stderr[-2000:]
@@ -241,10 +258,14 @@ def test_loader_workers_train_the_same_weights_as_the_loop_alone(sample_corpus, 
 
 
 def test_loader_workers_hand_out_the_batches_of_their_steps(sample_corpus):
+    _in_a_fresh_process(_prefetched_batches_equal_the_steps_own, sample_corpus)
+
+
+def _prefetched_batches_equal_the_steps_own(sample_corpus):
     from engine.training.loop import step_rng
     from engine.training.prefetch import BatchPrefetcher
 
-    task = _tiny_task(sample_corpus)
+    task = _tiny_task(Path(sample_corpus))
     prefetcher = BatchPrefetcher(task, step_rng, workers=2, seed=5, depth=3)
     try:
         prefetcher.start(first_step=3, last_step=6, grad_accum=2)
