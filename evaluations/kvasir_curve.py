@@ -34,12 +34,12 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
 11. `lift128-judged-x4` at 0.1, 5 seeds, 2 synthetic per real frame: the attribute model lifted to 128² on this CPU
    (.bench/compact-lift128, `make lift128-bundle`: a stem of 2, its trunk still at 64², fine-tuned on 128² crops) in
    the same job, against the 64² models' judge-kept x2 and copy-paste x2 on the same seeds; skipped likewise.
-12. the smallest real set, 0.05 (45 frames), 5 seeds, in a report of its own (WORK/out-smallest, committed in
-   kvasir-curve-smallest/): `copy-paste-x2` against `default-judged-x4` (the default model in synthetic-judged-x4's
-   judge-kept job, at 2 synthetic per real frame). Copy-paste can only paste the subset's own polyps again, while the
-   generator brings what it learnt from the whole training corpus: if a generator beats copy-paste anywhere, it is
-   where the real polyps are fewest. Its own report because the main report's ratio ablation is planned at its
-   smallest fraction (0.1) and would move.
+12. the smallest real set, 0.05 (45 frames: 36 to train on, 9 to validate), 5 seeds, in a report of its own
+   (WORK/out-smallest, committed in kvasir-curve-smallest/): `copy-paste-x2` against `default-judged-x4` (the default
+   model in synthetic-judged-x4's judge-kept job, at 2 synthetic per real frame). Copy-paste can only paste the
+   subset's own polyps again, while the generator brings what it learnt from the whole training corpus: if a
+   generator beats copy-paste anywhere, it is where the real polyps are fewest. Its own report because the main
+   report's ratio ablation is planned at its smallest fraction (0.1) and would move.
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report per group (GROUPS) of every arm and fraction of its phases (an
