@@ -3,13 +3,28 @@
 A `python main.py train …` subprocess spends 10–13 s importing torch and diffusers before it does anything; a test
 that compares an uninterrupted run with a killed-and-resumed one needs a subprocess only for the run it kills.
 The others go through the same `main.main` entry point here and come back shaped like `subprocess.run`'s result
-(returncode, stdout, stderr), with torch's thread count put back as it was (`--threads` sets it process-wide)."""
+(returncode, stdout, stderr), with torch's thread count put back as it was (`--threads` sets it process-wide).
+Also: a script of the repository that is not a package module (evaluations/*.py), imported by its path."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import subprocess
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str) -> ModuleType:
+    """The repository's script at ``relative`` (e.g. "evaluations/kvasir_curve.py"), imported as a fresh module."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_main(args: list[str]) -> subprocess.CompletedProcess:

@@ -3,20 +3,15 @@ paired difference on the frames it never trained on is told apart from the one o
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from cli_helpers import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("curve_seen_unseen", REPO / "evaluations" / "curve_seen_unseen.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("evaluations/curve_seen_unseen.py")
 
 
 def _write_run(folder: Path, arm: str, seed: int, dice_of) -> None:

@@ -5,17 +5,13 @@ and its 5-seed phase) must be named once, or `evaluate` refuses the whole call (
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from cli_helpers import load_script
 
 
 def load_wrapper():
-    spec = importlib.util.spec_from_file_location("kvasir_curve", REPO / "evaluations" / "kvasir_curve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("evaluations/kvasir_curve.py")
 
 
 def test_every_phase_arm_is_named_once_and_has_its_job_file():
