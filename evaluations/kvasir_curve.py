@@ -188,9 +188,10 @@ def main() -> int:
     for group, (_, _, fractions, ratios) in GROUPS.items():
         reported = tuple(arm for arm in arms_of(group) if not missing_model(arm))
         ablation = ["--ratio-ablation", ratios] if ratios else []
-        code = code or subprocess.call([*base(group), *arm_flags(reported), "--real-fractions", fractions, *ablation,
-                                        "--report-only"], cwd=REPO)
+        result = subprocess.call([*base(group), *arm_flags(reported), "--real-fractions", fractions, *ablation,
+                                  "--report-only"], cwd=REPO)
         collect(group, work)
+        code = code or result  # every group's report is written; the first failure is the exit status
     return code
 
 
