@@ -4,6 +4,7 @@ A `python main.py train …` subprocess spends 10–13 s importing torch and dif
 that compares an uninterrupted run with a killed-and-resumed one needs a subprocess only for the run it kills.
 The others go through the same `main.main` entry point here and come back shaped like `subprocess.run`'s result
 (returncode, stdout, stderr), with torch's thread count put back as it was (`--threads` sets it process-wide).
+``run_main_in_a_fresh_process`` is the same call in a new interpreter, for what must not run in the test process.
 Also: a script of the repository that is not a package module (evaluations/*.py), imported by its path."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import importlib.util
 import io
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -44,3 +46,10 @@ def run_main(args: list[str]) -> subprocess.CompletedProcess:
     finally:
         torch.set_num_threads(threads)
     return subprocess.CompletedProcess(["main.py", *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
+def run_main_in_a_fresh_process(args: list, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python main.py ARGS` in a new interpreter: what a curator types, and what forks (loader workers) or measures
+    start-up must do outside the long-lived test process."""
+    return subprocess.run([sys.executable, str(REPO / "main.py"), *map(str, args)], check=False, cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)

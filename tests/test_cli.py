@@ -9,14 +9,12 @@ import time
 import numpy as np
 from PIL import Image
 
+from cli_helpers import run_main_in_a_fresh_process
 from conftest import REPO_ROOT
 
 
 def _main(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "main.py"), *map(str, args)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-    )
+    return run_main_in_a_fresh_process(list(args), timeout=timeout)
 
 
 def test_version_and_help_answer_before_heavy_imports():

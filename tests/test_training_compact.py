@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import run_main
+from cli_helpers import run_main, run_main_in_a_fresh_process
 
 from engine.training.pairs import convex_polygon_in_box, dark_area, normal_region_box, polygon_mask, visible_area
 
@@ -183,8 +183,7 @@ def _train(args):
 # pytest-xdist worker holds the thread pools of every test it ran before (onnxruntime's, OpenCV's, torch's), and a fork
 # beside live threads can leave a child, or the fork itself, waiting on a lock no thread will release.
 def _train_in_a_fresh_process(args):
-    return subprocess.run([sys.executable, str(REPO / "main.py"), "train", *map(str, args)], check=False, cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    return run_main_in_a_fresh_process(["train", *args])
 
 
 def _in_a_fresh_process(function, *args):
