@@ -20,6 +20,11 @@ CONTROLNET_HANDLERS: dict = {}  # generate: registered by engine.cli.controlnet
 TRAINING_HANDLERS: dict = {}  # train: registered by engine.cli.train
 CAPTION_HANDLERS: dict = {}  # caption: registered by engine.cli.caption
 EVALUATION_HANDLERS: dict = {}  # train-judge, evaluate: registered by engine.cli.evaluate
+# engine.pipelines.blending.BLEND_MODES, spelt out so --help does not import numpy (tests/test_blending.py checks)
+BLEND_MODES = ("feather", "poisson", "mucosa")
+BLEND_HELP = ("paste the generated region with a feathered edge; Poisson-blended into the frame; or Poisson-blended "
+              "with the fine texture of the mucosa around it carried in (default: mucosa when removing, feather when "
+              "adding)")
 
 
 def _version() -> str:
@@ -162,8 +167,7 @@ def _add_batch_options(group) -> None:
     group.add_argument("--working-size", type=int,
                        help="the model works at about N×N pixels of its view (default: the bundle's image size, 64 "
                             "for the compact model); e.g. 96 paints large polyps with more detail, about 2× slower")
-    group.add_argument("--blend", choices=("feather", "poisson"), help="paste the generated region with a feathered edge, or Poisson-blended into the frame "
-                       "(default: poisson when removing, feather when adding)")
+    group.add_argument("--blend", choices=BLEND_MODES, help=BLEND_HELP)
     group.add_argument("--backend", choices=("local", "ray"),
                        help="local: this process (default); ray: frames sharded over Ray actors (pip install -e \".[ray]\")")
     group.add_argument("--ray-address", help="join this Ray cluster (default: $RAY_ADDRESS, else a local Ray instance)")
@@ -205,8 +209,7 @@ def _add_generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inpaint-area", choices=("frame", "region"), default=None,
                         help="the model sees the whole frame, or the region around the mask (default: the bundle's)")
     parser.add_argument("--region-padding", type=int, default=None, help="pixels around the mask's box in region mode")
-    parser.add_argument("--blend", choices=("feather", "poisson"), default=None, help="paste the generated region with a feathered edge, or Poisson-blended into the frame "
-                       "(default: poisson when removing, feather when adding)")
+    parser.add_argument("--blend", choices=BLEND_MODES, default=None, help=BLEND_HELP)
 
 
 def _run_export(args) -> int:

@@ -83,11 +83,17 @@ def test_whole_image_mask_and_empty_mask():
         poisson_blend(frame, generated[:-1], np.ones((40, 50), bool))
 
 
-def test_removal_prompt_defaults_to_poisson():
-    assert blend_for_prompt("Normal", "Normal") == "poisson"
-    assert blend_for_prompt(" normal ", "Normal") == "poisson"
+def test_removal_prompt_defaults_to_poisson_with_the_mucosa_detail():
+    assert blend_for_prompt("Normal", "Normal") == "mucosa"
+    assert blend_for_prompt(" normal ", "Normal") == "mucosa"
     assert blend_for_prompt("Polyp", "Normal") == "feather"
     assert blend_for_prompt("Normal", None) == "feather"
+
+
+def test_the_command_line_offers_the_engines_blends():
+    from engine.pipelines.blending import BLEND_MODES
+
+    assert main.BLEND_MODES == BLEND_MODES
 
 
 def test_batch_job_removes_with_poisson_by_default_and_records_the_blend(tmp_path):
@@ -101,7 +107,7 @@ def test_batch_job_removes_with_poisson_by_default_and_records_the_blend(tmp_pat
         records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
         runs[name] = [r for r in records if r["status"] == "ok"]
         assert runs[name]
-    assert {r["blend"] for r in runs["default"]} == {"poisson"}
+    assert {r["blend"] for r in runs["default"]} == {"mucosa"}
     assert {r["blend"] for r in runs["feather"]} == {"feather"}
     for a, b in zip(runs["default"], runs["feather"]):
         one = np.asarray(Image.open(tmp_path / "default" / a["image"]))

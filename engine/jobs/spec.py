@@ -78,7 +78,7 @@ class JobSpec:
     # the bundle's size step; None: the bundle's image size (64 for the compact model, 512 for SD2). Larger sizes
     # paint large regions with more detail, at about (size / image size)² the time per U-Net call.
     working_size: int | None = None
-    blend: str | None = None  # "feather" | "poisson" (engine.pipelines.blending); None: poisson to remove, feather to add
+    blend: str | None = None  # "feather" | "poisson" | "mucosa" (engine.pipelines.blending); None: mucosa to remove, feather to add
     # Who runs the frames: "local" (this process) or "ray" (actors on a Ray cluster, engine/jobs/ray_backend.py).
     backend: str = "local"
     ray_address: str | None = None  # join this cluster; None: $RAY_ADDRESS, else a local Ray instance

@@ -12,7 +12,9 @@ disappears by construction and a global colour offset of g inside Ω is removed.
 frame's own byte.
 
 Used for removal ("Normal") by default — there the region should continue the surrounding mucosa — and on request
-for added polyps (``blend="poisson"``), where it tints the lesion toward its surroundings.
+for added polyps (``blend="poisson"``), where it tints the lesion toward its surroundings. Removal's default,
+``"mucosa"``, is this blend followed by engine.pipelines.detail_transfer: the fine texture of the mucosa around the
+region, which a fill painted at the model's working size lacks, quilted into it.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from collections import OrderedDict
 import numpy as np
 from PIL import Image
 
-BLEND_MODES = ("feather", "poisson")
+BLEND_MODES = ("feather", "poisson", "mucosa")
 
 
 def default_blend(removing: bool) -> str:
-    """The one rule: Poisson when removing a polyp (the region should continue the mucosa around it), feathering when
-    adding one (an added polyp keeps its own colour)."""
-    return "poisson" if removing else "feather"
+    """The one rule: Poisson with the surround's fine texture when removing a polyp (the region should continue the
+    mucosa around it), feathering when adding one (an added polyp keeps its own colour and surface)."""
+    return "mucosa" if removing else "feather"
 
 MAX_UNKNOWNS = 20000  # mask pixels solved exactly; larger masks are solved on a coarser grid
 

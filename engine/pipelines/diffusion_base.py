@@ -154,7 +154,7 @@ class OnnxDiffusionPipeline:
         ``latents`` (one array per seed, latent-shaped) replaces a variant's initial noise, and
         ``masked_image_noise`` its VAE posterior sample (sd-inpaint), to reproduce diffusers exactly. Every
         pipeline takes every keyword, so the batch job calls them alike, and ignores what is not its own:
-        ``blend`` ("feather" or "poisson", engine.pipelines.blending; None: Poisson for the removal prompt) is
+        ``blend`` ("feather", "poisson" or "mucosa", engine.pipelines.blending; None: mucosa for the removal prompt) is
         how an inpainting pipeline pastes back, ``conditioning_scale`` how strongly the sd-controlnet pipeline
         adds its ControlNet's residuals. ``strength`` (0 < s ≤ 1; pixel-space bundles): start from the prepared
         frame itself noised to that point of the schedule instead of from pure noise, and run only the last

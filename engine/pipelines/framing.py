@@ -15,6 +15,7 @@ from PIL import Image
 from engine.errors import InputError
 from engine.masks.geometry import feather_alpha
 from engine.pipelines.blending import BLEND_MODES, default_blend, poisson_blend
+from engine.pipelines.detail_transfer import transfer_mucosa_detail
 
 
 def choose_working_size(width: int, height: int, target: int, multiple: int) -> tuple[int, int]:
@@ -70,17 +71,22 @@ def paste_back(frame: np.ndarray, generated: np.ndarray, mask: np.ndarray, feath
     """Composite the generated image (float [0,1], working size) into the frame inside the mask only.
 
     ``blend="poisson"`` first moves the generated pixels inside the mask to the frame's values at the mask's edge,
-    keeping their gradients (engine.pipelines.blending), then pastes them with the same feathered edge."""
+    keeping their gradients (engine.pipelines.blending), then pastes them with the same feathered edge;
+    ``blend="mucosa"`` also gives them the fine texture of the mucosa around the mask, finer than the model's own
+    pixels brought up to the frame (engine.pipelines.detail_transfer)."""
+    if blend not in BLEND_MODES:
+        raise InputError(f"blend {blend!r} is not one of {', '.join(BLEND_MODES)}")
     height, width = frame.shape[:2]
     generated_u8 = np.clip(np.rint(generated * 255.0), 0, 255).astype(np.uint8)
+    upscale = max(height / generated_u8.shape[0], width / generated_u8.shape[1])
     if generated_u8.shape[:2] != (height, width):
         generated_u8 = np.asarray(
             Image.fromarray(generated_u8).resize((width, height), resample=Image.Resampling.LANCZOS)
         )
-    if blend == "poisson":
+    if blend in ("poisson", "mucosa"):
         generated_u8 = poisson_blend(frame, generated_u8, mask)
-    elif blend != "feather":
-        raise InputError(f"blend {blend!r} is not one of {', '.join(BLEND_MODES)}")
+    if blend == "mucosa":
+        generated_u8 = transfer_mucosa_detail(frame, generated_u8, mask, upscale)
     alpha = feather_alpha(mask, feather_px)[:, :, None]
     blended = frame.astype(np.float32) * (1.0 - alpha) + generated_u8.astype(np.float32) * alpha
     blended_u8 = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
