@@ -32,9 +32,10 @@ ASKED = {"colour": ("pale", "pink", "red", "whitish"), "surface": ("smooth", "lo
          "elevation": ("flat", "raised")}
 
 
-def run_job(bundle: str, frames: Path, out: Path, attributes: str, threads: int, seed: int) -> Path:
+def run_job(bundle: str, frames: Path, out: Path, attributes: str, threads: int, seed: int,
+            job_args: tuple[str, ...] = ()) -> Path:
     run_batch(["--input", str(frames), "--model", bundle, "--mask-source", "random", "--mode", "add", "--variants",
-               "1", "--seed", str(seed), "--attributes", attributes, "--threads", str(threads)], out)
+               "1", "--seed", str(seed), "--attributes", attributes, "--threads", str(threads), *job_args], out)
     return out
 
 
@@ -70,7 +71,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--job-args", default="", help="further batch-job flags for every job, e.g. '--guidance 5'")
+    parser.add_argument("--values", default="", help="comma list of asked values to measure (default: all)")
     args = parser.parse_args()
+    job_args = tuple(args.job_args.split())
+    only = {value for value in args.values.split(",") if value}
     out = args.out.resolve()
     frames = out / "frames"
     data = args.frames.resolve()
@@ -79,13 +84,16 @@ def main() -> int:
     count = len(names)
     print(f"{count} frames; one variant each per asked value", file=sys.stderr)
     baseline = Counter()
-    base = read_back(run_job(args.bundle, frames, out / "none", "none", args.threads, args.seed))
+    base = read_back(run_job(args.bundle, frames, out / "none", "none", args.threads, args.seed, job_args))
     for attributes in base:
         baseline.update((name, value) for name, value in attributes.items() if value)
     rows = []
     for name, values in ASKED.items():
         for value in values:
-            got = read_back(run_job(args.bundle, frames, out / f"{name}-{value}", value, args.threads, args.seed))
+            if only and value not in only:
+                continue
+            got = read_back(run_job(args.bundle, frames, out / f"{name}-{value}", value, args.threads, args.seed,
+                                    job_args))
             hits = sum(1 for a in got if a.get(name) == value)
             told = sum(1 for a in got if a.get(name))
             chance = baseline[(name, value)] / max(1, sum(1 for a in base if a.get(name)))
@@ -93,7 +101,7 @@ def main() -> int:
             rows.append({"attribute": name, "asked": value, "variants": len(got), "told": told,
                          "read_back": round(rate, 3), "when_not_asked": round(chance, 3),
                          "ratio": round(rate / chance, 2) if chance else None})
-    (out / "readback.json").write_text(json.dumps({"bundle": args.bundle, "frames": count, "rows": rows}, indent=1)
+    (out / "readback.json").write_text(json.dumps({"bundle": args.bundle, "frames": count, "job_args": list(job_args), "rows": rows}, indent=1)
                                        + "\n", encoding="utf-8")
     print(f"{'attribute':10s} {'asked':10s} {'n':>4s} {'read back':>10s} {'not asked':>10s} {'ratio':>6s}")
     for row in rows:
