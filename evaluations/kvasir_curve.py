@@ -40,6 +40,9 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    subset's own polyps again, while the generator brings what it learnt from the whole training corpus: if a
    generator beats copy-paste anywhere, it is where the real polyps are fewest. Its own report because the main
    report's ratio ablation is planned at its smallest fraction (0.1) and would move.
+13. `guided-judged-x4` at 0.05, 4 seeds (the first four of phase 12): phase 12's judge-kept job with classifier-free
+   guidance 5 instead of the bundle's 2.0 (the judge finds twice as many of its polyps per size bin): does the
+   segmenter learn more from them than from the default's judge-kept ×2, and than from copy-paste ×2?
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report per group (GROUPS) of every arm and fraction of its phases (an
@@ -87,6 +90,7 @@ PHASES = (
     (("attributes-judged-x4",), "0.1", ("--seeds", "3")),
     (("lift128-judged-x4",), "0.1", ("--seeds", "5")),
     (("copy-paste-x2", "default-judged-x4"), SMALLEST, ("--seeds", "5"), "smallest"),
+    (("guided-judged-x4",), SMALLEST, ("--seeds", "4"), "smallest"),
 )
 
 
@@ -104,7 +108,7 @@ ARMS = tuple(dict.fromkeys(arm for group in GROUPS for arm in arms_of(group)))
 # has no job file): the same in every call, the phase that trains them and the report of all arms.
 ARM_RATIOS = {"copy-paste-x2": 2.0, "judged-and-copy-paste": 2.0, "synthetic-judged-x6": 3.0,
               "compact128-judged-x4": 2.0, "attributes-judged-x4": 2.0,
-              "lift128-judged-x4": 2.0, "default-judged-x4": 2.0}
+              "lift128-judged-x4": 2.0, "default-judged-x4": 2.0, "guided-judged-x4": 2.0}
 MIXES = {"judged-and-copy-paste": ("copy-paste", "synthetic-judged-x4")}
 # Arms that run another arm's job file under a name of their own (their own ratio, their own pool and results).
 JOB_OF = {"default-judged-x4": "synthetic-judged-x4"}
