@@ -35,6 +35,8 @@ BEST_SHARE = 0.1  # a block is chosen among the tenth of the sources that contin
 MAX_SOURCES = 400
 MIN_SOURCES = 12
 DARK, BRIGHT = 25.0, 225.0  # luma outside these is view border, overlay text or a specular highlight
+LIGHTER_AT_MOST, DARKER_AT_MOST = 0.25, 0.5  # the relative detail kept (lighter than that is glare's fringe)
+EDGE_ENERGY = 2.5  # a source block with more than this times the median block's detail energy holds an edge
 GLARE_HALO = 3  # px around a highlight left out too (its bright fringe)
 
 
@@ -81,7 +83,7 @@ def transfer_mucosa_detail(frame: np.ndarray, filled: np.ndarray, mask: np.ndarr
     import cv2
 
     source = frame[sy0:sy1, sx0:sx1].astype(np.float32)
-    detail = source / (_blur(source, sigma) + 1.0) - 1.0
+    detail = np.clip(source / (_blur(source, sigma) + 1.0) - 1.0, -DARKER_AT_MOST, LIGHTER_AT_MOST)
     luma = _luma(source)
     glare = cv2.dilate((luma >= BRIGHT).astype(np.uint8), np.ones((2 * GLARE_HALO + 1,) * 2, np.uint8)) > 0
     valid = (~inside[sy0:sy1, sx0:sx1]) & (luma > DARK) & ~glare
@@ -95,6 +97,10 @@ def transfer_mucosa_detail(frame: np.ndarray, filled: np.ndarray, mask: np.ndarr
     if len(top_lefts) > MAX_SOURCES:
         top_lefts = top_lefts[rng.choice(len(top_lefts), MAX_SOURCES, replace=False)]
     blocks = np.stack([detail[y:y + block, x:x + block] for y, x in top_lefts])  # (K, b, b, 3)
+    # Blocks far livelier than the surround's typical one hold an edge (a fold, the view's rim), not texture:
+    # copied in, they become dark dashes.
+    energy_of = (blocks ** 2).mean(axis=(1, 2, 3))
+    blocks = blocks[energy_of <= EDGE_ENERGY * np.median(energy_of)]
 
     rows = max(1, -(-(y1 - y0 - overlap) // step))
     cols = max(1, -(-(x1 - x0 - overlap) // step))
@@ -129,7 +135,9 @@ def transfer_mucosa_detail(frame: np.ndarray, filled: np.ndarray, mask: np.ndarr
             canvas[cy:cy + block, cx:cx + block] += chosen * fade[..., None]
             weight[cy:cy + block, cx:cx + block] += fade[..., None]
             energy[cy:cy + block, cx:cx + block] += fade[..., None] ** 2
-    quilted = canvas / np.sqrt(np.maximum(energy, 1e-12))
+    # Normalised between the two extremes: by Σ fade (right for identical blocks) and by √Σ fade² (right for
+    # independent ones); neighbours chosen to continue each other are in between.
+    quilted = canvas / np.sqrt(np.maximum(weight, 1e-6) * np.sqrt(np.maximum(energy, 1e-12)))
 
     out = filled.copy()
     margin = int(np.ceil(3 * sigma))  # the fill's coarse picture, blurred with its surround (no edge reflection)
