@@ -8,14 +8,15 @@ the fill's coarse picture (its light, colour and folds: the model's, after the P
 *fine* detail of the mucosa around it, by image quilting (Efros & Freeman, 2001) of the surround's relative
 detail:
 
-1. relative detail of the frame, per channel: D = frame / blur(frame, σ) − 1, with σ half the upscale factor
-   (the scale below which the model painted nothing), at least ``MIN_SIGMA``;
+1. relative detail of the frame, per channel: D = frame / blur(frame, σ) − 1, with σ the upscale factor (the
+   scale below which the model painted nothing), within [``MIN_SIGMA``, ``MAX_SIGMA``];
 2. source blocks: every block of the frame within reach of the region (its box grown by its own size) that lies
-   wholly outside the mask, on lit mucosa (no black view border, no specular highlight, no overlay text), a
-   random few hundred of them;
-3. the region's box is tiled with overlapping blocks in raster order, each chosen at random among the sources
-   whose overlap with what is already laid matches within ``TOLERANCE`` of the best match, overlaps
-   cross-faded;
+   wholly outside the mask, on lit mucosa (no black view border, no overlay text, no specular highlight or its
+   fringe), a random few hundred of them, less those far livelier than the typical one (an edge: a fold, the
+   view's rim, which copied in becomes a dark dash); D is clipped to [−50 %, +25 %] (lighter is glare);
+3. the region's box is tiled with overlapping blocks in raster order, each chosen at random among the
+   ``BEST_SHARE`` of the sources that continue what is already laid best — the mismatch relative to the blocks'
+   own energy, since plain squared error favours flat blocks and washes the texture out — overlaps cross-faded;
 4. inside the mask: blur(fill, σ) · (1 + D_quilted); outside it nothing changes.
 
 Detail that is copied, not generated: the fill's texture statistics are the surround's by construction, and the
