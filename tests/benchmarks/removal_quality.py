@@ -69,9 +69,9 @@ def measure(image: np.ndarray, region: np.ndarray) -> dict | None:
             "detail": _robust_std(high[inside]) / max(ring_detail, 1e-6), "area": float(region.mean())}
 
 
-def run_bundle(bundle: str, frames: Path, out: Path, threads: int) -> Path:
+def run_bundle(bundle: str, frames: Path, out: Path, threads: int, job_args: tuple[str, ...] = ()) -> Path:
     run_batch(["--input", str(frames), "--model", bundle, "--mode", "remove", "--mask-source", "box", "--variants",
-               "1", "--threads", str(threads)], out)
+               "1", "--threads", str(threads), *job_args], out)
     return out
 
 
@@ -113,10 +113,13 @@ def main() -> int:
     parser.add_argument("--bundles", required=True, help="comma list of bundle names or folders")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--job-args", default="", help="further batch-job flags, e.g. '--guidance 5' or '--blend "
+                        "poisson' (the blend before the mucosa detail)")
     args = parser.parse_args()
     results = {}
     for bundle in args.bundles.split(","):
-        dataset = run_bundle(bundle, args.frames.resolve(), args.out.resolve() / Path(bundle).name, args.threads)
+        dataset = run_bundle(bundle, args.frames.resolve(), args.out.resolve() / Path(bundle).name, args.threads,
+                             tuple(args.job_args.split()))
         rows = measure_dataset(dataset)
         results[bundle] = {"rows": rows, "by_size": summary(rows)}
     args.out.mkdir(parents=True, exist_ok=True)
