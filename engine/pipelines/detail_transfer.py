@@ -56,6 +56,13 @@ def detail_sigma(upscale: float) -> float:
     return float(min(MAX_SIGMA, max(MIN_SIGMA, upscale)))
 
 
+def _cross_faded(total: np.ndarray, weight: np.ndarray, energy: np.ndarray) -> np.ndarray:
+    """Σ fade·block normalised between the two extremes: by Σ fade (right for identical blocks) and by √Σ fade²
+    (right for independent ones, whose spread a plain average would shrink); neighbours chosen to continue each
+    other are in between."""
+    return total / np.sqrt(np.maximum(weight, 1e-6) * np.sqrt(np.maximum(energy, 1e-12)))
+
+
 def _seed(frame: np.ndarray, mask: np.ndarray) -> int:
     digest = hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=8)
     ys, xs = np.nonzero(mask)
@@ -67,6 +74,8 @@ def transfer_mucosa_detail(frame: np.ndarray, filled: np.ndarray, mask: np.ndarr
     """``frame`` (the input, uint8 H × W × 3), ``filled`` (the same with the region painted), ``mask`` (bool H × W,
     the region) → ``filled`` with the surround's fine detail quilted into the region (uint8); every pixel outside
     the mask is ``filled``'s own. ``upscale``: how many frame pixels one of the model's pixels became."""
+    import cv2
+
     inside = np.asarray(mask, bool)
     if not inside.any():
         return filled
@@ -80,9 +89,6 @@ def transfer_mucosa_detail(frame: np.ndarray, filled: np.ndarray, mask: np.ndarr
     reach_y, reach_x = max(y1 - y0, 2 * block), max(x1 - x0, 2 * block)
     sy0, sy1 = max(0, y0 - reach_y), min(height, y1 + reach_y)
     sx0, sx1 = max(0, x0 - reach_x), min(width, x1 + reach_x)
-
-    import cv2
-
     source = frame[sy0:sy1, sx0:sx1].astype(np.float32)
     detail = np.clip(source / (_blur(source, sigma) + 1.0) - 1.0, -DARKER_AT_MOST, LIGHTER_AT_MOST)
     luma = _luma(source)
@@ -121,7 +127,7 @@ def transfer_mucosa_detail(frame: np.ndarray, filled: np.ndarray, mask: np.ndarr
                 if not overlap_view:
                     continue
                 laid_at, candidate_at = overlap_view
-                laid = canvas[laid_at] / np.sqrt(np.maximum(energy[laid_at], 1e-12))
+                laid = _cross_faded(canvas[laid_at], weight[laid_at], energy[laid_at])
                 candidates = blocks[candidate_at]
                 error += ((candidates - laid[None]) ** 2).mean(axis=(1, 2, 3))
                 scale += (candidates ** 2).mean(axis=(1, 2, 3)) + float((laid ** 2).mean())
@@ -136,9 +142,7 @@ def transfer_mucosa_detail(frame: np.ndarray, filled: np.ndarray, mask: np.ndarr
             canvas[cy:cy + block, cx:cx + block] += chosen * fade[..., None]
             weight[cy:cy + block, cx:cx + block] += fade[..., None]
             energy[cy:cy + block, cx:cx + block] += fade[..., None] ** 2
-    # Normalised between the two extremes: by Σ fade (right for identical blocks) and by √Σ fade² (right for
-    # independent ones); neighbours chosen to continue each other are in between.
-    quilted = canvas / np.sqrt(np.maximum(weight, 1e-6) * np.sqrt(np.maximum(energy, 1e-12)))
+    quilted = _cross_faded(canvas, weight, energy)
 
     out = filled.copy()
     margin = int(np.ceil(3 * sigma))  # the fill's coarse picture, blurred with its surround (no edge reflection)
