@@ -32,6 +32,11 @@ def stem(frame: str) -> str:
     return Path(frame).stem
 
 
+def read_held_out(path: Path) -> set[str]:
+    """The frame stems of a model's held_out_frames.txt (one name per line)."""
+    return {stem(line.strip()) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
 def read_runs(results: Path, arm: str, test: str) -> dict[int, list[dict]]:
     """seed → that run's per-frame rows on ``test``."""
     runs = {}
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                         "held_out_frames.txt): the test frames it never trained on")
     parser.add_argument("--test", default="kvasir", help="the test set's name in the results (default kvasir)")
     args = parser.parse_args(argv)
-    held_out = {stem(line.strip()) for line in args.held_out.read_text().splitlines() if line.strip()}
+    held_out = read_held_out(args.held_out)
     print(markdown(compare(args.results, args.base, args.arms, held_out, args.test), args.base))
     return 0
 

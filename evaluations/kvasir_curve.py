@@ -112,6 +112,13 @@ ARM_RATIOS = {"copy-paste-x2": 2.0, "judged-and-copy-paste": 2.0, "synthetic-jud
 MIXES = {"judged-and-copy-paste": ("copy-paste", "synthetic-judged-x4")}
 # Arms that run another arm's job file under a name of their own (their own ratio, their own pool and results).
 JOB_OF = {"default-judged-x4": "synthetic-judged-x4"}
+# Per group, the fraction whose generated arms are split into test frames the generator never trained on and the
+# ones it did (seen_unseen.md beside the report: evaluations/curve_seen_unseen.py), against real and copy-paste ×2.
+# The held-out list is the default model's; the candidates fine-tuned from it hold out the same hash-chosen frames.
+SEEN_UNSEEN = {"curve": ("0.1", ("synthetic-judged-x4-ratio2", "lift128-judged-x4")),
+               "smallest": (SMALLEST, ("default-judged-x4", "guided-judged-x4"))}
+SEEN_UNSEEN_BASES = ("real", "copy-paste-x2")
+GENERATOR_HELD_OUT = REPO / "training_runs" / "compact-anneal" / "model" / "held_out_frames.txt"
 
 
 def job_file(arm: str) -> Path:
@@ -228,6 +235,36 @@ def collect(group: str, work: Path) -> None:
     out_name, committed, _, _ = GROUPS[group]
     copy_tree(work / out_name, committed, ("results/**/*.json", "report.json", "report.html", "learning_curve.png",
                                            "evaluation.json"))
+    write_seen_unseen(group, committed)
+
+
+def write_seen_unseen(group: str, committed: Path) -> Path | None:
+    """committed/seen_unseen.md: the group's generated arms against real and copy-paste ×2 on all test frames, on
+    those the generator never trained on and on those it did (the arms and bases with results so far); None when
+    there is nothing to compare yet."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    from curve_seen_unseen import compare, markdown, read_held_out
+
+    from engine.fileio import atomic_write_bytes
+
+    fraction, arms = SEEN_UNSEEN[group]
+    results = committed / "results" / fraction
+    present = lambda arm: any(results.glob(f"{arm}-seed*.json"))  # noqa: E731
+    arms = [arm for arm in arms if present(arm)]
+    bases = [base for base in SEEN_UNSEEN_BASES if present(base)]
+    if not arms or not bases:
+        return None
+    held_out = read_held_out(GENERATOR_HELD_OUT)
+    tables = [markdown(compare(results, base, arms, held_out), base) for base in bases]
+    text = (f"# Seen and unseen test frames, fraction {fraction}\n\nWritten by evaluations/kvasir_curve.py from "
+            f"results/{fraction}: each generated arm's paired difference per seed on all test frames, on the "
+            f"{len(held_out)} frames the generator never trained on ({GENERATOR_HELD_OUT.relative_to(REPO)}) and on "
+            "the others (evaluations/curve_seen_unseen.py; p over seeds by a paired t-test, over frames by "
+            "Wilcoxon).\n\n" + "\n\n".join(tables) + "\n")
+    target = committed / "seen_unseen.md"
+    atomic_write_bytes(target, text.encode("utf-8"))
+    return target
 
 
 if __name__ == "__main__":

@@ -40,3 +40,26 @@ def test_a_gain_only_on_frames_the_generator_saw_is_told_apart(tmp_path, capsys)
     assert "| generated | unseen (6) | 3 | +0.000" in table and "| generated | seen (4) | 3 | +0.210" in table
     with pytest.raises(SystemExit, match="no results of arm 'missing'"):
         script.compare(tmp_path, "real", ["missing"], held_out)
+
+
+def test_the_curve_wrapper_writes_the_split_beside_its_committed_report(tmp_path):
+    """kvasir_curve's collect step writes seen_unseen.md for the group's generated arms that have results, against
+    the bases that have them; nothing while either is missing."""
+    wrapper = load_script("evaluations/kvasir_curve.py")
+    listing = tmp_path / "held_out_frames.txt"
+    listing.write_text("f0.jpg\nf1.jpg\nf2.jpg\n")
+    wrapper.GENERATOR_HELD_OUT = listing
+    wrapper.REPO = tmp_path
+    committed = tmp_path / "committed"
+    results = committed / "results" / "0.05"
+    results.mkdir(parents=True)
+    wrapper.SEEN_UNSEEN = {"smallest": ("0.05", ("generated", "not-run"))}
+    assert wrapper.write_seen_unseen("smallest", committed) is None  # no results yet
+    for seed in range(3):
+        _write_run(results, "real", seed, lambda i: 0.5 + 0.01 * seed)
+        _write_run(results, "generated", seed, lambda i: 0.6 + 0.02 * seed)
+    written = wrapper.write_seen_unseen("smallest", committed)
+    text = written.read_text()
+    assert written == committed / "seen_unseen.md"
+    assert "| generated | unseen (3) | 3 | +0.110" in text and "| generated | seen (7) | 3 | +0.110" in text
+    assert "arm − real" in text and "copy-paste-x2" not in text and "not-run" not in text
