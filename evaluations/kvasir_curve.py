@@ -43,6 +43,8 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
 13. `guided-judged-x4` at 0.05, 4 seeds (the first four of phase 12): phase 12's judge-kept job with classifier-free
    guidance 5 instead of the bundle's 2.0 (the judge finds twice as many of its polyps per size bin): does the
    segmenter learn more from them than from the default's judge-kept ×2, and than from copy-paste ×2?
+14. `removal-mucosa` at 0.1: phase 2's removals with removal's new default blend, the mucosa's own fine texture in
+   the fill instead of a blurred patch (phase 2's `removal` job pins the Poisson blend its runs were made with).
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report per group (GROUPS) of every arm and fraction of its phases (an
@@ -91,6 +93,7 @@ PHASES = (
     (("lift128-judged-x4",), "0.1", ("--seeds", "5")),
     (("copy-paste-x2", "default-judged-x4"), SMALLEST, ("--seeds", "5"), "smallest"),
     (("guided-judged-x4",), SMALLEST, ("--seeds", "4"), "smallest"),
+    (("removal-mucosa",), "0.1", ()),
 )
 
 
