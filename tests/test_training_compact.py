@@ -522,24 +522,3 @@ def test_the_model_card_line_shows_a_long_schedule_by_its_length():
     shown = _shortened(settings)
     assert shown["scheduler"]["trained_betas"] == "1000 values, 0.001 to 0.999"
     assert shown["padding_range"] == [0.15, 0.5] and shown["scheduler"]["prediction_type"] == "v_prediction"
-
-
-def test_an_export_sets_the_bundles_default_guidance_and_says_so_on_its_card(tmp_path):
-    from engine.export.compact_export import export_compact_bundle
-    from engine.models.compact_unet import CompactConfig, CompactInpaintUNet, save_compact_model
-    from engine.pipelines.compact import CompactInpaintPipeline
-    from engine.training.compact_task import CompactTaskConfig
-
-    torch.manual_seed(0)
-    config = CompactConfig(widths=(8, 16), groups=4)
-    save_compact_model(CompactInpaintUNet(config), CompactTaskConfig(resolution=32, model=config), tmp_path / "model")
-    card = tmp_path / "CARD.md"
-    card.write_text("# Model card\n", encoding="utf-8")
-    plain = export_compact_bundle(tmp_path / "model", tmp_path / "plain", card=card, log=lambda _: None)
-    guided = export_compact_bundle(tmp_path / "model", tmp_path / "guided", card=card, guidance=5.0,
-                                   log=lambda _: None)
-    assert json.loads((plain / "bundle.json").read_text())["sampling"]["guidance_scale"] == 2.0
-    assert json.loads((guided / "bundle.json").read_text())["sampling"]["guidance_scale"] == 5.0
-    assert "## Sampling" not in (plain / "MODEL_CARD.md").read_text(encoding="utf-8")
-    assert "guidance 5" in (guided / "MODEL_CARD.md").read_text(encoding="utf-8")
-    assert CompactInpaintPipeline.from_bundle(guided).defaults["guidance_scale"] == 5.0  # the card is in its hashes

@@ -156,11 +156,6 @@ def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | 
         parity = check_parity(model, onnx_path, [(resolution, resolution), (multiple * 3, multiple * 5)], log)
         if card is not None:
             shutil.copyfile(card, bundle / "MODEL_CARD.md")
-            if guidance is not None:
-                with open(bundle / "MODEL_CARD.md", "a", encoding="utf-8") as out:
-                    out.write(f"\n## Sampling\n- default classifier-free guidance {float(guidance):g} (the training "
-                              f"run sampled its grids at {float(task.get('sample_guidance', 2.0)):g}); chosen at "
-                              "export: docs/compact-model.md says why\n")
         detail = None
         if detail_dir is not None:
             from engine.export.detail_export import export_detail_part
