@@ -118,11 +118,9 @@ def check_parity(model, onnx_path: Path, sizes: list[tuple[int, int]], log: Log)
 def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | os.PathLike[str], name: str | None = None,
                           card: Path | None = None, overwrite: bool = True, description: str = "",
                           extra: dict | None = None, opset: int = DEFAULT_OPSET, log: Log = print,
-                          detail_dir: str | os.PathLike[str] | None = None, detail_card: Path | None = None,
-                          guidance: float | None = None) -> Path:
+                          detail_dir: str | os.PathLike[str] | None = None, detail_card: Path | None = None) -> Path:
     """The bundle of the compact model in ``model_dir``; with ``detail_dir``, with that detail stage (its card,
-    ``detail_card``, goes to detail/MODEL_CARD.md). Without it the bundle is what it always was. ``guidance``: the
-    bundle's default classifier-free guidance scale (None: the one the model was trained to sample its grids with)."""
+    ``detail_card``, goes to detail/MODEL_CARD.md). Without it the bundle is what it always was."""
     from engine.bundle.format import write_manifest
     from engine.models.compact_unet import load_compact_model
 
@@ -177,8 +175,7 @@ def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | 
             "classes": list(CLASS_NAMES),
             "prediction_type": task["scheduler"]["prediction_type"],
             "scheduler": dict(task["scheduler"]),
-            "sampling": {"steps": int(task.get("sample_steps", 20)),
-                         "guidance_scale": float(task.get("sample_guidance", 2.0) if guidance is None else guidance),
+            "sampling": {"steps": int(task.get("sample_steps", 20)), "guidance_scale": float(task.get("sample_guidance", 2.0)),
                          "scheduler": "ddim", "inpaint_area": "region", "region_padding": None},
             "prompts": {"add": "Polyp", "remove": "Normal", "negative": ""},
             "model_card": "MODEL_CARD.md" if card is not None else None,
