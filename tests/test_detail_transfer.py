@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from engine.pipelines.detail_transfer import detail_sigma, transfer_mucosa_detail
 from engine.pipelines.framing import paste_back
@@ -42,8 +43,6 @@ def _textured_mucosa(height=240, width=320, seed=0) -> np.ndarray:
 def _smooth_fill(frame: np.ndarray, mask: np.ndarray, factor: int = 6) -> np.ndarray:
     """The frame with the masked region replaced by its own picture at 1/factor resolution brought back up: the
     coarse light and colour right, the fine detail gone (a compact model's fill)."""
-    from PIL import Image
-
     height, width = mask.shape
     small = Image.fromarray(frame).resize((width // factor, height // factor), Image.Resampling.BOX)
     smooth = np.asarray(small.resize((width, height), Image.Resampling.BICUBIC))
@@ -114,7 +113,7 @@ def test_the_detail_scale_follows_the_upscale_within_bounds(upscale, expected):
 def test_paste_back_with_mucosa_blend_textures_the_removal_and_keeps_every_outside_byte():
     frame = _textured_mucosa(seed=5)
     mask = _box(frame.shape[:2], 60, 80, 180, 240)
-    generated = np.asarray(__import__("PIL.Image", fromlist=["Image"]).fromarray(frame).resize((40, 30)))
+    generated = np.asarray(Image.fromarray(frame).resize((40, 30)))
     as_model = generated.astype(np.float32) / 255.0  # the fill at a model's 40×30 working size
     poisson = paste_back(frame, as_model, mask, feather_px=3, blend="poisson")
     mucosa = paste_back(frame, as_model, mask, feather_px=3, blend="mucosa")

@@ -26,7 +26,7 @@ REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(HERE))
 
-from bench_jobs import chosen_names, held_out_names, link_frames, ok_records, run_batch  # noqa: E402
+from bench_jobs import add_job_args_option, chosen_names, held_out_names, link_frames, ok_records, run_batch  # noqa: E402
 
 ASKED = {"colour": ("pale", "pink", "red", "whitish"), "surface": ("smooth", "lobulated", "irregular"),
          "elevation": ("flat", "raised")}
@@ -71,10 +71,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--job-args", default="", help="further batch-job flags for every job, e.g. '--guidance 5'")
+    add_job_args_option(parser)
     parser.add_argument("--values", default="", help="comma list of asked values to measure (default: all)")
     args = parser.parse_args()
-    job_args = tuple(args.job_args.split())
+    job_args = tuple(args.job_args)
     only = {value for value in args.values.split(",") if value}
     out = args.out.resolve()
     frames = out / "frames"
@@ -101,8 +101,8 @@ def main() -> int:
             rows.append({"attribute": name, "asked": value, "variants": len(got), "told": told,
                          "read_back": round(rate, 3), "when_not_asked": round(chance, 3),
                          "ratio": round(rate / chance, 2) if chance else None})
-    (out / "readback.json").write_text(json.dumps({"bundle": args.bundle, "frames": count, "job_args": list(job_args), "rows": rows}, indent=1)
-                                       + "\n", encoding="utf-8")
+    record = {"bundle": args.bundle, "frames": count, "job_args": list(job_args), "rows": rows}
+    (out / "readback.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     print(f"{'attribute':10s} {'asked':10s} {'n':>4s} {'read back':>10s} {'not asked':>10s} {'ratio':>6s}")
     for row in rows:
         ratio = "—" if row["ratio"] is None else f"{row['ratio']:.2f}"

@@ -15,6 +15,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def add_job_args_option(parser, example: str = "'--guidance 5'") -> None:
+    """The benchmarks' ``--job-args``: further batch-job flags for every job they run, as one string read as a list
+    (``args.job_args``; argparse converts the string default too, so it is a list whether given or not)."""
+    parser.add_argument("--job-args", type=str.split, default="",
+                        help=f"further batch-job flags for every job, e.g. {example}")
+
+
 def chosen_names(data: Path, wanted: list[str] | None = None, limit: int | None = None) -> list[str]:
     """The file names in data/images in sorted order, only those named in `wanted` (file names or stems) if given;
     the first `limit` of them."""

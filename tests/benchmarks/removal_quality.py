@@ -31,7 +31,7 @@ REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(HERE))
 
-from bench_jobs import ok_records, run_batch  # noqa: E402
+from bench_jobs import add_job_args_option, ok_records, run_batch  # noqa: E402
 BINS = ((0.0, 0.05), (0.05, 0.10), (0.10, 0.20), (0.20, 0.40), (0.40, 1.01))
 SMUDGE, BLUR = -15.0, 0.5
 BOX_PAD = 15  # the batch job's default --box-pad
@@ -113,13 +113,12 @@ def main() -> int:
     parser.add_argument("--bundles", required=True, help="comma list of bundle names or folders")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--job-args", default="", help="further batch-job flags, e.g. '--guidance 5' or '--blend "
-                        "poisson' (the blend before the mucosa detail)")
+    add_job_args_option(parser, "'--blend poisson' (the blend before the mucosa detail)")
     args = parser.parse_args()
     results = {}
     for bundle in args.bundles.split(","):
         dataset = run_bundle(bundle, args.frames.resolve(), args.out.resolve() / Path(bundle).name, args.threads,
-                             tuple(args.job_args.split()))
+                             tuple(args.job_args))
         rows = measure_dataset(dataset)
         results[bundle] = {"rows": rows, "by_size": summary(rows)}
     args.out.mkdir(parents=True, exist_ok=True)

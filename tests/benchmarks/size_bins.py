@@ -37,7 +37,7 @@ REPO_ROOT = HERE.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(HERE))
 
-from bench_jobs import chosen_names, held_out_names, link_frames, ok_records, run_batch, unet_seconds_per_image  # noqa: E402,E501
+from bench_jobs import add_job_args_option, chosen_names, held_out_names, link_frames, ok_records, run_batch, unet_seconds_per_image  # noqa: E402,E501
 from compact_samples import grid  # noqa: E402  (sibling benchmark scripts)
 from removal_quality import measure  # noqa: E402
 
@@ -217,7 +217,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--add-only", action="store_true", help="only the add jobs per bin (no removal, no "
                         "default-size job)")
-    parser.add_argument("--job-args", default="", help="further batch-job flags for every job, e.g. '--steps 10'")
+    add_job_args_option(parser, "'--steps 10'")
     parser.add_argument("--bins", default=",".join(bin_label(*b) for b in BINS),
                         help="the add jobs' bins, a comma list of them (default: all)")
     args = parser.parse_args()
@@ -237,7 +237,7 @@ def main() -> int:
     results = {"real": real, "bundles": {}}
     for bundle in args.bundles.split(","):
         measured = measure_bundle(bundle, held, args.per_bin, out / Path(bundle).name, judge, args.threads, args.seed,
-                                  bins, args.job_args.split(), args.add_only)
+                                  bins, args.job_args, args.add_only)
         results["bundles"][bundle] = {"measured": measured, "summary": summarise(measured, real, held_real)}
     (out / "size_bins.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     print(f"real polyps: {len(real)} in the judge's validation frames (never trained on)")
