@@ -183,13 +183,20 @@ def _add_batch_options(group) -> None:
     group.add_argument("--break-lock", action="store_true", default=None,
                        help="take over --output's job.lock even if its holder may still be running "
                        "(a lock of a process that is gone is taken over without it)")
-    group.add_argument("--judge", type=Path,
-                       help="a segmenter bundle (e.g. polyp-judge): variants it disagrees with are rejected")
+    judging = group.add_mutually_exclusive_group()
+    judging.add_argument("--judge", type=Path,
+                         help="a segmenter bundle (e.g. polyp-judge): variants it disagrees with are rejected "
+                         "(default: the judge the model recommends for the mode, if any: the default model's polyp "
+                         "judge for mode add, up to 4 attempts per variant)")
+    judging.add_argument("--no-judge", dest="model_judge", action="store_false", default=None,
+                         help="keep every variant, also those the model's recommended judge does not find (job file: "
+                         "model_judge = false)")
     group.add_argument("--min-judge-score", type=float,
                        help="judge score a variant needs (0..1, default 0.5; add: mean judge probability over the "
                        "generated polyp, remove: 1 − the peak probability where the polyp was)")
-    group.add_argument("--max-attempts", type=int, help="with --judge: generations per variant, the next seeds "
-                       "after a rejection (default 1)")
+    group.add_argument("--max-attempts", type=int, help="with a judge: generations per variant, the next seeds "
+                       "after a rejection (default 1; with the model's recommended judge, its count: 4 for the default "
+                       "model, more if asked)")
     group.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     group.add_argument("--json-summary", type=Path, help="write the job summary as JSON here too")
 
@@ -280,6 +287,7 @@ def _run_batch(args) -> int:
 
     values = read_job_file(args.job) if args.job else {}
     values.update(batch_flag_values(args))
+    values.setdefault("model_judge", True)  # the model's recommended judge, unless the job file or --no-judge says not
     spec = build_spec(values, str(args.job) if args.job else "command line")
     return _run_job_in_terminal(spec, quiet=args.quiet, json_summary=args.json_summary)
 

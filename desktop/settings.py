@@ -64,6 +64,9 @@ class JobSettings:
     # the polyp judge (batch job --judge): variants it disagrees with are rejected, and regenerated with the next
     # seeds up to max_attempts
     use_judge: bool = False
+    # without a judge of its own: the judge the model recommends for the mode (the default model: the polyp judge
+    # for add, up to 4 attempts; engine.judge.model_gate), as main.py --batch does unless --no-judge
+    model_judge: bool = True
     judge: str = "polyp-judge"  # a "segmenter" bundle: a name in exported_models/ or a folder
     min_judge_score: float = 0.5
     max_attempts: int = 3
@@ -98,6 +101,8 @@ class JobSettings:
                 values["strength"] = self.strength
         if self.use_judge and self.judge.strip():
             values.update(judge=self.judge.strip(), min_judge_score=self.min_judge_score, max_attempts=self.max_attempts)
+        else:
+            values["model_judge"] = self.model_judge
         if self.model:
             values["model"] = self.model
         if masks_dir is not None:
@@ -169,7 +174,7 @@ def _parse(name: str, raw, default):
         if not (0.0 < value if name == "strength" else 0.0 <= value) or value > 1.0:
             raise ValueError(name)
         return value
-    if name in ("resume", "use_judge"):
+    if name in ("resume", "use_judge", "model_judge"):
         return text.lower() in ("true", "1", "yes")
     if name == "formats":
         values = [v for v in (raw if isinstance(raw, list) else text.split(",")) if v in FORMATS]

@@ -3,7 +3,8 @@
 `make demo` runs this on a fresh machine: it writes sample frames (procedural, no patient data), then the two jobs
 a curator runs with `main.py --batch`: **add** (a new polyp at a random free place in every frame, sized like real
 polyps — the Kvasir-SEG size prior, the frames' own polyps being too few to measure — with the frames' own polyps
-carried into the labels) into ``<output>/add``, and **removal** (each annotated polyp's box, padded 15 px as in
+carried into the labels; as there, only variants the model's recommended polyp judge finds are kept, up to 4
+attempts each, the others in ``add/rejected/``) into ``<output>/add``, and **removal** (each annotated polyp's box, padded 15 px as in
 Polyp-Gen, repainted as mucosa with the "Normal" prompt) into ``<output>/removal``. ``<output>/contact_sheet.jpg``
 shows both: source | result | the added (or removed) polyp's outline beside, never over, the lesion.
 """
@@ -28,7 +29,9 @@ def demo_specs(samples_dir: Path, output_dir: Path, variants: int = 2, seed: int
     from engine.samples import generate_sample_set
 
     generate_sample_set(samples_dir, count=6, seed=seed)
-    common = {"input": samples_dir, "model": DEMO_BUNDLE, "provider": provider, "seed": seed, "resume": False}
+    # model_judge: as main.py --batch, the model's recommended judge (the default model: the polyp judge, add mode)
+    common = {"input": samples_dir, "model": DEMO_BUNDLE, "provider": provider, "seed": seed, "resume": False,
+              "model_judge": True}
     return {
         "add": build_spec({**common, "output": Path(output_dir) / "add", "mask_source": "random", "mode": "add",
                            "variants": variants}, source="demo"),

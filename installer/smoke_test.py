@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset = work / "dataset"
         runner.run("--batch", ["--batch", "--input", str(work / "frames"), "--output", str(dataset),
                                "--mask-source", "random", "--variants", "1", "--steps", "2", "--quiet",
+                               "--no-judge",  # 2 steps paint noise, which the model's polyp judge would reject
                                "--json-summary", str(work / "summary.json")])
         results["dataset"] = check_dataset(dataset)
         check(results["dataset"]["ok_variants"] == FRAMES, f"expected {FRAMES} variants: {results['dataset']}")

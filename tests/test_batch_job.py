@@ -24,7 +24,7 @@ def kvasir_like(tmp_path_factory) -> Path:
 
 
 def run_batch(*args) -> int:
-    return main.main(["--batch", "--quiet", "--steps", "2", *map(str, args)])
+    return main.main(["--batch", "--quiet", "--no-judge", "--steps", "2", *map(str, args)])
 
 
 def read_yolo_rows(path: Path) -> list[list[float]]:
@@ -151,7 +151,7 @@ def test_splits_only_train_unless_asked(tmp_path):
 def test_job_file_with_flag_override_and_unknown_keys(kvasir_like, tmp_path, capsys):
     job = tmp_path / "job.toml"
     job.write_text(f'input = "{kvasir_like}"\noutput = "out"\nmask-source = "random"\nvariants = 3\n')
-    assert main.main(["--batch", "--quiet", "--job", str(job), "--variants", "1", "--steps", "2"]) == 0
+    assert main.main(["--batch", "--quiet", "--no-judge", "--job", str(job), "--variants", "1", "--steps", "2"]) == 0
     manifest = (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 6  # the flag (1 variant) beat the file (3)
     job.write_text(f'input = "{kvasir_like}"\noutput = "out"\nvariantz = 3\n')
@@ -173,7 +173,7 @@ def test_job_file_with_flag_override_and_unknown_keys(kvasir_like, tmp_path, cap
 def test_jobs_that_cannot_start_say_why_in_one_line(kvasir_like, tmp_path, capsys, args, message):
     (tmp_path / "file").write_text("a file, not a folder")
     filled = [a.format(tmp=tmp_path, data=kvasir_like) for a in args]
-    assert main.main(["--batch", "--quiet", *filled]) == 2
+    assert main.main(["--batch", "--quiet", "--no-judge", *filled]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.startswith("error: ") and len(err.splitlines()) == 1
 

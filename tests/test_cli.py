@@ -64,13 +64,16 @@ def test_demo_command_runs_the_batch_job(tmp_path):
     add = tmp_path / "out" / "add"
     images = sorted((add / "images" / "train").glob("*.png"))
     lines = (add / "manifest.jsonl").read_text().splitlines()
-    assert len(images) == len(lines) == 6
+    rejected = sorted((add / "rejected" / "images" / "train").glob("*.png"))
+    assert len(images) + len(rejected) == len(lines) == 6 and images  # the model's judge kept some, moved the rest
     assert all("__add-random-v00" in p.name for p in images)
     assert (add / "annotations" / "instances.json").is_file()
     assert "polypforge-compact" in completed.stderr and "research use only" in completed.stderr
     assert "dataset: " in completed.stderr
     records = [__import__("json").loads(line) for line in lines]
     assert {r["bundle"] for r in records} == {"polypforge-compact"} and {r["inpaint_area"] for r in records} == {"region"}
+    assert {r["judge"]["bundle"] for r in records} == {"polyp-judge"} and {r["judge"]["max_attempts"] for r in records} == {4}
+    assert "recommended judge polyp-judge" in completed.stderr
     assert all(r["size_source"] == "kvasir-seg prior" for r in records if r["status"] == "ok"), records[0]
     removal = tmp_path / "out" / "removal"
     removed = [__import__("json").loads(line) for line in (removal / "manifest.jsonl").read_text().splitlines()]

@@ -44,7 +44,7 @@ def test_ultralytics_layout_with_detect_and_segment_rows(tmp_path):
                 rows.append("0 " + " ".join(f"{v / (192 if i % 2 == 0 else 160):.6f}" for i, v in enumerate(poly)))
         (root / "labels" / "train" / f"{path.stem}.txt").write_text("\n".join(rows) + "\n")
     output = tmp_path / "out"
-    assert main.main(["--batch", "--quiet", "--input", str(root), "--output", str(output), "--mode", "remove",
+    assert main.main(["--batch", "--quiet", "--no-judge", "--input", str(root), "--output", str(output), "--mode", "remove",
                       "--mask-source", "box", "--steps", "2"]) == 0
     records = {r["source_frame"]: r for r in _manifest(output)}
     assert all(r["status"] == "ok" and len(r["removed"]) == 2 and r["instances"] == [] for r in records.values())
@@ -53,7 +53,7 @@ def test_ultralytics_layout_with_detect_and_segment_rows(tmp_path):
     assert all(r["label_source"].startswith("yolo:labels/train/") for r in records.values())
     # add at random places: the YOLO polyps are carried into the variant's labels
     output2 = tmp_path / "out2"
-    assert main.main(["--batch", "--quiet", "--input", str(root), "--output", str(output2), "--mask-source", "random",
+    assert main.main(["--batch", "--quiet", "--no-judge", "--input", str(root), "--output", str(output2), "--mask-source", "random",
                       "--steps", "2"]) == 0
     for record in _manifest(output2):
         origins = sorted(i["origin"] for i in record["instances"])
@@ -75,7 +75,7 @@ def test_coco_labels_are_read_and_carried(tmp_path):
     sources = discover(root)
     assert all(f.label_source == "coco:labels.json" and len(f.label_instances) == 1 for f in sources.frames)
     output = tmp_path / "out"
-    assert main.main(["--batch", "--quiet", "--input", str(root), "--output", str(output), "--mask-source", "random",
+    assert main.main(["--batch", "--quiet", "--no-judge", "--input", str(root), "--output", str(output), "--mask-source", "random",
                       "--steps", "2"]) == 0
     for record in _manifest(output):
         carried = [i for i in record["instances"] if i["origin"] == "coco"]
@@ -88,7 +88,7 @@ def test_split_file_decides_and_unlisted_frames_are_left_out(tmp_path, capsys):
     split_file = tmp_path / "splits.csv"
     split_file.write_text("# frame,split\nframe_00.png,train\nframe_01,train\nframe_02.png,val\n")
     output = tmp_path / "out"
-    assert main.main(["--batch", "--quiet", "--input", str(root), "--output", str(output), "--mask-source", "random",
+    assert main.main(["--batch", "--quiet", "--no-judge", "--input", str(root), "--output", str(output), "--mask-source", "random",
                       "--split-file", str(split_file), "--steps", "2"]) == 0
     assert sorted(r["source_frame"] for r in _manifest(output)) == ["frame_00.png", "frame_01.png"]
     err = capsys.readouterr().err
@@ -105,7 +105,7 @@ def test_a_malformed_label_file_fails_only_its_frame(tmp_path):
     (root / "labels" / "frame_00.txt").write_text("0 0.5 0.5 0.2\n")  # 4 values: not a YOLO row
     (root / "labels" / "frame_01.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     output = tmp_path / "out"
-    assert main.main(["--batch", "--quiet", "--input", str(root), "--output", str(output), "--mask-source", "box",
+    assert main.main(["--batch", "--quiet", "--no-judge", "--input", str(root), "--output", str(output), "--mask-source", "box",
                       "--steps", "2"]) == 1
     records = {r["source_frame"]: r for r in _manifest(output)}
     assert records["frame_00.png"]["status"] == "failed"

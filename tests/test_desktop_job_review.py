@@ -43,6 +43,8 @@ def window(qtbot, tmp_path, monkeypatch, messages):
     panel.mask_source.setCurrentIndex(panel.mask_source.findData("random"))
     panel.variants.setValue(2)
     panel.steps.setValue(2)
+    assert panel.model_judge.isChecked()  # on by default, as in main.py --batch
+    panel.model_judge.setChecked(False)  # 2 steps paint noise the polyp judge rejects; the gate has its own tests
     assert panel.selected_bundle() == str(DEFAULT_MODEL.resolve())
     yield win
     win.shutdown()
@@ -317,8 +319,13 @@ def test_judge_options_in_the_run_panel_reach_the_job_and_are_remembered(window,
     remembered = JobSettings.load(window.settings)
     assert (remembered.use_judge, remembered.judge, remembered.min_judge_score, remembered.max_attempts) == (
         True, str(judge), 1.0, 2)
-    panel.use_judge.setChecked(False)  # off: the job gets no judge settings at all
-    assert "judge" not in panel.settings().spec_values(tmp_path / "frames", None)
+    assert not panel.model_judge.isEnabled()  # a judge of one's own replaces the model's
+    panel.use_judge.setChecked(False)  # off: the job gets no judge settings at all, only the model's judge switch
+    values = panel.settings().spec_values(tmp_path / "frames", None)
+    assert "judge" not in values and values["model_judge"] is False and panel.model_judge.isEnabled()
+    panel.model_judge.setChecked(True)
+    assert panel.settings().spec_values(tmp_path / "frames", None)["model_judge"] is True
+    assert JobSettings.load(window.settings).model_judge is True  # remembered
 
 
 def test_transplant_from_the_window_moves_the_frames_own_polyps(window, qtbot, tmp_path, messages):

@@ -34,6 +34,8 @@ def window(qtbot, tmp_path, monkeypatch, messages):
     panel.mask_source.setCurrentIndex(panel.mask_source.findData("random"))
     panel.variants.setValue(2)
     panel.steps.setValue(2)
+    assert panel.model_judge.isChecked()  # on by default, as in main.py --batch
+    panel.model_judge.setChecked(False)  # 2 steps paint noise the polyp judge rejects; the gate has its own tests
     yield win
     win.run_page.report_tasks.wait(60_000)
     win.shutdown()

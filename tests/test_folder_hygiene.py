@@ -23,7 +23,7 @@ from test_batch_robustness import _batch_command, _snapshot
 
 
 def run_batch(*args) -> int:
-    return main.main(["--batch", "--quiet", "--steps", "2", *map(str, args)])
+    return main.main(["--batch", "--quiet", "--no-judge", "--steps", "2", *map(str, args)])
 
 
 def plain_frames(folder: Path, count: int, seed: int = 0) -> Path:

@@ -95,7 +95,7 @@ def test_sizes_are_honoured(known_input, tmp_path, sizes, low, high):
 ])
 def test_a_bad_sizes_says_so_in_one_line(tmp_path, capsys, args, message):
     generate_sample_set(tmp_path / "in", count=1, seed=2, with_polyps_every=0)
-    assert main.main(["--batch", "--quiet", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), *args]) == 2
+    assert main.main(["--batch", "--quiet", "--no-judge", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and err.startswith("error: ") and len(err.splitlines()) == 1
 
@@ -103,7 +103,7 @@ def test_a_bad_sizes_says_so_in_one_line(tmp_path, capsys, args, message):
 def test_the_manifest_records_the_size(tmp_path):
     generate_sample_set(tmp_path / "in", count=3, seed=6, with_polyps_every=2)
     output = tmp_path / "out"
-    assert main.main(["--batch", "--quiet", "--steps", "2", "--input", str(tmp_path / "in"), "--output", str(output),
+    assert main.main(["--batch", "--quiet", "--no-judge", "--steps", "2", "--input", str(tmp_path / "in"), "--output", str(output),
                       "--mask-source", "random", "--sizes", "2-10"]) == 0
     records = [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines()]
     assert records and all(r["status"] == "ok" for r in records)

@@ -138,7 +138,8 @@ def test_a_killed_worker_is_restarted_and_the_dataset_is_unchanged(ray_address, 
 def _cli(frames: Path, output: Path, ray_address: str) -> list[str]:
     return [sys.executable, str(REPO_ROOT / "main.py"), "--batch", "--quiet", "--input", str(frames), "--output",
             str(output), "--mask-source", "random", "--variants", "2", "--steps", str(STEPS), "--seed", "4",
-            "--backend", "ray", "--ray-address", ray_address, "--workers", "1"]
+            "--backend", "ray", "--ray-address", ray_address, "--workers", "1",
+            "--no-judge"]  # as ray_spec (the engine's JobSpec): the job the local reference ran
 
 
 def test_a_killed_driver_then_a_rerun_equals_the_local_run(ray_address, frames, reference, tmp_path):

@@ -95,7 +95,7 @@ def test_batch_job_on_real_kvasir_frames(tmp_path):
 
     subset, picked = _kvasir_subset(tmp_path, 4)
     output = tmp_path / "out"
-    code = main.main(["--batch", "--quiet", "--input", str(subset), "--output", str(output), "--mode", "remove",
+    code = main.main(["--batch", "--quiet", "--no-judge", "--input", str(subset), "--output", str(output), "--mode", "remove",
                       "--mask-source", "box", "--steps", "2"])
     assert code == 0
     data = check_dataset(output)
@@ -117,7 +117,7 @@ def test_add_at_real_masks_labels_follow_the_mask(tmp_path):
 
     subset, picked = _kvasir_subset(tmp_path, 2)
     output = tmp_path / "out"
-    assert main.main(["--batch", "--quiet", "--input", str(subset), "--output", str(output), "--steps", "2"]) == 0
+    assert main.main(["--batch", "--quiet", "--no-judge", "--input", str(subset), "--output", str(output), "--steps", "2"]) == 0
     data = check_dataset(output)
     coco = data["coco"]
     for image in coco.loadImgs(coco.getImgIds()):

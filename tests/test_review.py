@@ -12,7 +12,7 @@ from engine.samples import generate_sample_set
 def test_reject_removes_from_dataset_keeps_manifest_line_and_accept_restores(tmp_path):
     generate_sample_set(tmp_path / "in", count=2, seed=4)
     output = tmp_path / "out"
-    args = ["--batch", "--quiet", "--input", str(tmp_path / "in"), "--output", str(output), "--mask-source", "random",
+    args = ["--batch", "--quiet", "--no-judge", "--input", str(tmp_path / "in"), "--output", str(output), "--mask-source", "random",
             "--variants", "2", "--steps", "2"]
     assert main.main(args) == 0
     records = load_records(output)

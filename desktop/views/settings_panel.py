@@ -176,11 +176,16 @@ class SettingsPanel(QWidget):
         formats_row.addStretch(1)
 
         # the polyp judge
-        self.use_judge = QCheckBox("Reject variants the polyp judge does not agree with")
+        self.use_judge = QCheckBox("Use a judge of my own instead (every mode)")
         self.use_judge.setToolTip("After each variant is made, a polyp segmenter (main.py train-judge) looks at the "
                                   "region: in add mode it must find a polyp there, in remove mode none. A rejected "
                                   "variant goes to rejected/, stays out of images, labels, COCO and YOLO, and the "
                                   "manifest says why; the gallery shows every variant's score.")
+        self.model_judge = QCheckBox("Keep only variants the model's recommended judge finds")
+        self.model_judge.setToolTip("The default model recommends the polyp judge for add mode (up to 4 attempts per "
+                                    "variant): on the Kvasir-SEG learning curve its judge-kept variants taught a "
+                                    "segmenter more than unchecked ones. Used when no judge of your own is chosen "
+                                    "below; a model that recommends none is not checked.")
         self.judge = QLineEdit()
         self.judge.setPlaceholderText("polyp-judge (a segmenter bundle: name or folder)")
         judge_browse = QToolButton()
@@ -201,6 +206,7 @@ class SettingsPanel(QWidget):
                                      "up to this many times")
         judge_box = QGroupBox("Polyp judge")
         judge_form = QFormLayout(judge_box)
+        judge_form.addRow(self.model_judge)
         judge_form.addRow(self.use_judge)
         judge_form.addRow("Judge bundle", judge_row)
         judge_form.addRow("Minimum score", self.min_judge_score)
@@ -248,7 +254,7 @@ class SettingsPanel(QWidget):
         for widget in (self.box_pad, self.variants, self.steps, self.seed, self.guidance, self.region_padding,
                        self.working_size, self.min_judge_score, self.max_attempts, self.strength):
             widget.valueChanged.connect(self._changed)
-        for box in (self.resume, self.use_judge, *self.formats.values()):
+        for box in (self.resume, self.use_judge, self.model_judge, *self.formats.values()):
             box.toggled.connect(self._changed)
         self.judge.editingFinished.connect(self._changed)
         self.output.editingFinished.connect(self._changed)
@@ -281,6 +287,7 @@ class SettingsPanel(QWidget):
             self.output.setText(s.output)
             self.resume.setChecked(s.resume)
             self.use_judge.setChecked(s.use_judge)
+            self.model_judge.setChecked(s.model_judge)
             self.judge.setText(s.judge)
             self.min_judge_score.setValue(s.min_judge_score)
             self.max_attempts.setValue(s.max_attempts)
@@ -317,6 +324,7 @@ class SettingsPanel(QWidget):
             region_padding=None if self.region_padding.value() < 0 else self.region_padding.value(),
             working_size=self.working_size.value() or None,
             use_judge=self.use_judge.isChecked(),
+            model_judge=self.model_judge.isChecked(),
             judge=self.judge.text().strip(),
             min_judge_score=self.min_judge_score.value(),
             max_attempts=self.max_attempts.value(),
@@ -350,7 +358,7 @@ class SettingsPanel(QWidget):
                 self.guidance, self.seed, self.inpaint_area, self.region_padding, self.working_size, self.prompt,
                 self.captions,
                 self.attributes,
-                self.output, self.resume, self.use_judge, self.judge, self.min_judge_score, self.max_attempts,
+                self.output, self.resume, self.model_judge, self.use_judge, self.judge, self.min_judge_score, self.max_attempts,
                 *self.formats.values()]
 
     def _browse_output(self) -> None:
@@ -370,6 +378,7 @@ class SettingsPanel(QWidget):
     def _update_enabled(self) -> None:
         for widget in (self.judge, self.min_judge_score, self.max_attempts):
             widget.setEnabled(self.use_judge.isChecked())
+        self.model_judge.setEnabled(not self.use_judge.isChecked())  # a judge of one's own replaces it
         self.box_pad.setEnabled(self.mask_source.currentData() == "box")
         transplanting = self.mode.currentData() == "transplant"
         self.harmonize.setEnabled(transplanting)

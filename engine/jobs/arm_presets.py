@@ -36,7 +36,8 @@ JUDGED_ATTEMPTS = 4  # the judge-kept arm: generations per variant before it is 
 JUDGED_VARIANTS = 2  # and at least this many planned per frame
 DEFAULT_JUDGE = "polyp-judge"
 DEFAULT_ARM = "synthetic"  # `evaluate` without --arm, --generate or --synthetic
-# The command line's base job: what `main.py --batch --mask-source random` does with the default model.
+# The command line's base job: what `main.py --batch --mask-source random --no-judge` does with the default model
+# (the synthetic arm is the unchecked baseline; synthetic-judged adds the judge).
 COMMAND_LINE_BASE = {"mode": "add", "mask_source": "random", "variants": 1, "seed": 0}
 # Keys of a base job that the evaluation sets itself per fraction (engine.evaluation.curve_arms), or that belong to
 # the app's own output folder.

@@ -190,6 +190,13 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
     cancelled = cancel or (lambda: False)
     started = time.perf_counter()
     try:
+        from engine.judge.model_gate import with_model_gate
+
+        asked_judge = spec.judge
+        spec = with_model_gate(spec)  # the model's recommended judge, when the job asks for it and names none
+    except PolypForgeError as exc:
+        raise JobCannotStart(str(exc)) from None
+    try:
         sources = discover(spec.input, spec.masks, spec.labels, spec.split_file, exclude=[spec.output],
                            include_synthetic=spec.include_synthetic)
     except InputError as exc:
@@ -255,6 +262,11 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
         summary.notes.append(f"{'transplanted' if donors is not None else 'random masks'}' polyp sizes: {sizes.source}")
     if attributes is not None:
         summary.notes.append(attributes.describe())
+    if spec.judge is not None:
+        whose = "the model's recommended judge" if asked_judge is None else "judge"
+        summary.notes.append(f"{whose} {Path(spec.judge).name}: variants it does not agree with (score < "
+                             f"{spec.min_judge_score:g}) are made again, up to {spec.max_attempts} attempt(s), then go to "
+                             "rejected/" + (" (--no-judge keeps every variant)" if asked_judge is None else ""))
     if donors is not None:
         summary.notes.append(f"donor polyps from {len(donors)} train frames; harmonize {spec.harmonize}"
                              + (f" at strength {spec.strength:g}" if spec.strength is not None else ""))

@@ -91,6 +91,10 @@ class JobSpec:
     judge: Path | None = None  # a "segmenter" bundle: variants it disagrees with are rejected (engine.judge.rejection)
     min_judge_score: float = 0.5  # the judge score a variant needs to be kept
     max_attempts: int = 1  # generations per variant with --judge (the next seeds after a rejection)
+    # Without a judge of its own, use the one the model bundle recommends for this mode (engine.judge.model_gate;
+    # the default model: the polyp judge for mode add, up to 4 attempts). Off here; on by default in main.py --batch
+    # and the app (--no-judge turns it off there).
+    model_judge: bool = False
 
     def validate(self) -> "JobSpec":
         _choice("mode", self.mode, JOB_MODES)
@@ -147,7 +151,7 @@ class JobSpec:
         if not 0.0 <= float(self.min_judge_score) <= 1.0:
             raise InputError(f"min_judge_score must be between 0 and 1, got {self.min_judge_score}")
         _at_least("max_attempts", self.max_attempts, 1)
-        if self.max_attempts > 1 and self.judge is None:
+        if self.max_attempts > 1 and self.judge is None and not self.model_judge:
             raise InputError("max_attempts > 1 regenerates variants the judge rejects: give --judge BUNDLE too")
         if self.mask_source == "retrieved" and self.db is None:
             raise InputError("mask_source retrieved needs a retrieval database: --db DB (make one with `main.py db build`)")
@@ -187,6 +191,7 @@ class JobSpec:
             data.pop("attributes")
         if data["mask_source"] != "random" and data["mode"] != "transplant":  # sizes shape new polyps only
             data.pop("sizes")
+        data.pop("model_judge")  # a request: the judge it resolves to (engine.judge.model_gate) is what shapes output
         if data["judge"] is None:  # no judge: its settings shape nothing
             for key in ("judge", "min_judge_score", "max_attempts"):
                 data.pop(key)

@@ -7,7 +7,9 @@ and variants.
 - ``model``         — a "segmenter" bundle in onnxruntime → probability map, polyp score, encoder embedding;
 - ``accuracy``      — a segmenter's Dice / IoU / detection AP over frames with known masks;
 - ``detectability`` — the report's per-variant judge figures, aggregated, with the real-frame ceiling;
-- ``rejection``     — the batch job's ``--judge`` check of one variant.
+- ``rejection``     — the batch job's ``--judge`` check of one variant;
+- ``model_gate``    — the judge a model bundle recommends for its own synthetic data (bundle.json "judge"), which
+                      ``main.py --batch`` and the app use by default when no judge is named.
 
 Training the judge and ``evaluate`` (torch) are the judge lab, engine.evaluation, one floor up.
 """

@@ -51,13 +51,16 @@ def held_out_names(held_out_file: Path) -> list[str]:
 
 
 def run_batch(arguments: list[str], output: Path, reuse: bool = True) -> tuple[dict, float]:
-    """`main.py --batch --quiet --fresh --output OUTPUT ARGUMENTS` and its summary.json, with the job's wall time;
+    """`main.py --batch --quiet --fresh [--no-judge] --output OUTPUT ARGUMENTS` and its summary.json, with the job's wall time;
     with `reuse`, a job whose summary is already there is not run again (0 s). Exit 1 is a finished job with some
     frames failed (each named in the summary); any other failure stops the benchmark with the job's stderr."""
     if reuse and (output / "summary.json").is_file():
         return json.loads((output / "summary.json").read_text(encoding="utf-8")), 0.0
     started = time.perf_counter()
-    completed = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "--batch", "--quiet", "--fresh",
+    # The benchmarks measure the model itself: without the judge the model recommends (main.py --batch's default),
+    # unless the arguments name a judge.
+    gate = [] if {"--judge", "--no-judge"} & set(arguments) else ["--no-judge"]
+    completed = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "--batch", "--quiet", "--fresh", *gate,
                                 "--output", str(output), *arguments], capture_output=True, text=True, cwd=REPO_ROOT)
     if completed.returncode not in (0, 1):
         raise SystemExit(f"batch job {output} failed:\n{completed.stderr[-3000:]}")
