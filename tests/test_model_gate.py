@@ -135,3 +135,30 @@ def test_a_recommended_judge_that_is_not_installed_stops_the_job_before_it_start
     assert "no-such-judge" in err and "--no-judge" in err and "broken-model" in err
     assert not (tmp_path / "o" / "manifest.jsonl").exists()
     assert _batch(frames, tmp_path / "o2", broken, "--no-judge") == 0  # and the way out works
+
+
+def test_a_job_written_without_a_judge_resumes_with_no_judge_and_says_so(frames, gated_model, tmp_path, capsys):
+    """A folder an earlier, unchecked run wrote: resuming it with the new default is refused with the way out."""
+    model, _ = gated_model
+    output = tmp_path / "out"
+    assert _batch(frames, output, model, "--no-judge") == 0
+    before = (output / "manifest.jsonl").read_bytes()
+    capsys.readouterr()
+    assert _batch(frames, output, model) == 2
+    err = capsys.readouterr().err
+    assert "other settings (judge" in err and "--no-judge resumes it as it was" in err
+    assert _batch(frames, output, model, "--no-judge") == 0
+    assert (output / "manifest.jsonl").read_bytes() == before
+
+
+def test_the_evaluations_synthetic_arm_stays_unchecked_under_the_apps_default():
+    """The app builds its arms on its own settings, which ask for the model's judge: the synthetic arm is still the
+    unchecked baseline, and the judge-kept arm names its judge."""
+    from desktop.settings import JobSettings
+    from engine.jobs.arm_presets import arm_job_values
+
+    base = JobSettings(mask_source="random").spec_values(Path("frames"), None)
+    assert base["model_judge"] is True
+    assert "model_judge" not in arm_job_values("synthetic", base) and "judge" not in arm_job_values("synthetic", base)
+    judged = arm_job_values("synthetic-judged", base)
+    assert "model_judge" not in judged and judged["judge"] == "polyp-judge" and judged["max_attempts"] == 4

@@ -73,6 +73,9 @@ def arm_job_values(arm: str, base: dict | None = None) -> dict:
     """The job settings of preset ``arm`` built on ``base`` (a job's settings; None: the command line's base job)."""
     current = {k: v for k, v in (COMMAND_LINE_BASE if base is None else base).items()
                if v is not None and k not in SET_BY_EVALUATION}
+    # The arms say themselves whether a judge checks them: synthetic is the unchecked baseline even where the base job
+    # (the app's settings) asks for the model's judge; synthetic-judged names the judge.
+    current.pop("model_judge", None)
     shared = {k: current[k] for k in ("variants", "seed", "formats") if k in current}
     model = {k: current[k] for k in ("model", "provider") if k in current}
     if arm == "synthetic":

@@ -136,7 +136,7 @@ def input_sizes(frames: list[SourceFrame], spec) -> SizeDistribution:
     return job_sizes(base, spec.sizes)
 
 
-def _prepare_output(spec, settings: dict) -> None:
+def _prepare_output(spec, settings: dict, judge_from_model: bool = False) -> None:
     output = spec.output
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -153,8 +153,11 @@ def _prepare_output(spec, settings: dict) -> None:
             previous = None
         if previous is not None and previous != settings:
             changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            # a job written without a judge, resumed now that the model's judge is on by default
+            hint = (" (it ran without a judge: --no-judge resumes it as it was)"
+                    if judge_from_model and "judge" not in previous else "")
             raise JobCannotStart(
-                f"{output}: holds a job made with other settings ({', '.join(changed)}); "
+                f"{output}: holds a job made with other settings ({', '.join(changed)}){hint}; "
                 "use --fresh to start over there, or another output folder"
             )
     if not spec.resume:
@@ -250,7 +253,7 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
         if not donors:
             raise JobCannotStart(f"{spec.input}: mode transplant needs train frames with outlined polyps (mask files "
                                  "or polygon labels) to take donors from; none found")
-    _prepare_output(spec, settings)
+    _prepare_output(spec, settings, judge_from_model=asked_judge is None and spec.judge is not None)
     try:
         backend.check_output(spec)  # Ray: every worker node sees and writes the output folder
     except PolypForgeError as exc:
