@@ -49,6 +49,10 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    was ahead of copy-paste in every seed (+0.091, p = 0.12 over seeds). The count was fixed at 8 before seed 4's
    judge-kept run had finished, and the report gives whatever the 8 seeds say; no further seeds are added to this
    comparison.
+16. `removal-judged-1in8` at 0.1, 5 seeds: removals the polyp judge no longer sees as polyps (removal-judged.toml:
+   the mucosa blend, up to 4 paintings each), 1 per 8 real frames instead of 1:1 (phases 2 and 14 cost −0.17 to
+   −0.20 Dice at 1:1): do a few clean polyp-free frames lower the false positives on polyp-free frames without the
+   cost?
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report per group (GROUPS) of every arm and fraction of its phases (an
@@ -99,6 +103,7 @@ PHASES = (
     (("guided-judged-x4",), SMALLEST, ("--seeds", "4"), "smallest"),
     (("removal-mucosa",), "0.1", ()),
     (("copy-paste-x2", "default-judged-x4"), SMALLEST, ("--seeds", "8"), "smallest"),
+    (("removal-judged-1in8",), "0.1", ("--seeds", "5")),
 )
 
 
@@ -116,10 +121,11 @@ ARMS = tuple(dict.fromkeys(arm for group in GROUPS for arm in arms_of(group)))
 # has no job file): the same in every call, the phase that trains them and the report of all arms.
 ARM_RATIOS = {"copy-paste-x2": 2.0, "judged-and-copy-paste": 2.0, "synthetic-judged-x6": 3.0,
               "compact128-judged-x4": 2.0, "attributes-judged-x4": 2.0,
-              "lift128-judged-x4": 2.0, "default-judged-x4": 2.0, "guided-judged-x4": 2.0}
+              "lift128-judged-x4": 2.0, "default-judged-x4": 2.0, "guided-judged-x4": 2.0,
+              "removal-judged-1in8": 0.125}
 MIXES = {"judged-and-copy-paste": ("copy-paste", "synthetic-judged-x4")}
 # Arms that run another arm's job file under a name of their own (their own ratio, their own pool and results).
-JOB_OF = {"default-judged-x4": "synthetic-judged-x4"}
+JOB_OF = {"default-judged-x4": "synthetic-judged-x4", "removal-judged-1in8": "removal-judged"}
 # Per group, the fraction whose generated arms are split into test frames the generator never trained on and the
 # ones it did (seen_unseen.md beside the report: evaluations/curve_seen_unseen.py), against real and copy-paste ×2.
 # The held-out list is the default model's; the candidates fine-tuned from it hold out the same hash-chosen frames.
