@@ -95,8 +95,7 @@ def test_batch_uses_the_models_judge_unless_told_not_to(frames, gated_model, tmp
         assert record["judge"]["bundle"] == "random-judge" and record["judge"]["max_attempts"] == 2
         assert 1 <= len(record["judge"]["attempts"]) <= 2
         assert record["status"] in ("ok", "rejected")
-    job = json.loads((gated / "job.json").read_text())
-    settings = job.get("settings", job)
+    settings = json.loads((gated / "job.json").read_text())["settings"]
     assert Path(settings["judge"]).resolve() == judge.resolve() and settings["max_attempts"] == 2
     assert "recommended judge random-judge" in capsys.readouterr().err
     # resumed with the same command: nothing is made again
