@@ -59,6 +59,7 @@ class BundleCheck:
     precision: str = ""
     integrity: str = ""  # ok | broken | not checked
     problem: str = ""
+    recommends_judge: str = ""  # the judge its bundle.json names for its jobs (engine.judge.model_gate), if any
 
 
 @dataclass
@@ -224,6 +225,14 @@ def check_bundles(folders: list[Path], verify_hashes: bool = True) -> list[Bundl
                 check.name, check.kind, check.size_bytes = info["name"], info["kind"], info["size_bytes"]
                 check.precision = info["precision"]
                 check.integrity = "ok" if verify_hashes else "not checked"
+                try:
+                    from engine.judge.model_gate import recommended_gate
+
+                    gate = recommended_gate(bundle.manifest, manifest)
+                except Exception as exc:  # noqa: BLE001 - BundleError names the file
+                    check.integrity, check.problem = "broken", str(exc)
+                else:
+                    check.recommends_judge = gate.bundle if gate is not None else ""
             checks.append(check)
     return checks
 
@@ -301,6 +310,14 @@ def _judge(report: Report) -> None:
     for bundle in report.bundles:
         if bundle.integrity == "broken":
             problems.append(f"bundle {bundle.name}: {bundle.problem}")
+    judges = {key for b in report.bundles if b.kind == "segmenter" and b.integrity in ("ok", "not checked")
+              for key in (b.name, Path(b.path).name, str(Path(b.path).resolve()))}
+    for bundle in usable:
+        wanted = bundle.recommends_judge
+        if wanted and wanted not in judges and str(Path(wanted).expanduser().resolve()) not in judges:
+            warnings.append(f"bundle {bundle.name} recommends the judge {wanted}, which is not installed intact "
+                            "here: its jobs from --batch and the app stop before they start unless run with "
+                            "--no-judge (or with a judge of your own)")
     if not usable:
         problems.append(f"no usable inpainting bundle in {', '.join(report.bundle_folders)}")
     elif all(b.name.startswith("demo-") for b in usable):
@@ -366,6 +383,8 @@ def format_report(report: Report) -> str:
         lines.append("             none found")
     for b in report.bundles:
         detail = f"{b.kind or '?':10s} {_size(b.size_bytes):>9s}  {b.precision or '':4s}  integrity {b.integrity}"
+        if b.recommends_judge:
+            detail += f"  judge {b.recommends_judge}"
         lines.append(f"  {b.name:24s} {detail}" + (f": {b.problem}" if b.problem else ""))
     out = report.output
     if "free_bytes" in out:

@@ -140,3 +140,18 @@ def test_source_tree_lookup_unchanged(monkeypatch):
     from engine.jobs.spec import DEFAULT_MODEL
 
     assert DEFAULT_MODEL == REPO / "exported_models" / "polypforge-compact"
+
+
+def test_a_model_whose_recommended_judge_is_missing_is_a_warning(models, tmp_path, capsys):
+    """The default model's bundle.json names the polyp judge (engine.judge.model_gate): without it, its jobs stop."""
+    shutil.copytree(REPO / "exported_models" / "polypforge-compact", models / "polypforge-compact")
+    code, text = _doctor(["--json", "--no-verify", "--output", str(tmp_path)], capsys)
+    report = json.loads(text)
+    by_name = {b["name"]: b for b in report["bundles"]}
+    assert by_name["polypforge-compact"]["recommends_judge"] == "polyp-judge"
+    assert code == EXIT_READY and any("recommends the judge polyp-judge" in w and "--no-judge" in w
+                                      for w in report["warnings"]), report["warnings"]
+    shutil.copytree(REPO / "exported_models" / "polyp-judge", models / "polyp-judge")
+    code, text = _doctor(["--json", "--no-verify", "--output", str(tmp_path)], capsys)
+    report = json.loads(text)
+    assert not any("recommends the judge" in w for w in report["warnings"]) and report["status"] == "ok"
