@@ -98,6 +98,11 @@ def test_batch_uses_the_models_judge_unless_told_not_to(frames, gated_model, tmp
     settings = json.loads((gated / "job.json").read_text())["settings"]
     assert Path(settings["judge"]).resolve() == judge.resolve() and settings["max_attempts"] == 2
     assert "recommended judge random-judge" in capsys.readouterr().err
+    notes = json.loads((gated / "summary.json").read_text())["notes"]
+    (line,) = [note for note in notes if note.startswith("kept by the judge")]
+    counts = [part.rsplit(" ", 3)[-3:] for part in line.split(": ", 1)[1].split(", ")]
+    assert sum(int(total) for _, _, total in counts) == 6
+    assert sum(int(kept) for kept, _, _ in counts) == sum(r["status"] == "ok" for r in records)
     # resumed with the same command: nothing is made again
     assert _batch(frames, gated, model) == 0
     assert load_records(gated) == records
@@ -161,3 +166,16 @@ def test_the_evaluations_synthetic_arm_stays_unchecked_under_the_apps_default():
     assert "model_judge" not in arm_job_values("synthetic", base) and "judge" not in arm_job_values("synthetic", base)
     judged = arm_job_values("synthetic-judged", base)
     assert "model_judge" not in judged and judged["judge"] == "polyp-judge" and judged["max_attempts"] == 4
+
+
+def test_kept_by_size_counts_judged_variants_per_size_bin():
+    from engine.judge.rejection import kept_by_size
+
+    judge = {"score": 0.1}
+    records = [{"size_drawn": 0.03, "status": "ok", "judge": judge}, {"size_drawn": 0.04, "status": "rejected",
+               "judge": judge}, {"size_drawn": 0.3, "status": "rejected", "judge": judge},
+               {"size_drawn": 0.3, "status": "ok"},  # not judged
+               {"size_drawn": 0.01, "status": "failed", "judge": judge}, {"status": "ok", "judge": judge}]
+    assert kept_by_size(records) == ("kept by the judge, by the polyp size drawn (share of the frame): 2–5 % 1 of 2, "
+                                     "> 20 % 0 of 1")
+    assert kept_by_size([{"status": "ok"}]) is None

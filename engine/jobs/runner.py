@@ -306,6 +306,12 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
         summary.failed = tally.counts.get("failed", 0)
         summary.skipped = tally.counts.get("skipped", 0)
         summary.rejected = tally.counts.get("rejected", 0)
+        if spec.judge is not None:
+            from engine.judge.rejection import kept_by_size
+
+            line = kept_by_size(manifest.records())
+            if line is not None:
+                summary.notes.append(line)
         summary.failures = tally.failures
         summary.stage_seconds = {k: round(v, 3) for k, v in backend.stage_seconds().items()}
         backend.finish(summary)

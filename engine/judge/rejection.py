@@ -120,3 +120,34 @@ def open_gate(spec, threads: int | None = None) -> JudgeGate | None:
     if getattr(spec, "judge", None) is None:
         return None
     return JudgeGate.open(spec.judge, spec.min_judge_score, spec.max_attempts, spec.provider, threads or spec.threads)
+
+
+def kept_by_size(records) -> str | None:
+    """One line for the job summary: per size bin of the polyp drawn (``size_drawn``, share of the frame), how many
+    of the judged variants were kept. The judge keeps fewer of the largest polyps, so a checked set leans smaller
+    than the sizes it was drawn from; None when no judged variant has a drawn size."""
+    from engine.judge.detectability import SIZE_BINS
+
+    kept = [0] * len(SIZE_BINS)
+    judged = [0] * len(SIZE_BINS)
+    for record in records:
+        size = record.get("size_drawn")
+        if size is None or "judge" not in record or record.get("status") not in ("ok", "rejected"):
+            continue
+        index = next((i for i, (low, high) in enumerate(SIZE_BINS) if low <= size < high), None)
+        if index is not None:
+            judged[index] += 1
+            kept[index] += record["status"] == "ok"
+    if not any(judged):
+        return None
+    parts = [f"{_bin_label(low, high)} {kept[i]} of {judged[i]}" for i, (low, high) in enumerate(SIZE_BINS) if judged[i]]
+    return "kept by the judge, by the polyp size drawn (share of the frame): " + ", ".join(parts)
+
+
+def _bin_label(low: float, high: float) -> str:
+    if low == 0.0:
+        return f"< {high * 100:g} %"
+    if high > 1.0:
+        return f"> {low * 100:g} %"
+    return f"{low * 100:g}–{high * 100:g} %"
+
