@@ -82,6 +82,7 @@ JOBS = HERE / "kvasir-curve-jobs"
 FRACTIONS = "0.1,0.25"
 RATIOS = "0.5,2"
 SMALLEST = "0.05"
+DEFAULT_SEEDS = 5  # main.py evaluate's --seeds default
 # Report groups: name → (output folder in WORK, committed folder, the report's fractions, its ratio ablation).
 GROUPS = {"curve": ("out", COMMITTED, FRACTIONS, RATIOS),
           "smallest": ("out-smallest", HERE / "kvasir-curve-smallest", SMALLEST, "")}
@@ -214,10 +215,19 @@ def main() -> int:
         reported = tuple(arm for arm in arms_of(group) if not missing_model(arm))
         ablation = ["--ratio-ablation", ratios] if ratios else []
         result = subprocess.call([*base(group), *arm_flags(reported), "--real-fractions", fractions, *ablation,
-                                  "--report-only"], cwd=REPO)
+                                  *report_seeds(group), "--report-only"], cwd=REPO)
         collect(group, work)
         code = code or result  # every group's report is written; the first failure is the exit status
     return code
+
+
+def report_seeds(group: str) -> list[str]:
+    """``--seeds N`` for a group's report when one of its phases runs more seeds than evaluate's default (phase 15's
+    8), else nothing (the report as it always was); an arm run on fewer seeds is reported over those it has."""
+    counts = [int(flags[flags.index("--seeds") + 1]) for phase in PHASES if group_of(phase) == group
+              for flags in (phase[2],) if "--seeds" in flags]
+    most = max(counts, default=DEFAULT_SEEDS)
+    return ["--seeds", str(most)] if most > DEFAULT_SEEDS else []
 
 
 def missing_model(arm: str) -> str:
