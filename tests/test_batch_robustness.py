@@ -100,7 +100,8 @@ def test_malformed_corpus_each_item_gets_its_outcome(tmp_path, capsys):
 
 def _batch_command(input_dir: Path, output: Path) -> list[str]:
     return [sys.executable, str(REPO_ROOT / "main.py"), "--batch", "--quiet", "--input", str(input_dir),
-            "--output", str(output), "--mask-source", "random", "--variants", "3", "--steps", "8"]
+            "--output", str(output), "--mask-source", "random", "--variants", "3", "--steps", "8",
+            "--no-judge"]  # a judged job's resume is byte-identical too (test_judge_rejection), at 2.5× the paintings
 
 
 def _snapshot(output: Path) -> dict[str, bytes]:
