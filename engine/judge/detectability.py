@@ -148,7 +148,7 @@ def _aggregate(rows: list[dict]) -> dict:
 SIZE_BINS = ((0.0, 0.02), (0.02, 0.05), (0.05, 0.10), (0.10, 0.20), (0.20, 1.01))
 
 
-def _size_bin(area: float | None) -> int | None:
+def size_bin(area: float | None) -> int | None:
     if area is None:
         return None
     return next((i for i, (low, high) in enumerate(SIZE_BINS) if low <= area < high), None)
@@ -160,8 +160,8 @@ def by_region_size(rows: list[dict], ceiling_rows: list[dict]) -> list[dict]:
     out = []
     for index, (low, high) in enumerate(SIZE_BINS):
         variants = [r for r in rows if r.get("verdict") and r.get("mode") in NEW_POLYP_MODES
-                    and _size_bin(r.get("region_area")) == index]
-        real = [c for c in ceiling_rows if _size_bin(c.get("area")) == index]
+                    and size_bin(r.get("region_area")) == index]
+        real = [c for c in ceiling_rows if size_bin(c.get("area")) == index]
         out.append({"area_from": low, "area_to": min(high, 1.0), "variants": len(variants),
                     "found_rate": _mean(float(r["verdict"]["found"]) for r in variants),
                     "real_polyps": len(real), "real_found_rate": _mean(float(c["found"]) for c in real)})

@@ -126,15 +126,14 @@ def kept_by_size(records) -> str | None:
     """One line for the job summary: per size bin of the polyp drawn (``size_drawn``, share of the frame), how many
     of the judged variants were kept. The judge keeps fewer of the largest polyps, so a checked set leans smaller
     than the sizes it was drawn from; None when no judged variant has a drawn size."""
-    from engine.judge.detectability import SIZE_BINS
+    from engine.judge.detectability import SIZE_BINS, size_bin
 
     kept = [0] * len(SIZE_BINS)
     judged = [0] * len(SIZE_BINS)
     for record in records:
-        size = record.get("size_drawn")
-        if size is None or "judge" not in record or record.get("status") not in ("ok", "rejected"):
+        if "judge" not in record or record.get("status") not in ("ok", "rejected"):
             continue
-        index = next((i for i, (low, high) in enumerate(SIZE_BINS) if low <= size < high), None)
+        index = size_bin(record.get("size_drawn"))
         if index is not None:
             judged[index] += 1
             kept[index] += record["status"] == "ok"
