@@ -171,8 +171,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plan", action="store_true", help="print each phase's plan and stop")
     parser.add_argument("--collect", action="store_true",
-                        help="only copy the finished runs' results and the report into evaluations/kvasir-curve/ "
-                        "(after an evaluation was stopped)")
+                        help="after an evaluation was stopped: write each group's report of every finished run and "
+                        "copy them and the results into evaluations/ (the same as --report-only; copying the work "
+                        "folder's report as it was would commit the stopped phase's partial one)")
     parser.add_argument("--phase", type=int, action="append", default=[], choices=range(1, len(PHASES) + 1),
                         metavar="N", help=f"run only phase N (1–{len(PHASES)}; repeatable), then the report: on a "
                         "fresh machine the earlier phases would regenerate their arms' variants only to reuse their "
@@ -182,10 +183,8 @@ def main() -> int:
                         "for a session that stops between phases")
     args = parser.parse_args()
     work = args.work.resolve()
-    if args.collect:
-        for group in GROUPS:
-            collect(group, work)
-        return 0
+    if args.collect:  # a stopped phase leaves its own partial report in WORK: write every group's full one first
+        args.report_only = True
     link_split(args.data.resolve(), work)
     for out_name, committed, _, _ in GROUPS.values():  # runs finished in earlier sessions
         copy_tree(committed, work / out_name, ("results/**/*.json",))
