@@ -200,6 +200,7 @@ def _bundle_folders() -> list[Path]:
 
 def check_bundles(folders: list[Path], verify_hashes: bool = True) -> list[BundleCheck]:
     from engine.bundle.format import MANIFEST_NAME, read_bundle
+    from engine.judge.model_gate import recommended_gate
 
     checks: list[BundleCheck] = []
     seen: set[Path] = set()
@@ -226,8 +227,6 @@ def check_bundles(folders: list[Path], verify_hashes: bool = True) -> list[Bundl
                 check.precision = info["precision"]
                 check.integrity = "ok" if verify_hashes else "not checked"
                 try:
-                    from engine.judge.model_gate import recommended_gate
-
                     gate = recommended_gate(bundle.manifest, manifest)
                 except Exception as exc:  # noqa: BLE001 - BundleError names the file
                     check.integrity, check.problem = "broken", str(exc)

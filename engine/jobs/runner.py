@@ -199,6 +199,7 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
         spec = with_model_gate(spec)  # the model's recommended judge, when the job asks for it and names none
     except PolypForgeError as exc:
         raise JobCannotStart(str(exc)) from None
+    judge_from_model = asked_judge is None and spec.judge is not None
     try:
         sources = discover(spec.input, spec.masks, spec.labels, spec.split_file, exclude=[spec.output],
                            include_synthetic=spec.include_synthetic)
@@ -253,7 +254,7 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
         if not donors:
             raise JobCannotStart(f"{spec.input}: mode transplant needs train frames with outlined polyps (mask files "
                                  "or polygon labels) to take donors from; none found")
-    _prepare_output(spec, settings, judge_from_model=asked_judge is None and spec.judge is not None)
+    _prepare_output(spec, settings, judge_from_model=judge_from_model)
     try:
         backend.check_output(spec)  # Ray: every worker node sees and writes the output folder
     except PolypForgeError as exc:
@@ -266,10 +267,10 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
     if attributes is not None:
         summary.notes.append(attributes.describe())
     if spec.judge is not None:
-        whose = "the model's recommended judge" if asked_judge is None else "judge"
+        whose = "the model's recommended judge" if judge_from_model else "judge"
         summary.notes.append(f"{whose} {Path(spec.judge).name}: variants it does not agree with (score < "
                              f"{spec.min_judge_score:g}) are made again, up to {spec.max_attempts} attempt(s), then go to "
-                             "rejected/" + (" (--no-judge keeps every variant)" if asked_judge is None else ""))
+                             "rejected/" + (" (--no-judge keeps every variant)" if judge_from_model else ""))
     if donors is not None:
         summary.notes.append(f"donor polyps from {len(donors)} train frames; harmonize {spec.harmonize}"
                              + (f" at strength {spec.strength:g}" if spec.strength is not None else ""))
