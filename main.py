@@ -194,9 +194,16 @@ def _add_batch_options(group) -> None:
     group.add_argument("--min-judge-score", type=float,
                        help="judge score a variant needs (0..1, default 0.5; add: mean judge probability over the "
                        "generated polyp, remove: 1 − the peak probability where the polyp was)")
-    group.add_argument("--max-attempts", type=int, help="with a judge: generations per variant, the next seeds "
-                       "after a rejection (default 1; with the model's recommended judge, its count: 4 for the default "
-                       "model, more if asked)")
+    group.add_argument("--max-attempts", type=int, help="with a judge or the mucosa check: generations per "
+                       "variant, the next seeds after a rejection (default 1; with the model's recommended judge, its "
+                       "count: 4 for the default model, more if asked; removals with the mucosa check: 4)")
+    checking = group.add_mutually_exclusive_group()
+    checking.add_argument("--mucosa-check", dest="mucosa_check", action="store_true", default=None,
+                          help="mode remove: paint a removal again when its fill is more than 15 luma levels darker "
+                          "than the mucosa around it (a dark smudge), up to --max-attempts (default 4), then write it "
+                          "to rejected/ (the default)")
+    checking.add_argument("--no-mucosa-check", dest="mucosa_check", action="store_false",
+                          help="keep every removal as first painted (job file: mucosa_check = false)")
     group.add_argument("--quiet", action="store_true", help="log lines instead of a progress bar")
     group.add_argument("--json-summary", type=Path, help="write the job summary as JSON here too")
 
@@ -288,6 +295,7 @@ def _run_batch(args) -> int:
     values = read_job_file(args.job) if args.job else {}
     values.update(batch_flag_values(args))
     values.setdefault("model_judge", True)  # the model's recommended judge, unless the job file or --no-judge says not
+    values.setdefault("mucosa_check", True)  # removals' dark fills painted again, unless --no-mucosa-check says not
     spec = build_spec(values, str(args.job) if args.job else "command line")
     return _run_job_in_terminal(spec, quiet=args.quiet, json_summary=args.json_summary)
 

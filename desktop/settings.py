@@ -67,6 +67,9 @@ class JobSettings:
     # without a judge of its own: the judge the model recommends for the mode (the default model: the polyp judge
     # for add, up to 4 attempts; engine.judge.model_gate), as main.py --batch does unless --no-judge
     model_judge: bool = True
+    # mode remove: a fill darker than the mucosa around it is painted again (engine.judge.mucosa_check), as main.py
+    # --batch does unless --no-mucosa-check
+    mucosa_check: bool = True
     judge: str = "polyp-judge"  # a "segmenter" bundle: a name in exported_models/ or a folder
     min_judge_score: float = 0.5
     max_attempts: int = 3
@@ -95,6 +98,8 @@ class JobSettings:
         }
         if self.mode == "add":  # removal stays a prompt; a transplant moves real polyps
             values["attributes"] = self.attributes.strip() or "auto"
+        if self.mode == "remove":
+            values["mucosa_check"] = self.mucosa_check
         if self.mode == "transplant":
             values["harmonize"] = self.harmonize
             if self.harmonize == "model":
@@ -174,7 +179,7 @@ def _parse(name: str, raw, default):
         if not (0.0 < value if name == "strength" else 0.0 <= value) or value > 1.0:
             raise ValueError(name)
         return value
-    if name in ("resume", "use_judge", "model_judge"):
+    if name in ("resume", "use_judge", "model_judge", "mucosa_check"):
         return text.lower() in ("true", "1", "yes")
     if name == "formats":
         values = [v for v in (raw if isinstance(raw, list) else text.split(",")) if v in FORMATS]

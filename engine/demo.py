@@ -29,9 +29,10 @@ def demo_specs(samples_dir: Path, output_dir: Path, variants: int = 2, seed: int
     from engine.samples import generate_sample_set
 
     generate_sample_set(samples_dir, count=6, seed=seed)
-    # model_judge: as main.py --batch, the model's recommended judge (the default model: the polyp judge, add mode)
+    # model_judge, mucosa_check: as main.py --batch, the model's recommended judge (the default model: the polyp judge,
+    # add mode) and the removals' mucosa check
     common = {"input": samples_dir, "model": DEMO_BUNDLE, "provider": provider, "seed": seed, "resume": False,
-              "model_judge": True}
+              "model_judge": True, "mucosa_check": True}
     return {
         "add": build_spec({**common, "output": Path(output_dir) / "add", "mask_source": "random", "mode": "add",
                            "variants": variants}, source="demo"),

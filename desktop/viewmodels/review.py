@@ -77,6 +77,8 @@ class ReviewModel(ThumbnailListModel):
             judged = "" if item.judge_score is None else f"\njudge score {item.judge_score:.2f}"
             if r.get("reason") == "judge":
                 judged += " (rejected by the judge)"
+            elif r.get("reason") == "dark fill":
+                judged += "\nrejected: the fill is darker than the mucosa around it"
             return (f"{r['image']}\nfrom {r['source_frame']}, {r['mode']} / {r['mask_source']}, seed {r['seed']}\n"
                     f"status: {'updating…' if item.pending else item.status}{judged}")
         if role == ITEM_ROLE:

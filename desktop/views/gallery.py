@@ -259,7 +259,7 @@ class ReviewPage(QWidget):
             f"{record['mode']} · mask source {record['mask_source']} · seed {record['seed']} · "
             f"{record.get('steps', '?')} steps {record.get('scheduler', '')} · guidance {record.get('guidance', '?')} · "
             f"bundle {record.get('bundle', '?')} · {len(record.get('instances', []))} label(s)"
-            + _judge_text(record))
+            + _judge_text(record) + _mucosa_text(record))
 
 
 def _judge_text(record: dict) -> str:
@@ -272,4 +272,16 @@ def _judge_text(record: dict) -> str:
     text += ")"
     if record.get("reason") == "judge":
         text += " — rejected by the judge"
+    return text
+
+
+def _mucosa_text(record: dict) -> str:
+    check = record.get("mucosa_check")
+    if not check or check.get("darkness") is None:
+        return ""
+    text = f" · fill {check['darkness']:+.0f} luma levels against its mucosa"
+    if len(check.get("attempts", [])) > 1:
+        text += f" (painting {len(check['attempts'])})"
+    if record.get("reason") == "dark fill":
+        text += " — rejected: darker than the mucosa around it"
     return text

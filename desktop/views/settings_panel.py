@@ -186,6 +186,10 @@ class SettingsPanel(QWidget):
                                     "variant): on the Kvasir-SEG learning curve its judge-kept variants taught a "
                                     "segmenter more than unchecked ones. Used when no judge of your own is chosen "
                                     "below; a model that recommends none is not checked.")
+        self.mucosa_check = QCheckBox("Paint a removal again when its fill is darker than the mucosa around it")
+        self.mucosa_check.setToolTip("Remove mode: a fill more than 15 luma levels darker than the ring of mucosa "
+                                     "around it (a dark smudge) is painted again with the next seed, up to 4 times "
+                                     "(or the attempts below with a judge of your own), then goes to rejected/.")
         self.judge = QLineEdit()
         self.judge.setPlaceholderText("polyp-judge (a segmenter bundle: name or folder)")
         judge_browse = QToolButton()
@@ -207,6 +211,7 @@ class SettingsPanel(QWidget):
         judge_box = QGroupBox("Polyp judge")
         judge_form = QFormLayout(judge_box)
         judge_form.addRow(self.model_judge)
+        judge_form.addRow(self.mucosa_check)
         judge_form.addRow(self.use_judge)
         judge_form.addRow("Judge bundle", judge_row)
         judge_form.addRow("Minimum score", self.min_judge_score)
@@ -254,7 +259,7 @@ class SettingsPanel(QWidget):
         for widget in (self.box_pad, self.variants, self.steps, self.seed, self.guidance, self.region_padding,
                        self.working_size, self.min_judge_score, self.max_attempts, self.strength):
             widget.valueChanged.connect(self._changed)
-        for box in (self.resume, self.use_judge, self.model_judge, *self.formats.values()):
+        for box in (self.resume, self.use_judge, self.model_judge, self.mucosa_check, *self.formats.values()):
             box.toggled.connect(self._changed)
         self.judge.editingFinished.connect(self._changed)
         self.output.editingFinished.connect(self._changed)
@@ -288,6 +293,7 @@ class SettingsPanel(QWidget):
             self.resume.setChecked(s.resume)
             self.use_judge.setChecked(s.use_judge)
             self.model_judge.setChecked(s.model_judge)
+            self.mucosa_check.setChecked(s.mucosa_check)
             self.judge.setText(s.judge)
             self.min_judge_score.setValue(s.min_judge_score)
             self.max_attempts.setValue(s.max_attempts)
@@ -325,6 +331,7 @@ class SettingsPanel(QWidget):
             working_size=self.working_size.value() or None,
             use_judge=self.use_judge.isChecked(),
             model_judge=self.model_judge.isChecked(),
+            mucosa_check=self.mucosa_check.isChecked(),
             judge=self.judge.text().strip(),
             min_judge_score=self.min_judge_score.value(),
             max_attempts=self.max_attempts.value(),
@@ -358,7 +365,7 @@ class SettingsPanel(QWidget):
                 self.guidance, self.seed, self.inpaint_area, self.region_padding, self.working_size, self.prompt,
                 self.captions,
                 self.attributes,
-                self.output, self.resume, self.model_judge, self.use_judge, self.judge, self.min_judge_score, self.max_attempts,
+                self.output, self.resume, self.model_judge, self.mucosa_check, self.use_judge, self.judge, self.min_judge_score, self.max_attempts,
                 *self.formats.values()]
 
     def _browse_output(self) -> None:
@@ -385,6 +392,7 @@ class SettingsPanel(QWidget):
         self.strength.setEnabled(transplanting and self.harmonize.currentData() == "model")
         self.region_padding.setEnabled(self.inpaint_area.currentData() != "frame")
         self.attributes.setEnabled(self.mode.currentData() == "add")
+        self.mucosa_check.setEnabled(self.mode.currentData() == "remove")
 
     def _changed(self, *args) -> None:
         self._update_enabled()

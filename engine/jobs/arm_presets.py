@@ -74,8 +74,10 @@ def arm_job_values(arm: str, base: dict | None = None) -> dict:
     current = {k: v for k, v in (COMMAND_LINE_BASE if base is None else base).items()
                if v is not None and k not in SET_BY_EVALUATION}
     # The arms say themselves whether a judge checks them: synthetic is the unchecked baseline even where the base job
-    # (the app's settings) asks for the model's judge; synthetic-judged names the judge.
+    # (the app's settings) asks for the model's judge; synthetic-judged names the judge. Likewise the removal arm keeps
+    # every removal as painted (the mucosa check is the front doors' default, not the curve's baseline).
     current.pop("model_judge", None)
+    current.pop("mucosa_check", None)
     shared = {k: current[k] for k in ("variants", "seed", "formats") if k in current}
     model = {k: current[k] for k in ("model", "provider") if k in current}
     if arm == "synthetic":

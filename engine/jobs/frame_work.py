@@ -27,7 +27,7 @@ from engine.dataset.labels import read_yolo
 from engine.errors import Cancelled, InputError, PolypForgeError
 from engine.captioning.conditioning import AttributePlan, derived_attributes
 from engine.jobs.attributes import check_attributes_fit, variant_attributes
-from engine.judge.rejection import generate_judged, open_gate
+from engine.judge.rejection import attempts_of, generate_judged, open_gate, open_mucosa_check
 from engine.fileio import save_png_atomic
 from engine.masks.instances import Instance, instance_from_mask, instances_from_mask
 from engine.masks.placement import NoPlace
@@ -171,6 +171,8 @@ class FrameWork:
         self.captions_file = captions_file  # recorded in each line when the job has per-frame captions
         self.write_png = write_png
         self.gate = open_gate(spec)  # --judge: the variants it disagrees with are rejected (engine.evaluation)
+        self.mucosa_check = open_mucosa_check(spec)  # removals: a fill darker than its mucosa is painted again
+        self.attempts = attempts_of(spec)
 
     @property
     def uses_no_model(self) -> bool:
@@ -230,7 +232,8 @@ class FrameWork:
                     )
                     return generated
 
-                judged = generate_judged(self.gate, generate, item.seed, spec.mode, region.generated, region.removed)
+                judged = generate_judged(self.gate, generate, item.seed, spec.mode, region.generated, region.removed,
+                                         self.mucosa_check, region.mask, self.attempts)
             except Skip as reason:
                 on_record(base_record(item, spec, pipeline.bundle) | {"status": "skipped", "reason": str(reason)})
                 continue
@@ -271,7 +274,7 @@ class FrameWork:
             return [instance_from_mask(result.transplant.label, "transplant")]
 
         try:
-            judged = generate_judged(self.gate, generate, item.seed, spec.mode, new_polyp, [])
+            judged = generate_judged(self.gate, generate, item.seed, spec.mode, new_polyp, [], max_attempts=self.attempts)
         except NoPlace as reason:
             on_record(base_record(item, spec, pipeline.bundle) | {"status": "skipped", "reason": str(reason)})
             return
@@ -298,7 +301,7 @@ class FrameWork:
         result = judged.result
         t0 = time.perf_counter()
         instances = region.kept + region.generated
-        # A variant the judge rejected is written where a rejection in the review gallery puts it.
+        # A variant a check rejected is written where a rejection in the review gallery puts it.
         folder = spec.output if judged.accepted else spec.output / REJECTED_DIR
         self.write_png(folder / item.image, result.image)
         instance_map = np.zeros(region.mask.shape, np.uint8)
@@ -339,5 +342,5 @@ class FrameWork:
             record.update(region.size)
         if proposal is not None:
             record["retrieval"] = {"db": str(spec.db), "db_id": self.retrieval_db_id, "proposal": proposal.to_json()}
-        record.update(judged.record(self.gate))
+        record.update(judged.record(self.gate, self.mucosa_check))
         return record

@@ -156,6 +156,8 @@ def _prepare_output(spec, settings: dict, judge_from_model: bool = False) -> Non
             # a job written without a judge, resumed now that the model's judge is on by default
             hint = (" (it ran without a judge: --no-judge resumes it as it was)"
                     if judge_from_model and "judge" not in previous else "")
+            if spec.checks_removals and "mucosa_check" not in previous:  # a removal job from before the check
+                hint += " (it ran without the mucosa check: --no-mucosa-check resumes it as it was)"
             raise JobCannotStart(
                 f"{output}: holds a job made with other settings ({', '.join(changed)}){hint}; "
                 "use --fresh to start over there, or another output folder"
@@ -271,6 +273,13 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
         summary.notes.append(f"{whose} {Path(spec.judge).name}: variants it does not agree with (score < "
                              f"{spec.min_judge_score:g}) are made again, up to {spec.max_attempts} attempt(s), then go to "
                              "rejected/" + (" (--no-judge keeps every variant)" if judge_from_model else ""))
+    if spec.checks_removals:
+        from engine.judge.mucosa_check import default_check
+        from engine.judge.rejection import attempts_of
+
+        summary.notes.append(f"mucosa check: a removal whose fill is more than {default_check().max_darkness:g} luma levels "
+                             f"darker than the mucosa around it is painted again, up to {attempts_of(spec)} "
+                             "attempt(s), then goes to rejected/ (--no-mucosa-check keeps every removal)")
     if donors is not None:
         summary.notes.append(f"donor polyps from {len(donors)} train frames; harmonize {spec.harmonize}"
                              + (f" at strength {spec.strength:g}" if spec.strength is not None else ""))
@@ -307,12 +316,13 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
         summary.failed = tally.counts.get("failed", 0)
         summary.skipped = tally.counts.get("skipped", 0)
         summary.rejected = tally.counts.get("rejected", 0)
-        if spec.judge is not None:
-            from engine.judge.rejection import kept_by_size
+        if spec.judge is not None or spec.checks_removals:
+            from engine.judge.rejection import kept_by_size, mucosa_tally
 
-            line = kept_by_size(manifest.records())
-            if line is not None:
-                summary.notes.append(line)
+            # each a streamed pass over the manifest (both only for a judged removal job)
+            lines = [kept_by_size(manifest.records()) if spec.judge is not None else None,
+                     mucosa_tally(manifest.records()) if spec.checks_removals else None]
+            summary.notes.extend(line for line in lines if line is not None)
         summary.failures = tally.failures
         summary.stage_seconds = {k: round(v, 3) for k, v in backend.stage_seconds().items()}
         backend.finish(summary)
@@ -381,9 +391,13 @@ class RecordCollector:
                                path=str(self.manifest.path.parent / record["image"]), worker=label))
         else:
             message = record["reason"]
-            if status == "rejected":  # by the judge (--judge)
+            if status == "rejected" and record.get("reason") == "judge":  # by the judge (--judge)
                 judge = record.get("judge", {})
                 message = f"judge score {judge.get('score')} < {judge.get('min_score')} after {len(judge.get('attempts', []))} attempt(s)"
+            elif status == "rejected":  # by the mucosa check
+                check = record.get("mucosa_check", {})
+                message = (f"fill {check.get('darkness')} luma levels against its mucosa (at least "
+                           f"-{check.get('max_darkness', 15):g}) after {len(check.get('attempts', []))} attempt(s)")
             self.emit(JobEvent(status, done=self.done, total=self.total, frame=record["source_frame"],
                                variant=record["variant"], message=message, worker=label))
 

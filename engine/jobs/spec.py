@@ -95,6 +95,10 @@ class JobSpec:
     # the default model: the polyp judge for mode add, up to 4 attempts). Off here; on by default in main.py --batch
     # and the app (--no-judge turns it off there).
     model_judge: bool = False
+    # Removals (mode remove): a fill more than 15 luma levels darker than the mucosa around it (a dark smudge) is
+    # painted again with the next seed, up to max_attempts (4 when not given), then written to rejected/
+    # (engine.judge.mucosa_check). Off here; on by default in main.py --batch and the app (--no-mucosa-check).
+    mucosa_check: bool = False
 
     def validate(self) -> "JobSpec":
         _choice("mode", self.mode, JOB_MODES)
@@ -151,11 +155,17 @@ class JobSpec:
         if not 0.0 <= float(self.min_judge_score) <= 1.0:
             raise InputError(f"min_judge_score must be between 0 and 1, got {self.min_judge_score}")
         _at_least("max_attempts", self.max_attempts, 1)
-        if self.max_attempts > 1 and self.judge is None and not self.model_judge:
-            raise InputError("max_attempts > 1 regenerates variants the judge rejects: give --judge BUNDLE too")
+        if self.max_attempts > 1 and self.judge is None and not self.model_judge and not self.checks_removals:
+            raise InputError("max_attempts > 1 regenerates variants the judge rejects: give --judge BUNDLE too "
+                             "(or, for removals, keep the mucosa check on)")
         if self.mask_source == "retrieved" and self.db is None:
             raise InputError("mask_source retrieved needs a retrieval database: --db DB (make one with `main.py db build`)")
         return self
+
+    @property
+    def checks_removals(self) -> bool:
+        """True when the job's removals get the mucosa check (engine.judge.mucosa_check)."""
+        return self.mucosa_check and self.mode == "remove"
 
     def _validate_transplant(self) -> None:
         if self.mode != "transplant":
@@ -192,8 +202,10 @@ class JobSpec:
         if data["mask_source"] != "random" and data["mode"] != "transplant":  # sizes shape new polyps only
             data.pop("sizes")
         data.pop("model_judge")  # a request: the judge it resolves to (engine.judge.model_gate) is what shapes output
-        if data["judge"] is None:  # no judge: its settings shape nothing
-            for key in ("judge", "min_judge_score", "max_attempts"):
+        if not self.checks_removals:  # off, or not a removal: as jobs written before it existed, they still resume
+            data.pop("mucosa_check")
+        if data["judge"] is None:  # no judge: its settings shape nothing (the attempts do with the mucosa check)
+            for key in ("judge", "min_judge_score") + (() if self.checks_removals else ("max_attempts",)):
                 data.pop(key)
         return {k: (str(v.resolve()) if isinstance(v, Path) else v) for k, v in data.items()}
 

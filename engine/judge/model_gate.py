@@ -66,7 +66,7 @@ def with_model_gate(spec):
         return spec
     gate = model_gate_of(spec.model)
     if gate is None or spec.mode not in gate.modes:
-        if spec.max_attempts > 1:
+        if spec.max_attempts > 1 and not spec.checks_removals:  # a removal's attempts may be the mucosa check's
             from engine.errors import InputError
 
             raise InputError(f"max_attempts {spec.max_attempts} regenerates variants a judge rejects, but the model "

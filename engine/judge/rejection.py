@@ -1,5 +1,6 @@
-"""The batch job's ``--judge`` check: a variant the judge does not agree with is rejected, and can be
-regenerated with the next seed.
+"""The batch job's checks of its variants: a variant the ``--judge`` does not agree with, or a removal whose fill is
+darker than the mucosa around it (the mucosa check, engine.judge.mucosa_check), is rejected, and can be regenerated
+with the next seed.
 
 ``JudgeGate.open(bundle, min_score, max_attempts)`` loads the judge once per job. For each variant,
 ``gate.check(image, mode, generated, removed)`` gives the judge's verdict on the variant's labelled region
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.judge.mucosa_check import DEFAULT_ATTEMPTS as MUCOSA_ATTEMPTS, REASON as DARK_FILL, FillMeasure, MucosaCheck, default_check
 from engine.judge.scores import DEFAULT_MIN_SCORE, RegionVerdict, judge_region
 
 REASON = "judge"
@@ -68,36 +70,68 @@ class JudgedResult:
     seed: int  # the seed that made it
     accepted: bool
     verdict: RegionVerdict | None
-    attempts: list[dict]
+    attempts: list[dict]  # the judge's: seed and score of each attempt
+    fill: "FillMeasure | None" = None  # removals with the mucosa check: the kept fill's measure
+    fill_passed: bool = True
+    fill_attempts: list[dict] | None = None  # the mucosa check's: seed and darkness of each attempt
+    reason: str | None = None  # why it was rejected: REASON (the judge) or the mucosa check's "dark fill"
 
-    def record(self, gate: "JudgeGate | None") -> dict:
-        """Manifest keys: "seed" of the image kept, "judge" (score, verdict, attempts), and for a rejection
-        status "rejected" with reason "judge"."""
-        if gate is None:
-            return {}
-        out = {"seed": self.seed, "judge": {**self.verdict.to_json(), **gate.describe(), "attempts": self.attempts}}
+    def record(self, gate: "JudgeGate | None", mucosa_check: "MucosaCheck | None" = None) -> dict:
+        """Manifest keys: "seed" of the image kept, "judge" (score, verdict, attempts), "mucosa_check" (the kept
+        fill's darkness and detail, the threshold, each attempt's darkness), and for a rejection status "rejected"
+        with reason "judge" or "dark fill"."""
+        out: dict = {}
+        if gate is not None:
+            out.update({"seed": self.seed, "judge": {**self.verdict.to_json(), **gate.describe(),
+                                                     "attempts": self.attempts}})
+        if self.fill_attempts is not None:
+            out["seed"] = self.seed
+            out["mucosa_check"] = {**(self.fill.to_json() if self.fill is not None else {"darkness": None}),
+                                   **mucosa_check.describe(), "passed": self.fill_passed,
+                                   "attempts": self.fill_attempts}
         if not self.accepted:
-            out.update({"status": "rejected", "reason": REASON})
+            out.update({"status": "rejected", "reason": self.reason})
         return out
 
 
-def generate_judged(gate: JudgeGate | None, generate, seed: int, mode: str, generated, removed) -> JudgedResult:
-    """``generate(seed)`` once without a gate; with one, until the judge agrees or max_attempts are spent (the
-    last attempt's image is kept, rejected, so a curator can still look at it and accept it). ``generated``: the
-    new polyps' instances, or a function of the attempt's result giving them (a transplant's place depends on
-    its seed)."""
-    if gate is None:
+def generate_judged(gate: JudgeGate | None, generate, seed: int, mode: str, generated, removed,
+                    mucosa_check: "MucosaCheck | None" = None, repainted=None, max_attempts: int | None = None
+                    ) -> JudgedResult:
+    """``generate(seed)`` once without a check; with the judge (``gate``) and/or, for a removal, the mucosa check
+    (``mucosa_check`` on the ``repainted`` region, a bool mask), until every check passes or ``max_attempts`` (else
+    the gate's) are spent; then the last attempt's image is kept, rejected, so a curator can still look at it and
+    accept it — with the mucosa check alone, the lightest painting (a failed fill always has a measure). ``generated``: the new polyps' instances, or a function of the attempt's result giving them (a
+    transplant's place depends on its seed)."""
+    checks_fill = mucosa_check is not None and mode == "remove" and repainted is not None
+    if gate is None and not checks_fill:
         return JudgedResult(generate(seed), seed, True, None, [])
-    attempts = []
-    for attempt in range(gate.max_attempts):
+    attempts, fill_attempts = [], ([] if checks_fill else None)
+    verdict, measured, fill_passed, reason = None, None, True, None
+    lightest = None  # mucosa check only: (measure, result, seed) of the lightest painting so far
+    limit = max_attempts if max_attempts is not None else gate.max_attempts
+    for attempt in range(limit):
         attempt_seed_value = attempt_seed(seed, attempt)
         result = generate(attempt_seed_value)
-        new_polyps = generated(result) if callable(generated) else generated
-        accepted, verdict = gate.check(result.image, "remove" if mode == "remove" else "add", new_polyps, removed)
-        attempts.append({"seed": attempt_seed_value, "score": verdict.score})
+        accepted, reason = True, None
+        if gate is not None:
+            new_polyps = generated(result) if callable(generated) else generated
+            judged_ok, verdict = gate.check(result.image, "remove" if mode == "remove" else "add", new_polyps, removed)
+            attempts.append({"seed": attempt_seed_value, "score": verdict.score})
+            accepted, reason = judged_ok, (None if judged_ok else REASON)
+        if checks_fill:
+            fill_passed, measured = mucosa_check.check(result.image, repainted)
+            fill_attempts.append({"seed": attempt_seed_value,
+                                  "darkness": None if measured is None else round(measured.darkness, 2)})
+            if not fill_passed and accepted:
+                accepted, reason = False, DARK_FILL
         if accepted:
             break
-    return JudgedResult(result, attempt_seed_value, accepted, verdict, attempts)
+        if gate is None and (lightest is None or measured.darkness > lightest[0].darkness):
+            lightest = (measured, result, attempt_seed_value)
+    if not accepted and gate is None:  # dark at every painting: the lightest of them goes to rejected/
+        measured, result, attempt_seed_value = lightest
+    return JudgedResult(result, attempt_seed_value, accepted, verdict, attempts, measured, fill_passed, fill_attempts,
+                        reason)
 
 
 def check_judge(spec) -> str | None:
@@ -113,6 +147,21 @@ def check_judge(spec) -> str | None:
         raise BundleError(bundle.root / "bundle.json", f"kind {bundle.kind!r} is not a judge (\"segmenter\"; make one "
                                                        "with `main.py train-judge`)")
     return bundle.bundle_id
+
+
+def open_mucosa_check(spec) -> MucosaCheck | None:
+    """The job's mucosa check: removals (mode remove) with ``mucosa_check`` on, else None."""
+    if spec.mode != "remove" or not getattr(spec, "mucosa_check", False):
+        return None
+    return default_check()
+
+
+def attempts_of(spec) -> int:
+    """Paintings per variant at most: the job's ``max_attempts``; a removal with the mucosa check and no attempts of
+    its own (1) gets the check's DEFAULT_ATTEMPTS."""
+    if spec.max_attempts == 1 and open_mucosa_check(spec) is not None:
+        return MUCOSA_ATTEMPTS
+    return spec.max_attempts
 
 
 def open_gate(spec, threads: int | None = None) -> JudgeGate | None:
@@ -141,6 +190,26 @@ def kept_by_size(records) -> str | None:
         return None
     parts = [f"{_bin_label(low, high)} {kept[i]} of {judged[i]}" for i, (low, high) in enumerate(SIZE_BINS) if judged[i]]
     return "kept by the judge, by the polyp size drawn (share of the frame): " + ", ".join(parts)
+
+
+def mucosa_tally(records) -> str | None:
+    """One line for the job summary: how many removals the mucosa check passed at the first painting, after
+    painting again, and how many stayed dark (rejected); None when no removal was checked."""
+    first = later = dark = 0
+    for record in records:
+        check = record.get("mucosa_check")
+        if not check or record.get("status") not in ("ok", "rejected"):
+            continue
+        if not check.get("passed", True):
+            dark += 1
+        elif len(check.get("attempts", [])) > 1:
+            later += 1
+        else:
+            first += 1
+    if first + later + dark == 0:
+        return None
+    return (f"mucosa check: {first} removal(s) as light as their mucosa at the first painting, {later} after painting "
+            f"again, {dark} still dark (in rejected/)")
 
 
 def _bin_label(low: float, high: float) -> str:

@@ -51,15 +51,16 @@ def held_out_names(held_out_file: Path) -> list[str]:
 
 
 def run_batch(arguments: list[str], output: Path, reuse: bool = True) -> tuple[dict, float]:
-    """`main.py --batch --quiet --fresh [--no-judge] --output OUTPUT ARGUMENTS` and its summary.json, with the job's wall time;
+    """`main.py --batch --quiet --fresh [--no-judge] [--no-mucosa-check] --output OUTPUT ARGUMENTS` and its summary.json, with the job's wall time;
     with `reuse`, a job whose summary is already there is not run again (0 s). Exit 1 is a finished job with some
     frames failed (each named in the summary); any other failure stops the benchmark with the job's stderr."""
     if reuse and (output / "summary.json").is_file():
         return json.loads((output / "summary.json").read_text(encoding="utf-8")), 0.0
     started = time.perf_counter()
-    # The benchmarks measure the model itself: without the judge the model recommends (main.py --batch's default),
-    # unless the arguments name a judge.
+    # The benchmarks measure the model itself: without the judge the model recommends and without the removals'
+    # mucosa check (main.py --batch's defaults), unless the arguments ask for them.
     gate = [] if {"--judge", "--no-judge"} & set(arguments) else ["--no-judge"]
+    gate += [] if {"--mucosa-check", "--no-mucosa-check"} & set(arguments) else ["--no-mucosa-check"]
     completed = subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), "--batch", "--quiet", "--fresh", *gate,
                                 "--output", str(output), *arguments], capture_output=True, text=True, cwd=REPO_ROOT)
     if completed.returncode not in (0, 1):
