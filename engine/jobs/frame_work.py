@@ -274,7 +274,8 @@ class FrameWork:
             return [instance_from_mask(result.transplant.label, "transplant")]
 
         try:
-            judged = generate_judged(self.gate, generate, item.seed, spec.mode, new_polyp, [], max_attempts=self.attempts)
+            judged = generate_judged(self.gate, generate, item.seed, spec.mode, new_polyp, [],
+                                     max_attempts=self.attempts)
         except NoPlace as reason:
             on_record(base_record(item, spec, pipeline.bundle) | {"status": "skipped", "reason": str(reason)})
             return

@@ -277,8 +277,8 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
         from engine.judge.mucosa_check import default_check
         from engine.judge.rejection import attempts_of
 
-        summary.notes.append(f"mucosa check: a removal whose fill is more than {default_check().max_darkness:g} luma levels "
-                             f"darker than the mucosa around it is painted again, up to {attempts_of(spec)} "
+        summary.notes.append(f"mucosa check: a removal whose fill is more than {default_check().max_darkness:g} luma "
+                             f"levels darker than the mucosa around it is painted again, up to {attempts_of(spec)} "
                              "attempt(s), then goes to rejected/ (--no-mucosa-check keeps every removal)")
     if donors is not None:
         summary.notes.append(f"donor polyps from {len(donors)} train frames; harmonize {spec.harmonize}"

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.judge.mucosa_check import DEFAULT_ATTEMPTS as MUCOSA_ATTEMPTS, REASON as DARK_FILL, FillMeasure, MucosaCheck, default_check
+from engine.judge.mucosa_check import DEFAULT_ATTEMPTS as MUCOSA_ATTEMPTS
+from engine.judge.mucosa_check import REASON as DARK_FILL
+from engine.judge.mucosa_check import FillMeasure, MucosaCheck, default_check
 from engine.judge.scores import DEFAULT_MIN_SCORE, RegionVerdict, judge_region
 
 REASON = "judge"
@@ -100,8 +102,9 @@ def generate_judged(gate: JudgeGate | None, generate, seed: int, mode: str, gene
     """``generate(seed)`` once without a check; with the judge (``gate``) and/or, for a removal, the mucosa check
     (``mucosa_check`` on the ``repainted`` region, a bool mask), until every check passes or ``max_attempts`` (else
     the gate's) are spent; then the last attempt's image is kept, rejected, so a curator can still look at it and
-    accept it — with the mucosa check alone, the lightest painting (a failed fill always has a measure). ``generated``: the new polyps' instances, or a function of the attempt's result giving them (a
-    transplant's place depends on its seed)."""
+    accept it — with the mucosa check alone, the lightest painting (a failed fill always has a measure).
+    ``generated``: the new polyps' instances, or a function of the attempt's result giving them (a transplant's place
+    depends on its seed)."""
     checks_fill = mucosa_check is not None and mode == "remove" and repainted is not None
     if gate is None and not checks_fill:
         return JudgedResult(generate(seed), seed, True, None, [])
