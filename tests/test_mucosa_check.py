@@ -5,6 +5,7 @@ engine's JobSpec and in the evaluation's arms; --no-mucosa-check keeps every rem
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -133,10 +134,10 @@ def test_the_app_asks_for_the_check_on_removals():
     from desktop.settings import JobSettings
 
     settings = JobSettings(mode="remove", mask_source="box")
-    assert settings.spec_values(__import__("pathlib").Path("in"), None)["mucosa_check"] is True
-    assert "mucosa_check" not in JobSettings(mode="add").spec_values(__import__("pathlib").Path("in"), None)
+    assert settings.spec_values(Path("in"), None)["mucosa_check"] is True
+    assert "mucosa_check" not in JobSettings(mode="add").spec_values(Path("in"), None)
     settings.mucosa_check = False
-    assert settings.spec_values(__import__("pathlib").Path("in"), None)["mucosa_check"] is False
+    assert settings.spec_values(Path("in"), None)["mucosa_check"] is False
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +202,14 @@ def test_a_strict_check_rejects_every_removal_after_its_attempts(frames, tmp_pat
     summary = json.loads((output / "summary.json").read_text())
     assert summary["rejected"] == len(lines)
     assert any(f"0 after painting again, {len(lines)} still dark" in note for note in summary["notes"])
+    # the curator can still accept one in the review gallery: it joins the dataset
+    from engine.jobs.review import set_review
+
+    records = set_review(output, [lines[0]["key"]], accepted=True)
+    assert {r["key"]: r["status"] for r in records}[lines[0]["key"]] == "ok"
+    assert (output / lines[0]["image"]).is_file() and not (output / "rejected" / lines[0]["image"]).exists()
+    coco = json.loads((output / "annotations" / "instances.json").read_text())
+    assert [i["file_name"] for i in coco["images"]] == [lines[0]["image"]]
 
 
 def test_a_removal_job_from_before_the_check_resumes_with_the_way_out(frames, tmp_path, capsys):
