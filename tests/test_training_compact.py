@@ -300,6 +300,16 @@ def test_train_exports_a_bundle_the_engine_runs_like_torch(sample_corpus, tmp_pa
     manifest = json.loads((bundle / "bundle.json").read_text())
     assert manifest["kind"] == "pixel-inpaint" and "MODEL_CARD.md" in manifest["files"]
     assert manifest["parity"]["unet"]["max_abs_error"] < 1e-4
+    # what it trained on, by content, travels with the bundle: every training frame of the corpus, none held out
+    from engine.bundle.format import read_bundle
+    from engine.bundle.hashing import sha256_of_file
+    from engine.bundle.training_frames import training_frames_of
+
+    trained = training_frames_of(read_bundle(bundle))
+    held = set((run / "model" / "held_out_frames.txt").read_text().split())
+    frames = sorted((sample_corpus / "images").iterdir())
+    assert "training_frames.txt" in manifest["files"] and manifest["training_frames"]["count"] == len(trained)
+    assert trained.sha256 == {sha256_of_file(f) for f in frames if f.stem not in held}
 
     model, _ = load_compact_model(run / "model")
     with torch.no_grad():  # a trained-for-6-steps model is near its zero-initialised output: make it speak

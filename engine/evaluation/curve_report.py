@@ -57,6 +57,66 @@ def _difference(results_at: dict, series: str, test: str) -> dict | None:
     return paired(pairs, (REAL, series))
 
 
+def pool_folders(settings, part, arm: str) -> list[Path]:
+    """Where the pools an arm draws from were generated (a mix: each of its arms'), as the curve writes them."""
+    from engine.evaluation.curve_plan import FROM_FOLDERS
+
+    folders = []
+    for component in settings.components(arm):
+        if component == FROM_FOLDERS:
+            folders.append(Path(settings.synthetic[part.fraction]))
+        else:
+            folders.append(Path(settings.out) / "synthetic" / part.label / component)
+    return folders
+
+
+def _unseen_differences(settings, data, runs, part, results_at: dict, series: list[str], tests: list[str]) -> dict:
+    """Per generated series and test set: how many test frames the models that painted its pool trained on, and its
+    paired difference from real on the others (engine.evaluation.generator_seen); only where some were seen."""
+    from engine.evaluation.generator_seen import seen_test_frames, unseen_difference
+
+    arm_of = {run.series: run.arm for run in runs}
+    cache = data.generator_seen  # (fraction, arm, test) → SeenFrames or None, read once per curve call
+    out = {}
+    for name in series:
+        if name == REAL or name not in arm_of or name not in results_at or REAL not in results_at:
+            continue
+        for test in tests:
+            key = (part.fraction, arm_of[name], test)
+            if key not in cache:
+                test_set = data.tests[test][0]
+                cache[key] = seen_test_frames(pool_folders(settings, part, arm_of[name]), list(test_set.names),
+                                              list(test_set.sha256))
+            seen = cache[key]
+            if seen is None or not seen.names:
+                continue
+            base = {s: r["tests"][test] for s, r in results_at[REAL].items() if test in r.get("tests", {})}
+            other = {s: r["tests"][test] for s, r in results_at[name].items() if test in r.get("tests", {})}
+            diff = unseen_difference(base, other, seen.names, (REAL, name))
+            out.setdefault(name, {})[test] = {**seen.to_json(len(data.tests[test][0])), "difference": diff}
+    return out
+
+
+def _unseen_notes(points: list[dict]) -> list[str]:
+    """One line per generated arm and test set whose generator trained on some test frames: how many, and the arm's
+    gain on the others at each fraction."""
+    lines = {}
+    for point in points:
+        for arm, by_test in point.get("unseen", {}).items():
+            for test, entry in by_test.items():
+                diff = entry["difference"]
+                key = (arm, test)
+                head = (f"{arm}: the model that painted its frames ({', '.join(entry['generators'])}) trained on "
+                        f"{entry['seen']} of the {entry['seen'] + entry['unseen']} {test} test frames, so its gain "
+                        f"there is an upper bound; on the {entry['unseen']} it never saw, against real: ")
+                clause = (f"{diff['dice']['mean']:+.3f} Dice at {point['subset_frames']} frames"
+                          + (f" (p = {diff['dice']['p_value']:.2g})" if diff["dice"]["p_value"] is not None else "")
+                          if diff is not None and diff["dice"]["mean"] is not None else
+                          f"no paired runs at {point['subset_frames']} frames")
+                lines.setdefault(key, [head, []])[1].append(clause)
+    return [head + "; ".join(clauses) for head, clauses in lines.values()]
+
+
 def _clause(diff: dict | None, frames: int) -> str:
     if diff is None:
         return f"not run yet at {frames} frames"
@@ -155,6 +215,7 @@ def build(settings, data, runs, results: dict, seconds: float) -> dict:
                 point["differences"][name] = {test: _difference(at, name, test) for test in tests}
         point["by_size"] = {test: size_breakdown(at, [REAL, *[n for n in series if n != REAL]], test)
                             for test in tests}
+        point["unseen"] = _unseen_differences(settings, data, runs, part, at, series, tests)
         points.append(point)
     ablation = sorted({r.series for r in runs if r.ablation})
     return {
@@ -174,7 +235,7 @@ def build(settings, data, runs, results: dict, seconds: float) -> dict:
         "trainer": settings.trainer_settings(),
         "points": points,
         "verdicts": verdicts(points, arms, tests),
-        "notes": list(data.notes),
+        "notes": list(data.notes) + _unseen_notes(points),
         "runs_planned": len(runs), "runs_done": sum(len(s) for f in results.values() for s in f.values()),
         "minutes_this_session": round(seconds / 60.0, 2),
     }
@@ -326,6 +387,22 @@ def render_html(report: dict, plot: bytes) -> str:
             parts.append("<table><tr><th>difference</th><th>test set</th><th>Dice per seed</th>"
                          "<th>mean [95 % CI]</th><th>paired t p</th><th>Wilcoxon per frame p</th></tr>"
                          + "".join(rows) + "</table>")
+        unseen_rows = []
+        for arm, by_test in point.get("unseen", {}).items():
+            for test, entry in by_test.items():
+                diff = entry["difference"]
+                if diff is None:
+                    continue
+                d, frame = diff["dice"], diff["per_frame_dice"]
+                unseen_rows.append(f"<tr><td>{e(arm)} − real</td><td>{e(test)}: {entry['unseen']} unseen, "
+                                   f"{entry['seen']} seen</td><td>{e(', '.join(entry['generators']))}</td>"
+                                   f"<td>{_cell(d)}</td><td>{_p(d['p_value'])}</td><td>{_p(frame['p_value'])}</td></tr>")
+        if unseen_rows:
+            parts.append("<p>On the test frames the generator never trained on (the model that painted the arm's "
+                         "frames trained on the others: its gain on those is an upper bound; matched by sha256 with "
+                         "the model's training_frames.txt)</p><table><tr><th>difference</th><th>test frames</th>"
+                         "<th>generator</th><th>Dice mean [95 % CI]</th><th>paired t p</th><th>Wilcoxon p</th></tr>"
+                         + "".join(unseen_rows) + "</table>")
         for test, sizes in point.get("by_size", {}).items():
             if not sizes["bins"]:
                 continue

@@ -87,6 +87,8 @@ class _Data:
     normals: tuple[segdata.SegmentationSet, list] | None
     parts: dict[float, Fraction]
     notes: list[str] = field(default_factory=list)  # shown in the report
+    # (fraction, arm, test) → the test frames its generator trained on (engine.evaluation.generator_seen), or None
+    generator_seen: dict = field(default_factory=dict)
 
     def write_split_files(self, out: Path) -> None:
         for part in self.parts.values():

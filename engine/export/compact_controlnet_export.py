@@ -209,6 +209,11 @@ def export_compact_controlnet_bundle(model_dir: str | os.PathLike[str], destinat
             "parity": parity,
             "source": export_record(opset, path=str(model_dir), model_class=config["model_class"]),
         }
+        from engine.bundle.training_frames import KEY as TRAINING_FRAMES, copy_training_frames
+
+        trained_on = copy_training_frames(model_dir, bundle)  # None for a model from before the list existed
+        if trained_on is not None:
+            manifest[TRAINING_FRAMES] = trained_on
         write_manifest(bundle, {**manifest, "files": {}})
     log(f"bundle written to {destination} in {time.perf_counter() - started:.1f} s")
     return destination

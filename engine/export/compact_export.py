@@ -160,8 +160,10 @@ def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | 
 
             detail = export_detail_part(Path(detail_dir).resolve(), bundle, dict(task["scheduler"]), resolution, opset,
                                         card=detail_card, log=log)
+        from engine.bundle.training_frames import KEY as TRAINING_FRAMES, copy_training_frames
         from engine.models.compact_unet import CLASS_NAMES
 
+        trained_on = copy_training_frames(model_dir, bundle)  # None for a model from before the list existed
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -186,6 +188,7 @@ def export_compact_bundle(model_dir: str | os.PathLike[str], destination: str | 
             "source": export_record(opset, path=str(model_dir), model_class="CompactInpaintUNet"),
             **({"detail": detail} if detail is not None else {}),
             **({"attributes": attributes} if attributes is not None else {}),
+            **({TRAINING_FRAMES: trained_on} if trained_on is not None else {}),
             **(extra or {}),
         }
         write_manifest(bundle, {**manifest, "files": {}})

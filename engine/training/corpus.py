@@ -22,6 +22,7 @@ from engine.dataset.labels import read_yolo
 from engine.dataset.splits import is_held_out
 from engine.errors import InputError, PolypForgeError
 from engine.masks.geometry import binarize
+from engine.bundle.hashing import sha256_of_file
 from engine.masks.instances import split_instances
 
 
@@ -33,6 +34,7 @@ class CorpusFrame:
     boxes: list[tuple[float, float, float, float]]  # polyp boxes (x0, y0, x1, y1) in scaled pixels
     instance_masks: list[np.ndarray | None]  # per box: its pixel mask (None when only the box is known)
     normal: bool  # from a folder of normal frames (or a polyp folder's frame with no polyp)
+    sha256: str = ""  # of the frame file's bytes: the bundle's training_frames.txt (engine.bundle.training_frames)
 
     @property
     def has_polyp(self) -> bool:
@@ -98,7 +100,7 @@ def _load_frame(frame: SourceFrame, folder_name: str, normal: bool, max_side: in
             scaled_masks.append(np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((sw, sh), Image.Resampling.NEAREST)) > 127)
     scaled_boxes = [tuple(v * scale for v in box) for box in boxes]
     return CorpusFrame(rel=f"{folder_name}/{frame.rel}", stem=Path(frame.rel).stem, image=image, boxes=scaled_boxes,
-                       instance_masks=scaled_masks, normal=normal or not boxes)
+                       instance_masks=scaled_masks, normal=normal or not boxes, sha256=sha256_of_file(frame.path))
 
 
 def load_corpus(polyp_dirs: list[Path], normal_dirs: list[Path] | None = None, max_side: int = 640,

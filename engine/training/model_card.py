@@ -14,6 +14,7 @@ import json
 import platform
 from pathlib import Path
 
+from engine.bundle.training_frames import write_training_frames
 from engine.fileio import atomic_write_bytes
 from engine.training.run_files import LOG, RUN_RECORD, read_log, read_record
 
@@ -92,6 +93,9 @@ def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpu
     extra_figures = _relative_to_working_folder(extra_figures or {})
     held_out_list = Path(model_dir) / "held_out_frames.txt"
     atomic_write_bytes(held_out_list, ("\n".join(info["held_out"]) + "\n").encode("utf-8"))
+    # what it trained on, by content: an evaluation tells the test frames it has seen from new ones (the export
+    # copies the list into the bundle)
+    write_training_frames(model_dir, [(f.sha256, f.rel) for f in corpus.train if getattr(f, "sha256", "")])
     facts = {
         "model": task.name,
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -1,0 +1,122 @@
+"""Test frames the generator has seen (engine.bundle.training_frames, engine.evaluation.generator_seen): a model
+bundle lists its training frames by sha256; the learning curve reports a generated arm's gain on the test frames its
+generator never trained on beside its gain on all; a pool no model painted, or whose model carries no list, is left
+alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import run_main
+from conftest import REPO_ROOT
+from engine.bundle.format import read_bundle
+from engine.bundle.hashing import sha256_of_file
+from engine.bundle.training_frames import KEY, training_frames_of, write_training_frames
+from engine.errors import BundleError
+from engine.evaluation.generator_seen import seen_test_frames, unseen_difference
+
+DEMO_MODEL = REPO_ROOT / "exported_models" / "demo-sd-inpaint"
+TINY = ["--seeds", "2", "--max-steps", "30", "--validate-every", "10", "--patience", "3", "--size", "32",
+        "--widths", "4,8,16", "--threads", "1", "--quiet"]
+
+
+def _model_trained_on(folder: Path, frames: list[Path]) -> Path:
+    """The demo SD bundle, copied, naming ``frames`` as its training frames (bundle.json is not part of the id)."""
+    shutil.copytree(DEMO_MODEL, folder)
+    entry = write_training_frames(folder, [(sha256_of_file(f), f"corpus/{f.name}") for f in frames])
+    manifest = json.loads((folder / "bundle.json").read_text())
+    (folder / "bundle.json").write_text(json.dumps({**manifest, KEY: entry}, indent=2))
+    return folder
+
+
+def test_the_shipped_model_lists_the_968_frames_it_trained_on():
+    trained = training_frames_of(read_bundle(REPO_ROOT / "exported_models" / "polypforge-compact"))
+    held = set((REPO_ROOT / "training_runs" / "compact-anneal" / "model" / "held_out_frames.txt").read_text().split())
+    assert len(trained) == 968 and len(held) == 56
+    names = set(trained.names.values())
+    assert sum(n.startswith("kvasir-seg/") for n in names) == 944 and sum(n.startswith("normal/") for n in names) == 24
+    assert not {Path(n).stem for n in names} & held
+
+
+def test_a_training_list_that_is_altered_or_malformed_is_refused_naming_the_bundle(tmp_path):
+    frames = [tmp_path / "a.png", tmp_path / "b.png"]
+    for i, f in enumerate(frames):
+        f.write_bytes(bytes([i]) * 10)
+    model = _model_trained_on(tmp_path / "model", frames)
+    assert training_frames_of(read_bundle(model)).sha256 == {sha256_of_file(f) for f in frames}
+    (model / "training_frames.txt").write_text("0" * 64 + "  other\n")
+    with pytest.raises(BundleError, match="training_frames.txt.*sha256 mismatch"):
+        training_frames_of(read_bundle(model))
+    manifest = json.loads((model / "bundle.json").read_text())
+    (model / "bundle.json").write_text(json.dumps({**manifest, KEY: {"file": "../elsewhere.txt", "sha256": "x"}}))
+    with pytest.raises(BundleError, match="outside the bundle"):
+        training_frames_of(read_bundle(model))
+    (model / "bundle.json").write_text(json.dumps({**manifest, KEY: "yes"}))
+    with pytest.raises(BundleError, match="must name a file"):
+        training_frames_of(read_bundle(model))
+    assert training_frames_of(read_bundle(DEMO_MODEL)) is None  # no list: nothing known
+
+
+def _pool(folder: Path, model: Path | None, bundle_id: str, steps: int) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "manifest.jsonl").write_text(json.dumps({"status": "ok", "steps": steps, "bundle": "demo-sd-inpaint",
+                                                       "bundle_id": bundle_id, "image": "images/train/x.png"}) + "\n")
+    if model is not None:
+        (folder / "job.json").write_text(json.dumps({"settings": {"model": str(model)}}))
+    return folder
+
+
+def test_which_test_frames_a_pools_generator_has_seen(tmp_path):
+    tests = [tmp_path / f"t{i}.png" for i in range(4)]
+    for i, f in enumerate(tests):
+        f.write_bytes(bytes([i + 10]) * 10)
+    names, shas = [f.name for f in tests], [sha256_of_file(f) for f in tests]
+    model = _model_trained_on(tmp_path / "model", tests[:2])
+    bundle_id = read_bundle(model).bundle_id
+    seen = seen_test_frames([_pool(tmp_path / "painted", model, bundle_id, 20)], names, shas)
+    assert seen.names == {"t0.png", "t1.png"} and seen.bundles[0].startswith("demo-sd-inpaint (")
+    # copy-paste painted nothing: nothing seen; a pool gone, another model with that name, a model without a list:
+    # unknown
+    assert seen_test_frames([_pool(tmp_path / "pasted", model, bundle_id, 0)], names, shas).names == frozenset()
+    assert seen_test_frames([tmp_path / "gone"], names, shas) is None
+    assert seen_test_frames([_pool(tmp_path / "other", model, "f" * 64, 20)], names, shas) is None
+    plain = read_bundle(DEMO_MODEL).bundle_id
+    assert seen_test_frames([_pool(tmp_path / "plain", DEMO_MODEL, plain, 20)], names, shas) is None
+
+
+def test_the_gain_on_unseen_frames_leaves_the_seen_ones_out():
+    def run(dice):
+        return {"summary": {}, "frames": [{"frame": f"t{i}.png", "dice": d, "iou": d / 2} for i, d in enumerate(dice)]}
+
+    real = {0: run([0.5, 0.5, 0.5, 0.5]), 1: run([0.4, 0.4, 0.4, 0.4])}
+    arm = {0: run([0.9, 0.9, 0.6, 0.5]), 1: run([0.8, 0.8, 0.5, 0.6])}  # big gains on the two frames it has seen
+    diff = unseen_difference(real, arm, frozenset({"t0.png", "t1.png"}), ("real", "arm"))
+    assert diff["dice"]["differences"] == pytest.approx([0.05, 0.15]) and diff["per_frame_dice"]["frames"] == 2
+    assert unseen_difference(real, arm, frozenset({f"t{i}.png" for i in range(4)}), ("real", "arm")) is None
+
+
+def test_the_curve_reports_the_gain_on_the_test_frames_the_generator_never_trained_on(tmp_path):
+    from engine.samples import generate_sample_set
+
+    generate_sample_set(tmp_path / "train", count=30, seed=1, width=96, height=80, with_polyps_every=1)
+    generate_sample_set(tmp_path / "test", count=6, seed=2, width=96, height=80, with_polyps_every=1)
+    tests = sorted((tmp_path / "test" / "images").iterdir())
+    model = _model_trained_on(tmp_path / "model", tests[:2])
+    job = tmp_path / "add.toml"
+    job.write_text(f'model = "{model}"\nmode = "add"\nmask_source = "random"\nsteps = 2\nformats = ["coco"]\n'
+                   'input = "ignored"\noutput = "ignored"\n', encoding="utf-8")
+    out = tmp_path / "eval"
+    done = run_main(["evaluate", "--train", tmp_path / "train", "--test", tmp_path / "test", "--arm", f"add={job}",
+                     "--real-fractions", "0.5", "--out", out, *TINY])
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    entry = report["points"][0]["unseen"]["add"]["test"]
+    assert entry["seen"] == 2 and entry["unseen"] == 4 and entry["generators"][0].startswith("demo-sd-inpaint")
+    assert entry["difference"]["per_frame_dice"]["frames"] == 4 and len(entry["difference"]["dice"]["differences"]) == 2
+    assert any(n.startswith("add: the model that painted its frames") and "trained on 2 of the 6 test test frames"
+               in n for n in report["notes"])
+    assert "On the test frames the generator never trained on" in (out / "report.html").read_text()
