@@ -326,6 +326,14 @@ def test_judge_options_in_the_run_panel_reach_the_job_and_are_remembered(window,
     panel.model_judge.setChecked(True)
     assert panel.settings().spec_values(tmp_path / "frames", None)["model_judge"] is True
     assert JobSettings.load(window.settings).model_judge is True  # remembered
+    # the removals' mucosa check: on by default, a switch of remove mode only, remembered
+    assert panel.mucosa_check.isChecked() and not panel.mucosa_check.isEnabled()  # add mode here
+    panel.mode.setCurrentIndex(panel.mode.findData("remove"))
+    assert panel.mucosa_check.isEnabled()
+    assert panel.settings().spec_values(tmp_path / "frames", None)["mucosa_check"] is True
+    panel.mucosa_check.setChecked(False)
+    assert panel.settings().spec_values(tmp_path / "frames", None)["mucosa_check"] is False
+    assert JobSettings.load(window.settings).mucosa_check is False  # remembered
 
 
 def test_transplant_from_the_window_moves_the_frames_own_polyps(window, qtbot, tmp_path, messages):
