@@ -120,3 +120,41 @@ def test_the_curve_reports_the_gain_on_the_test_frames_the_generator_never_train
     assert any(n.startswith("add: the model that painted its frames") and "trained on 2 of the 6 test test frames"
                in n for n in report["notes"])
     assert "On the test frames the generator never trained on" in (out / "report.html").read_text()
+
+
+def test_the_single_comparison_warns_and_reports_the_unseen_frames(tmp_path):
+    """`evaluate --synthetic DIR` (real vs real + that folder on all training frames): a generator that trained on
+    some test frames is named in a warning, and the difference on the other test frames is in the report."""
+    import numpy as np
+
+    from engine.fileio import save_png_atomic
+    from judge_helpers import fake_output, polyp_frame
+
+    def real_folder(root, seeds):
+        for seed in seeds:
+            frame, mask = polyp_frame(seed, 96, 80)
+            save_png_atomic(root / "images" / f"p{seed}.png", frame)
+            save_png_atomic(root / "masks" / f"p{seed}.png", mask.astype(np.uint8) * 255)
+        return root
+
+    train, test = real_folder(tmp_path / "train", range(100, 112)), real_folder(tmp_path / "test", range(200, 204))
+    tests = sorted((test / "images").iterdir())
+    model = _model_trained_on(tmp_path / "model", tests[:1])
+    bundle_id = read_bundle(model).bundle_id
+    synthetic = fake_output(tmp_path / "synthetic", [
+        {"name": f"s{s}", "image": polyp_frame(s, 96, 80)[0], "region": polyp_frame(s, 96, 80)[1], "mode": "add",
+         "source_sha256": f"{s:064d}"} for s in range(300, 306)])
+    lines = [json.loads(line) for line in (synthetic / "manifest.jsonl").read_text().splitlines()]
+    (synthetic / "manifest.jsonl").write_text("".join(
+        json.dumps({**r, "steps": 20, "bundle": "demo-sd-inpaint", "bundle_id": bundle_id}) + "\n" for r in lines))
+    (synthetic / "job.json").write_text(json.dumps({"settings": {"model": str(model)}}))
+    done = run_main(["evaluate", "--seeds", "2", "--steps", "10", "--validate-every", "5", "--size", "32",
+                     "--widths", "4,8,16", "--threads", "1", "--quiet", "--train", train, "--synthetic", synthetic,
+                     "--test", test, "--out", tmp_path / "eval"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["generator_seen"]["seen"] == 1 and report["generator_seen"]["unseen"] == 3
+    assert any("trained on 1 of the 4 test frames" in w for w in report["warnings"])
+    assert report["difference_unseen"]["per_frame_dice"]["frames"] == 3
+    assert len(report["difference_unseen"]["dice"]["differences"]) == 2
+    assert "test frames the generator never trained on" in (tmp_path / "eval" / "report.html").read_text()

@@ -131,6 +131,9 @@ def run_evaluation(settings: EvaluationSettings, log: Log = print) -> dict:
     synthetic = segdata.from_polypforge_output(settings.synthetic, cache=settings.cache)
     test, test_entries = segdata.hashed_entries(settings.test)
     check_no_leak(real, synthetic, test)
+    from engine.evaluation.generator_seen import seen_test_frames
+
+    seen = seen_test_frames([Path(settings.synthetic)], list(test.names), list(test.sha256))
     log(f"read {len(real)} real training frames, {len(synthetic)} synthetic variants, {len(test)} test frames "
         f"in {time.perf_counter() - started:.0f} s; leak check passed (sha256 of frames and variant sources)")
     # By rank: the test set is often the frames the same hash holds out, which leaves none below the threshold.
@@ -138,6 +141,10 @@ def run_evaluation(settings: EvaluationSettings, log: Log = print) -> dict:
     real_train, real_val = real.subset(kept), real.subset(held)
     val_shas = set(real_val.sha256)
     warnings = []
+    if seen is not None and seen.names:
+        warnings.append(f"the model that painted the synthetic frames ({', '.join(seen.bundles)}) trained on "
+                        f"{len(seen.names)} of the {len(test)} test frames: the gain there is an upper bound; the "
+                        "difference on the others is reported beside the one on all")
     outside_val = [i for i, s in enumerate(synthetic.source_sha256) if s not in val_shas]
     if len(outside_val) < len(synthetic):
         warnings.append(f"{len(synthetic) - len(outside_val)} synthetic variants made from the held-out validation "
@@ -174,7 +181,7 @@ def run_evaluation(settings: EvaluationSettings, log: Log = print) -> dict:
                           "train_minutes": run["train_minutes"], "training_frames": len(pools[arm])}
                 atomic_write_bytes(result_path, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
                 results[arm][seed] = record
-                _write(out, settings, results, real, real_val, synthetic, synthetic_used, test, warnings, started)
+                _write(out, settings, results, real, real_val, synthetic, synthetic_used, test, warnings, started, seen)
                 continue
             task = JudgeTask(pools[arm], real_val, size=settings.size, batch_size=settings.batch_size,
                              widths=settings.widths, description={"arm": arm})
@@ -192,12 +199,16 @@ def run_evaluation(settings: EvaluationSettings, log: Log = print) -> dict:
                       "training_frames": len(pools[arm])}
             atomic_write_bytes(result_path, (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
             results[arm][seed] = record
-            _write(out, settings, results, real, real_val, synthetic, synthetic_used, test, warnings, started)
-    return _write(out, settings, results, real, real_val, synthetic, synthetic_used, test, warnings, started)
+            _write(out, settings, results, real, real_val, synthetic, synthetic_used, test, warnings, started, seen)
+    return _write(out, settings, results, real, real_val, synthetic, synthetic_used, test, warnings, started, seen)
 
 
-def _write(out, settings, results, real, real_val, synthetic, synthetic_used, test, warnings, started) -> dict:
+def _write(out, settings, results, real, real_val, synthetic, synthetic_used, test, warnings, started,
+           seen=None) -> dict:
     from engine.evaluation.evaluation_report import paired, summarise_runs, write_evaluation_report
+    from engine.evaluation.generator_seen import unseen_difference
+
+    complete = all(results[a] for a in ARMS)
 
     data = {
         "arms": list(ARMS),
@@ -209,7 +220,11 @@ def _write(out, settings, results, real, real_val, synthetic, synthetic_used, te
         "trainer": _trainer_description(settings),
         "warnings": warnings,
         "summary": summarise_runs(results, ARMS),
-        "difference": paired(results, ARMS) if all(results[a] for a in ARMS) else None,
+        "difference": paired(results, ARMS) if complete else None,
+        # the test frames the synthetic frames' generator never trained on (engine.evaluation.generator_seen)
+        "generator_seen": seen.to_json(len(test)) if seen is not None and seen.names else None,
+        "difference_unseen": (unseen_difference(results[ARMS[0]], results[ARMS[1]], seen.names, ARMS)
+                              if complete and seen is not None and seen.names else None),
         "runs": {arm: {str(seed): run for seed, run in runs.items()} for arm, runs in results.items()},
         "minutes_this_session": round((time.perf_counter() - started) / 60.0, 2),
     }

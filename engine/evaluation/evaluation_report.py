@@ -198,6 +198,12 @@ def render_html(data: dict, curves: bytes) -> str:
             parts.append(f"<tr><td>{metric}</td><td>{', '.join(f'{v:+.4f}' for v in d['differences'])}</td>"
                          f"<td>{_fmt(d)}</td><td>{_v(d['p_value'], 3)}</td></tr>")
         parts.append(f"</table><p><b>{e(diff['statement'])}</b></p>")
+    unseen = data.get("difference_unseen")
+    if unseen:
+        d = unseen["dice"]
+        parts.append(f"<p>On the {data['generator_seen']['unseen']} test frames the generator never trained on: Dice "
+                     f"{', '.join(f'{v:+.4f}' for v in d['differences'])} per seed, {_fmt(d)}, paired t-test p = "
+                     f"{_v(d['p_value'], 3)}. {e(unseen['statement'])}</p>")
     parts.append(f"<h2>Learning curves ({e(data.get('trainer', {}).get('curve_metric', 'val_dice'))} on the held-out "
                  "real frames)</h2>"
                  f"<img alt='learning curves' src='data:image/png;base64,{base64.b64encode(curves).decode()}'>")
