@@ -37,6 +37,15 @@ def polyp_frame(seed: int, width: int = 128, height: int = 96) -> tuple[np.ndarr
     return frame, mask
 
 
+def real_folder(root: Path, seeds, width: int = 96, height: int = 80) -> Path:
+    """A Kvasir-SEG-like folder (images/, masks/) of one generated polyp frame per seed, named p<seed>.png."""
+    for seed in seeds:
+        frame, mask = polyp_frame(seed, width, height)
+        save_png_atomic(root / "images" / f"p{seed}.png", frame)
+        save_png_atomic(root / "masks" / f"p{seed}.png", mask.astype(np.uint8) * 255)
+    return root
+
+
 def clean_frame(seed: int, width: int = 128, height: int = 96) -> np.ndarray:
     frame, _ = generate_frame(seed, width=width, height=height, polyps=0)
     return frame

@@ -17,7 +17,7 @@ from conftest import REPO_ROOT
 from engine.judge.accuracy import score_frames, summarise
 from engine.fileio import save_png_atomic
 from cli_helpers import run_main
-from judge_helpers import fake_output, polyp_frame
+from judge_helpers import fake_output, polyp_frame, real_folder
 
 
 def _square(shape, x, y, side=10):
@@ -73,11 +73,7 @@ def test_paired_difference_and_statement():
 
 
 def _real_folder(root, seeds):
-    for seed in seeds:
-        frame, mask = polyp_frame(seed, 96, 80)
-        save_png_atomic(root / "images" / f"p{seed}.png", frame)
-        save_png_atomic(root / "masks" / f"p{seed}.png", mask.astype(np.uint8) * 255)
-    return root
+    return real_folder(root, seeds)
 
 
 def _synthetic(root, seeds, source_sha=None):

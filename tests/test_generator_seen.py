@@ -125,17 +125,7 @@ def test_the_curve_reports_the_gain_on_the_test_frames_the_generator_never_train
 def test_the_single_comparison_warns_and_reports_the_unseen_frames(tmp_path):
     """`evaluate --synthetic DIR` (real vs real + that folder on all training frames): a generator that trained on
     some test frames is named in a warning, and the difference on the other test frames is in the report."""
-    import numpy as np
-
-    from engine.fileio import save_png_atomic
-    from judge_helpers import fake_output, polyp_frame
-
-    def real_folder(root, seeds):
-        for seed in seeds:
-            frame, mask = polyp_frame(seed, 96, 80)
-            save_png_atomic(root / "images" / f"p{seed}.png", frame)
-            save_png_atomic(root / "masks" / f"p{seed}.png", mask.astype(np.uint8) * 255)
-        return root
+    from judge_helpers import fake_output, polyp_frame, real_folder
 
     train, test = real_folder(tmp_path / "train", range(100, 112)), real_folder(tmp_path / "test", range(200, 204))
     tests = sorted((test / "images").iterdir())

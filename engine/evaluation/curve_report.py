@@ -327,6 +327,23 @@ def _p(value) -> str:
     return "–" if value is None else f"{value:.2g}"
 
 
+def _difference_table(entries: list[tuple[str, str, dict | None]]) -> str:
+    """Rows "arm − real" on a test set: Dice per seed, mean [95 % CI], paired t p, Wilcoxon p; "" without any."""
+    e = html.escape
+    rows = []
+    for arm, test, diff in entries:
+        if diff is None:
+            continue
+        d, frame = diff["dice"], diff["per_frame_dice"]
+        rows.append(f"<tr><td>{e(arm)} − real</td><td>{e(test)}</td>"
+                    f"<td>{', '.join(f'{v:+.3f}' for v in d['differences'])}</td><td>{_cell(d)}</td>"
+                    f"<td>{_p(d['p_value'])}</td><td>{_p(frame['p_value'])} ({frame['frames']} frames)</td></tr>")
+    if not rows:
+        return ""
+    return ("<table><tr><th>difference</th><th>test set</th><th>Dice per seed</th><th>mean [95 % CI]</th>"
+            "<th>paired t p</th><th>Wilcoxon per frame p</th></tr>" + "".join(rows) + "</table>")
+
+
 def render_html(report: dict, plot: bytes) -> str:
     e = html.escape
     tests = list(report["tests"])
@@ -374,35 +391,15 @@ def render_html(report: dict, plot: bytes) -> str:
             parts.append(f"<tr><td>{e(arm)}</td><td>{entry['runs']}</td><td>{entry['synthetic_frames'] or 0}</td>"
                          f"{cells}<td>{_cell(entry['normals_false_positive_rate'], 2)}</td><td>{steps}</td></tr>")
         parts.append("</table>")
-        rows = []
-        for arm, by_test in point["differences"].items():
-            for test, diff in by_test.items():
-                if diff is None:
-                    continue
-                d, frame = diff["dice"], diff["per_frame_dice"]
-                rows.append(f"<tr><td>{e(arm)} − real</td><td>{e(test)}</td>"
-                            f"<td>{', '.join(f'{v:+.3f}' for v in d['differences'])}</td><td>{_cell(d)}</td>"
-                            f"<td>{_p(d['p_value'])}</td><td>{_p(frame['p_value'])} ({frame['frames']} frames)</td></tr>")
-        if rows:
-            parts.append("<table><tr><th>difference</th><th>test set</th><th>Dice per seed</th>"
-                         "<th>mean [95 % CI]</th><th>paired t p</th><th>Wilcoxon per frame p</th></tr>"
-                         + "".join(rows) + "</table>")
-        unseen_rows = []
-        for arm, by_test in point.get("unseen", {}).items():
-            for test, entry in by_test.items():
-                diff = entry["difference"]
-                if diff is None:
-                    continue
-                d, frame = diff["dice"], diff["per_frame_dice"]
-                unseen_rows.append(f"<tr><td>{e(arm)} − real</td><td>{e(test)}: {entry['unseen']} unseen, "
-                                   f"{entry['seen']} seen</td><td>{e(', '.join(entry['generators']))}</td>"
-                                   f"<td>{_cell(d)}</td><td>{_p(d['p_value'])}</td><td>{_p(frame['p_value'])}</td></tr>")
-        if unseen_rows:
+        parts.append(_difference_table([(arm, test, diff) for arm, by_test in point["differences"].items()
+                                        for test, diff in by_test.items()]))
+        unseen = [(arm, f"{test}: the {entry['unseen']} unseen ({entry['seen']} seen by "
+                        f"{', '.join(entry['generators'])})", entry["difference"])
+                  for arm, by_test in point.get("unseen", {}).items() for test, entry in by_test.items()]
+        if any(diff is not None for _, _, diff in unseen):
             parts.append("<p>On the test frames the generator never trained on (the model that painted the arm's "
                          "frames trained on the others: its gain on those is an upper bound; matched by sha256 with "
-                         "the model's training_frames.txt)</p><table><tr><th>difference</th><th>test frames</th>"
-                         "<th>generator</th><th>Dice mean [95 % CI]</th><th>paired t p</th><th>Wilcoxon p</th></tr>"
-                         + "".join(unseen_rows) + "</table>")
+                         "the model's training_frames.txt)</p>" + _difference_table(unseen))
         for test, sizes in point.get("by_size", {}).items():
             if not sizes["bins"]:
                 continue
