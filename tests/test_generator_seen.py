@@ -110,16 +110,22 @@ def test_the_curve_reports_the_gain_on_the_test_frames_the_generator_never_train
     job.write_text(f'model = "{model}"\nmode = "add"\nmask_source = "random"\nsteps = 2\nformats = ["coco"]\n'
                    'input = "ignored"\noutput = "ignored"\n', encoding="utf-8")
     out = tmp_path / "eval"
-    done = run_main(["evaluate", "--train", tmp_path / "train", "--test", tmp_path / "test", "--arm", f"add={job}",
-                     "--real-fractions", "0.5", "--out", out, *TINY])
+    # named "synthetic", as the default preset arm is (also the name of --synthetic FRACTION=DIR's arm)
+    data = ["evaluate", "--train", tmp_path / "train", "--test", tmp_path / "test", "--real-fractions", "0.5",
+            "--out", out]
+    done = run_main([*data, "--arm", f"synthetic={job}", *TINY])
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    entry = report["points"][0]["unseen"]["add"]["test"]
+    entry = report["points"][0]["unseen"]["synthetic"]["test"]
     assert entry["seen"] == 2 and entry["unseen"] == 4 and entry["generators"][0].startswith("demo-sd-inpaint")
     assert entry["difference"]["per_frame_dice"]["frames"] == 4 and len(entry["difference"]["dice"]["differences"]) == 2
-    assert any(n.startswith("add: the model that painted its frames") and "trained on 2 of the 6 test test frames"
-               in n for n in report["notes"])
+    assert any(n.startswith("synthetic: the model that painted its frames") and "trained on 2 of the 6 test test "
+               "frames" in n for n in report["notes"])
     assert "On the test frames the generator never trained on" in (out / "report.html").read_text()
+    # a report of what is finished, written again with another arm named (not run yet): no error
+    again = run_main([*data, "--arm", f"synthetic={job}", "--arm", f"other={job}", "--report-only", *TINY])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "report.json").read_text())["points"][0]["unseen"]["synthetic"]["test"]["seen"] == 2
 
 
 def test_the_single_comparison_warns_and_reports_the_unseen_frames(tmp_path):
@@ -148,3 +154,19 @@ def test_the_single_comparison_warns_and_reports_the_unseen_frames(tmp_path):
     assert report["difference_unseen"]["per_frame_dice"]["frames"] == 3
     assert len(report["difference_unseen"]["dice"]["differences"]) == 2
     assert "test frames the generator never trained on" in (tmp_path / "eval" / "report.html").read_text()
+
+
+def test_where_an_arms_pools_are_found():
+    from types import SimpleNamespace
+
+    from engine.evaluation.curve_report import pool_folders
+
+    settings = SimpleNamespace(arms={"synthetic": "job.toml", "copy-paste": "cp.toml"}, synthetic={0.25: "given"},
+                               out="OUT", components=lambda arm: {"both": ("synthetic", "copy-paste")}.get(arm, (arm,)))
+    at_01, at_025 = SimpleNamespace(fraction=0.1, label="0.1"), SimpleNamespace(fraction=0.25, label="0.25")
+    assert pool_folders(settings, at_01, "synthetic") == [Path("OUT/synthetic/0.1/synthetic")]  # a job arm so named
+    assert pool_folders(settings, at_01, "both") == [Path("OUT/synthetic/0.1/synthetic"),
+                                                     Path("OUT/synthetic/0.1/copy-paste")]
+    bare = SimpleNamespace(**{**settings.__dict__, "arms": {}})
+    assert pool_folders(bare, at_025, "synthetic") == [Path("given")]  # --synthetic 0.25=given
+    assert pool_folders(bare, at_01, "synthetic") is None and pool_folders(settings, at_01, "gone") is None

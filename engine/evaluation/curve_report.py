@@ -57,16 +57,20 @@ def _difference(results_at: dict, series: str, test: str) -> dict | None:
     return paired(pairs, (REAL, series))
 
 
-def pool_folders(settings, part, arm: str) -> list[Path]:
-    """Where the pools an arm draws from were generated (a mix: each of its arms'), as the curve writes them."""
+def pool_folders(settings, part, arm: str) -> list[Path] | None:
+    """Where the pools an arm draws from were generated (a mix: each of its arms'), as the curve writes them: a job
+    arm's in OUT/synthetic/<fraction>/<arm>, the folder of ``--synthetic FRACTION=DIR``; None when an arm is neither
+    in this call (a report of runs whose arm was not given again)."""
     from engine.evaluation.curve_plan import FROM_FOLDERS
 
     folders = []
     for component in settings.components(arm):
-        if component == FROM_FOLDERS:
+        if component in settings.arms:  # a job file's arm, also one named "synthetic" (the default preset)
+            folders.append(Path(settings.out) / "synthetic" / part.label / component)
+        elif component == FROM_FOLDERS and part.fraction in settings.synthetic:
             folders.append(Path(settings.synthetic[part.fraction]))
         else:
-            folders.append(Path(settings.out) / "synthetic" / part.label / component)
+            return None
     return folders
 
 
@@ -85,8 +89,9 @@ def _unseen_differences(settings, data, runs, part, results_at: dict, series: li
             key = (part.fraction, arm_of[name], test)
             if key not in cache:
                 test_set = data.tests[test][0]
-                cache[key] = seen_test_frames(pool_folders(settings, part, arm_of[name]), list(test_set.names),
-                                              list(test_set.sha256))
+                folders = pool_folders(settings, part, arm_of[name])
+                cache[key] = (None if folders is None else
+                              seen_test_frames(folders, list(test_set.names), list(test_set.sha256)))
             seen = cache[key]
             if seen is None or not seen.names:
                 continue
