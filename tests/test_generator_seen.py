@@ -170,3 +170,15 @@ def test_where_an_arms_pools_are_found():
     bare = SimpleNamespace(**{**settings.__dict__, "arms": {}})
     assert pool_folders(bare, at_025, "synthetic") == [Path("given")]  # --synthetic 0.25=given
     assert pool_folders(bare, at_01, "synthetic") is None and pool_folders(settings, at_01, "gone") is None
+
+
+def test_a_warm_started_model_lists_the_frames_of_the_model_it_started_from_too(tmp_path):
+    from engine.training.model_card import _earlier_training_frames
+
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    write_training_frames(parent, [("a" * 64, "corpus/a.png"), ("b" * 64, "corpus/b.png")])
+    assert _earlier_training_frames(str(parent)) == {"a" * 64: "corpus/a.png", "b" * 64: "corpus/b.png"}
+    (parent / "training_frames.txt").write_text("not a list\n")
+    assert _earlier_training_frames(str(parent)) == {} and _earlier_training_frames(None) == {}
+    assert _earlier_training_frames(str(tmp_path / "gone")) == {}

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from engine.bundle.hashing import sha256_of_file
 from engine.dataset.discovery import SourceFrame, discover
 from engine.dataset.image_reader import read_frame, read_mask
 from engine.dataset.labels import read_yolo
 from engine.dataset.splits import is_held_out
 from engine.errors import InputError, PolypForgeError
 from engine.masks.geometry import binarize
-from engine.bundle.hashing import sha256_of_file
 from engine.masks.instances import split_instances
 
 

@@ -14,7 +14,8 @@ import json
 import platform
 from pathlib import Path
 
-from engine.bundle.training_frames import write_training_frames
+from engine.bundle.training_frames import FILE_NAME, parse_lines, write_training_frames
+from engine.errors import PolypForgeError
 from engine.fileio import atomic_write_bytes
 from engine.training.run_files import LOG, RUN_RECORD, read_log, read_record
 
@@ -57,6 +58,17 @@ def _earlier_training(init_from: str | None) -> dict | None:
     return None
 
 
+def _earlier_training_frames(init_from: str | None) -> dict[str, str]:
+    """sha256 → name of the frames the warm start's model trained on (its training_frames.txt); {} without one."""
+    if not init_from:
+        return {}
+    path = Path(init_from) / FILE_NAME
+    try:
+        return parse_lines(path.read_text(encoding="utf-8"), path)
+    except (OSError, PolypForgeError):
+        return {}
+
+
 def _relative_to_working_folder(value, root: Path | None = None):
     """Absolute paths inside the working folder written relative to it (recursively through dicts and lists), so a
     committed card reads the same on every clone instead of naming the machine it was trained on."""
@@ -88,14 +100,17 @@ def write_model_card(run_dir: Path, model_dir: Path, task, config, result, corpu
     validations = [r for r in log_rows if "val_loss" in r]
     samples = sorted((Path(run_dir) / "samples").glob("step-*.png"))
     provenance = (read_record(Path(run_dir) / RUN_RECORD) or {}).get("provenance", {})
-    earlier = _earlier_training(provenance.get("init_from"))
+    init_from = provenance.get("init_from")
+    earlier = _earlier_training(init_from)
     provenance = _relative_to_working_folder(provenance)
     extra_figures = _relative_to_working_folder(extra_figures or {})
     held_out_list = Path(model_dir) / "held_out_frames.txt"
     atomic_write_bytes(held_out_list, ("\n".join(info["held_out"]) + "\n").encode("utf-8"))
-    # what it trained on, by content: an evaluation tells the test frames it has seen from new ones (the export
-    # copies the list into the bundle)
-    write_training_frames(model_dir, [(f.sha256, f.rel) for f in corpus.train if getattr(f, "sha256", "")])
+    # what it trained on, by content — this run's frames and those of the model it was warm-started from — so an
+    # evaluation tells the test frames it has seen from new ones (the export copies the list into the bundle)
+    trained = _earlier_training_frames(init_from)
+    trained.update({f.sha256: f.rel for f in corpus.train if getattr(f, "sha256", "")})
+    write_training_frames(model_dir, trained.items())
     facts = {
         "model": task.name,
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
