@@ -60,6 +60,7 @@ class BundleCheck:
     integrity: str = ""  # ok | broken | not checked
     problem: str = ""
     recommends_judge: str = ""  # the judge its bundle.json names for its jobs (engine.judge.model_gate), if any
+    training_frames: int | None = None  # frames its training_frames.txt lists (engine.bundle.training_frames), if any
 
 
 @dataclass
@@ -200,6 +201,7 @@ def _bundle_folders() -> list[Path]:
 
 def check_bundles(folders: list[Path], verify_hashes: bool = True) -> list[BundleCheck]:
     from engine.bundle.format import MANIFEST_NAME, read_bundle
+    from engine.bundle.training_frames import training_frames_of
     from engine.judge.model_gate import recommended_gate
 
     checks: list[BundleCheck] = []
@@ -232,6 +234,13 @@ def check_bundles(folders: list[Path], verify_hashes: bool = True) -> list[Bundl
                     check.integrity, check.problem = "broken", str(exc)
                 else:
                     check.recommends_judge = gate.bundle if gate is not None else ""
+                if check.integrity != "broken":
+                    try:
+                        trained = training_frames_of(bundle)
+                    except Exception as exc:  # noqa: BLE001 - BundleError names the file
+                        check.integrity, check.problem = "broken", str(exc)
+                    else:
+                        check.training_frames = len(trained) if trained is not None else None
             checks.append(check)
     return checks
 
@@ -384,6 +393,8 @@ def format_report(report: Report) -> str:
         detail = f"{b.kind or '?':10s} {_size(b.size_bytes):>9s}  {b.precision or '':4s}  integrity {b.integrity}"
         if b.recommends_judge:
             detail += f"  judge {b.recommends_judge}"
+        if b.training_frames is not None:
+            detail += f"  lists {b.training_frames} training frames"
         lines.append(f"  {b.name:24s} {detail}" + (f": {b.problem}" if b.problem else ""))
     out = report.output
     if "free_bytes" in out:

@@ -155,3 +155,16 @@ def test_a_model_whose_recommended_judge_is_missing_is_a_warning(models, tmp_pat
     code, text = _doctor(["--json", "--no-verify", "--output", str(tmp_path)], capsys)
     report = json.loads(text)
     assert not any("recommends the judge" in w for w in report["warnings"]) and report["status"] == "ok"
+
+
+def test_doctor_counts_a_models_training_frames_and_finds_an_altered_list(models, tmp_path, capsys):
+    shutil.copytree(REPO / "exported_models" / "polypforge-compact", models / "polypforge-compact")
+    shutil.copytree(REPO / "exported_models" / "polyp-judge", models / "polyp-judge")
+    code, text = _doctor(["--json", "--no-verify", "--output", str(tmp_path)], capsys)
+    by_name = {b["name"]: b for b in json.loads(text)["bundles"]}
+    assert by_name["polypforge-compact"]["training_frames"] == 968 and by_name["polyp-judge"]["training_frames"] is None
+    listed = models / "polypforge-compact" / "training_frames.txt"
+    listed.write_text(listed.read_text()[:-200])  # cut short
+    code, text = _doctor(["--json", "--no-verify", "--output", str(tmp_path)], capsys)
+    broken = {b["name"]: b for b in json.loads(text)["bundles"]}["polypforge-compact"]
+    assert broken["integrity"] == "broken" and "training_frames.txt" in broken["problem"]
