@@ -53,6 +53,12 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    the mucosa blend, up to 4 paintings each), 1 per 8 real frames instead of 1:1 (phases 2 and 14 cost −0.17 to
    −0.20 Dice at 1:1): do a few clean polyp-free frames lower the false positives on polyp-free frames without the
    cost?
+17. `copy-paste-x2-and-judged-x2` at 0.05, 5 seeds (seeds 0–4, as phase 15's first five): the copy-paste ×2 pool and
+   the default model's judge-kept ×2 pool together (a mix at ratio 4: 72 pastes + 72 judge-kept variants beside the 36
+   real frames): where real frames are fewest, does the generator add to what copy-paste gives, and copy-paste to
+   what the generator gives? Compared per seed with copy-paste ×2 and judge-kept ×2. Twice the synthetic frames of
+   either, so a gain may be count; at 72 real frames a second paste per frame added +0.021 (p = 0.51). The count of
+   5 seeds is fixed here, before any run of it.
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report per group (GROUPS) of every arm and fraction of its phases (an
@@ -105,6 +111,7 @@ PHASES = (
     (("removal-mucosa",), "0.1", ()),
     (("copy-paste-x2", "default-judged-x4"), SMALLEST, ("--seeds", "8"), "smallest"),
     (("removal-judged-1in8",), "0.1", ("--seeds", "5")),
+    (("copy-paste-x2-and-judged-x2",), SMALLEST, ("--seeds", "5"), "smallest"),
 )
 
 
@@ -123,8 +130,9 @@ ARMS = tuple(dict.fromkeys(arm for group in GROUPS for arm in arms_of(group)))
 ARM_RATIOS = {"copy-paste-x2": 2.0, "judged-and-copy-paste": 2.0, "synthetic-judged-x6": 3.0,
               "compact128-judged-x4": 2.0, "attributes-judged-x4": 2.0,
               "lift128-judged-x4": 2.0, "default-judged-x4": 2.0, "guided-judged-x4": 2.0,
-              "removal-judged-1in8": 0.125}
-MIXES = {"judged-and-copy-paste": ("copy-paste", "synthetic-judged-x4")}
+              "removal-judged-1in8": 0.125, "copy-paste-x2-and-judged-x2": 4.0}
+MIXES = {"judged-and-copy-paste": ("copy-paste", "synthetic-judged-x4"),
+         "copy-paste-x2-and-judged-x2": ("copy-paste-x2", "default-judged-x4")}
 # Arms that run another arm's job file under a name of their own (their own ratio, their own pool and results).
 JOB_OF = {"default-judged-x4": "synthetic-judged-x4", "removal-judged-1in8": "removal-judged"}
 # Per group, the fraction whose generated arms are split into test frames the generator never trained on and the
