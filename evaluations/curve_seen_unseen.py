@@ -3,7 +3,7 @@
 On Kvasir-SEG's own test split the project's models are not clean: the default model trained on every Kvasir-SEG frame
 outside its 56 held-out ones, so 41 of the curve's 97 test frames were in its training set. A generated arm may score
 well there because the model has seen those polyps, which copy-paste and the real arm have not. This splits each run's
-per-frame scores (results/<fraction>/<arm>-seed<k>.json) by a model's held-out list and gives, for each arm against a
+per-frame scores (results/<fraction>/<arm>-seed<k>.json; restricted as engine.evaluation.generator_seen.on_frames restricts them) by a model's held-out list and gives, for each arm against a
 base arm, the per-seed paired difference in mean Dice and IoU (95 % CI, paired t-test over seeds, Wilcoxon over
 frames; engine.evaluation.evaluation_report.paired) on all test frames, on the unseen ones and on the seen ones.
 
@@ -19,7 +19,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -37,32 +36,21 @@ def read_held_out(path: Path) -> set[str]:
     return {stem(line.strip()) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
 
 
-def read_runs(results: Path, arm: str, test: str) -> dict[int, list[dict]]:
-    """seed → that run's per-frame rows on ``test``."""
+def read_runs(results: Path, arm: str, test: str) -> dict[int, dict]:
+    """seed → that run's record on ``test`` (its "summary" and per-frame "frames")."""
     runs = {}
     for path in results.glob(f"{arm}-seed*.json"):
         seed = path.stem.rsplit("-seed", 1)[1]
         if seed.isdigit():
-            runs[int(seed)] = json.loads(path.read_text())["tests"][test]["frames"]
+            runs[int(seed)] = json.loads(path.read_text())["tests"][test]
     if not runs:
         raise SystemExit(f"{results}: no results of arm {arm!r} ({arm}-seed<k>.json)")
     return runs
 
 
-def on_frames(runs: dict[int, list[dict]], keep) -> dict[int, dict]:
-    """The runs restricted to the frames ``keep`` accepts, as evaluation_report.paired reads them (Dice and IoU
-    summarised over those frames; the box metrics, which are not per frame, left out)."""
-    restricted = {}
-    for seed, rows in runs.items():
-        kept = [row for row in rows if keep(stem(row["frame"]))]
-        summary = {"dice": float(np.mean([r["dice"] for r in kept])) if kept else None,
-                   "iou": float(np.mean([r["iou"] for r in kept])) if kept else None, "ap50": None, "ap": None}
-        restricted[seed] = {"summary": summary, "frames": kept}
-    return restricted
-
-
 def compare(results: Path, base: str, arms: list[str], held_out: set[str], test: str = "kvasir") -> list[dict]:
     from engine.evaluation.evaluation_report import paired
+    from engine.evaluation.generator_seen import on_frames
 
     keep = {"all": lambda name: True, "unseen": lambda name: name in held_out,
             "seen": lambda name: name not in held_out}
@@ -71,9 +59,9 @@ def compare(results: Path, base: str, arms: list[str], held_out: set[str], test:
     for arm in arms:
         arm_runs = read_runs(results, arm, test)
         for split in SPLITS:
-            diff = paired({base: on_frames(base_runs, keep[split]), arm: on_frames(arm_runs, keep[split])},
-                          (base, arm))
-            frames = sum(keep[split](stem(r["frame"])) for r in next(iter(base_runs.values())))
+            by_stem = (lambda frame, split=split: keep[split](stem(frame)))
+            diff = paired({base: on_frames(base_runs, by_stem), arm: on_frames(arm_runs, by_stem)}, (base, arm))
+            frames = sum(keep[split](stem(r["frame"])) for r in next(iter(base_runs.values()))["frames"])
             rows.append({"arm": arm, "split": split, "frames": frames, "seeds": diff["seeds"], "dice": diff["dice"],
                          "iou": diff["iou"], "per_frame_dice": diff["per_frame_dice"]})
     return rows

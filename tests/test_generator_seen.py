@@ -63,8 +63,9 @@ def test_a_training_list_that_is_altered_or_malformed_is_refused_naming_the_bund
 
 def _pool(folder: Path, model: Path | None, bundle_id: str, steps: int) -> Path:
     folder.mkdir(parents=True)
-    (folder / "manifest.jsonl").write_text(json.dumps({"status": "ok", "steps": steps, "bundle": "demo-sd-inpaint",
-                                                       "bundle_id": bundle_id, "image": "images/train/x.png"}) + "\n")
+    line = {"key": "x.png#0", "status": "ok", "steps": steps, "bundle": "demo-sd-inpaint", "bundle_id": bundle_id,
+            "image": "images/train/x.png"}
+    (folder / "manifest.jsonl").write_text(json.dumps(line) + "\n")
     if model is not None:
         (folder / "job.json").write_text(json.dumps({"settings": {"model": str(model)}}))
     return folder

@@ -46,11 +46,15 @@ def format_lines(entries) -> bytes:
     return "".join(f"{sha}  {name}\n" for sha, name in sorted(entries, key=lambda e: e[1])).encode("utf-8")
 
 
-def write_training_frames(folder: Path, entries) -> dict:
-    """Write ``folder``/training_frames.txt atomically; returns the bundle.json entry naming it."""
-    data = format_lines(entries)
+def _write(folder: Path, data: bytes) -> dict:
+    """``data`` written atomically as ``folder``/training_frames.txt; the bundle.json entry naming it."""
     atomic_write_bytes(Path(folder) / FILE_NAME, data)
     return {"file": FILE_NAME, "sha256": hashlib.sha256(data).hexdigest(), "count": data.count(b"\n")}
+
+
+def write_training_frames(folder: Path, entries) -> dict:
+    """Write ``folder``/training_frames.txt from (sha256, name) pairs; returns the bundle.json entry naming it."""
+    return _write(folder, format_lines(entries))
 
 
 def copy_training_frames(model_dir: Path, bundle: Path) -> dict | None:
@@ -59,9 +63,7 @@ def copy_training_frames(model_dir: Path, bundle: Path) -> dict | None:
     source = Path(model_dir) / FILE_NAME
     if not source.is_file():
         return None
-    data = source.read_bytes()
-    atomic_write_bytes(Path(bundle) / FILE_NAME, data)
-    return {"file": FILE_NAME, "sha256": hashlib.sha256(data).hexdigest(), "count": data.count(b"\n")}
+    return _write(bundle, source.read_bytes())
 
 
 def parse_lines(text: str, source: Path) -> dict[str, str]:

@@ -36,15 +36,13 @@ class SeenFrames:
 def painting_bundles(folder: Path) -> set[tuple[str, str]] | None:
     """(bundle name, bundle id) of the ok variants a model painted in a PolypForge output (steps > 0: a copy-paste
     or Poisson transplant painted nothing), with the job's model path first to find them; None without a manifest."""
-    manifest = Path(folder) / "manifest.jsonl"
-    if not manifest.is_file():
+    from engine.dataset.manifest import Manifest
+
+    manifest = Manifest(folder)
+    if not manifest.path.is_file():
         return None
     found = set()
-    for line in manifest.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a kill: the rebuild drops it too
+    for record in manifest.records():  # a line cut by a kill is left out, as the rebuild leaves it out
         if record.get("status") == "ok" and (record.get("steps") or 0) > 0 and record.get("bundle_id"):
             found.add((str(record.get("bundle")), str(record["bundle_id"])))
     return found
@@ -99,7 +97,7 @@ def seen_test_frames(folders: list[Path], test_names: list[str], test_sha256: li
     return SeenFrames(frozenset(names), tuple(bundles))
 
 
-def _on_frames(runs: dict[int, dict], keep) -> dict[int, dict]:
+def on_frames(runs: dict[int, dict], keep) -> dict[int, dict]:
     """Each seed's test record restricted to the frames ``keep`` accepts (Dice and IoU summarised over them; the box
     metrics, which are not per frame, left out)."""
     restricted = {}
@@ -127,5 +125,5 @@ def unseen_difference(base: dict[int, dict], other: dict[int, dict], seen: froze
 
     if not any(unseen(row["frame"]) for row in base[seeds[0]]["frames"]):
         return None
-    return paired({arms[0]: _on_frames({s: base[s] for s in seeds}, unseen),
-                   arms[1]: _on_frames({s: other[s] for s in seeds}, unseen)}, arms)
+    return paired({arms[0]: on_frames({s: base[s] for s in seeds}, unseen),
+                   arms[1]: on_frames({s: other[s] for s in seeds}, unseen)}, arms)

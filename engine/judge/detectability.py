@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import PolypForgeError
+from engine.masks.size_prior import SIZE_BIN_EDGES, SIZE_BIN_LABELS
+from engine.masks.size_prior import size_bin as size_prior_bin
 from engine.judge.preprocess import resize_probability
 from engine.judge.scores import judge_region
 
@@ -145,13 +147,15 @@ def _aggregate(rows: list[dict]) -> dict:
 # Region sizes as a share of the frame: a whole-frame judge at 128² sees a polyp of 1 % of the frame as ~160
 # pixels and finds small real polyps far less often than large ones, so each size is compared with the judge on
 # real polyps of the same size.
-SIZE_BINS = ((0.0, 0.02), (0.02, 0.05), (0.05, 0.10), (0.10, 0.20), (0.20, 1.01))
+# The report's size bins (engine.masks.size_prior: <2, 2-5, 5-10, 10-20, >20 % of the frame) as (low, high) shares.
+SIZE_BINS = tuple(zip((0.0, *SIZE_BIN_EDGES), (*SIZE_BIN_EDGES, 1.01)))
 
 
 def size_bin(area: float | None) -> int | None:
-    if area is None:
+    """The index in SIZE_BINS of a share of the frame; None when there is none or it lies outside [0, 1.01)."""
+    if area is None or not 0.0 <= area < SIZE_BINS[-1][1]:
         return None
-    return next((i for i, (low, high) in enumerate(SIZE_BINS) if low <= area < high), None)
+    return SIZE_BIN_LABELS.index(size_prior_bin(area))
 
 
 def by_region_size(rows: list[dict], ceiling_rows: list[dict]) -> list[dict]:

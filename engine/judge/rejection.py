@@ -154,15 +154,13 @@ def check_judge(spec) -> str | None:
 
 def open_mucosa_check(spec) -> MucosaCheck | None:
     """The job's mucosa check: removals (mode remove) with ``mucosa_check`` on, else None."""
-    if spec.mode != "remove" or not getattr(spec, "mucosa_check", False):
-        return None
-    return default_check()
+    return default_check() if spec.checks_removals else None
 
 
 def attempts_of(spec) -> int:
     """Paintings per variant at most: the job's ``max_attempts``; a removal with the mucosa check and no attempts of
     its own (1) gets the check's DEFAULT_ATTEMPTS."""
-    if spec.max_attempts == 1 and open_mucosa_check(spec) is not None:
+    if spec.max_attempts == 1 and spec.checks_removals:
         return MUCOSA_ATTEMPTS
     return spec.max_attempts
 
