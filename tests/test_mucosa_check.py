@@ -219,3 +219,16 @@ def test_a_removal_job_from_before_the_check_resumes_with_the_way_out(frames, tm
     assert _remove(frames, output) != 0
     assert "--no-mucosa-check resumes it as it was" in capsys.readouterr().err
     assert _remove(frames, output, "--no-mucosa-check") == 0  # as it was: everything reused
+
+
+def test_a_judged_removal_with_the_check_records_the_attempts_it_was_painted_up_to(frames, tmp_path):
+    """--judge without --max-attempts on a checked removal: both checks share the check's 4 attempts, and the judge's
+    record says 4 (it said 1 while painting up to 4)."""
+    from judge_helpers import random_judge
+
+    judge = random_judge(tmp_path / "judge")
+    output = tmp_path / "judged"
+    assert _remove(frames, output, "--judge", str(judge)) in (0, 1)
+    lines = [r for r in _lines(output) if r["status"] in ("ok", "rejected")]
+    assert lines and all(r["judge"]["max_attempts"] == 4 for r in lines)
+    assert all(len(r["judge"]["attempts"]) == len(r["mucosa_check"]["attempts"]) <= 4 for r in lines)

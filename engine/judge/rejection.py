@@ -166,10 +166,12 @@ def attempts_of(spec) -> int:
 
 
 def open_gate(spec, threads: int | None = None) -> JudgeGate | None:
-    """The job's judge gate (one onnxruntime session per process that makes variants), None without --judge."""
+    """The job's judge gate (one onnxruntime session per process that makes variants), None without --judge; its
+    attempts are the job's (attempts_of: a checked removal's 4 when none are given), so each line records the count
+    its variant was painted up to."""
     if getattr(spec, "judge", None) is None:
         return None
-    return JudgeGate.open(spec.judge, spec.min_judge_score, spec.max_attempts, spec.provider, threads or spec.threads)
+    return JudgeGate.open(spec.judge, spec.min_judge_score, attempts_of(spec), spec.provider, threads or spec.threads)
 
 
 def kept_by_size(records) -> str | None:
