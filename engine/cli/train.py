@@ -40,6 +40,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1 (e.g. 0.15), got {text}")
+    return value
+
+
 def _fraction_pair(text: str) -> tuple[float, float]:
     try:
         low, high = (float(part) for part in text.split(","))
@@ -125,6 +132,11 @@ def register_commands(subparsers) -> dict:
                             "measures on each training polyp (colour, surface, size, outline, elevation), as learned "
                             "embeddings beside the Polyp/Normal label; the batch job then asks them per variant "
                             "(--attributes there). Measured once per frame, cached in the run folder. Off by default")
+    train.add_argument("--rare-attributes", type=_share, default=None, metavar="FLOOR",
+                       help="with --attributes: draw polyps whose colour, surface or elevation is rare (whitish, "
+                            "irregular, flat) more often, so that each value makes up at least about FLOOR of the "
+                            "Polyp pairs (a polyp at most 8 times as often as in proportion), e.g. 0.15; the run's "
+                            "log says the shares before and after. Default: in proportion")
     train.add_argument("--normal-sizes", type=_fraction_pair, default=None, metavar="LOW,HIGH",
                        help="--preset compact: the side of a Normal (removal) training region as a fraction of the "
                             "frame's shorter side (default 0.12,0.40); e.g. 0.12,0.70 to teach large removals")

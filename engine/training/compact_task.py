@@ -98,6 +98,9 @@ class CompactTaskConfig:
     # asked" with this probability on its own
     attributes: bool = False
     attribute_dropout: float = 0.3
+    # With attributes: polyps whose colour, surface or elevation is rare are drawn more often, so that each value
+    # makes up at least about this share of the Polyp pairs (engine.training.attribute_balance); None: as found
+    rare_attribute_floor: float | None = None
     # Normal regions: their side as a fraction of the frame's shorter side, and the most lumen (dark pixels) a
     # region may hold (None: any). Wider and lumen-free teaches large removals to fill with mucosa.
     normal_size_range: tuple[float, float] = NORMAL_SIZE_RANGE
@@ -114,6 +117,8 @@ class CompactTaskConfig:
         if not self.attributes:  # as written before attributes existed: earlier runs still resume
             values.pop("attributes")
             values.pop("attribute_dropout")
+        if self.rare_attribute_floor is None:  # as written before it existed: earlier runs still resume
+            values.pop("rare_attribute_floor")
         if tuple(self.normal_size_range) == NORMAL_SIZE_RANGE and self.normal_max_dark is None:
             values.pop("normal_size_range")  # as written before these existed: earlier runs still resume
             values.pop("normal_max_dark")
@@ -197,6 +202,8 @@ class CompactInpaintTask(TrainingTask):
         self.attribute_cache = attribute_cache  # where the polyps' measured attributes are kept (the run folder)
         if self.config.attributes and not self.config.model.attributes:
             raise ValueError("attributes on needs a model with attribute embeddings (CompactConfig.attributes)")
+        if self.config.rare_attribute_floor is not None and not self.config.attributes:
+            raise ValueError("rare_attribute_floor draws polyps by their attributes: it needs attributes on")
         self.polyp_frames = [f for f in corpus.train if f.has_polyp]
         self.normal_frames = [f for f in corpus.train if f.normal]
         self._visible: dict[int, np.ndarray] = {}
@@ -260,9 +267,12 @@ class CompactInpaintTask(TrainingTask):
     def warm_up(self) -> None:
         if self.attribute_columns:
             self.polyp_attributes()
+        if self.config.rare_attribute_floor is not None:
+            self.polyp_draw()
 
     def make_raw_batch(self, step: int, rng: np.random.Generator) -> dict:
-        return self._raw_batch(rng, self.polyp_frames, self.normal_frames, self.corpus.train)
+        return self._raw_batch(rng, self.polyp_frames, self.normal_frames, self.corpus.train,
+                               weighted=self.config.rare_attribute_floor is not None)
 
     def collate(self, raw: dict) -> dict:
         """uint8 crops and boolean masks → the model's [-1, 1] images and {0, 1} masks."""
@@ -276,7 +286,10 @@ class CompactInpaintTask(TrainingTask):
     def _batch(self, rng, polyp_frames, normal_frames, all_frames, drop_labels: bool = True) -> dict:
         return self.collate(self._raw_batch(rng, polyp_frames, normal_frames, all_frames, drop_labels))
 
-    def _raw_batch(self, rng, polyp_frames, normal_frames, all_frames, drop_labels: bool = True) -> dict:
+    def _raw_batch(self, rng, polyp_frames, normal_frames, all_frames, drop_labels: bool = True,
+                   weighted: bool = False) -> dict:
+        """``weighted``: Polyp pairs drawn from the training polyps by polyp_draw's weights (rare attributes more
+        often) instead of a frame of ``polyp_frames``, then one of its polyps."""
         size = self.config.resolution
         images = np.empty((self.config.batch_size, size, size, 3), np.uint8)
         masks = np.empty((self.config.batch_size, size, size), bool)
@@ -286,7 +299,8 @@ class CompactInpaintTask(TrainingTask):
         for i in range(self.config.batch_size):
             source = None  # (frame, polyp index) of a Polyp pair
             if rng.random() < self.config.polyp_fraction:
-                image, mask, label, source = self._polyp_pair_from(rng, polyp_frames)
+                image, mask, label, source = (self._weighted_polyp_pair(rng) if weighted
+                                              else self._polyp_pair_from(rng, polyp_frames))
             else:
                 image, mask, label, source = self._normal_pair(rng, normal_frames, all_frames, polyp_frames)
             turns, flip = int(rng.integers(4)), bool(rng.integers(2))
@@ -320,6 +334,34 @@ class CompactInpaintTask(TrainingTask):
 
             self._polyp_attributes = corpus_attributes(self.corpus.train + self.corpus.held_out, self.attribute_cache)
         return self._polyp_attributes
+
+    def polyp_draw(self) -> tuple[list[tuple[CorpusFrame, int]], np.ndarray]:
+        """The training polyps as (frame, polyp index) and the cumulative share of each in the weighted draw
+        (engine.training.attribute_balance.rare_value_weights); built once, its shares said in one line."""
+        if not hasattr(self, "_polyp_draw"):
+            from engine.training.attribute_balance import rare_value_weights, shares_line, value_shares
+
+            measured = self.polyp_attributes()
+            pairs, polyps, base = [], [], []
+            for frame in self.polyp_frames:
+                found = measured.get(frame.rel) or []
+                for index in range(len(frame.boxes)):
+                    pairs.append((frame, index))
+                    polyps.append(found[index] if index < len(found) and found[index] else {})
+                    base.append(1.0 / len(frame.boxes))
+            weights = rare_value_weights(polyps, base, self.config.rare_attribute_floor)
+            print(f"rare attributes drawn more often (floor {self.config.rare_attribute_floor:.2f}): "
+                  f"{shares_line(value_shares(polyps, base), value_shares(polyps, weights))}", flush=True)
+            cumulative = np.cumsum(weights)
+            self._polyp_draw = (pairs, cumulative / cumulative[-1])
+        return self._polyp_draw
+
+    def _weighted_polyp_pair(self, rng):
+        """A Polyp pair on a training polyp drawn by polyp_draw's weights, with (frame, polyp index)."""
+        pairs, cumulative = self.polyp_draw()
+        frame, index = pairs[min(int(np.searchsorted(cumulative, rng.random(), side="right")), len(pairs) - 1)]
+        image, mask, label, index = self._polyp_pair_on(frame, rng, index)
+        return image, mask, label, (frame, index)
 
     def attribute_row(self, frame: CorpusFrame, index: int) -> np.ndarray:
         """The model's attribute indices of the frame's polyp ``index`` (0 where not measured)."""
@@ -412,10 +454,11 @@ class CompactInpaintTask(TrainingTask):
         image, mask, label, index = self._polyp_pair_on(frame, rng)
         return image, mask, label, (frame, index)
 
-    def _polyp_pair_on(self, frame: CorpusFrame, rng):
-        """A Polyp pair on ``frame``: one of its polyps, a crop around it, the mask of the task's mask mode; and
-        the index of the polyp it took."""
-        index = int(rng.integers(len(frame.boxes)))
+    def _polyp_pair_on(self, frame: CorpusFrame, rng, index: int | None = None):
+        """A Polyp pair on ``frame``: its polyp ``index`` (None: one drawn), a crop around it, the mask of the
+        task's mask mode; and the index of the polyp it took."""
+        if index is None:
+            index = int(rng.integers(len(frame.boxes)))
         box = frame.boxes[index]
         crop = self._crop_for(frame, box, rng)
         size = self.config.resolution
@@ -593,6 +636,7 @@ def build(options, corpus: Corpus) -> tuple[CompactInpaintTask, TrainConfig]:
         box_mask_fraction=defaults.box_mask_fraction if options.box_mask_fraction is None else options.box_mask_fraction,
         init_from=str(Path(options.init_from).resolve()) if options.init_from else None,
         attributes=with_attributes,
+        rare_attribute_floor=getattr(options, "rare_attributes", None),
         normal_size_range=tuple(getattr(options, "normal_sizes", None) or NORMAL_SIZE_RANGE),
         normal_max_dark=getattr(options, "normal_max_dark", None),
         scheduler=scheduler, schedule_shift=shift,
