@@ -160,17 +160,20 @@ train-lift128: $(VENV)/.dev-installed
 # The lifted 128² model fine-tuned with rare attributes drawn more often (issue 25 item 3: whitish, irregular and flat
 # read back 0 % when asked of the models trained in proportion): polyps whose colour, surface or elevation is rare
 # are drawn so that each value makes up about RARE_FLOOR of the Polyp pairs (engine.training.attribute_balance; the
-# run's log prints the shares), everything else as train-lift128. RARE_MINUTES per invocation (it resumes).
+# run's log prints the shares), and the attribute embeddings trained at RARE_EMB_LR times the learning rate (at the
+# plain rate they stay near zero beside the label's embedding); everything else as train-lift128. RARE_MINUTES per
+# invocation (it resumes).
 RARE_STEPS   ?= 1500
 RARE_MINUTES ?= 120
 RARE_THREADS ?= 2
 RARE_FLOOR   ?= 0.2
+RARE_EMB_LR  ?= 30
 train-rare128: $(VENV)/.dev-installed
 	mkdir -p training_runs/compact-rare128  # the attribute run's captions of the same frames: not measured again
 	test -f training_runs/compact-rare128/attribute_captions.json || \
 	    cp training_runs/compact-attributes/attribute_captions.json training_runs/compact-rare128/
 	$(BIN)/python main.py train $(subst --stem 1,--stem 2,$(subst --resolution 64,--resolution 128,$(subst --batch-size 32,--batch-size 16,$(COMPACT_NETWORK)))) \
-	    --threads $(RARE_THREADS) --attributes --rare-attributes $(RARE_FLOOR) --normal-sizes 0.12,0.70 --normal-max-dark 0.05 \
+	    --threads $(RARE_THREADS) --attributes --rare-attributes $(RARE_FLOOR) --attribute-lr-scale $(RARE_EMB_LR) --normal-sizes 0.12,0.70 --normal-max-dark 0.05 \
 	    --schedule-shift 2 --cell-shortcut \
 	    --run training_runs/compact-rare128 --init-from training_runs/compact-lift128/model \
 	    --lr 2e-4 --lr-schedule cosine --warmup-steps 20 --steps $(RARE_STEPS) --checkpoint-every 50 \

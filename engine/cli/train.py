@@ -137,6 +137,10 @@ def register_commands(subparsers) -> dict:
                             "irregular, flat) more often, so that each value makes up at least about FLOOR of the "
                             "Polyp pairs (a polyp at most 8 times as often as in proportion), e.g. 0.15; the run's "
                             "log says the shares before and after. Default: in proportion")
+    train.add_argument("--attribute-lr-scale", type=_positive_float, default=None, metavar="FACTOR",
+                       help="with --attributes: train the attribute embeddings at FACTOR times the learning rate, "
+                            "without weight decay (they start at zero beside a label embedding of norm ~10 and at the "
+                            "plain rate stay too small to move the model), e.g. 30. Default: 1")
     train.add_argument("--normal-sizes", type=_fraction_pair, default=None, metavar="LOW,HIGH",
                        help="--preset compact: the side of a Normal (removal) training region as a fraction of the "
                             "frame's shorter side (default 0.12,0.40); e.g. 0.12,0.70 to teach large removals")

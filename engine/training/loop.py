@@ -237,10 +237,11 @@ class _Run:
             initial = self.task.initial_state()
             if initial is not None:
                 model.load_state_dict(initial)
-        self.parameters = self.task.trainable_parameters(model)
+        groups = [group for group in self.task.parameter_groups(model) if group["params"]]
+        self.parameters = [p for group in groups for p in group["params"]]
         if not self.parameters:
             raise TrainingError(f"task {self.task.name}: no trainable parameters")
-        optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, betas=tuple(config.betas),
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas),
                                       weight_decay=config.weight_decay)
         self.ema = ExponentialMovingAverage(model, config.ema_decay) if config.ema_decay else None
         return model, optimizer
@@ -288,7 +289,7 @@ class _Run:
         self.model.train()
         lr = config.lr_at(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         metrics_sum: dict[str, float] = {}
         loss_sum = 0.0
         for micro in range(config.grad_accum):

@@ -40,12 +40,15 @@ def run_training(args: argparse.Namespace) -> int:
     compact_inpaint = (getattr(args, "method", "inpaint"), args.preset) == ("inpaint", "compact")
     for flag, what in (("attributes", "conditions"), ("normal_sizes", "shapes the Normal regions of"),
                        ("normal_max_dark", "shapes the Normal regions of"), ("schedule_shift", "shifts the noise schedule of"),
-                       ("cell_shortcut", "is a part of"), ("rare_attributes", "draws the training polyps of")):
+                       ("cell_shortcut", "is a part of"), ("rare_attributes", "draws the training polyps of"),
+                       ("attribute_lr_scale", "trains the attribute embeddings of")):
         if getattr(args, flag, None) not in (None, False) and not compact_inpaint:
             raise InputError(f"--{flag.replace('_', '-')} {what} the compact inpainting model (--preset compact, "
                              "--method inpaint)")
     if getattr(args, "rare_attributes", None) is not None and not getattr(args, "attributes", False):
         raise InputError("--rare-attributes draws polyps by their measured attributes: it needs --attributes")
+    if getattr(args, "attribute_lr_scale", None) is not None and not getattr(args, "attributes", False):
+        raise InputError("--attribute-lr-scale is the attribute embeddings' learning rate: it needs --attributes")
     if getattr(args, "cell_shortcut", False) and args.stem is not None and args.stem < 2:  # unset: the preset's 2
         raise InputError("--cell-shortcut passes the detail inside the stem's cells: it needs --stem 2")
     started = time.perf_counter()

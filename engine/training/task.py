@@ -41,6 +41,12 @@ class TrainingTask:
     def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
         return [p for p in model.parameters() if p.requires_grad]
 
+    def parameter_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: ``params``, and where a group differs, ``lr_scale`` (its learning rate
+        is the schedule's times this) and ``weight_decay``. One group of every trainable parameter unless a task
+        says otherwise."""
+        return [{"params": self.trainable_parameters(model)}]
+
     def samples_per_step(self) -> int:
         """Training samples in one micro-batch (for the samples/s figure)."""
         return 1
