@@ -146,16 +146,21 @@ train-compact96: $(VENV)/.dev-installed
 L128_STEPS   ?= 2000
 L128_MINUTES ?= 120
 L128_THREADS ?= 2
-train-lift128: $(VENV)/.dev-installed
-	mkdir -p training_runs/compact-lift128  # the attribute run's captions of the same frames: not measured again
-	test -f training_runs/compact-lift128/attribute_captions.json || \
-	    cp training_runs/compact-attributes/attribute_captions.json training_runs/compact-lift128/
+# A run on 128² crops of the lifted network (a stem of 2, the schedule shifted for 128², the cell shortcut) with
+# attributes and wide lumen-free Normal regions: $(1) the run (training_runs/$(1), exported to .bench/$(1) as bundle
+# polypforge-$(1)), $(2) the weights it starts from, $(3) the peak learning rate, $(4) further flags.
+define train_lifted128
+	mkdir -p training_runs/$(1)  # the attribute run's captions of the same frames: not measured again
+	test -f training_runs/$(1)/attribute_captions.json || \
+	    cp training_runs/compact-attributes/attribute_captions.json training_runs/$(1)/
 	$(BIN)/python main.py train $(subst --stem 1,--stem 2,$(subst --resolution 64,--resolution 128,$(subst --batch-size 32,--batch-size 16,$(COMPACT_NETWORK)))) \
-	    --threads $(L128_THREADS) --attributes --normal-sizes 0.12,0.70 --normal-max-dark 0.05 --schedule-shift 2 --cell-shortcut \
-	    --run training_runs/compact-lift128 --init-from training_runs/compact-attributes/model \
-	    --lr 3e-4 --lr-schedule cosine --warmup-steps 20 --steps $(L128_STEPS) --checkpoint-every 50 \
-	    --sample-every 500 --validate-every 500 --max-minutes $(L128_MINUTES) \
-	    --to .bench/compact-lift128 --name polypforge-compact-lift128
+	    --attributes --normal-sizes 0.12,0.70 --normal-max-dark 0.05 --schedule-shift 2 --cell-shortcut \
+	    --run training_runs/$(1) --init-from $(2) --lr $(3) --lr-schedule cosine --warmup-steps 20 --checkpoint-every 50 \
+	    --sample-every 500 --validate-every 500 $(4) --to .bench/$(1) --name polypforge-$(1)
+endef
+
+train-lift128: $(VENV)/.dev-installed
+	$(call train_lifted128,compact-lift128,training_runs/compact-attributes/model,3e-4,--threads $(L128_THREADS) --steps $(L128_STEPS) --max-minutes $(L128_MINUTES))
 
 # The lifted 128² model fine-tuned with rare attributes drawn more often (issue 25 item 3: whitish, irregular and flat
 # read back 0 % when asked of the models trained in proportion): polyps whose colour, surface or elevation is rare
@@ -169,16 +174,7 @@ RARE_THREADS ?= 2
 RARE_FLOOR   ?= 0.2
 RARE_EMB_LR  ?= 30
 train-rare128: $(VENV)/.dev-installed
-	mkdir -p training_runs/compact-rare128  # the attribute run's captions of the same frames: not measured again
-	test -f training_runs/compact-rare128/attribute_captions.json || \
-	    cp training_runs/compact-attributes/attribute_captions.json training_runs/compact-rare128/
-	$(BIN)/python main.py train $(subst --stem 1,--stem 2,$(subst --resolution 64,--resolution 128,$(subst --batch-size 32,--batch-size 16,$(COMPACT_NETWORK)))) \
-	    --threads $(RARE_THREADS) --attributes --rare-attributes $(RARE_FLOOR) --attribute-lr-scale $(RARE_EMB_LR) --normal-sizes 0.12,0.70 --normal-max-dark 0.05 \
-	    --schedule-shift 2 --cell-shortcut \
-	    --run training_runs/compact-rare128 --init-from training_runs/compact-lift128/model \
-	    --lr 2e-4 --lr-schedule cosine --warmup-steps 20 --steps $(RARE_STEPS) --checkpoint-every 50 \
-	    --sample-every 500 --validate-every 500 --max-minutes $(RARE_MINUTES) \
-	    --to .bench/compact-rare128 --name polypforge-compact-rare128
+	$(call train_lifted128,compact-rare128,training_runs/compact-lift128/model,2e-4,--threads $(RARE_THREADS) --steps $(RARE_STEPS) --max-minutes $(RARE_MINUTES) --rare-attributes $(RARE_FLOOR) --attribute-lr-scale $(RARE_EMB_LR))
 
 # The committed result of that run (training_runs/compact-rare128/model) as a bundle in .bench/compact-rare128.
 rare128-bundle: $(VENV)/.dev-installed
