@@ -172,7 +172,7 @@ RARE_STEPS   ?= 1500
 RARE_MINUTES ?= 120
 RARE_THREADS ?= 2
 RARE_FLOOR   ?= 0.2
-RARE_EMB_LR  ?= 30
+RARE_EMB_LR  ?= 100
 train-rare128: $(VENV)/.dev-installed
 	$(call train_lifted128,compact-rare128,training_runs/compact-lift128/model,2e-4,--threads $(RARE_THREADS) --steps $(RARE_STEPS) --max-minutes $(RARE_MINUTES) --rare-attributes $(RARE_FLOOR) --attribute-lr-scale $(RARE_EMB_LR))
 
