@@ -59,6 +59,12 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    what the generator gives? Compared per seed with copy-paste ×2 and judge-kept ×2. Twice the synthetic frames of
    either, so a gain may be count; at 72 real frames a second paste per frame added +0.021 (p = 0.51). The count of
    5 seeds is fixed here, before any run of it.
+18. `rare128-judged-x4` at 0.05, 5 seeds (seeds 0–4): the lifted 128² model fine-tuned to obey its attributes
+   (.bench/compact-rare128, `make rare128-bundle`: rare values drawn more often in training, the embeddings at their
+   own rate; asked red reads back 6.5× chance where its parent's 1.75×, lobulated 2.9× where 1.2×) in the judge-kept ×4 job, attributes drawn
+   from the subset's own polyps, 2 synthetic per real frame: against `default-judged-x4` and `copy-paste-x2` on the
+   same seeds. A generator that paints the looks it is asked may cover more of the real polyps than one that paints
+   one look. Registered, with its count of seeds, before any run of it; skipped while the bundle is not there.
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report per group (GROUPS) of every arm and fraction of its phases (an
@@ -112,6 +118,7 @@ PHASES = (
     (("copy-paste-x2", "default-judged-x4"), SMALLEST, ("--seeds", "8"), "smallest"),
     (("removal-judged-1in8",), "0.1", ("--seeds", "5")),
     (("copy-paste-x2-and-judged-x2",), SMALLEST, ("--seeds", "5"), "smallest"),
+    (("rare128-judged-x4",), SMALLEST, ("--seeds", "5"), "smallest"),
 )
 
 
@@ -130,7 +137,8 @@ ARMS = tuple(dict.fromkeys(arm for group in GROUPS for arm in arms_of(group)))
 ARM_RATIOS = {"copy-paste-x2": 2.0, "judged-and-copy-paste": 2.0, "synthetic-judged-x6": 3.0,
               "compact128-judged-x4": 2.0, "attributes-judged-x4": 2.0,
               "lift128-judged-x4": 2.0, "default-judged-x4": 2.0, "guided-judged-x4": 2.0,
-              "removal-judged-1in8": 0.125, "copy-paste-x2-and-judged-x2": 4.0}
+              "removal-judged-1in8": 0.125, "copy-paste-x2-and-judged-x2": 4.0,
+              "rare128-judged-x4": 2.0}
 MIXES = {"judged-and-copy-paste": ("copy-paste", "synthetic-judged-x4"),
          "copy-paste-x2-and-judged-x2": ("copy-paste-x2", "default-judged-x4")}
 # Arms that run another arm's job file under a name of their own (their own ratio, their own pool and results).
@@ -139,7 +147,7 @@ JOB_OF = {"default-judged-x4": "synthetic-judged-x4", "removal-judged-1in8": "re
 # ones it did (seen_unseen.md beside the report: evaluations/curve_seen_unseen.py), against real and copy-paste ×2.
 # The held-out list is the default model's; the candidates fine-tuned from it hold out the same hash-chosen frames.
 SEEN_UNSEEN = {"curve": ("0.1", ("synthetic-judged-x4-ratio2", "lift128-judged-x4")),
-               "smallest": (SMALLEST, ("default-judged-x4", "guided-judged-x4"))}
+               "smallest": (SMALLEST, ("default-judged-x4", "guided-judged-x4", "rare128-judged-x4"))}
 SEEN_UNSEEN_BASES = ("real", "copy-paste-x2")
 GENERATOR_HELD_OUT = REPO / "training_runs" / "compact-anneal" / "model" / "held_out_frames.txt"
 
