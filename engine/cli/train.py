@@ -140,7 +140,7 @@ def register_commands(subparsers) -> dict:
     train.add_argument("--attribute-lr-scale", type=_positive_float, default=None, metavar="FACTOR",
                        help="with --attributes: train the attribute embeddings at FACTOR times the learning rate, "
                             "without weight decay (they start at zero beside a label embedding of norm ~10 and at the "
-                            "plain rate stay too small to move the model), e.g. 30. Default: 1")
+                            "plain rate stay too small to move the model), e.g. 100 (make train-rare128). Default: 1")
     train.add_argument("--normal-sizes", type=_fraction_pair, default=None, metavar="LOW,HIGH",
                        help="--preset compact: the side of a Normal (removal) training region as a fraction of the "
                             "frame's shorter side (default 0.12,0.40); e.g. 0.12,0.70 to teach large removals")
