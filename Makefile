@@ -138,14 +138,6 @@ train-compact96: $(VENV)/.dev-installed
 	    --sample-every 500 --validate-every 500 --max-minutes $(C96_MINUTES) \
 	    --to .bench/compact-96 --name polypforge-compact-96
 
-# The compact model lifted to 128² (issue 25 item 2 on this CPU, while the 128² GPU run below waits for a GPU): the
-# attribute run's weights with a space-to-depth stem of 2 (engine.models.compact_unet.lift_stem_weights: at step 0
-# it is the 64² model on 2x2-averaged pixels, its trunk still at 64², so the receptive field over the view is what it
-# was) and the cosine schedule shifted for twice the resolution (--schedule-shift 2), fine-tuned on 128² crops so its
-# first and last layers learn the detail a 64² view cannot hold. L128_MINUTES per invocation (it resumes).
-L128_STEPS   ?= 2000
-L128_MINUTES ?= 120
-L128_THREADS ?= 2
 # A run on 128² crops of the lifted network (a stem of 2, the schedule shifted for 128², the cell shortcut) with
 # attributes and wide lumen-free Normal regions: $(1) the run (training_runs/$(1), exported to .bench/$(1) as bundle
 # polypforge-$(1)), $(2) the weights it starts from, $(3) the peak learning rate, $(4) further flags.
@@ -159,6 +151,14 @@ define train_lifted128
 	    --sample-every 500 --validate-every 500 $(4) --to .bench/$(1) --name polypforge-$(1)
 endef
 
+# The compact model lifted to 128² (issue 25 item 2 on this CPU, while the 128² GPU run below waits for a GPU): the
+# attribute run's weights with a space-to-depth stem of 2 (engine.models.compact_unet.lift_stem_weights: at step 0
+# it is the 64² model on 2x2-averaged pixels, its trunk still at 64², so the receptive field over the view is what it
+# was) and the cosine schedule shifted for twice the resolution (--schedule-shift 2), fine-tuned on 128² crops so its
+# first and last layers learn the detail a 64² view cannot hold. L128_MINUTES per invocation (it resumes).
+L128_STEPS   ?= 2000
+L128_MINUTES ?= 120
+L128_THREADS ?= 2
 train-lift128: $(VENV)/.dev-installed
 	$(call train_lifted128,compact-lift128,training_runs/compact-attributes/model,3e-4,--threads $(L128_THREADS) --steps $(L128_STEPS) --max-minutes $(L128_MINUTES))
 

@@ -3,9 +3,10 @@
 On Kvasir-SEG's own test split the project's models are not clean: the default model trained on every Kvasir-SEG frame
 outside its 56 held-out ones, so 41 of the curve's 97 test frames were in its training set. A generated arm may score
 well there because the model has seen those polyps, which copy-paste and the real arm have not. This splits each run's
-per-frame scores (results/<fraction>/<arm>-seed<k>.json; restricted as engine.evaluation.generator_seen.on_frames restricts them) by a model's held-out list and gives, for each arm against a
-base arm, the per-seed paired difference in mean Dice and IoU (95 % CI, paired t-test over seeds, Wilcoxon over
-frames; engine.evaluation.evaluation_report.paired) on all test frames, on the unseen ones and on the seen ones.
+per-frame scores (results/<fraction>/<arm>-seed<k>.json, restricted by engine.evaluation.generator_seen.on_frames) by a
+model's held-out list and gives, for each arm against a base arm, the per-seed paired difference in mean Dice and IoU
+(95 % CI, paired t-test over seeds, Wilcoxon over frames; engine.evaluation.evaluation_report.paired) on all test
+frames, on the unseen ones and on the seen ones.
 
     python evaluations/curve_seen_unseen.py evaluations/kvasir-curve/results/0.1 --base copy-paste-x2 \\
         --arms synthetic-judged-x4-ratio2 lift128-judged-x4 \\
@@ -18,7 +19,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:

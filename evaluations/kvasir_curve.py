@@ -61,9 +61,9 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    5 seeds is fixed here, before any run of it.
 18. `rare128-judged-x4` at 0.05, 5 seeds (seeds 0–4): the lifted 128² model fine-tuned to obey its attributes
    (.bench/compact-rare128, `make rare128-bundle`: rare values drawn more often in training, the embeddings at their
-   own rate; asked red reads back 6.5× chance where its parent's 1.75×, lobulated 2.9× where 1.2×) in the judge-kept ×4 job, attributes drawn
-   from the subset's own polyps, 2 synthetic per real frame: against `default-judged-x4` and `copy-paste-x2` on the
-   same seeds. A generator that paints the looks it is asked may cover more of the real polyps than one that paints
+   own rate; asked red reads back 6.5× chance where its parent's 1.75×, lobulated 2.9× where 1.2×) in the judge-kept
+   ×4 job, attributes drawn from the subset's own polyps, 2 synthetic per real frame: against `default-judged-x4` and
+   `copy-paste-x2` on the same seeds. A generator that paints the looks it is asked may cover more of the real polyps than one that paints
    one look. Registered, with its count of seeds, before any run of it; skipped while the bundle is not there.
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as

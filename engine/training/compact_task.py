@@ -359,13 +359,11 @@ class CompactInpaintTask(TrainingTask):
         if not hasattr(self, "_polyp_draw"):
             from engine.training.attribute_balance import rare_value_weights, shares_line, value_shares
 
-            measured = self.polyp_attributes()
             pairs, polyps, base = [], [], []
             for frame in self.polyp_frames:
-                found = measured.get(frame.rel) or []
                 for index in range(len(frame.boxes)):
                     pairs.append((frame, index))
-                    polyps.append(found[index] if index < len(found) and found[index] else {})
+                    polyps.append(self.measured_attributes(frame, index))
                     base.append(1.0 / len(frame.boxes))
             weights = rare_value_weights(polyps, base, self.config.rare_attribute_floor)
             print(f"rare attributes drawn more often (floor {self.config.rare_attribute_floor:.2f}): "
@@ -381,11 +379,14 @@ class CompactInpaintTask(TrainingTask):
         image, mask, label, index = self._polyp_pair_on(frame, rng, index)
         return image, mask, label, (frame, index)
 
+    def measured_attributes(self, frame: CorpusFrame, index: int) -> dict:
+        """The captioner's attributes of the frame's polyp ``index`` ({} where it was not measured)."""
+        polyps = self.polyp_attributes().get(frame.rel) or []
+        return (polyps[index] if index < len(polyps) else None) or {}
+
     def attribute_row(self, frame: CorpusFrame, index: int) -> np.ndarray:
         """The model's attribute indices of the frame's polyp ``index`` (0 where not measured)."""
-        polyps = self.polyp_attributes().get(frame.rel) or []
-        measured = polyps[index] if index < len(polyps) and polyps[index] else {}
-        return np.array(attribute_indices(self.attribute_columns, measured), np.int64)
+        return np.array(attribute_indices(self.attribute_columns, self.measured_attributes(frame, index)), np.int64)
 
     def loss(self, model, batch, generator):
         x0, mask, labels = batch["x0"], batch["mask"], batch["labels"]

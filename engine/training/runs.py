@@ -45,10 +45,10 @@ def run_training(args: argparse.Namespace) -> int:
         if getattr(args, flag, None) not in (None, False) and not compact_inpaint:
             raise InputError(f"--{flag.replace('_', '-')} {what} the compact inpainting model (--preset compact, "
                              "--method inpaint)")
-    if getattr(args, "rare_attributes", None) is not None and not getattr(args, "attributes", False):
-        raise InputError("--rare-attributes draws polyps by their measured attributes: it needs --attributes")
-    if getattr(args, "attribute_lr_scale", None) is not None and not getattr(args, "attributes", False):
-        raise InputError("--attribute-lr-scale is the attribute embeddings' learning rate: it needs --attributes")
+    for flag, what in (("rare_attributes", "draws polyps by their measured attributes"),
+                       ("attribute_lr_scale", "is the attribute embeddings' learning rate")):
+        if getattr(args, flag, None) is not None and not getattr(args, "attributes", False):
+            raise InputError(f"--{flag.replace('_', '-')} {what}: it needs --attributes")
     if getattr(args, "cell_shortcut", False) and args.stem is not None and args.stem < 2:  # unset: the preset's 2
         raise InputError("--cell-shortcut passes the detail inside the stem's cells: it needs --stem 2")
     started = time.perf_counter()
