@@ -158,6 +158,10 @@ def _add_batch_options(group) -> None:
     group.add_argument("--steps", type=int)
     group.add_argument("--scheduler", choices=("ddim", "dpm++"))
     group.add_argument("--guidance", type=float)
+    group.add_argument("--attribute-guidance", type=float,
+                       help="a bundle trained with attributes: guide the asked attributes this hard, apart from "
+                       "--guidance (e.g. 5; three U-Net predictions a step instead of two; default: as hard as "
+                       "--guidance)")
     group.add_argument("--formats", help="comma list of coco, yolo, yolo-seg (default all)")
     group.add_argument("--batch-size", type=int, help="variants per U-Net call (GPU)")
     group.add_argument("--inpaint-area", choices=("frame", "region"),

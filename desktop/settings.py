@@ -56,6 +56,8 @@ class JobSettings:
     captions: str = ""  # per-frame prompts for an sd-controlnet bundle (CSV or JSONL), "" = none
     # mode add, a bundle trained with attributes: "auto" (drawn per variant), "none" or words ("red,lobulated")
     attributes: str = "auto"
+    # mode add, a bundle trained with attributes: the asked attributes' own guidance (None: as hard as `guidance`)
+    attribute_guidance: float | None = None
     formats: list[str] = field(default_factory=lambda: list(FORMATS))
     resume: bool = True
     inpaint_area: str = ""  # "" = the bundle's default; "frame" | "region"
@@ -98,6 +100,7 @@ class JobSettings:
         }
         if self.mode == "add":  # removal stays a prompt; a transplant moves real polyps
             values["attributes"] = self.attributes.strip() or "auto"
+            values["attribute_guidance"] = self.attribute_guidance
         if self.mode == "remove":
             values["mucosa_check"] = self.mucosa_check
         if self.mode == "transplant":
@@ -161,7 +164,7 @@ def _parse(name: str, raw, default):
     if name == "working_size":
         value = int(text)
         return value if value > 0 else None
-    if name == "guidance":
+    if name in ("guidance", "attribute_guidance"):
         value = float(text)
         return value if 0.0 <= value <= 50.0 else None
     if name in ("variants", "seed", "box_pad"):

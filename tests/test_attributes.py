@@ -177,6 +177,44 @@ def test_the_pipeline_feeds_the_attributes_asked_and_records_them(exported):
         pipe.generate_variants(prepared, [0], steps=2, attributes={"texture": "red"})
 
 
+def test_attribute_guidance_is_the_guided_pair_at_the_labels_scale_and_the_label_alone_at_zero(exported):
+    """u + G·(c₀ − u) + A·(c_a − c₀): at A = G the one guided pair of the asked attributes, at A = 0 the label
+    without them, between and beyond a move along the attributes' own direction; recorded when it ran."""
+    from engine.pipelines.compact import CompactInpaintPipeline
+
+    _, _, bundle = exported
+    pipe = CompactInpaintPipeline.from_bundle(bundle)
+    prepared, noise = _prepared(pipe)
+    asked = {"colour": "red", "surface": "lobulated"}
+
+    def paint(attributes=None, attribute_guidance=None, **more):
+        return pipe.generate_variants(prepared, [0], latents=[noise], steps=4, guidance_scale=2.0,
+                                      attributes=attributes, attribute_guidance=attribute_guidance, **more)[0]
+
+    pair = paint(asked)
+    assert "attribute_guidance" not in pair.settings
+    same = paint(asked, 2.0)
+    assert same.settings["attribute_guidance"] == 2.0 and same.settings["attribute_indices"] == pair.settings[
+        "attribute_indices"]
+    assert np.abs(same.raw - pair.raw).max() < 1e-4
+    unasked = paint()
+    label_only = paint(asked, 0.0)
+    assert np.abs(label_only.raw - unasked.raw).max() < 1e-4
+    stronger = paint(asked, 6.0)
+    assert np.abs(stronger.raw - pair.raw).max() > 1e-3 and np.abs(stronger.raw - label_only.raw).max() > 1e-3
+    # nothing asked (or a removal): nothing to guide, so the pair as before, and nothing recorded
+    plain = paint(None, 6.0)
+    assert "attribute_guidance" not in plain.settings and np.array_equal(plain.image, unasked.image)
+    removed = paint(asked, 6.0, prompt="Normal")
+    assert "attribute_guidance" not in removed.settings
+    # three predictions a step: a batch of two variants still equals each painted alone
+    two = pipe.generate_variants(prepared, [0, 1], latents=[noise, noise[:, :, ::-1].copy()], steps=4,
+                                 guidance_scale=2.0, attributes=asked, attribute_guidance=6.0, batch_size=2)
+    assert np.abs(two[0].raw - stronger.raw).max() < 1e-4
+    with pytest.raises(InputError, match="attribute guidance must be between 0 and 50"):
+        paint(asked, 60.0)
+
+
 def test_a_bundle_without_attributes_runs_as_before_and_refuses_to_be_asked_any():
     from engine.jobs.spec import DEFAULT_MODEL
     from engine.pipelines.compact import CompactInpaintPipeline
@@ -187,6 +225,8 @@ def test_a_bundle_without_attributes_runs_as_before_and_refuses_to_be_asked_any(
     assert "attributes" not in result.settings and "attribute_indices" not in result.settings
     with pytest.raises(InputError, match="polypforge-compact' was not trained with attributes"):
         pipe.generate_variants(prepared, [0], steps=2, attributes={"colour": "red"})
+    with pytest.raises(InputError, match="not trained with attributes: attribute guidance"):
+        pipe.generate_variants(prepared, [0], steps=2, attribute_guidance=5.0)
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -379,6 +419,30 @@ def test_asked_attributes_reach_the_model_the_manifest_and_coco(exported, frames
     none = tmp_path / "none"
     assert _batch("--input", frames_with_masks, "--output", none, "--model", bundle, "--attributes", "none") == 0
     assert all(r["attributes_asked"] == {} and r["attributes_source"] == "none" for r in _records(none))
+
+
+def test_attribute_guidance_reaches_the_manifest_and_is_refused_where_it_guides_nothing(exported, frames_with_masks,
+                                                                                       tmp_path, capsys):
+    _, _, bundle = exported
+    output = tmp_path / "guided"
+    assert _batch("--input", frames_with_masks, "--output", output, "--model", bundle, "--attributes", "red",
+                  "--attribute-guidance", 5) == 0
+    ok = [r for r in _records(output) if r["status"] == "ok"]
+    assert len(ok) == 3 and all(r["attribute_guidance"] == 5.0 and r["guidance"] == 2.0 for r in ok)
+    job = json.loads((output / "job.json").read_text())
+    assert job["settings"]["attribute_guidance"] == 5.0
+    plain = tmp_path / "plain"  # without it, nothing recorded (and a job written before it existed resumes)
+    assert _batch("--input", frames_with_masks, "--output", plain, "--model", bundle, "--attributes", "red") == 0
+    assert not any("attribute_guidance" in r for r in _records(plain))
+    assert _batch("--input", frames_with_masks, "--output", tmp_path / "default", "--attribute-guidance", 5) == 2
+    assert "nothing for attribute guidance (--attribute-guidance) to guide" in capsys.readouterr().err
+    none = tmp_path / "none"  # nothing asked: nothing to guide, painted and recorded as without it
+    assert _batch("--input", frames_with_masks, "--output", none, "--model", bundle, "--attributes", "none",
+                  "--attribute-guidance", 5) == 0
+    assert not any("attribute_guidance" in r for r in _records(none))
+    assert _batch("--input", frames_with_masks, "--output", tmp_path / "remove", "--model", bundle, "--mode",
+                  "remove", "--mask-source", "user", "--attribute-guidance", 5) == 2
+    assert "attribute_guidance applies to mode add only" in capsys.readouterr().err
 
 
 def test_auto_takes_the_inputs_own_distribution_from_twenty_polyps(exported, tmp_path):

@@ -377,5 +377,18 @@ def test_attributes_in_the_settings_panel_reach_the_job_and_are_remembered(windo
     panel.attributes.setCurrentText("red,blue")  # an unknown word: refused before anything starts, with the words
     assert window.run_job() is False
     assert "unknown word 'blue'" in messages.texts()[-1] and "lobulated" in messages.texts()[-1]
+    # the attributes' own guidance: "as guidance" (None) until set; set, it reaches the job and is remembered, and
+    # the default model (no attributes to guide) refuses it by name
+    panel.attributes.setCurrentText("auto")
+    panel.attributes.lineEdit().editingFinished.emit()
+    assert panel.attribute_guidance.specialValueText() == "as guidance"
+    assert window.job_values()["attribute_guidance"] is None
+    panel.attribute_guidance.setValue(5.0)
+    assert window.job_values()["attribute_guidance"] == 5.0
+    assert JobSettings.load(window.settings).attribute_guidance == 5.0
+    with qtbot.waitSignal(window.job.cannotStart, timeout=JOB_TIMEOUT_MS):
+        assert window.run_job()
+    assert "nothing for attribute guidance (--attribute-guidance) to guide" in messages.texts()[-1]
     panel.mode.setCurrentIndex(panel.mode.findData("remove"))  # removal stays a prompt: nothing asked
     assert not panel.attributes.isEnabled() and "attributes" not in window.job_values()
+    assert not panel.attribute_guidance.isEnabled() and "attribute_guidance" not in window.job_values()

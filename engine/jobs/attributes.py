@@ -29,17 +29,26 @@ from engine.captioning.conditioning import (
     parse_attributes,
     polyp_attributes,
 )
-from engine.errors import PolypForgeError
+from engine.errors import InputError, PolypForgeError
 from engine.pipelines.attribute_inputs import bundle_attribute_values, check_asked_attributes
 
 ATTRIBUTE_SAMPLE_FRAMES = 200  # annotated frames captioned for an input's attribute distribution, evenly spread
 
 
 def check_attributes_fit(spec, bundle) -> None:
-    """InputError, before the job starts, when it asks words (``--attributes red,…``) the bundle cannot take."""
+    """InputError, before the job starts, when it asks words (``--attributes red,…``) the bundle cannot take, or
+    guides attributes (``--attribute-guidance``) of a bundle trained without them (with ``--attributes none`` it
+    guides nothing: a variant asked nothing is painted, and recorded, as without it)."""
     asked = parse_attributes(getattr(spec, "attributes", "auto"))
+    values = bundle_attribute_values(bundle)
     if isinstance(asked, dict):
-        check_asked_attributes(bundle, bundle_attribute_values(bundle), asked)
+        check_asked_attributes(bundle, values, asked)
+    if getattr(spec, "attribute_guidance", None) is None:
+        return
+    if values is None:
+        raise InputError(f"{bundle.root}: the model {bundle.name!r} was not trained with attributes, so there is "
+                         "nothing for attribute guidance (--attribute-guidance) to guide: leave it out, or use a "
+                         "bundle trained with --attributes")
 
 
 def input_attributes(frames, spec) -> AttributeDistribution | None:

@@ -229,6 +229,7 @@ class FrameWork:
                         _prepared, [seed], prompt=task.prompt, negative_prompt=spec.negative_prompt, steps=spec.steps,
                         guidance_scale=spec.guidance, scheduler=spec.scheduler, progress=_step, cancel=cancelled,
                         blend=spec.blend or default_blend(spec.mode == "remove"), attributes=_asked,
+                        attribute_guidance=spec.attribute_guidance,
                     )
                     return generated
 
@@ -325,6 +326,8 @@ class FrameWork:
             "steps": result.settings["steps"],
             "scheduler": result.settings["scheduler"],
             "guidance": result.settings["guidance_scale"],
+            **({"attribute_guidance": result.settings["attribute_guidance"]}
+               if "attribute_guidance" in result.settings else {}),
             "working_size": result.settings["working_size"],
             "feather_px": result.settings["feather_px"],
             "blend": result.settings.get("blend", "feather"),

@@ -69,6 +69,9 @@ class JobSpec:
     steps: int | None = None
     scheduler: str | None = None
     guidance: float | None = None
+    # A bundle trained with attributes: the asked attributes' own guidance, apart from the label's (three U-Net
+    # predictions a step instead of two; engine.pipelines.compact). None: guided with `guidance`, as one pair.
+    attribute_guidance: float | None = None
     formats: list[str] = field(default_factory=lambda: ["coco", "yolo", "yolo-seg"])
     resume: bool = True
     batch_size: int = 1
@@ -130,6 +133,12 @@ class JobSpec:
             _at_least("threads", self.threads, 1)
         if self.guidance is not None and not 0.0 <= self.guidance <= 50.0:
             raise InputError(f"guidance must be between 0 and 50, got {self.guidance}")
+        if self.attribute_guidance is not None:
+            if not 0.0 <= self.attribute_guidance <= 50.0:
+                raise InputError(f"attribute_guidance must be between 0 and 50, got {self.attribute_guidance}")
+            if self.mode != "add":
+                raise InputError("attribute_guidance applies to mode add only (removal stays a prompt; a transplant "
+                                 "moves real polyps)")
         if self.mode == "remove" and self.mask_source == "random":
             raise InputError("mode remove needs to know where the polyp is: use mask_source user or box, not random")
         _at_least("top_k", self.top_k, 1)
@@ -192,7 +201,8 @@ class JobSpec:
         for key in ("output", "provider", "threads", "resume", "batch_size", "formats", "backend", "ray_address",
                     "workers", "gpus_per_worker", "break_lock"):
             data.pop(key)
-        for key in ("captions", "inpaint_area", "region_padding", "working_size", "blend", "harmonize", "strength"):
+        for key in ("captions", "inpaint_area", "region_padding", "working_size", "blend", "harmonize", "strength",
+                    "attribute_guidance"):
             if data[key] is None:  # absent, as in jobs written before these existed: they still resume
                 data.pop(key)
         if not data["include_synthetic"]:  # likewise for jobs written before it existed

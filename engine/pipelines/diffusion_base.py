@@ -42,6 +42,15 @@ CancelCheck = Callable[[], bool]
 NoisePredictor = Callable[[np.ndarray, int], np.ndarray]
 
 
+@dataclass(frozen=True)
+class Guide:
+    """A guidance rule other than the classifier-free pair: ``copies`` of the latents per prediction, and how
+    ``combine`` makes one prediction of the stacked outputs (engine.pipelines.compact's attribute guidance)."""
+
+    copies: int
+    combine: Callable[[np.ndarray], np.ndarray]
+
+
 @dataclass
 class VariantResult:
     """One generated variant."""
@@ -147,6 +156,7 @@ class OnnxDiffusionPipeline:
         conditioning_scale: float = 1.0,
         strength: float | None = None,
         attributes: Mapping[str, str] | None = None,
+        attribute_guidance: float | None = None,
     ) -> list[VariantResult]:
         """Variants of one prepared frame (``prepare_frame``), one per seed, ``batch_size`` of them per model call.
 
@@ -161,6 +171,8 @@ class OnnxDiffusionPipeline:
         round(s · steps) steps (SDEdit): the frame's structure inside the mask stays, its seams and light are
         redrawn — the model-harmonized transplant. ``attributes`` ({name: value}, e.g. {"colour": "red"}): what a
         bundle trained with attributes is asked for (``attribute_settings``); InputError from any other bundle.
+        ``attribute_guidance`` (a bundle trained with attributes): how hard the asked attributes are guided, apart
+        from the label's ``guidance_scale`` (None: as hard as the label, one guided pair).
         """
         prompt = self.prompts.get("add", "") if prompt is None else prompt
         negative_prompt = self.default_negative_prompt() if negative_prompt is None else negative_prompt
@@ -181,7 +193,7 @@ class OnnxDiffusionPipeline:
             "guidance_scale": guidance_scale,
             "scheduler": scheduler,
             **self.variant_settings(prepared, prompt, feather_px, blend, conditioning_scale),
-            **self.attribute_settings(prompt, attributes),
+            **self.attribute_settings(prompt, attributes, attribute_guidance),
             **({"strength": float(strength)} if strength is not None else {}),
         }
         given = {"latents": latents, "masked_image_noise": masked_image_noise}
@@ -221,10 +233,15 @@ class OnnxDiffusionPipeline:
         with this pipeline's own keywords resolved: ``finish`` and ``_denoise`` read them from here."""
         raise NotImplementedError
 
-    def attribute_settings(self, prompt: str, attributes: Mapping[str, str] | None) -> dict:
+    def attribute_settings(self, prompt: str, attributes: Mapping[str, str] | None,
+                           attribute_guidance: float | None = None) -> dict:
         """What a variant's settings say of the attributes asked: nothing here, where no bundle takes any (a bundle
-        trained with attributes: engine.pipelines.compact); InputError when some are asked all the same."""
+        trained with attributes: engine.pipelines.compact); InputError when some are asked all the same, or an
+        attribute guidance is given."""
         check_asked_attributes(self.bundle, None, attributes)
+        if attribute_guidance is not None:
+            raise InputError(f"the bundle {self.bundle.name!r} was not trained with attributes: attribute guidance "
+                             "applies to a bundle that was")
         return {}
 
     def _denoise(self, prepared, embeddings, noise: dict[str, np.ndarray], steps: int, guidance_scale: float,
@@ -263,14 +280,16 @@ class OnnxDiffusionPipeline:
         cancel: CancelCheck | None,
         start: np.ndarray | None = None,
         strength: float = 1.0,
+        guide: "Guide | None" = None,
     ) -> np.ndarray:
         """The sampling loop: scale the initial noise, then per timestep predict (on [latents] × 2 when
         guided), guide, and step the numpy scheduler; cancel is checked before every step.
 
         With ``start`` (the clean sample, latent-shaped) and ``strength`` < 1, as diffusers' img2img pipelines:
         only the last min(int(steps · strength), steps) timesteps run, from ``start`` noised to the first of them
-        with ``latents`` as the noise."""
-        copies = 2 if guided else 1
+        with ``latents`` as the noise. ``guide`` replaces the guided pair's rule: its ``copies`` of the latents go to
+        ``predict`` and its ``combine`` makes one prediction of them (compact attribute guidance: three copies)."""
+        copies = guide.copies if guide is not None else 2 if guided else 1
         scheduler = make_scheduler(scheduler_name, self.scheduler_config)
         scheduler.set_timesteps(steps)
         timesteps = scheduler.timesteps
@@ -291,7 +310,9 @@ class OnnxDiffusionPipeline:
                 raise Cancelled(f"cancelled at step {step_index} of {total}")
             model_input = scheduler.scale_model_input(np.concatenate([latents] * copies), t).astype(np.float32)
             noise_pred = predict(model_input, t).astype(np.float32)
-            if guided:
+            if guide is not None:
+                noise_pred = guide.combine(noise_pred)
+            elif guided:
                 uncond, cond = np.split(noise_pred, 2)
                 noise_pred = uncond + guidance_scale * (cond - uncond)
             latents = scheduler.step(noise_pred, t, latents).astype(np.float32)
