@@ -64,7 +64,8 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    own rate; asked red reads back 6.5× chance where its parent's 1.75×, lobulated 2.9× where 1.2×) in the judge-kept
    ×4 job, attributes drawn from the subset's own polyps, 2 synthetic per real frame: against `default-judged-x4` and
    `copy-paste-x2` on the same seeds. A generator that paints the looks it is asked may cover more of the real polyps than one that paints
-   one look. Registered, with its count of seeds, before any run of it; skipped while the bundle is not there.
+   one look. Registered, with its count of seeds, before any run of it; skipped while the bundle is not there. Run
+   2026-12-07: −0.013 Dice to `default-judged-x4` (p = 0.23), +0.058 to `copy-paste-x2` (p = 0.23).
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report per group (GROUPS) of every arm and fraction of its phases (an
