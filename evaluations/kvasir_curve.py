@@ -66,6 +66,12 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    `copy-paste-x2` on the same seeds. A generator that paints the looks it is asked may cover more of the real polyps than one that paints
    one look. Registered, with its count of seeds, before any run of it; skipped while the bundle is not there. Run
    2026-12-07: −0.013 Dice to `default-judged-x4` (p = 0.23), +0.058 to `copy-paste-x2` (p = 0.23).
+19. `rare128-attribute-guided-x4` at 0.05, 5 seeds (seeds 0–4): phase 18's job with the asked attributes guided at 5
+   (`attribute_guidance = 5`, the polyp's own guidance still 2.0). Phase 18 asked the subset's looks but the model
+   painted few of them (asked red read back 23 %, irregular 4 %); guided, it paints them (75 %, 23 %), so this pool's
+   colours and surfaces follow the subset's real polyps. Does a pool that covers the real looks teach more than the
+   default model's mostly pink, smooth polyps? Against `default-judged-x4`, `rare128-judged-x4` and `copy-paste-x2`
+   on the same seeds. Registered, with its count of seeds, before any run of it.
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report per group (GROUPS) of every arm and fraction of its phases (an
@@ -120,6 +126,7 @@ PHASES = (
     (("removal-judged-1in8",), "0.1", ("--seeds", "5")),
     (("copy-paste-x2-and-judged-x2",), SMALLEST, ("--seeds", "5"), "smallest"),
     (("rare128-judged-x4",), SMALLEST, ("--seeds", "5"), "smallest"),
+    (("rare128-attribute-guided-x4",), SMALLEST, ("--seeds", "5"), "smallest"),
 )
 
 
@@ -139,7 +146,7 @@ ARM_RATIOS = {"copy-paste-x2": 2.0, "judged-and-copy-paste": 2.0, "synthetic-jud
               "compact128-judged-x4": 2.0, "attributes-judged-x4": 2.0,
               "lift128-judged-x4": 2.0, "default-judged-x4": 2.0, "guided-judged-x4": 2.0,
               "removal-judged-1in8": 0.125, "copy-paste-x2-and-judged-x2": 4.0,
-              "rare128-judged-x4": 2.0}
+              "rare128-judged-x4": 2.0, "rare128-attribute-guided-x4": 2.0}
 MIXES = {"judged-and-copy-paste": ("copy-paste", "synthetic-judged-x4"),
          "copy-paste-x2-and-judged-x2": ("copy-paste-x2", "default-judged-x4")}
 # Arms that run another arm's job file under a name of their own (their own ratio, their own pool and results).
@@ -148,7 +155,8 @@ JOB_OF = {"default-judged-x4": "synthetic-judged-x4", "removal-judged-1in8": "re
 # ones it did (seen_unseen.md beside the report: evaluations/curve_seen_unseen.py), against real and copy-paste ×2.
 # The held-out list is the default model's; the candidates fine-tuned from it hold out the same hash-chosen frames.
 SEEN_UNSEEN = {"curve": ("0.1", ("synthetic-judged-x4-ratio2", "lift128-judged-x4")),
-               "smallest": (SMALLEST, ("default-judged-x4", "guided-judged-x4", "rare128-judged-x4"))}
+               "smallest": (SMALLEST, ("default-judged-x4", "guided-judged-x4", "rare128-judged-x4",
+                                       "rare128-attribute-guided-x4"))}
 SEEN_UNSEEN_BASES = ("real", "copy-paste-x2")
 GENERATOR_HELD_OUT = REPO / "training_runs" / "compact-anneal" / "model" / "held_out_frames.txt"
 
