@@ -71,7 +71,8 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    painted few of them (asked red read back 23 %, irregular 4 %); guided, it paints them (75 %, 23 %), so this pool's
    colours and surfaces follow the subset's real polyps. Does a pool that covers the real looks teach more than the
    default model's mostly pink, smooth polyps? Against `default-judged-x4`, `rare128-judged-x4` and `copy-paste-x2`
-   on the same seeds. Registered, with its count of seeds, before any run of it.
+   on the same seeds. Registered, with its count of seeds, before any run of it. Run 2026-12-07: −0.002 Dice to
+   `default-judged-x4` (p = 0.78), +0.069 to `copy-paste-x2` (p = 0.13).
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report per group (GROUPS) of every arm and fraction of its phases (an
