@@ -63,8 +63,8 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    (.bench/compact-rare128, `make rare128-bundle`: rare values drawn more often in training, the embeddings at their
    own rate; asked red reads back 6.5× chance where its parent's 1.75×, lobulated 2.9× where 1.2×) in the judge-kept
    ×4 job, attributes drawn from the subset's own polyps, 2 synthetic per real frame: against `default-judged-x4` and
-   `copy-paste-x2` on the same seeds. A generator that paints the looks it is asked may cover more of the real polyps than one that paints
-   one look. Registered, with its count of seeds, before any run of it; skipped while the bundle is not there. Run
+   `copy-paste-x2` on the same seeds. A generator that paints the looks it is asked may cover more of the real
+   polyps than one that paints one look. Registered, with its count of seeds, before any run of it; skipped while the bundle is not there. Run
    2026-12-07: −0.013 Dice to `default-judged-x4` (p = 0.23), +0.058 to `copy-paste-x2` (p = 0.23).
 19. `rare128-attribute-guided-x4` at 0.05, 5 seeds (seeds 0–4): phase 18's job with the asked attributes guided at 5
    (`attribute_guidance = 5`, the polyp's own guidance still 2.0). Phase 18 asked the subset's looks but the model
