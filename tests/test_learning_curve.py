@@ -74,6 +74,59 @@ def test_subsets_are_stable_and_nested_and_validation_is_held_out_of_them():
     assert len(part.val) == 10
 
 
+def test_subset_draws_are_other_subsets_of_the_same_size_each_stable_and_nested():
+    from engine.evaluation.curve_arms import make_fraction, subset_salt
+    from engine.evaluation.segdata import SegmentationSet
+
+    names = [f"images/frame{i:03d}.png" for i in range(300)]
+    real = SegmentationSet(names, np.zeros((300, 1, 1, 3), np.uint8), np.zeros((300, 1, 1), np.float32),
+                           [f"{i:064d}" for i in range(300)], [None] * 300, [None] * 300)
+    subsets = {draw: set(make_fraction(real, 0.1, draw=draw).subset.names) for draw in (0, 1, 2)}
+    assert subsets[0] == set(make_fraction(real, 0.1).subset.names)  # draw 0: the curve's subset, as it always was
+    assert all(len(s) == 30 for s in subsets.values())
+    assert subsets[1] != subsets[0] and subsets[2] != subsets[1] and subsets[2] != subsets[0]
+    # independent draws overlap about as chance does (30 of 300 each: 3 expected), not mostly
+    assert len(subsets[1] & subsets[0]) < 12 and len(subsets[2] & subsets[1]) < 12
+    assert subsets[1] == set(make_fraction(real, 0.1, draw=1).subset.names)  # stable
+    assert subsets[1] < set(make_fraction(real, 0.25, draw=1).subset.names)  # nested within the draw
+    with pytest.raises(ValueError, match="subset draw must be 0 or more"):
+        subset_salt(-1)
+
+
+def test_a_subset_draw_is_its_own_curve_recorded_and_kept_apart(frames, tmp_path):
+    from engine.dataset.discovery import read_split_file
+
+    tiny = [*TINY[:1], "1", *TINY[2:]]  # one seed
+    plans = {}
+    for draw in (0, 1):
+        out = tmp_path / f"draw{draw}"
+        done = run_main(["evaluate", *_data(frames, "0.25"), "--subset-draw", str(draw), "--plan", "--out", out, *tiny])
+        assert done.returncode == 0, done.stderr[-3000:]
+        marked = read_split_file(out / "subsets" / "0.25" / "split.tsv")
+        plans[draw] = {name for name, split in marked.items() if split == "train"}
+    assert len(plans[0]) == len(plans[1]) == 8 and plans[0] != plans[1]
+    assert "each fraction's subset (draw 1):" in done.stderr
+    out = tmp_path / "draw1"
+    run = run_main(["evaluate", *_data(frames, "0.25"), "--subset-draw", "1", "--out", out, *tiny])
+    assert run.returncode == 0, run.stderr[-3000:]
+    record = json.loads((out / "results" / "0.25" / "add-seed0.json").read_text())
+    assert record["key"]["subset_draw"] == 1
+    sources = {json.loads(line)["source_frame"] for line in
+               (out / "synthetic" / "0.25" / "add" / "manifest.jsonl").read_text().splitlines()}
+    assert sources and sources <= plans[1]  # the arm's job read this draw's frames only
+    report = json.loads((out / "report.json").read_text())
+    assert report["subset_draw"] == 1 and "(fraction 0.25, subset draw 1:" in (out / "report.html").read_text()
+    # another draw in the same folder is refused before anything runs (its variants were made from other frames)
+    other = run_main(["evaluate", *_data(frames, "0.25"), "--subset-draw", "2", "--out", out, *tiny])
+    assert other.returncode == 2 and "holds the runs of subset draw 1, not 2; give each draw its own --out" in (
+        other.stderr)
+    # a report of another draw refuses this draw's runs; draw 0 keys stay as they always were (no subset_draw)
+    report_other = run_main(["evaluate", *_data(frames, "0.25"), "--out", out, "--report-only", *tiny])
+    assert report_other.returncode == 2 and "was made with other settings (subset_draw" in report_other.stderr
+    bad = run_main(["evaluate", *_data(frames, "0.25"), "--subset-draw", "-1", "--out", out, *tiny])
+    assert bad.returncode == 2 and "--subset-draw" in bad.stderr
+
+
 def test_a_variant_made_outside_the_subset_is_refused_in_one_line(frames, tmp_path, capsys):
     import main as app
     from engine.dataset.splits import nested_subset

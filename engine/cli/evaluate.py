@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.cli.args import non_negative_float, positive_int
+from engine.cli.args import non_negative_float, non_negative_int, positive_int
 from engine.errors import InputError
 from engine.dataset.curve_inputs import named_path, parse_fractions, parse_test_folders
 
@@ -175,6 +175,10 @@ def register_commands(subparsers) -> dict[str, Handler]:
     evaluate.add_argument("--seeds", type=positive_int, default=None,
                           help="seeds per arm and fraction (default 5 at fractions up to 0.25, 3 above; 3 for the "
                                "single comparison)")
+    evaluate.add_argument("--subset-draw", type=non_negative_int, default=None,
+                          help="which real subset of each fraction: 0 (default) the fixed hash-chosen one; K > 0 an "
+                               "independent subset of the same size (give each draw its own --out): seeds vary the "
+                               "training of one subset, draws vary the subset, as curators' frames do")
     evaluate.add_argument("--synthetic-ratio", type=non_negative_float, default=1.0,
                           help="synthetic variants per real training frame in an arm's pool (default 1)")
     evaluate.add_argument("--ratio-ablation", type=_ratios, default=(),
@@ -253,9 +257,10 @@ def _single_comparison(args: argparse.Namespace) -> int:
     from engine.evaluation.evaluate import EvaluationSettings, run_evaluation
 
     if (len(args.synthetic) > 1 or len(args.test) > 1 or args.arm or args.generate or args.real_fractions
-            or args.mix or args.arm_ratio):
+            or args.mix or args.arm_ratio or args.subset_draw):
         raise InputError("--synthetic DIR (without FRACTION=) is the single comparison on all training frames: one "
-                         "--synthetic, one --test, no --arm/--generate/--mix/--arm-ratio/--real-fractions")
+                         "--synthetic, one --test, no --arm/--generate/--mix/--arm-ratio/--real-fractions/"
+                         "--subset-draw")
     (test,) = parse_test_folders(args.test, must_exist=False).values()
     settings = EvaluationSettings(train=args.train, synthetic=args.synthetic[0][1], test=test, out=args.out,
                                   seeds=args.seeds or 3, synthetic_cap=args.synthetic_cap, steps=args.steps,
@@ -312,7 +317,8 @@ def curve_settings(args: argparse.Namespace):
             raise InputError(f"--arm-ratio {name}: given twice")
         arm_ratios[name] = ratio
     tests = parse_test_folders(args.test, must_exist=False)
-    optional = {"seeds": args.seeds, "fractions": args.real_fractions, "max_steps": args.max_steps,
+    optional = {"seeds": args.seeds, "fractions": args.real_fractions, "subset_draw": args.subset_draw,
+                "max_steps": args.max_steps,
                 "patience": args.patience, "widths": args.widths}
     return CurveSettings(train=args.train, tests=tests, out=args.out, arms=arms, mixes=mixes, arm_ratios=arm_ratios,
                          synthetic={fraction: folder for fraction, folder in args.synthetic},

@@ -4,7 +4,9 @@ variants an arm adds — made only from that subset's frames.
 - ``Fraction``: at a fraction f of the real training frames, the fixed, hash-chosen subset
   (engine.dataset.splits.nested_subset: stable and nested), split into the frames trained on and the real
   validation frames early stopping looks at (``holdout`` of the subset by the trainer's hash rule, by rank, or
-  ``--val DIR`` for every fraction).
+  ``--val DIR`` for every fraction). ``draw`` k > 0 picks another subset of the same size by a salt of its own
+  (``subset_salt``): independent draws of "a curator's f of the frames", so a difference between arms can be tested
+  over subsets and not only over the training seeds of one subset.
 - ``generate_arm``: a batch job file (any mode: add, remove, transplant, …; this module does not look at what it
   asks) run with its input set to the training folder, restricted by a split file that marks the subset's
   training frames "train" and every other frame "test", ``from_splits = ["train"]``: no frame outside the subset
@@ -54,10 +56,18 @@ class Fraction:
         return fraction_label(self.fraction)
 
 
+def subset_salt(draw: int) -> str:
+    """The hash salt of subset draw ``draw``: 0 is the curve's one fixed subset per fraction (as it always was)."""
+    if draw < 0:
+        raise ValueError(f"subset draw must be 0 or more, got {draw}")
+    return "subset" if draw == 0 else f"subset-draw{draw}"
+
+
 def make_fraction(real: segdata.SegmentationSet, fraction: float,
-                  val: segdata.SegmentationSet | None = None) -> Fraction:
-    """The fraction's subset and split; ``val`` (``--val DIR``) replaces the split held out of the subset."""
-    subset = real.subset(splits.nested_subset(real.names, fraction))
+                  val: segdata.SegmentationSet | None = None, draw: int = 0) -> Fraction:
+    """The fraction's subset (draw ``draw``: see ``subset_salt``) and split; ``val`` (``--val DIR``) replaces the
+    split held out of the subset."""
+    subset = real.subset(splits.nested_subset(real.names, fraction, salt=subset_salt(draw)))
     if val is not None:
         return Fraction(fraction, subset, subset, val)
     kept, held = splits.holdout(subset.names, VAL_FRACTION, by_rank=True)

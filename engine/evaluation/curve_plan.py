@@ -37,6 +37,8 @@ class CurveSettings:
     synthetic: dict[float, Path] = field(default_factory=dict)  # fraction → a synthetic folder (arm "synthetic")
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
     seeds: int | None = None  # None: SEEDS_SMALL at fractions ≤ SMALL_FRACTION, else SEEDS_LARGE
+    # Which subset of each fraction: 0 the fixed one; k > 0 an independent draw of the same size (its own --out)
+    subset_draw: int = 0
     synthetic_ratio: float = 1.0  # synthetic variants per real training frame in an arm's pool
     ratio_ablation: tuple[float, ...] = ()  # other ratios, tried at the smallest fraction
     arm_ratios: dict[str, float] = field(default_factory=dict)  # an arm's own ratio instead of synthetic_ratio
@@ -167,6 +169,8 @@ def check_settings(settings: CurveSettings) -> None:
             raise InputError(f"--test {name}={folder}: test folder not found")
     if not settings.fractions or any(not 0.0 < f <= 1.0 for f in settings.fractions):
         raise InputError(f"--real-fractions {settings.fractions}: each must be in (0, 1]")
+    if not isinstance(settings.subset_draw, int) or settings.subset_draw < 0:
+        raise InputError(f"--subset-draw {settings.subset_draw}: must be a whole number, 0 or more")
     if REAL in settings.arms or (settings.synthetic and FROM_FOLDERS in settings.arms):
         raise InputError(f"--arm: the name {REAL if REAL in settings.arms else FROM_FOLDERS!r} is taken; pick another")
     missing = sorted(set(settings.fractions) - set(settings.synthetic)) if settings.synthetic else []
@@ -272,7 +276,8 @@ def describe_plan(settings: CurveSettings, runs: list[PlannedRun], seconds_per_s
         lines.append(f"  in {settings.out}: {states.count('done')} run(s) done earlier are reused when their settings "
                      f"match (refused when not: --fresh starts over), {states.count('partial')} resume(s) from its "
                      f"checkpoint, {states.count('new')} start fresh; a killed evaluation resumes at the run it was in")
-    lines.append(f"  each fraction's subset: {settings.out}/subsets/<fraction>/split.tsv (its training frames 'train'; "
+    lines.append(f"  each fraction's subset{f' (draw {settings.subset_draw})' if settings.subset_draw else ''}: "
+                 f"{settings.out}/subsets/<fraction>/split.tsv (its training frames 'train'; "
                  "what the arms' batch jobs read, and what a --synthetic folder is to be made from)")
     return lines
 

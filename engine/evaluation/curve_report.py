@@ -226,6 +226,7 @@ def build(settings, data, runs, results: dict, seconds: float) -> dict:
     return {
         "kind": "learning-curve",
         "train": {"folder": str(settings.train), "frames": len(data.real)},
+        "subset_draw": settings.subset_draw,
         "tests": {name: {"folder": str(folder), "frames": len(data.tests[name][0])}
                   for name, folder in settings.tests.items()},
         "normals": ({"folder": str(settings.normals), "frames": len(data.normals[0])}
@@ -384,7 +385,8 @@ def render_html(report: dict, plot: bytes) -> str:
     parts.append(f"<p>Downstream model: {e(trainer['description'])}; the same rule for every run: {e(str(budget))}; "
                  f"batches of {trainer.get('batch_size')} at {trainer.get('size')}².</p>")
     for point in report["points"]:
-        parts.append(f"<h2>{point['subset_frames']} real frames (fraction {point['fraction']:g}: "
+        drawn = f", subset draw {report['subset_draw']}" if report.get("subset_draw") else ""
+        parts.append(f"<h2>{point['subset_frames']} real frames (fraction {point['fraction']:g}{drawn}: "
                      f"{point['train_frames']} trained on, {point['val_frames']} for validation)</h2>")
         head = "".join(f"<th>Dice on {e(t)}</th><th>AP50 on {e(t)}</th>" for t in tests)
         parts.append(f"<table><tr><th>arm</th><th>runs</th><th>synthetic frames</th>{head}"

@@ -1,7 +1,8 @@
 """``main.py evaluate``: a learning curve — with f of my real frames, how much does each synthetic arm add?
 
 At each fraction f of the real training frames (``fractions``, default 0.1 and 0.25) a fixed, hash-chosen subset
-(engine.evaluation.curve_arms: stable and nested) is split into training frames and a real validation split.
+(engine.evaluation.curve_arms: stable and nested; ``subset_draw`` k > 0: another, independent subset of the same size)
+is split into training frames and a real validation split.
 Arms, each trained under the same budget with the same seeds and the same validation frames:
 
 - ``real``: the subset's training frames alone;
@@ -118,7 +119,7 @@ def _read_data(settings: CurveSettings, log: Log) -> _Data:
                          "training frames (same bytes); the validation frames must be apart")
     if normals is not None:
         check_no_leak(real, None, normals[0])
-    parts = {f: make_fraction(real, f, val) for f in sorted(settings.fractions)}
+    parts = {f: make_fraction(real, f, val, settings.subset_draw) for f in sorted(settings.fractions)}
     log(f"read {len(real)} real training frames, test sets {', '.join(f'{n} ({len(t[0])})' for n, t in tests.items())}"
         + (f", {len(normals[0])} polyp-free frames" if normals else "")
         + f" in {time.perf_counter() - started:.0f} s; leak check passed (sha256)")
@@ -166,6 +167,9 @@ def _prepare_out(settings: CurveSettings) -> None:
         if previous.get("kind") != KIND:
             raise InputError(f"{out}: holds a single-comparison evaluation (--synthetic DIR); use another --out "
                              "folder, or --fresh to start over there")
+        if previous.get("subset_draw", 0) != settings.subset_draw:  # its arms' variants were made from other frames
+            raise InputError(f"{out}: holds the runs of subset draw {previous.get('subset_draw', 0)}, not "
+                             f"{settings.subset_draw}; give each draw its own --out folder (or --fresh to start over)")
     if settings.fresh:
         for name in ("runs", "results", "synthetic", "subsets"):
             shutil.rmtree(out / name, ignore_errors=True)
@@ -271,7 +275,8 @@ def _train_ultralytics(run: PlannedRun, pool, val, settings: CurveSettings, data
 def _run_key(run: PlannedRun, settings: CurveSettings, pool, val) -> dict:
     """What a run's result depends on: a results file with another key is not this run."""
     trainer = {k: v for k, v in settings.trainer_settings().items() if k not in ("description", "stopping")}
-    return {"fraction": run.fraction, "arm": run.arm, "ratio": run.ratio, "seed": run.seed, "trainer": trainer,
+    draw = {"subset_draw": settings.subset_draw} if settings.subset_draw else {}  # draw 0: keys as they always were
+    return {"fraction": run.fraction, "arm": run.arm, "ratio": run.ratio, "seed": run.seed, **draw, "trainer": trainer,
             "pool_digest": pool.digest(), "val_digest": val.digest()}
 
 
