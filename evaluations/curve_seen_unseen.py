@@ -49,15 +49,22 @@ def read_runs(results: Path, arm: str, test: str) -> dict[int, dict]:
 
 
 def compare(results: Path, base: str, arms: list[str], held_out: set[str], test: str = "kvasir") -> list[dict]:
+    """Each arm against ``base`` over the seeds of one results folder."""
+    return compare_runs(lambda arm: read_runs(results, arm, test), base, arms, held_out)
+
+
+def compare_runs(runs_of, base: str, arms: list[str], held_out: set[str]) -> list[dict]:
+    """Each arm against ``base``, paired by the keys of ``runs_of(arm)`` (key → that run's test record): the seeds of
+    one subset, or the subset draws of evaluations/curve_draws.py."""
     from engine.evaluation.evaluation_report import paired
     from engine.evaluation.generator_seen import on_frames
 
     keep = {"all": lambda name: True, "unseen": lambda name: name in held_out,
             "seen": lambda name: name not in held_out}
-    base_runs = read_runs(results, base, test)
+    base_runs = runs_of(base)
     rows = []
     for arm in arms:
-        arm_runs = read_runs(results, arm, test)
+        arm_runs = runs_of(arm)
         for split in SPLITS:
             by_stem = (lambda frame, split=split: keep[split](stem(frame)))
             diff = paired({base: on_frames(base_runs, by_stem), arm: on_frames(arm_runs, by_stem)}, (base, arm))
@@ -79,8 +86,9 @@ def _p(value) -> str:
     return "–" if value is None else f"{value:.2g}"
 
 
-def markdown(rows: list[dict], base: str) -> str:
-    lines = [f"| arm − {base} | test frames | seeds | Dice (95 % CI) | p (seeds) | p (frames) | IoU |",
+def markdown(rows: list[dict], base: str, over: str = "seeds") -> str:
+    """The rows as a table; ``over``: what the runs are paired by (seeds, or subset draws)."""
+    lines = [f"| arm − {base} | test frames | {over} | Dice (95 % CI) | p ({over}) | p (frames) | IoU |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['arm']} | {row['split']} ({row['frames']}) | {len(row['seeds'])} | {_signed(row['dice'])} "

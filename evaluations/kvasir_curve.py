@@ -73,6 +73,16 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    default model's mostly pink, smooth polyps? Against `default-judged-x4`, `rare128-judged-x4` and `copy-paste-x2`
    on the same seeds. Registered, with its count of seeds, before any run of it. Run 2026-12-07: −0.002 Dice to
    `default-judged-x4` (p = 0.78), +0.069 to `copy-paste-x2` (p = 0.13).
+20–29. phase 15's comparison on independent real subsets: `real`, `copy-paste-x2` and `default-judged-x4` at 0.05 on
+   subset draws 1–10 (`--subset-draw K`, one phase and report group each, WORK/out-draw-K, committed in
+   kvasir-curve-draws/draw-K/), one seed (0) per draw. Every earlier phase at a fraction trained all its seeds on one
+   hash-chosen subset: phase 15's p = 0.068 over 8 seeds is about those 36 frames. Here each draw is another curator's
+   36 training frames (+ 9 for validation), with its own copy-paste and judge-kept pools. Registered, with its count of
+   10 draws and its test, before any run of it: the primary result is `default-judged-x4` − `copy-paste-x2` in mean
+   Dice on the 97 test frames, paired by draw, its 95 % CI and two-sided paired t-test over the 10 draws
+   (evaluations/curve_draws.py, written to kvasir-curve-draws/summary.md after every draw); secondary: each against
+   `real`, the unseen test frames, the Wilcoxon test over frames. Draw 0 (phases 12/15) is not among them. The
+   answer is whatever the 10 draws say; no draws are added to this comparison.
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report per group (GROUPS) of every arm and fraction of its phases (an
@@ -80,7 +90,7 @@ arm not run at a fraction shows "not run yet"). `--report-only` writes those rep
 without running a phase (a session that stops between phases).
 
 Finished runs' results (small JSON) and the report are copied into evaluations/kvasir-curve/ (the smallest set's into
-evaluations/kvasir-curve-smallest/) after every call and copied back before the next, so a later session on a fresh
+evaluations/kvasir-curve-smallest/, a draw's into evaluations/kvasir-curve-draws/draw-K/) after every call and copied back before the next, so a later session on a fresh
 machine reuses them (the evaluation reuses a run whose settings match); the arms' generated frames and the run folders
 stay in WORK (they hold Kvasir pixels and weights).
 """
@@ -95,8 +105,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-if str(REPO) not in sys.path:  # engine/ is imported lazily by link_split and missing_model
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, HERE):  # engine/ is imported lazily by link_split and missing_model; the scripts beside this one
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 COMMITTED = HERE / "kvasir-curve"
 JOBS = HERE / "kvasir-curve-jobs"
 FRACTIONS = "0.1,0.25"
@@ -106,6 +117,11 @@ DEFAULT_SEEDS = 5  # main.py evaluate's --seeds default
 # Report groups: name → (output folder in WORK, committed folder, the report's fractions, its ratio ablation).
 GROUPS = {"curve": ("out", COMMITTED, FRACTIONS, RATIOS),
           "smallest": ("out-smallest", HERE / "kvasir-curve-smallest", SMALLEST, "")}
+# Phases 20–29: the smallest set's generator-vs-copy-paste comparison on independent subset draws, a group each.
+DRAWS = range(1, 11)
+DRAW_ARMS = ("copy-paste-x2", "default-judged-x4")
+DRAWS_COMMITTED = HERE / "kvasir-curve-draws"
+GROUPS |= {f"draw-{draw}": (f"out-draw-{draw}", DRAWS_COMMITTED / f"draw-{draw}", SMALLEST, "") for draw in DRAWS}
 # (arms, fractions, further flags[, group]), in the order they train: the issue's default evaluation is complete
 # first. A phase without a group is in "curve".
 PHASES = (
@@ -128,6 +144,7 @@ PHASES = (
     (("copy-paste-x2-and-judged-x2",), SMALLEST, ("--seeds", "5"), "smallest"),
     (("rare128-judged-x4",), SMALLEST, ("--seeds", "5"), "smallest"),
     (("rare128-attribute-guided-x4",), SMALLEST, ("--seeds", "5"), "smallest"),
+    *((DRAW_ARMS, SMALLEST, ("--seeds", "1", "--subset-draw", str(draw)), f"draw-{draw}") for draw in DRAWS),
 )
 
 
@@ -236,23 +253,28 @@ def main() -> int:
     if args.plan:
         return 0
     code = 0
-    for group, (_, _, fractions, ratios) in GROUPS.items():
+    for group, (out_name, _, fractions, ratios) in GROUPS.items():
+        if not any((work / out_name / "results").glob("**/*.json")):
+            continue  # a group none of whose phases has run (a draw not reached yet): no empty report
         reported = tuple(arm for arm in arms_of(group) if not missing_model(arm))
         ablation = ["--ratio-ablation", ratios] if ratios else []
         result = subprocess.call([*base(group), *arm_flags(reported), "--real-fractions", fractions, *ablation,
-                                  *report_seeds(group), "--report-only"], cwd=REPO)
+                                  *report_flags(group), "--report-only"], cwd=REPO)
         collect(group, work)
         code = code or result  # every group's report is written; the first failure is the exit status
     return code
 
 
-def report_seeds(group: str) -> list[str]:
-    """``--seeds N`` for a group's report when one of its phases runs more seeds than evaluate's default (phase 15's
-    8), else nothing (the report as it always was); an arm run on fewer seeds is reported over those it has."""
-    counts = [int(flags[flags.index("--seeds") + 1]) for phase in PHASES if group_of(phase) == group
-              for flags in (phase[2],) if "--seeds" in flags]
+def report_flags(group: str) -> list[str]:
+    """A group's report flags from its phases: ``--seeds N`` when its phases' most seeds is not evaluate's default
+    (phase 15's 8; a draw's 1), else nothing (the report as it always was; an arm run on fewer seeds is reported over
+    those it has); ``--subset-draw K`` for a draw's group."""
+    flags = [phase[2] for phase in PHASES if group_of(phase) == group]
+    counts = [int(f[f.index("--seeds") + 1]) for f in flags if "--seeds" in f]
     most = max(counts, default=DEFAULT_SEEDS)
-    return ["--seeds", str(most)] if most > DEFAULT_SEEDS else []
+    draws = {f[f.index("--subset-draw") + 1] for f in flags if "--subset-draw" in f}
+    return (["--seeds", str(most)] if most != DEFAULT_SEEDS else []) + [
+        flag for draw in sorted(draws) for flag in ("--subset-draw", draw)]
 
 
 def missing_model(arm: str) -> str:
@@ -285,18 +307,41 @@ def collect(group: str, work: Path) -> None:
     copy_tree(work / out_name, committed, ("results/**/*.json", "report.json", "report.html", "learning_curve.png",
                                            "evaluation.json"))
     write_seen_unseen(group, committed)
+    if group.startswith("draw-"):
+        write_draws_summary()
+
+
+def write_draws_summary() -> Path:
+    """kvasir-curve-draws/summary.md: phases 20–29's comparison over the draws finished so far (curve_draws.py)."""
+    from curve_draws import summary
+    from curve_seen_unseen import read_held_out
+
+    from engine.fileio import atomic_write_bytes
+
+    body = summary(DRAWS_COMMITTED, SMALLEST, ["default-judged-x4"], ["copy-paste-x2", "real"],
+                   read_held_out(GENERATOR_HELD_OUT), planned=len(DRAWS))
+    text = ("# Phase 15's comparison over independent subset draws (phases 20–29)\n\nWritten by "
+            "evaluations/kvasir_curve.py after every draw (evaluations/curve_draws.py): at fraction "
+            f"{SMALLEST}, each draw another hash-drawn subset of 36 training + 9 validation frames, one seed each. "
+            "Registered before any run: the primary result is default-judged-x4 − copy-paste-x2 over the "
+            f"{len(DRAWS)} draws (paired t-test); the generator never trained on the 'unseen' test frames "
+            f"({GENERATOR_HELD_OUT.relative_to(REPO)}).\n\n" + body)
+    target = DRAWS_COMMITTED / "summary.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, text.encode("utf-8"))
+    return target
 
 
 def write_seen_unseen(group: str, committed: Path) -> Path | None:
     """committed/seen_unseen.md: the group's generated arms against real and copy-paste ×2 on all test frames, on
     those the generator never trained on and on those it did (the arms and bases with results so far); None when
     there is nothing to compare yet."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
     from curve_seen_unseen import compare, markdown, read_held_out
 
     from engine.fileio import atomic_write_bytes
 
+    if group not in SEEN_UNSEEN:
+        return None
     fraction, arms = SEEN_UNSEEN[group]
     results = committed / "results" / fraction
     present = lambda arm: any(results.glob(f"{arm}-seed*.json"))  # noqa: E731
