@@ -44,11 +44,22 @@ NoisePredictor = Callable[[np.ndarray, int], np.ndarray]
 
 @dataclass(frozen=True)
 class Guide:
-    """A guidance rule other than the classifier-free pair: ``copies`` of the latents per prediction, and how
-    ``combine`` makes one prediction of the stacked outputs (engine.pipelines.compact's attribute guidance)."""
+    """A guidance rule of the sampling loop: ``copies`` of the latents per prediction, and how ``combine`` makes one
+    prediction of the stacked outputs (the classifier-free pair, ``classifier_free``; engine.pipelines.compact's
+    attribute guidance: three copies)."""
 
     copies: int
     combine: Callable[[np.ndarray], np.ndarray]
+
+
+def classifier_free(guidance_scale: float) -> Guide:
+    """The classifier-free pair: [unconditional, conditional] → u + G·(c − u)."""
+
+    def combine(noise_pred: np.ndarray) -> np.ndarray:
+        uncond, cond = np.split(noise_pred, 2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    return Guide(2, combine)
 
 
 @dataclass
@@ -287,9 +298,12 @@ class OnnxDiffusionPipeline:
 
         With ``start`` (the clean sample, latent-shaped) and ``strength`` < 1, as diffusers' img2img pipelines:
         only the last min(int(steps · strength), steps) timesteps run, from ``start`` noised to the first of them
-        with ``latents`` as the noise. ``guide`` replaces the guided pair's rule: its ``copies`` of the latents go to
-        ``predict`` and its ``combine`` makes one prediction of them (compact attribute guidance: three copies)."""
-        copies = guide.copies if guide is not None else 2 if guided else 1
+        with ``latents`` as the noise. ``guide`` replaces the guided pair's rule (``classifier_free``): its ``copies``
+        of the latents go to ``predict`` and its ``combine`` makes one prediction of them (compact attribute guidance:
+        three copies)."""
+        if guide is None and guided:
+            guide = classifier_free(guidance_scale)
+        copies = guide.copies if guide is not None else 1
         scheduler = make_scheduler(scheduler_name, self.scheduler_config)
         scheduler.set_timesteps(steps)
         timesteps = scheduler.timesteps
@@ -312,9 +326,6 @@ class OnnxDiffusionPipeline:
             noise_pred = predict(model_input, t).astype(np.float32)
             if guide is not None:
                 noise_pred = guide.combine(noise_pred)
-            elif guided:
-                uncond, cond = np.split(noise_pred, 2)
-                noise_pred = uncond + guidance_scale * (cond - uncond)
             latents = scheduler.step(noise_pred, t, latents).astype(np.float32)
             if progress is not None:
                 progress(step_index + 1, total)
