@@ -71,6 +71,7 @@ def _dialog(window, frames, tmp_path, *, arms=(), seeds=1, fractions="0.25"):
     dialog.output.setText(str(tmp_path / "eval"))
     dialog.fractions.setText(fractions)
     dialog.seeds.setValue(seeds)
+    dialog.subset_draw.setValue(0)  # a draw remembered by an earlier test is not this one's
     dialog.max_steps.setValue(20)
     dialog.threads.setValue(1)
     for arm in (*vm.ARMS, *vm.MIXES):
@@ -129,6 +130,11 @@ def test_the_form_becomes_the_engines_settings_and_the_arms_job_files(window, fr
 
     assert defaults.fractions == DEFAULT_FRACTIONS and defaults.seeds is None and defaults.max_steps == MAX_STEPS
     assert defaults.arms == {} and defaults.tests == {"test": frames / "test"} and defaults.threads is None
+    assert defaults.subset_draw == 0
+    # another subset draw: the engine's setting, and a default folder of its own beside the dataset
+    drawn = vm.curve_settings(app_settings.EvaluationForm(tests=str(frames / "test"), synthetic_arm=False,
+                                                          copy_paste_arm=False, subset_draw=3), frames / "train", {})
+    assert drawn.subset_draw == 3 and drawn.out == frames / "train-evaluation-draw-3"
     # the mixed arm alone brings the two arms it draws on (their job files as above), and the dialog shows it
     mixed = vm.curve_settings(app_settings.EvaluationForm(tests=str(frames / "test"), synthetic_arm=False,
                                                           copy_paste_arm=False, mixed_arm=True),
@@ -151,13 +157,16 @@ def test_the_form_becomes_the_engines_settings_and_the_arms_job_files(window, fr
 def test_the_dialog_remembers_its_form_and_shows_errors_naming_the_file(window, frames, tmp_path, messages):
     dialog = _dialog(window, frames, tmp_path, arms=("copy-paste",), seeds=2)
     dialog.normals.setText(str(frames / "normal"))
+    dialog.subset_draw.setValue(2)
+    assert dialog.output.placeholderText() == str(frames / "train-evaluation-draw-2")  # the default follows the draw
     dialog.close()
     remembered = app_settings.EvaluationForm.load(window.settings)
+    assert remembered.subset_draw == 2
     assert remembered.tests == f"test={frames / 'test'}" and remembered.normals == str(frames / "normal")
     assert remembered.output == str(tmp_path / "eval") and remembered.fractions == "0.25"
     assert (remembered.seeds, remembered.max_steps, remembered.threads) == (2, 20, 1)
     assert (remembered.synthetic_arm, remembered.copy_paste_arm, remembered.transplant_arm) == (False, True, False)
-    dialog.output.setText(str(frames / "train-evaluation"))  # the default is not remembered as a folder
+    dialog.output.setText(str(frames / "train-evaluation-draw-2"))  # the default is not remembered as a folder
     dialog.save_form()
     assert app_settings.EvaluationForm.load(window.settings).output == ""
     # a test folder that shares frames with the training frames: the engine's leak check, as a message

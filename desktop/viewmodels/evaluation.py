@@ -3,7 +3,8 @@
 
 - ``curve_settings(form, train, job_values)``: the dialog's form as the engine's ``CurveSettings``: the training
   frames are the open dataset folder (frames + masks: the folder the batch job reads), the test folders and
-  polyp-free frames as given, the output folder (default: ``<dataset>-evaluation`` beside it), fractions, seeds,
+  polyp-free frames as given, the output folder (default: ``<dataset>-evaluation`` beside it; ``-draw-K`` added for
+  subset draw K), fractions, seeds, the subset draw,
   step cap and threads (0 or "" = the engine's default), and the arms, each a batch-job file written atomically
   into ``<output>/jobs/`` from the engine's presets (engine.jobs.arm_presets) built on the app's current generation
   settings: ``synthetic`` ("PolypForge synthetic"), ``synthetic-judged``, and the honest baselines ``copy-paste``
@@ -88,16 +89,17 @@ def load_lab():
 
 
 # ------------------------------------------------------------------------------------------------ the form
-def default_output(train: Path) -> Path:
-    """The evaluation folder beside the dataset: <dataset>-evaluation."""
+def default_output(train: Path, subset_draw: int = 0) -> Path:
+    """The evaluation folder beside the dataset: <dataset>-evaluation, or <dataset>-evaluation-draw-K for subset draw
+    K > 0 (each draw needs a folder of its own)."""
     train = Path(train)
-    return train.parent / f"{train.name}-evaluation"
+    return train.parent / (f"{train.name}-evaluation" + (f"-draw-{subset_draw}" if subset_draw else ""))
 
 
 def output_folder(form: EvaluationForm, train: Path | None) -> Path | None:
     if form.output.strip():
         return Path(form.output.strip()).expanduser()
-    return default_output(train) if train is not None else None
+    return default_output(train, form.subset_draw) if train is not None else None
 
 
 def report_path(form: EvaluationForm, train: Path | None) -> Path | None:
@@ -136,6 +138,7 @@ def curve_settings(form: EvaluationForm, train: Path, job_values: dict, lab=None
     if out.resolve() == train.resolve() or out.resolve().is_relative_to(train.resolve()):
         raise InputError(f"{out}: the output folder must not be the dataset folder or inside it ({train})")
     optional = {"fractions": parse_fractions(form.fractions) or None, "seeds": form.seeds or None,
+                "subset_draw": form.subset_draw or None,
                 "max_steps": form.max_steps or None, "threads": form.threads or None}
     arms = write_arm_jobs(form, out, train, job_values)
     return lab.CurveSettings(train=train, tests=tests, out=out, arms=arms, mixes=ticked_mixes(form), normals=normals,

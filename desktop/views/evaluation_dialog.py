@@ -1,6 +1,6 @@
 """Evaluate…: the learning curve on the open dataset (desktop.viewmodels.evaluation).
 
-The form (test folders, polyp-free frames, output folder, fractions, seeds, step cap, threads, arms), Plan (the
+The form (test folders, polyp-free frames, output folder, fractions, seeds, subset draw, step cap, threads, arms), Plan (the
 engine's plan: runs, budget, estimated time, what the folder holds), Start (one progress bar over the training
 steps left with the run and an ETA, Cancel, the log), and on finish report.html opened in the browser; "Open
 report" opens an existing one. A cancelled evaluation resumes when started again into the same folder. The
@@ -77,6 +77,13 @@ class EvaluationDialog(QDialog):
         self.seeds = QSpinBox()
         self.seeds.setRange(0, 50)
         self.seeds.setSpecialValueText("default")
+        self.subset_draw = QSpinBox()
+        self.subset_draw.setRange(0, 1000)
+        self.subset_draw.setSpecialValueText("0 (the fixed subset)")
+        self.subset_draw.setToolTip("Every seed trains on the same subset of your frames at a fraction. Draw K > 0 "
+                                    "picks another subset of the same size, in a folder of its own: run several "
+                                    "draws to see whether a gain holds for other frames, not only other seeds")
+        self.subset_draw.valueChanged.connect(lambda _value: self.refresh_dataset())
         self.max_steps = QSpinBox()
         self.max_steps.setRange(0, 1_000_000)
         self.max_steps.setSingleStep(100)
@@ -106,6 +113,7 @@ class EvaluationDialog(QDialog):
         form.addRow("Output folder:", self._with_chooser(self.output, "Folder for the runs and the report"))
         form.addRow("Fractions:", self.fractions)
         form.addRow("Seeds:", self.seeds)
+        form.addRow("Subset draw:", self.subset_draw)
         form.addRow("Step cap per run:", self.max_steps)
         form.addRow("Threads:", self.threads)
         form.addRow("Arms (beside real):", arms_row)
@@ -207,6 +215,7 @@ class EvaluationDialog(QDialog):
         self.output.setText(form.output)
         self.fractions.setText(form.fractions)
         self.seeds.setValue(form.seeds)
+        self.subset_draw.setValue(form.subset_draw)
         self.max_steps.setValue(form.max_steps)
         self.threads.setValue(form.threads)
         for arm in (*ARMS, *MIXES):
@@ -217,10 +226,12 @@ class EvaluationDialog(QDialog):
     def form(self) -> EvaluationForm:
         train = self.dataset_dir()
         output = self.output.text().strip()
-        if train is not None and output and Path(output).expanduser() == default_output(train):
+        if train is not None and output and Path(output).expanduser() == default_output(train,
+                                                                                        self.subset_draw.value()):
             output = ""  # the default follows the dataset
         return EvaluationForm(tests=self.tests.toPlainText().strip(), normals=self.normals.text().strip(),
                               output=output, fractions=self.fractions.text().strip(), seeds=self.seeds.value(),
+                              subset_draw=self.subset_draw.value(),
                               max_steps=self.max_steps.value(), threads=self.threads.value(),
                               fresh=self.fresh.isChecked(),
                               **{arm.field: self.arm_boxes[arm.field].isChecked() for arm in (*ARMS, *MIXES)})
@@ -234,7 +245,7 @@ class EvaluationDialog(QDialog):
         self.train_label.setText(f"{train}  (the open folder: frames + masks)" if train else
                                  "no dataset open — open a folder of frames + masks first")
         if train is not None:
-            self.output.setPlaceholderText(str(default_output(train)))
+            self.output.setPlaceholderText(str(default_output(train, self.subset_draw.value())))
         self._update_buttons()
 
     def showEvent(self, event) -> None:
