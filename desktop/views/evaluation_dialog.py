@@ -1,7 +1,7 @@
 """Evaluate…: the learning curve on the open dataset (desktop.viewmodels.evaluation).
 
-The form (test folders, polyp-free frames, output folder, fractions, seeds, subset draw, step cap, threads, arms), Plan (the
-engine's plan: runs, budget, estimated time, what the folder holds), Start (one progress bar over the training
+The form (test folders, polyp-free frames, output folder, fractions, seeds, subset draw, step cap, threads, arms),
+Plan (the engine's plan: runs, budget, estimated time, what the folder holds), Start (one progress bar over the training
 steps left with the run and an ETA, Cancel, the log), and on finish report.html opened in the browser; "Open
 report" opens an existing one. A cancelled evaluation resumes when started again into the same folder. The
 dialog is modeless: closing it leaves a running evaluation running (the window's Evaluate… shows it again)."""
@@ -226,9 +226,9 @@ class EvaluationDialog(QDialog):
     def form(self) -> EvaluationForm:
         train = self.dataset_dir()
         output = self.output.text().strip()
-        if train is not None and output and Path(output).expanduser() == default_output(train,
-                                                                                        self.subset_draw.value()):
-            output = ""  # the default follows the dataset
+        default = default_output(train, self.subset_draw.value()) if train is not None else None
+        if default is not None and output and Path(output).expanduser() == default:
+            output = ""  # the default follows the dataset (and the draw)
         return EvaluationForm(tests=self.tests.toPlainText().strip(), normals=self.normals.text().strip(),
                               output=output, fractions=self.fractions.text().strip(), seeds=self.seeds.value(),
                               subset_draw=self.subset_draw.value(),
