@@ -5,26 +5,24 @@ from __future__ import annotations
 import argparse
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer ≥ 1, with a one-line message otherwise."""
+def _integer(text: str, minimum: int, refusal: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{value} {refusal}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1, with a one-line message otherwise."""
+    return _integer(text, 1, "must be at least 1")
 
 
 def non_negative_int(text: str) -> int:
     """An argparse type: an integer ≥ 0, with a one-line message otherwise."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must not be negative")
-    return value
+    return _integer(text, 0, "must not be negative")
 
 
 def non_negative_float(text: str) -> float:
