@@ -78,8 +78,30 @@ def summary(root: Path, fraction: str, arms: list[str], bases: list[str], held_o
         wins = [f"{arm}: {sum(runs[arm][d]['summary']['dice'] > runs[base][d]['summary']['dice'] for d in draws)} "
                 f"of {len(draws)}" for arm in others]
         lines += ["", markdown(rows, base, over="draws"), "", f"Draws won against {base} (all test frames): "
-                  + "; ".join(wins) + "."]
+                  + "; ".join(wins) + ".", "", by_size(only, base, others, test)]
     return "\n".join(lines) + "\n"
+
+
+def by_size(runs_of, base: str, arms: list[str], test: str = "kvasir") -> str:
+    """Per size bin of the test frames' polyps (engine.evaluation.curve_report.size_breakdown): each arm's mean Dice
+    over the draws and its difference from ``base`` paired by draw, with its 95 % CI."""
+    from engine.evaluation.curve_report import size_breakdown
+
+    results = {arm: {draw: {"tests": {test: record}} for draw, record in runs_of(arm).items()} for arm in [base, *arms]}
+    table = size_breakdown(results, [base, *arms], test, base=base)
+    lines = [f"| polyp size (share of frame) | test frames | {base} | " + " | ".join(f"{arm} (Δ, 95 % CI)" for arm in arms)
+             + " |", "|---" * (len(arms) + 3) + "|"]
+    for label in table["bins"]:
+        cells = []
+        for arm in arms:
+            entry = table["arms"][arm][label]
+            difference = entry.get("difference") or {}
+            low, high = difference.get("ci95") or (None, None)
+            interval = f" [{low:+.3f}, {high:+.3f}]" if low is not None else ""
+            cells.append(f"{entry['dice']['mean']:.3f} ({difference.get('mean', 0.0):+.3f}{interval})")
+        lines.append(f"| {label} | {table['frames'][label]} | {table['arms'][base][label]['dice']['mean']:.3f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,9 @@ from cli_helpers import load_script
 
 
 def _write_run(root: Path, draw: int, arm: str, dice_of) -> None:
-    frames = [{"frame": f"f{i}.jpg", "dice": dice_of(i), "iou": dice_of(i) / 2} for i in range(10)]
+    # f0–f4: a polyp of 3 % of the frame, f5–f9: of 15 %
+    frames = [{"frame": f"f{i}.jpg", "dice": dice_of(i), "iou": dice_of(i) / 2, "width": 100, "height": 100,
+               "truth_boxes": [{"area": 300 if i < 5 else 1500}]} for i in range(10)]
     folder = root / f"draw-{draw}" / "results" / "0.05"
     folder.mkdir(parents=True, exist_ok=True)
     summary = {"dice": sum(f["dice"] for f in frames) / len(frames)}
@@ -39,6 +41,8 @@ def test_arms_are_paired_by_draw_and_a_draw_without_every_arm_is_left_out(tmp_pa
     assert "| 3 | 0.630 | 0.620 |" in text  # draw 3: copy-paste, then the generated arm
     assert "| generated | all (10) | 4 | +0.040" in text and "| arm − copy-paste-x2 | test frames | draws |" in text
     assert "Draws won against copy-paste-x2 (all test frames): generated: 3 of 4." in text
+    # per polyp size, paired by draw: the same gain in both bins here
+    assert "| 2-5 | 5 | 0.625 | 0.665 (+0.040 [" in text and "| 10-20 | 5 | 0.625 | 0.665 (+0.040 [" in text
     lonely = tmp_path / "lonely"
     _write_run(lonely, 1, "copy-paste-x2", lambda i: 0.5)
     _write_run(lonely, 1, "generated", lambda i: 0.6)

@@ -155,9 +155,10 @@ def _dice_by_size(record: dict, test: str) -> dict[str, list[float]]:
     return bins
 
 
-def size_breakdown(results_at: dict, arms: list[str], test: str) -> dict:
+def size_breakdown(results_at: dict, arms: list[str], test: str, base: str = REAL) -> dict:
     """Per size bin of the test frames' polyps: the frames in it, each arm's mean Dice over them (mean over seeds,
-    95 % CI) and its paired difference from real (per seed: the same frames, the same real training frames)."""
+    95 % CI) and its paired difference from ``base`` (real; per seed: the same frames, the same real training frames;
+    ``base`` comes first in ``arms``). The seeds may be any pairing key (evaluations/curve_draws.py: subset draws)."""
     frames = {}
     table = {}
     for arm in arms:
@@ -170,9 +171,9 @@ def size_breakdown(results_at: dict, arms: list[str], test: str) -> dict:
             if counts:
                 frames[label] = max(frames.get(label, 0), max(counts))
             entry = {"dice": _stats(means.values()), "per_seed": means}
-            if arm != REAL:
-                base = table.get(REAL, {}).get(label, {}).get("per_seed", {})
-                differences = [means[s] - base[s] for s in sorted(set(means) & set(base))]
+            if arm != base:
+                paired_with = table.get(base, {}).get(label, {}).get("per_seed", {})
+                differences = [means[s] - paired_with[s] for s in sorted(set(means) & set(paired_with))]
                 entry["difference"] = _stats(differences)
             table[arm][label] = entry
     return {"bins": [label for label in SIZE_BIN_LABELS if frames.get(label)], "frames": frames, "arms": table}
