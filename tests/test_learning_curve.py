@@ -127,6 +127,40 @@ def test_a_subset_draw_is_its_own_curve_recorded_and_kept_apart(frames, tmp_path
     assert bad.returncode == 2 and "--subset-draw" in bad.stderr
 
 
+def test_subset_draws_run_one_curve_each_and_compare_the_arms_over_them(frames, tmp_path):
+    out = tmp_path / "draws"
+    data = [*_data(frames, "0.25"), "--arm", "copy-paste", "--subset-draws", "2", "--out", out]
+    tiny = [a for i, a in enumerate(TINY) if a != "--seeds" and (i == 0 or TINY[i - 1] != "--seeds")]  # 1 a draw
+    plan = run_main(["evaluate", *data, "--plan", *tiny])
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert "subset draw 1 of 2:" in plan.stderr and "subset draw 2 of 2:" in plan.stderr
+    assert "× 3 arm(s) (real, add, copy-paste) × 1 seed(s) = 3 runs" in plan.stderr
+    first = run_main(["evaluate", *data, *tiny])
+    assert first.returncode == 0, first.stderr[-3000:]
+    for draw in (1, 2):
+        record = json.loads((out / f"draw-{draw}" / "results" / "0.25" / "add-seed0.json").read_text())
+        assert record["key"]["subset_draw"] == draw and (out / f"draw-{draw}" / "report.html").is_file()
+    summary = json.loads((out / "draws.json").read_text())
+    assert summary["bases"] == ["real", "copy-paste"] and summary["draws_planned"] == 2
+    point = next(p for p in summary["points"] if p["test"] == "test")
+    assert sorted(point["dice"]["add"]) == ["1", "2"]
+    pairs = [(c["base"], c["arm"]) for c in point["comparisons"]]
+    assert pairs == [("real", "add"), ("real", "copy-paste"), ("copy-paste", "add")]
+    add = point["comparisons"][0]
+    by_draw = [point["dice"]["add"][d] - point["dice"]["real"][d] for d in ("1", "2")]
+    assert add["draws"] == [1, 2] and add["dice"]["mean"] == pytest.approx(sum(by_draw) / 2)
+    assert add["won"] == sum(d > 0 for d in by_draw) and add["by_size"]
+    assert "add vs real on test at fraction 0.25: " in first.stdout and "over 2 subset draws" in first.stdout
+    text = (out / "draws.md").read_text()
+    assert "## Paired by draw (fraction 0.25, test set test)" in text and "| add − copy-paste | 2 |" in text
+    assert "<h2>Per polyp size, paired by draw (fraction 0.25, test set again)</h2>" in (out / "draws.html").read_text()
+    again = run_main(["evaluate", *data, *tiny])  # finished draws are reused
+    assert again.returncode == 0 and again.stderr.count("done earlier, reused") == 6
+    assert "training on" not in again.stderr
+    both = run_main(["evaluate", *data, "--subset-draw", "1", *tiny])
+    assert both.returncode == 2 and "--subset-draws N runs draws 1 … N" in both.stderr
+
+
 def test_a_variant_made_outside_the_subset_is_refused_in_one_line(frames, tmp_path, capsys):
     import main as app
     from engine.dataset.splits import nested_subset

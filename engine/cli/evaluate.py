@@ -179,6 +179,11 @@ def register_commands(subparsers) -> dict[str, Handler]:
                           help="which real subset of each fraction: 0 (default) the fixed hash-chosen one; K > 0 an "
                                "independent subset of the same size (give each draw its own --out): seeds vary the "
                                "training of one subset, draws vary the subset, as curators' frames do")
+    evaluate.add_argument("--subset-draws", type=positive_int, default=None,
+                          help="run the curve on N subset draws (1 … N, each in OUT/draw-K with its own report) and "
+                               "compare the arms over them: OUT/draws.html, draws.md, draws.json (each arm against "
+                               "real and against copy-paste, paired by draw; per polyp size); one seed per draw "
+                               "unless --seeds")
     evaluate.add_argument("--synthetic-ratio", type=non_negative_float, default=1.0,
                           help="synthetic variants per real training frame in an arm's pool (default 1)")
     evaluate.add_argument("--ratio-ablation", type=_ratios, default=(),
@@ -257,10 +262,10 @@ def _single_comparison(args: argparse.Namespace) -> int:
     from engine.evaluation.evaluate import EvaluationSettings, run_evaluation
 
     if (len(args.synthetic) > 1 or len(args.test) > 1 or args.arm or args.generate or args.real_fractions
-            or args.mix or args.arm_ratio or args.subset_draw):
+            or args.mix or args.arm_ratio or args.subset_draw or args.subset_draws):
         raise InputError("--synthetic DIR (without FRACTION=) is the single comparison on all training frames: one "
                          "--synthetic, one --test, no --arm/--generate/--mix/--arm-ratio/--real-fractions/"
-                         "--subset-draw")
+                         "--subset-draw(s)")
     (test,) = parse_test_folders(args.test, must_exist=False).values()
     settings = EvaluationSettings(train=args.train, synthetic=args.synthetic[0][1], test=test, out=args.out,
                                   seeds=args.seeds or 3, synthetic_cap=args.synthetic_cap, steps=args.steps,
@@ -317,8 +322,9 @@ def curve_settings(args: argparse.Namespace):
             raise InputError(f"--arm-ratio {name}: given twice")
         arm_ratios[name] = ratio
     tests = parse_test_folders(args.test, must_exist=False)
+    draws = {"subset_draws": args.subset_draws, "seeds": args.seeds or 1} if args.subset_draws else {}
     optional = {"seeds": args.seeds, "fractions": args.real_fractions, "subset_draw": args.subset_draw,
-                "max_steps": args.max_steps,
+                "max_steps": args.max_steps, **draws,
                 "patience": args.patience, "widths": args.widths}
     return CurveSettings(train=args.train, tests=tests, out=args.out, arms=arms, mixes=mixes, arm_ratios=arm_ratios,
                          synthetic={fraction: folder for fraction, folder in args.synthetic},
@@ -330,13 +336,13 @@ def curve_settings(args: argparse.Namespace):
 
 
 def _learning_curve(args: argparse.Namespace) -> int:
-    from engine.evaluation.learning_curve import run_learning_curve
+    from engine.evaluation.subset_draws import run_curve
 
     settings = curve_settings(args)
     bar = None if args.quiet else CurveBar()
     try:
-        data = run_learning_curve(settings, on_progress=bar.update if bar else None, log=bar.write if bar else _log,
-                                  plan_only=args.plan, report_only=args.report_only)
+        data = run_curve(settings, on_progress=bar.update if bar else None, log=bar.write if bar else _log,
+                         plan_only=args.plan, report_only=args.report_only)
     finally:
         if bar is not None:
             bar.close()

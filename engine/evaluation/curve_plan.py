@@ -39,6 +39,8 @@ class CurveSettings:
     seeds: int | None = None  # None: SEEDS_SMALL at fractions ≤ SMALL_FRACTION, else SEEDS_LARGE
     # Which subset of each fraction: 0 the fixed one; k > 0 an independent draw of the same size (its own --out)
     subset_draw: int = 0
+    # > 0: the curve on draws 1 … subset_draws, each in OUT/draw-K, compared over draws (engine.evaluation.subset_draws)
+    subset_draws: int = 0
     synthetic_ratio: float = 1.0  # synthetic variants per real training frame in an arm's pool
     ratio_ablation: tuple[float, ...] = ()  # other ratios, tried at the smallest fraction
     arm_ratios: dict[str, float] = field(default_factory=dict)  # an arm's own ratio instead of synthetic_ratio
@@ -171,6 +173,10 @@ def check_settings(settings: CurveSettings) -> None:
         raise InputError(f"--real-fractions {settings.fractions}: each must be in (0, 1]")
     if not isinstance(settings.subset_draw, int) or settings.subset_draw < 0:
         raise InputError(f"--subset-draw {settings.subset_draw}: must be a whole number, 0 or more")
+    if not isinstance(settings.subset_draws, int) or settings.subset_draws < 0:
+        raise InputError(f"--subset-draws {settings.subset_draws}: must be a whole number, 0 or more")
+    if settings.subset_draws and settings.subset_draw:
+        raise InputError("--subset-draws N runs draws 1 … N, each in OUT/draw-K: leave --subset-draw out")
     if REAL in settings.arms or (settings.synthetic and FROM_FOLDERS in settings.arms):
         raise InputError(f"--arm: the name {REAL if REAL in settings.arms else FROM_FOLDERS!r} is taken; pick another")
     missing = sorted(set(settings.fractions) - set(settings.synthetic)) if settings.synthetic else []

@@ -361,6 +361,8 @@ def run_learning_curve(settings: CurveSettings, on_progress: Callable[[CurveProg
     from engine.evaluation.curve_report import write_curve_report
 
     check_settings(settings)
+    if settings.subset_draws:
+        raise ValueError("subset_draws is run by engine.evaluation.subset_draws.run_curve, one curve per draw")
     python = (ultralytics_trainer.ultralytics_python(settings.ultralytics_python)
               if settings.trainer == "ultralytics" else None)
     if settings.threads:
