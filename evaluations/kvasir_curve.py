@@ -313,19 +313,18 @@ def collect(group: str, work: Path) -> None:
 
 def write_draws_summary() -> Path:
     """kvasir-curve-draws/summary.md: phases 20–29's comparison over the draws finished so far (curve_draws.py)."""
-    from curve_draws import summary
+    from curve_draws import draw_settings, summary
     from curve_seen_unseen import read_held_out
 
     from engine.fileio import atomic_write_bytes
 
-    body = summary(DRAWS_COMMITTED, SMALLEST, ["default-judged-x4"], ["copy-paste-x2", "real"],
-                   read_held_out(GENERATOR_HELD_OUT), planned=len(DRAWS))
-    text = ("# Phase 15's comparison over independent subset draws (phases 20–29)\n\nWritten by "
-            "evaluations/kvasir_curve.py after every draw (evaluations/curve_draws.py): at fraction "
-            f"{SMALLEST}, each draw another hash-drawn subset of 36 training + 9 validation frames, one seed each. "
-            "Registered before any run: the primary result is default-judged-x4 − copy-paste-x2 over the "
-            f"{len(DRAWS)} draws (paired t-test); the generator never trained on the 'unseen' test frames "
-            f"({GENERATOR_HELD_OUT.relative_to(REPO)}).\n\n" + body)
+    settings = draw_settings(DRAWS_COMMITTED, len(DRAWS), float(SMALLEST), {arm: job_file(arm) for arm in DRAW_ARMS})
+    text = ("Phases 20–29 of evaluations/kvasir_curve.py, rewritten after every draw (evaluations/curve_draws.py): "
+            f"phase 15's comparison at fraction {SMALLEST} on {len(DRAWS)} other hash-drawn subsets of 36 training + 9 "
+            "validation frames, one seed each. Registered before any run: the primary result is default-judged-x4 − "
+            f"copy-paste-x2 over the {len(DRAWS)} draws (paired t-test over draws); the generator never trained on "
+            f"the 'unseen' test frames ({GENERATOR_HELD_OUT.relative_to(REPO)}).\n\n"
+            + summary(settings, read_held_out(GENERATOR_HELD_OUT)))
     target = DRAWS_COMMITTED / "summary.md"
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, text.encode("utf-8"))
