@@ -207,7 +207,7 @@ class EvaluationForm:
     output: str = ""  # "" = beside the dataset: <dataset>-evaluation
     fractions: str = ""  # comma-separated shares of the training frames, "" = the engine's
     seeds: int = 0
-    subset_draw: int = 0  # 0 = the fixed subset of each fraction; K > 0 another, independent one (its own folder)
+    subset_draws: int = 0  # 0 = one curve on the fixed subset; N = the curve on N subset draws, compared over them
     max_steps: int = 0
     threads: int = 0  # 0 = all cores
     synthetic_arm: bool = True  # "PolypForge synthetic": the app's generation settings as a job file

@@ -71,7 +71,7 @@ def _dialog(window, frames, tmp_path, *, arms=(), seeds=1, fractions="0.25"):
     dialog.output.setText(str(tmp_path / "eval"))
     dialog.fractions.setText(fractions)
     dialog.seeds.setValue(seeds)
-    dialog.subset_draw.setValue(0)  # a draw remembered by an earlier test is not this one's
+    dialog.subset_draws.setValue(0)  # draws remembered by an earlier test are not this one's
     dialog.max_steps.setValue(20)
     dialog.threads.setValue(1)
     for arm in (*vm.ARMS, *vm.MIXES):
@@ -130,11 +130,15 @@ def test_the_form_becomes_the_engines_settings_and_the_arms_job_files(window, fr
 
     assert defaults.fractions == DEFAULT_FRACTIONS and defaults.seeds is None and defaults.max_steps == MAX_STEPS
     assert defaults.arms == {} and defaults.tests == {"test": frames / "test"} and defaults.threads is None
-    assert defaults.subset_draw == 0
-    # another subset draw: the engine's setting, and a default folder of its own beside the dataset
-    drawn = vm.curve_settings(app_settings.EvaluationForm(tests=str(frames / "test"), synthetic_arm=False,
-                                                          copy_paste_arm=False, subset_draw=3), frames / "train", {})
-    assert drawn.subset_draw == 3 and drawn.out == frames / "train-evaluation-draw-3"
+    assert defaults.subset_draws == 0 and defaults.subset_draw == 0
+    # the curve over subset draws: the engine's setting, one seed a draw, a default folder of its own, draws.html
+    form_draws = app_settings.EvaluationForm(tests=str(frames / "test"), synthetic_arm=False, copy_paste_arm=False,
+                                             subset_draws=3)
+    drawn = vm.curve_settings(form_draws, frames / "train", {})
+    assert drawn.subset_draws == 3 and drawn.seeds == 1 and drawn.out == frames / "train-evaluation-draws"
+    assert vm.report_path(form_draws, frames / "train") == frames / "train-evaluation-draws" / "draws.html"
+    form_draws.seeds = 2
+    assert vm.curve_settings(form_draws, frames / "train", {}).seeds == 2
     # the mixed arm alone brings the two arms it draws on (their job files as above), and the dialog shows it
     mixed = vm.curve_settings(app_settings.EvaluationForm(tests=str(frames / "test"), synthetic_arm=False,
                                                           copy_paste_arm=False, mixed_arm=True),
@@ -157,16 +161,16 @@ def test_the_form_becomes_the_engines_settings_and_the_arms_job_files(window, fr
 def test_the_dialog_remembers_its_form_and_shows_errors_naming_the_file(window, frames, tmp_path, messages):
     dialog = _dialog(window, frames, tmp_path, arms=("copy-paste",), seeds=2)
     dialog.normals.setText(str(frames / "normal"))
-    dialog.subset_draw.setValue(2)
-    assert dialog.output.placeholderText() == str(frames / "train-evaluation-draw-2")  # the default follows the draw
+    dialog.subset_draws.setValue(4)
+    assert dialog.output.placeholderText() == str(frames / "train-evaluation-draws")  # the default follows
     dialog.close()
     remembered = app_settings.EvaluationForm.load(window.settings)
-    assert remembered.subset_draw == 2
+    assert remembered.subset_draws == 4
     assert remembered.tests == f"test={frames / 'test'}" and remembered.normals == str(frames / "normal")
     assert remembered.output == str(tmp_path / "eval") and remembered.fractions == "0.25"
     assert (remembered.seeds, remembered.max_steps, remembered.threads) == (2, 20, 1)
     assert (remembered.synthetic_arm, remembered.copy_paste_arm, remembered.transplant_arm) == (False, True, False)
-    dialog.output.setText(str(frames / "train-evaluation-draw-2"))  # the default is not remembered as a folder
+    dialog.output.setText(str(frames / "train-evaluation-draws"))  # the default is not remembered as a folder
     dialog.save_form()
     assert app_settings.EvaluationForm.load(window.settings).output == ""
     # a test folder that shares frames with the training frames: the engine's leak check, as a message
@@ -242,6 +246,26 @@ def test_a_tiny_evaluation_from_the_dialog_finishes_and_opens_its_report(window,
     assert dialog.report_button.isEnabled()
     dialog.report_button.click()  # "Open report" opens the existing one
     assert opened == [str(html), str(html)]
+
+
+def test_the_curve_over_subset_draws_from_the_dialog_opens_its_comparison(window, frames, tmp_path, messages,
+                                                                          monkeypatch):
+    opened = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", staticmethod(lambda url: opened.append(url.toLocalFile()) or True))
+    dialog = _dialog(window, frames, tmp_path, arms=("copy-paste",), seeds=0)
+    dialog.subset_draws.setValue(2)
+    with qtbot_wait(window.evaluation.finished) as finished:
+        assert dialog.start()
+    out = tmp_path / "eval"
+    html = out / "draws.html"
+    assert Path(finished.args[0]["html"]) == html and html.is_file() and opened == [str(html)]
+    assert dialog.report_file() == html
+    for draw in (1, 2):  # one seed a draw
+        results = sorted(p.name for p in (out / f"draw-{draw}" / "results" / "0.25").iterdir())
+        assert results == ["copy-paste-seed0.json", "real-seed0.json"]
+    log = dialog.log.toPlainText()
+    assert "subset draw 2 of 2:" in log and "copy-paste vs real on test at fraction 0.25: " in log
+    assert "Finished: 4 run(s)" in dialog.status.full_text() and messages.messages == []
 
 
 def test_cancel_stops_it_and_start_again_resumes_it(window, frames, tmp_path, messages, monkeypatch):

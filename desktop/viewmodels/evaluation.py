@@ -1,10 +1,10 @@
 """Evaluate…: does synthetic data help on the open dataset? The learning curve of ``main.py evaluate``
-(engine.evaluation.learning_curve.run_learning_curve) started from the app.
+(engine.evaluation.subset_draws.run_curve: one curve, or the curve over subset draws) started from the app.
 
 - ``curve_settings(form, train, job_values)``: the dialog's form as the engine's ``CurveSettings``: the training
   frames are the open dataset folder (frames + masks: the folder the batch job reads), the test folders and
-  polyp-free frames as given, the output folder (default: ``<dataset>-evaluation`` beside it; ``-draw-K`` added for
-  subset draw K), fractions, seeds, the subset draw,
+  polyp-free frames as given, the output folder (default: ``<dataset>-evaluation`` beside it; ``-draws`` for the
+  curve over subset draws), fractions, seeds (one a draw by default over draws), the subset draws,
   step cap and threads (0 or "" = the engine's default), and the arms, each a batch-job file written atomically
   into ``<output>/jobs/`` from the engine's presets (engine.jobs.arm_presets) built on the app's current generation
   settings: ``synthetic`` ("PolypForge synthetic"), ``synthetic-judged``, and the honest baselines ``copy-paste``
@@ -42,6 +42,7 @@ DEVELOPER_INSTALL = (
 )
 JOBS_FOLDER = "jobs"  # in the output folder: the arms' job files
 REPORT_NAME = "report.html"
+DRAWS_REPORT_NAME = "draws.html"  # engine.evaluation.subset_draws.SUMMARY_NAMES
 RUNNING = ("planning", "running", "cancelling")
 
 
@@ -78,33 +79,39 @@ def import_torch_stack() -> None:
 
 
 def load_lab():
-    """engine.evaluation.learning_curve, or EvaluationUnavailable (DEVELOPER_INSTALL and what is missing)."""
+    """engine.evaluation.subset_draws (``run_curve``: one curve or the curve over subset draws; ``CurveSettings``),
+    or EvaluationUnavailable (DEVELOPER_INSTALL and what is missing)."""
     try:
         import_torch_stack()
-        from engine.evaluation import learning_curve
+        from engine.evaluation import subset_draws
     except ImportError as exc:
         missing = exc.name or str(exc)
         raise EvaluationUnavailable(f"{DEVELOPER_INSTALL}\n(missing: {missing})") from None
-    return learning_curve
+    return subset_draws
 
 
 # ------------------------------------------------------------------------------------------------ the form
-def default_output(train: Path, subset_draw: int = 0) -> Path:
-    """The evaluation folder beside the dataset: <dataset>-evaluation, or <dataset>-evaluation-draw-K for subset draw
-    K > 0 (each draw needs a folder of its own)."""
+def default_output(train: Path, subset_draws: int = 0) -> Path:
+    """The evaluation folder beside the dataset: <dataset>-evaluation, or <dataset>-evaluation-draws for the curve
+    over subset draws (its draws in draw-K/ inside; more draws later go into the same folder)."""
     train = Path(train)
-    return train.parent / (f"{train.name}-evaluation" + (f"-draw-{subset_draw}" if subset_draw else ""))
+    return train.parent / (f"{train.name}-evaluation" + ("-draws" if subset_draws else ""))
 
 
 def output_folder(form: EvaluationForm, train: Path | None) -> Path | None:
     if form.output.strip():
         return Path(form.output.strip()).expanduser()
-    return default_output(train, form.subset_draw) if train is not None else None
+    return default_output(train, form.subset_draws) if train is not None else None
+
+
+def report_name(subset_draws: int) -> str:
+    """The page an evaluation opens: report.html, or draws.html over subset draws."""
+    return DRAWS_REPORT_NAME if subset_draws else REPORT_NAME
 
 
 def report_path(form: EvaluationForm, train: Path | None) -> Path | None:
     out = output_folder(form, train)
-    return out / REPORT_NAME if out is not None else None
+    return out / report_name(form.subset_draws) if out is not None else None
 
 
 # ------------------------------------------------------------------------------------------------ the arms
@@ -137,8 +144,8 @@ def curve_settings(form: EvaluationForm, train: Path, job_values: dict, lab=None
     out = output_folder(form, train)
     if out.resolve() == train.resolve() or out.resolve().is_relative_to(train.resolve()):
         raise InputError(f"{out}: the output folder must not be the dataset folder or inside it ({train})")
-    optional = {"fractions": parse_fractions(form.fractions) or None, "seeds": form.seeds or None,
-                "subset_draw": form.subset_draw or None,
+    optional = {"fractions": parse_fractions(form.fractions) or None,
+                "subset_draws": form.subset_draws or None, "seeds": form.seeds or (1 if form.subset_draws else None),
                 "max_steps": form.max_steps or None, "threads": form.threads or None}
     arms = write_arm_jobs(form, out, train, job_values)
     return lab.CurveSettings(train=train, tests=tests, out=out, arms=arms, mixes=ticked_mixes(form), normals=normals,
@@ -222,7 +229,7 @@ class EvaluationController(QObject):
         lab = self.lab
 
         def work(on_progress, cancel, log):
-            return Outcome("planned", lab.run_learning_curve(settings, log=log, plan_only=True))
+            return Outcome("planned", lab.run_curve(settings, log=log, plan_only=True))
 
         self._run(settings, work, "planning")
 
@@ -234,8 +241,7 @@ class EvaluationController(QObject):
             from engine.training.task import TrainingInterrupted
 
             try:
-                return Outcome("done", lab.run_learning_curve(settings, on_progress=on_progress, cancel=cancel,
-                                                              log=log))
+                return Outcome("done", lab.run_curve(settings, on_progress=on_progress, cancel=cancel, log=log))
             except TrainingInterrupted as exc:
                 if not cancel():
                     raise

@@ -1,6 +1,6 @@
 """Evaluate…: the learning curve on the open dataset (desktop.viewmodels.evaluation).
 
-The form (test folders, polyp-free frames, output folder, fractions, seeds, subset draw, step cap, threads, arms),
+The form (test folders, polyp-free frames, output folder, fractions, seeds, subset draws, step cap, threads, arms),
 Plan (the engine's plan: runs, budget, estimated time, what the folder holds), Start (one progress bar over the training
 steps left with the run and an ETA, Cancel, the log), and on finish report.html opened in the browser; "Open
 report" opens an existing one. A cancelled evaluation resumes when started again into the same folder. The
@@ -36,9 +36,9 @@ from desktop.settings import EvaluationForm
 from desktop.viewmodels.evaluation import (
     ARMS,
     MIXES,
-    REPORT_NAME,
     EvaluationController,
     default_output,
+    report_name,
     report_path,
 )
 from desktop.viewmodels.job import format_seconds
@@ -77,13 +77,14 @@ class EvaluationDialog(QDialog):
         self.seeds = QSpinBox()
         self.seeds.setRange(0, 50)
         self.seeds.setSpecialValueText("default")
-        self.subset_draw = QSpinBox()
-        self.subset_draw.setRange(0, 1000)
-        self.subset_draw.setSpecialValueText("0 (the fixed subset)")
-        self.subset_draw.setToolTip("Every seed trains on the same subset of your frames at a fraction. Draw K > 0 "
-                                    "picks another subset of the same size, in a folder of its own: run several "
-                                    "draws to see whether a gain holds for other frames, not only other seeds")
-        self.subset_draw.valueChanged.connect(lambda _value: self.refresh_dataset())
+        self.subset_draws = QSpinBox()
+        self.subset_draws.setRange(0, 100)
+        self.subset_draws.setSpecialValueText("none: one subset")
+        self.subset_draws.setToolTip("Every seed trains on the same subset of your frames at a fraction, so its "
+                                     "p-values speak of those frames. N draws run the curve on N other subsets of "
+                                     "the same size (one seed each unless Seeds is set) and compare the arms over "
+                                     "them: does a gain hold for other frames, not only other seeds? (draws.html)")
+        self.subset_draws.valueChanged.connect(lambda _value: self.refresh_dataset())
         self.max_steps = QSpinBox()
         self.max_steps.setRange(0, 1_000_000)
         self.max_steps.setSingleStep(100)
@@ -113,7 +114,7 @@ class EvaluationDialog(QDialog):
         form.addRow("Output folder:", self._with_chooser(self.output, "Folder for the runs and the report"))
         form.addRow("Fractions:", self.fractions)
         form.addRow("Seeds:", self.seeds)
-        form.addRow("Subset draw:", self.subset_draw)
+        form.addRow("Subset draws:", self.subset_draws)
         form.addRow("Step cap per run:", self.max_steps)
         form.addRow("Threads:", self.threads)
         form.addRow("Arms (beside real):", arms_row)
@@ -215,7 +216,7 @@ class EvaluationDialog(QDialog):
         self.output.setText(form.output)
         self.fractions.setText(form.fractions)
         self.seeds.setValue(form.seeds)
-        self.subset_draw.setValue(form.subset_draw)
+        self.subset_draws.setValue(form.subset_draws)
         self.max_steps.setValue(form.max_steps)
         self.threads.setValue(form.threads)
         for arm in (*ARMS, *MIXES):
@@ -226,12 +227,12 @@ class EvaluationDialog(QDialog):
     def form(self) -> EvaluationForm:
         train = self.dataset_dir()
         output = self.output.text().strip()
-        default = default_output(train, self.subset_draw.value()) if train is not None else None
+        default = default_output(train, self.subset_draws.value()) if train is not None else None
         if default is not None and output and Path(output).expanduser() == default:
             output = ""  # the default follows the dataset (and the draw)
         return EvaluationForm(tests=self.tests.toPlainText().strip(), normals=self.normals.text().strip(),
                               output=output, fractions=self.fractions.text().strip(), seeds=self.seeds.value(),
-                              subset_draw=self.subset_draw.value(),
+                              subset_draws=self.subset_draws.value(),
                               max_steps=self.max_steps.value(), threads=self.threads.value(),
                               fresh=self.fresh.isChecked(),
                               **{arm.field: self.arm_boxes[arm.field].isChecked() for arm in (*ARMS, *MIXES)})
@@ -245,7 +246,7 @@ class EvaluationDialog(QDialog):
         self.train_label.setText(f"{train}  (the open folder: frames + masks)" if train else
                                  "no dataset open — open a folder of frames + masks first")
         if train is not None:
-            self.output.setPlaceholderText(str(default_output(train, self.subset_draw.value())))
+            self.output.setPlaceholderText(str(default_output(train, self.subset_draws.value())))
         self._update_buttons()
 
     def showEvent(self, event) -> None:
@@ -292,7 +293,7 @@ class EvaluationDialog(QDialog):
         """The output folder's report.html (it may not exist yet)."""
         path = report_path(self.form(), self.dataset_dir())
         if path is None and self.controller.settings is not None:
-            path = Path(self.controller.settings.out) / REPORT_NAME
+            path = Path(self.controller.settings.out) / report_name(self.controller.settings.subset_draws)
         return path
 
     def open_report(self, path: Path | None = None) -> bool:
