@@ -175,11 +175,11 @@ def register_commands(subparsers) -> dict[str, Handler]:
     evaluate.add_argument("--seeds", type=positive_int, default=None,
                           help="seeds per arm and fraction (default 5 at fractions up to 0.25, 3 above; 3 for the "
                                "single comparison)")
-    evaluate.add_argument("--subset-draw", type=non_negative_int, default=None,
+    evaluate.add_argument("--subset-draw", type=non_negative_int, default=None, metavar="K",
                           help="which real subset of each fraction: 0 (default) the fixed hash-chosen one; K > 0 an "
                                "independent subset of the same size (give each draw its own --out): seeds vary the "
                                "training of one subset, draws vary the subset, as curators' frames do")
-    evaluate.add_argument("--subset-draws", type=positive_int, default=None,
+    evaluate.add_argument("--subset-draws", type=positive_int, default=None, metavar="N",
                           help="run the curve on N subset draws (1 … N, each in OUT/draw-K with its own report) and "
                                "compare the arms over them: OUT/draws.html, draws.md, draws.json (each arm against "
                                "real and against copy-paste, paired by draw; per polyp size); one seed per draw "
