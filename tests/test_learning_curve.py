@@ -129,7 +129,11 @@ def test_a_subset_draw_is_its_own_curve_recorded_and_kept_apart(frames, tmp_path
 
 def test_subset_draws_run_one_curve_each_and_compare_the_arms_over_them(frames, tmp_path):
     out = tmp_path / "draws"
-    data = [*_data(frames, "0.25"), "--arm", "copy-paste", "--subset-draws", "2", "--out", out]
+    poisson = tmp_path / "poisson.toml"  # no model: the test stays fast; not a copy-paste base (it blends)
+    poisson.write_text('mode = "transplant"\nharmonize = "poisson"\nvariants = 1\n', encoding="utf-8")
+    data = ["--train", frames / "train", "--test", frames / "test", "--test", f"again={frames / 'test'}",
+            "--normals", frames / "normal", "--arm", f"add={poisson}", "--arm", "copy-paste",
+            "--real-fractions", "0.25", "--subset-draws", "2", "--out", out]
     tiny = [a for i, a in enumerate(TINY) if a != "--seeds" and (i == 0 or TINY[i - 1] != "--seeds")]  # 1 a draw
     plan = run_main(["evaluate", *data, "--plan", *tiny])
     assert plan.returncode == 0, plan.stderr[-3000:]
