@@ -173,10 +173,6 @@ def check_settings(settings: CurveSettings) -> None:
         raise InputError(f"--real-fractions {settings.fractions}: each must be in (0, 1]")
     if not isinstance(settings.subset_draw, int) or settings.subset_draw < 0:
         raise InputError(f"--subset-draw {settings.subset_draw}: must be a whole number, 0 or more")
-    if not isinstance(settings.subset_draws, int) or settings.subset_draws < 0:
-        raise InputError(f"--subset-draws {settings.subset_draws}: must be a whole number, 0 or more")
-    if settings.subset_draws and settings.subset_draw:
-        raise InputError("--subset-draws N runs draws 1 … N, each in OUT/draw-K: leave --subset-draw out")
     if REAL in settings.arms or (settings.synthetic and FROM_FOLDERS in settings.arms):
         raise InputError(f"--arm: the name {REAL if REAL in settings.arms else FROM_FOLDERS!r} is taken; pick another")
     missing = sorted(set(settings.fractions) - set(settings.synthetic)) if settings.synthetic else []
