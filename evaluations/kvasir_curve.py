@@ -90,9 +90,9 @@ arm not run at a fraction shows "not run yet"). `--report-only` writes those rep
 without running a phase (a session that stops between phases).
 
 Finished runs' results (small JSON) and the report are copied into evaluations/kvasir-curve/ (the smallest set's into
-evaluations/kvasir-curve-smallest/, a draw's into evaluations/kvasir-curve-draws/draw-K/) after every call and copied back before the next, so a later session on a fresh
-machine reuses them (the evaluation reuses a run whose settings match); the arms' generated frames and the run folders
-stay in WORK (they hold Kvasir pixels and weights).
+evaluations/kvasir-curve-smallest/, a draw's into evaluations/kvasir-curve-draws/draw-K/) after every call and copied
+back before the next, so a later session on a fresh machine reuses them (the evaluation reuses a run whose settings
+match); the arms' generated frames and the run folders stay in WORK (they hold Kvasir pixels and weights).
 """
 
 from __future__ import annotations
