@@ -163,6 +163,16 @@ def test_subset_draws_run_one_curve_each_and_compare_the_arms_over_them(frames, 
     assert "training on" not in again.stderr
     both = run_main(["evaluate", *data, "--subset-draw", "1", *tiny])
     assert both.returncode == 2 and "--subset-draws N runs draws 1 … N" in both.stderr
+    # a copy-paste base is a transplant that pastes: one leaving harmonize out is redrawn by the model (the default)
+    from engine.evaluation.curve_plan import CurveSettings
+    from engine.evaluation.subset_draws import copy_paste_arms
+
+    redrawn = tmp_path / "redrawn.toml"
+    redrawn.write_text('mode = "transplant"\nvariants = 1\n', encoding="utf-8")
+    pasted = tmp_path / "pasted.toml"
+    pasted.write_text('mode = "transplant"\nharmonize = "none"\n', encoding="utf-8")
+    arms = {"redrawn": redrawn, "pasted": pasted, "add": poisson}
+    assert copy_paste_arms(CurveSettings(train=frames, tests={}, out=out, arms=arms)) == ["pasted"]
 
 
 def test_a_variant_made_outside_the_subset_is_refused_in_one_line(frames, tmp_path, capsys):

@@ -82,13 +82,15 @@ def run_subset_draws(settings: CurveSettings, on_progress: Callable[[CurveProgre
 
 # ------------------------------------------------------------------------------------------------ reading
 def copy_paste_arms(settings: CurveSettings) -> list[str]:
-    """The arms whose job pastes the subset's own polyps without a model (mode transplant, harmonize none)."""
+    """The arms whose job pastes the subset's own polyps without a model (mode transplant, harmonize none; a job that
+    leaves harmonize out gets the batch job's default, which redraws with the model)."""
     from engine.jobs import read_job_file
+    from engine.transplant import DEFAULT_HARMONIZE
 
     found = []
     for arm, job in settings.arms.items():
         values = read_job_file(job)
-        if values.get("mode") == "transplant" and values.get("harmonize", "none") == "none":
+        if values.get("mode") == "transplant" and values.get("harmonize", DEFAULT_HARMONIZE) == "none":
             found.append(arm)
     return found
 
