@@ -37,13 +37,14 @@ def draw_settings(root: Path, draws: int, fraction: float, arms: dict[str, Path]
 
 def summary(settings, held_out: set[str]) -> str:
     """The engine's summary (markdown), then the seen/unseen split of every comparison it makes."""
+    from engine.evaluation.subset_draws import draw_runs, read_results, summarize
     from engine.evaluation.subset_draws import markdown as engine_markdown
-    from engine.evaluation.subset_draws import read_draw_runs, summarize
 
-    data = summarize(settings)
+    results = read_results(settings)
+    data = summarize(settings, results)
     lines = [engine_markdown(data).rstrip("\n")]
     for point in data["points"]:
-        runs = {arm: read_draw_runs(settings, point["fraction"], arm, point["test"]) for arm in data["arms"]}
+        runs = {arm: draw_runs(results, point["fraction"], arm, point["test"]) for arm in data["arms"]}
         for comparison in point["comparisons"]:
             base, arm, draws = comparison["base"], comparison["arm"], set(comparison["draws"])
             only = lambda name: {d: r for d, r in runs[name].items() if d in draws}  # noqa: E731

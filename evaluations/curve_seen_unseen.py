@@ -74,26 +74,16 @@ def compare_runs(runs_of, base: str, arms: list[str], held_out: set[str]) -> lis
     return rows
 
 
-def _signed(entry: dict) -> str:
-    if entry["mean"] is None:
-        return "–"
-    low, high = entry.get("ci95") or (None, None)
-    interval = f" [{low:+.3f}, {high:+.3f}]" if low is not None else ""
-    return f"{entry['mean']:+.3f}{interval}"
-
-
-def _p(value) -> str:
-    return "–" if value is None else f"{value:.2g}"
-
-
 def markdown(rows: list[dict], base: str, over: str = "seeds") -> str:
     """The rows as a table; ``over``: what the runs are paired by (seeds, or subset draws)."""
+    from engine.evaluation.curve_report import p_text, signed_cell
+
     lines = [f"| arm − {base} | test frames | {over} | Dice (95 % CI) | p ({over}) | p (frames) | IoU |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['arm']} | {row['split']} ({row['frames']}) | {len(row['seeds'])} | {_signed(row['dice'])} "
-                     f"| {_p(row['dice']['p_value'])} | {_p(row['per_frame_dice']['p_value'])} | "
-                     f"{_signed(row['iou'])} |")
+        lines.append(f"| {row['arm']} | {row['split']} ({row['frames']}) | {len(row['seeds'])} | "
+                     f"{signed_cell(row['dice'])} | {p_text(row['dice']['p_value'])} | {p_text(row['per_frame_dice']['p_value'])} | "
+                     f"{signed_cell(row['iou'])} |")
     return "\n".join(lines)
 
 

@@ -135,10 +135,13 @@ def test_the_form_becomes_the_engines_settings_and_the_arms_job_files(window, fr
     form_draws = app_settings.EvaluationForm(tests=str(frames / "test"), synthetic_arm=False, copy_paste_arm=False,
                                              subset_draws=3)
     drawn = vm.curve_settings(form_draws, frames / "train", {})
-    assert drawn.subset_draws == 3 and drawn.seeds == 1 and drawn.out == frames / "train-evaluation-draws"
+    from engine.evaluation.subset_draws import draw_settings
+
+    assert drawn.subset_draws == 3 and draw_settings(drawn, 1).seeds == 1  # the engine's one seed a draw
+    assert drawn.out == frames / "train-evaluation-draws"
     assert vm.report_path(form_draws, frames / "train") == frames / "train-evaluation-draws" / "draws.html"
     form_draws.seeds = 2
-    assert vm.curve_settings(form_draws, frames / "train", {}).seeds == 2
+    assert draw_settings(vm.curve_settings(form_draws, frames / "train", {}), 1).seeds == 2
     # the mixed arm alone brings the two arms it draws on (their job files as above), and the dialog shows it
     mixed = vm.curve_settings(app_settings.EvaluationForm(tests=str(frames / "test"), synthetic_arm=False,
                                                           copy_paste_arm=False, mixed_arm=True),

@@ -4,7 +4,7 @@
 - ``curve_settings(form, train, job_values)``: the dialog's form as the engine's ``CurveSettings``: the training
   frames are the open dataset folder (frames + masks: the folder the batch job reads), the test folders and
   polyp-free frames as given, the output folder (default: ``<dataset>-evaluation`` beside it; ``-draws`` for the
-  curve over subset draws), fractions, seeds (one a draw by default over draws), the subset draws,
+  curve over subset draws), fractions, seeds (over draws: one a draw by default, engine.evaluation.subset_draws), the subset draws,
   step cap and threads (0 or "" = the engine's default), and the arms, each a batch-job file written atomically
   into ``<output>/jobs/`` from the engine's presets (engine.jobs.arm_presets) built on the app's current generation
   settings: ``synthetic`` ("PolypForge synthetic"), ``synthetic-judged``, and the honest baselines ``copy-paste``
@@ -145,7 +145,7 @@ def curve_settings(form: EvaluationForm, train: Path, job_values: dict, lab=None
     if out.resolve() == train.resolve() or out.resolve().is_relative_to(train.resolve()):
         raise InputError(f"{out}: the output folder must not be the dataset folder or inside it ({train})")
     optional = {"fractions": parse_fractions(form.fractions) or None,
-                "subset_draws": form.subset_draws or None, "seeds": form.seeds or (1 if form.subset_draws else None),
+                "subset_draws": form.subset_draws or None, "seeds": form.seeds or None,
                 "max_steps": form.max_steps or None, "threads": form.threads or None}
     arms = write_arm_jobs(form, out, train, job_values)
     return lab.CurveSettings(train=train, tests=tests, out=out, arms=arms, mixes=ticked_mixes(form), normals=normals,

@@ -322,9 +322,8 @@ def curve_settings(args: argparse.Namespace):
             raise InputError(f"--arm-ratio {name}: given twice")
         arm_ratios[name] = ratio
     tests = parse_test_folders(args.test, must_exist=False)
-    draws = {"subset_draws": args.subset_draws, "seeds": args.seeds or 1} if args.subset_draws else {}
     optional = {"seeds": args.seeds, "fractions": args.real_fractions, "subset_draw": args.subset_draw,
-                "max_steps": args.max_steps, **draws,
+                "subset_draws": args.subset_draws, "max_steps": args.max_steps,
                 "patience": args.patience, "widths": args.widths}
     return CurveSettings(train=args.train, tests=tests, out=args.out, arms=arms, mixes=mixes, arm_ratios=arm_ratios,
                          synthetic={fraction: folder for fraction, folder in args.synthetic},

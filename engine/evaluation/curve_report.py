@@ -330,8 +330,17 @@ def _cell(entry: dict | None, digits: int = 3) -> str:
     return text + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
 
 
-def _p(value) -> str:
+def p_text(value) -> str:
+    """A p-value in a table cell: two significant digits, "–" when there is none."""
     return "–" if value is None else f"{value:.2g}"
+
+
+def signed_cell(entry: dict | None) -> str:
+    """A difference in a table cell: "+0.040 [-0.010, +0.090]" (mean, 95 % CI), "–" without one."""
+    if not entry or entry.get("mean") is None:
+        return "–"
+    low, high = entry.get("ci95") or (None, None)
+    return f"{entry['mean']:+.3f}" + (f" [{low:+.3f}, {high:+.3f}]" if low is not None else "")
 
 
 def _difference_table(entries: list[tuple[str, str, dict | None]]) -> str:
@@ -344,7 +353,8 @@ def _difference_table(entries: list[tuple[str, str, dict | None]]) -> str:
         d, frame = diff["dice"], diff["per_frame_dice"]
         rows.append(f"<tr><td>{e(arm)} − real</td><td>{e(test)}</td>"
                     f"<td>{', '.join(f'{v:+.3f}' for v in d['differences'])}</td><td>{_cell(d)}</td>"
-                    f"<td>{_p(d['p_value'])}</td><td>{_p(frame['p_value'])} ({frame['frames']} frames)</td></tr>")
+                    f"<td>{p_text(d['p_value'])}</td>"
+                    f"<td>{p_text(frame['p_value'])} ({frame['frames']} frames)</td></tr>")
     if not rows:
         return ""
     return ("<table><tr><th>difference</th><th>test set</th><th>Dice per seed</th><th>mean [95 % CI]</th>"

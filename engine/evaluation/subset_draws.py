@@ -41,8 +41,10 @@ def draw_folder(out: Path, draw: int) -> Path:
 
 
 def draw_settings(settings: CurveSettings, draw: int) -> CurveSettings:
-    """The one curve of draw ``draw``: its subset and its folder."""
-    return replace(settings, subset_draws=0, subset_draw=draw, out=draw_folder(settings.out, draw))
+    """The one curve of draw ``draw``: its subset, its folder, and one seed unless ``seeds`` is given (draws, not
+    seeds, are what the comparison pairs)."""
+    return replace(settings, subset_draws=0, subset_draw=draw, out=draw_folder(settings.out, draw),
+                   seeds=settings.seeds if settings.seeds is not None else 1)
 
 
 def run_curve(settings: CurveSettings, on_progress: Callable[[CurveProgress], None] | None = None,
@@ -111,21 +113,28 @@ def _mean_record(records: list[dict]) -> dict:
     return {"summary": summary, "frames": frames}
 
 
-def read_draw_runs(settings: CurveSettings, fraction: float, arm: str, test: str) -> dict[int, dict]:
-    """draw → the arm's record on ``test`` at ``fraction`` (over the draw's finished seeds), for every draw of
-    ``settings.subset_draws`` where at least one of its runs has finished."""
-    runs = {}
+def read_results(settings: CurveSettings) -> dict[tuple[float, str], dict[int, list[dict]]]:
+    """(fraction, arm) → draw → the results records of its finished seeds, for draws 1 … ``subset_draws``; each
+    file read once."""
+    found: dict[tuple[float, str], dict[int, list[dict]]] = {}
     for draw in range(1, settings.subset_draws + 1):
         one = draw_settings(settings, draw)
-        records = []
         for run in plan_runs(one):
             path = run.result_path(one.out)
-            if run.fraction == fraction and run.arm == arm and not run.ablation and path.is_file():
+            if not run.ablation and path.is_file():
                 record = json.loads(path.read_text(encoding="utf-8"))
-                if test in record.get("tests", {}):
-                    records.append(record["tests"][test])
-        if records:
-            runs[draw] = _mean_record(records)
+                found.setdefault((run.fraction, run.arm), {}).setdefault(draw, []).append(record)
+    return found
+
+
+def draw_runs(results: dict, fraction: float, arm: str, test: str) -> dict[int, dict]:
+    """draw → the arm's record on ``test`` at ``fraction`` (over the draw's finished seeds that scored it), from
+    ``read_results``."""
+    runs = {}
+    for draw, records in sorted(results.get((fraction, arm), {}).items()):
+        scored = [record["tests"][test] for record in records if test in record.get("tests", {})]
+        if scored:
+            runs[draw] = _mean_record(scored)
     return runs
 
 
@@ -148,14 +157,16 @@ def _comparison(runs: dict[str, dict[int, dict]], base: str, arm: str, test: str
             "per_frame_dice": difference["per_frame_dice"], "by_size": by_size}
 
 
-def summarize(settings: CurveSettings) -> dict:
-    """The comparison over the draws finished so far (draws.json's contents)."""
+def summarize(settings: CurveSettings, results: dict | None = None) -> dict:
+    """The comparison over the draws finished so far (draws.json's contents); ``results``: ``read_results``'s, when
+    the caller has read them."""
+    results = read_results(settings) if results is None else results
     bases = [REAL, *copy_paste_arms(settings)]
     arms = settings.arm_names()
     points = []
     for fraction in sorted(settings.fractions):
         for test in settings.tests:
-            runs = {arm: read_draw_runs(settings, fraction, arm, test) for arm in arms}
+            runs = {arm: draw_runs(results, fraction, arm, test) for arm in arms}
             comparisons = [_comparison(runs, base, arm, test) for base in bases for arm in arms
                            if arm != base and arm != REAL and len(set(runs[base]) & set(runs[arm])) >= 2]
             points.append({"fraction": fraction, "test": test,
@@ -177,19 +188,10 @@ def verdict(point: dict, comparison: dict) -> str:
             f"draws ({p}{interval}; won {comparison['won']} of {len(comparison['draws'])})")
 
 
-def _signed(entry: dict | None) -> str:
-    if not entry or entry.get("mean") is None:
-        return "–"
-    low, high = entry.get("ci95") or (None, None)
-    return f"{entry['mean']:+.3f}" + (f" [{low:+.3f}, {high:+.3f}]" if low is not None else "")
-
-
-def _p(value) -> str:
-    return "–" if value is None else f"{value:.2g}"
-
-
 def tables(summary: dict) -> list[tuple[str, list[list[str]]]]:
     """(title, rows with the header first) of every table of the summary, for the markdown and the page."""
+    from engine.evaluation.curve_report import p_text, signed_cell
+
     out = []
     for point in summary["points"]:
         where = f"fraction {fraction_label(point['fraction'])}, test set {point['test']}"
@@ -200,45 +202,49 @@ def tables(summary: dict) -> list[tuple[str, list[list[str]]]]:
         out.append((f"Dice per subset draw ({where})", rows))
         if point["comparisons"]:
             rows = [["arm − base", "draws", "Dice (95 % CI)", "p (draws)", "p (frames)", "draws won"]]
-            rows += [[f"{c['arm']} − {c['base']}", str(len(c["draws"])), _signed(c["dice"]), _p(c["dice"]["p_value"]),
-                      _p(c["per_frame_dice"]["p_value"]), f"{c['won']} of {len(c['draws'])}"]
-                     for c in point["comparisons"]]
+            rows += [[f"{c['arm']} − {c['base']}", str(len(c["draws"])), signed_cell(c["dice"]),
+                      p_text(c["dice"]["p_value"]), p_text(c["per_frame_dice"]["p_value"]),
+                      f"{c['won']} of {len(c['draws'])}"] for c in point["comparisons"]]
             out.append((f"Paired by draw ({where})", rows))
             rows = [["arm − base", "polyp size (share of frame)", "test frames", "base Dice", "arm Dice",
                      "Δ (95 % CI)"]]
             rows += [[f"{c['arm']} − {c['base']}", s["bin"], str(s["frames"]), f"{s['base_dice']:.3f}",
-                      f"{s['dice']:.3f}", _signed(s["difference"])] for c in point["comparisons"] for s in c["by_size"]]
+                      f"{s['dice']:.3f}", signed_cell(s["difference"])]
+                     for c in point["comparisons"] for s in c["by_size"]]
             out.append((f"Per polyp size, paired by draw ({where})", rows))
     return out
 
 
-def markdown(summary: dict) -> str:
+def _intro(summary: dict) -> tuple[str, str, list[str]]:
+    """The summary's title, its paragraph and its verdict lines, for the markdown and the page."""
     done = sorted({int(d) for p in summary["points"] for by_draw in p["dice"].values() for d in by_draw})
-    lines = [f"# The learning curve over {summary['draws_planned']} subset draws", "",
-             f"Draws with finished runs: {len(done)} of {summary['draws_planned']}. Each draw is another subset of "
-             "the real frames of the same size (OUT/draw-K, its own report); bases: " + ", ".join(summary["bases"])
-             + ". p (draws): paired t-test over draws; p (frames): Wilcoxon over test frames, Dice averaged over "
-             "draws.", ""]
-    lines += [f"- {v['text']}" for v in summary["verdicts"]] or ["- fewer than two draws with both arms: no "
-                                                                 "comparison yet"]
-    for title, rows in tables(summary):
-        lines += ["", f"## {title}", "", "| " + " | ".join(rows[0]) + " |", "|---" * len(rows[0]) + "|"]
+    paragraph = (f"Draws with finished runs: {len(done)} of {summary['draws_planned']}. Each draw is another subset "
+                 "of the real frames of the same size (OUT/draw-K, its own report); bases: "
+                 + ", ".join(summary["bases"]) + ". p (draws): paired t-test over draws; p (frames): Wilcoxon over "
+                 "test frames, Dice averaged over draws.")
+    verdicts = [v["text"] for v in summary["verdicts"]] or ["fewer than two draws with both arms: no comparison yet"]
+    return f"The learning curve over {summary['draws_planned']} subset draws", paragraph, verdicts
+
+
+def markdown(summary: dict) -> str:
+    title, paragraph, verdicts = _intro(summary)
+    lines = [f"# {title}", "", paragraph, "", *(f"- {text}" for text in verdicts)]
+    for heading, rows in tables(summary):
+        lines += ["", f"## {heading}", "", "| " + " | ".join(rows[0]) + " |", "|---" * len(rows[0]) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
     return "\n".join(lines) + "\n"
 
 
 def render_html(summary: dict) -> str:
     e = html.escape
+    title, paragraph, verdicts = _intro(summary)
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>PolypForge: the learning curve over subset "
              "draws</title><style>body{font-family:sans-serif;margin:24px;max-width:1200px;color:#222}"
              "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:left}th{background:#f2f2f2}</style></head><body>"]
-    text = markdown(summary).split("\n## ", 1)[0].splitlines()
-    parts.append(f"<h1>{e(text[0].lstrip('# '))}</h1><p>{e(text[2])}</p><ul>")
-    parts += [f"<li>{e(line[2:])}</li>" for line in text[4:] if line.startswith("- ")]
-    parts.append("</ul>")
-    for title, rows in tables(summary):
-        parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in rows[0]) + "</tr>")
+             "text-align:left}th{background:#f2f2f2}</style></head><body>",
+             f"<h1>{e(title)}</h1><p>{e(paragraph)}</p><ul>", *(f"<li>{e(text)}</li>" for text in verdicts), "</ul>"]
+    for heading, rows in tables(summary):
+        parts.append(f"<h2>{e(heading)}</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in rows[0]) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows[1:]]
         parts.append("</table>")
     parts.append("<p>Each draw's own report: draw-K/report.html.</p></body></html>")
