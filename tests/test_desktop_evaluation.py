@@ -256,7 +256,9 @@ def test_the_curve_over_subset_draws_from_the_dialog_opens_its_comparison(window
     opened = []
     monkeypatch.setattr(QDesktopServices, "openUrl", staticmethod(lambda url: opened.append(url.toLocalFile()) or True))
     dialog = _dialog(window, frames, tmp_path, arms=("copy-paste",), seeds=0)
+    assert dialog.seeds.specialValueText().startswith("default (5 at fractions")  # the lab's rule for one subset
     dialog.subset_draws.setValue(2)
+    assert dialog.seeds.specialValueText() == "default (1 a draw)"  # what an empty Seeds means over draws
     with qtbot_wait(window.evaluation.finished) as finished:
         assert dialog.start()
     out = tmp_path / "eval"

@@ -247,7 +247,19 @@ class EvaluationDialog(QDialog):
                                  "no dataset open — open a folder of frames + masks first")
         if train is not None:
             self.output.setPlaceholderText(str(default_output(train, self.subset_draws.value())))
+        self._show_seeds_default()
         self._update_buttons()
+
+    def _show_seeds_default(self) -> None:
+        """Seeds' "default" says what it means here: one seed a draw over subset draws, else the lab's rule."""
+        defaults = self.controller.defaults()
+        if self.subset_draws.value():
+            self.seeds.setSpecialValueText("default (1 a draw)")
+        elif defaults:
+            self.seeds.setSpecialValueText(f"default ({defaults['seeds_small']} at fractions ≤ "
+                                           f"{defaults['small_fraction']:g}, {defaults['seeds_large']} above)")
+        else:
+            self.seeds.setSpecialValueText("default")
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
@@ -316,9 +328,8 @@ class EvaluationDialog(QDialog):
         defaults = self.controller.defaults()
         if defaults:
             self.fractions.setPlaceholderText(", ".join(f"{f:g}" for f in defaults["fractions"]) + " (default)")
-            self.seeds.setSpecialValueText(f"default ({defaults['seeds_small']} at fractions ≤ "
-                                           f"{defaults['small_fraction']:g}, {defaults['seeds_large']} above)")
             self.max_steps.setSpecialValueText(f"default ({defaults['max_steps']})")
+        self._show_seeds_default()
         self._update_buttons()
 
     def _update_buttons(self) -> None:
