@@ -12,6 +12,12 @@ import json
 import sys
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from engine.evaluation.curve_report import p_text, signed_cell  # noqa: E402
+
 
 def _ci(stats: dict | None) -> str:
     low, high = (stats or {}).get("ci95") or (None, None)
@@ -24,17 +30,9 @@ def _mean(stats: dict | None) -> str:
     return "–" if not stats or stats.get("mean") is None else f"{stats['mean']:.3f}"
 
 
-def _signed(stats: dict | None, with_ci: bool = True) -> str:
-    if not stats or stats.get("mean") is None:
-        return "–"
-    low, high = stats.get("ci95") or (None, None)
-    if not with_ci or low is None:
-        return f"{stats['mean']:+.3f}"
-    return f"{stats['mean']:+.3f} [{low:+.3f}, {high:+.3f}]"
-
-
-def _p(value) -> str:
-    return "–" if value is None else f"{value:.2g}"
+def _signed_mean(stats: dict | None) -> str:
+    """A difference's mean alone (the CI is in the Dice column): "+0.040", "–" without one."""
+    return "–" if not stats or stats.get("mean") is None else f"{stats['mean']:+.3f}"
 
 
 def fraction_table(point: dict, test: str) -> list[str]:
@@ -53,9 +51,9 @@ def fraction_table(point: dict, test: str) -> list[str]:
         minutes = entry["train_minutes"]
         cells = [name, str(entry["runs"]), _ci(scores.get("dice")), _mean(scores.get("iou")), _mean(scores.get("ap50"))]
         if diff:
-            cells += [_signed(diff["dice"]), f"{_p(diff['dice'].get('p_value'))} / "
-                      f"{_p(diff.get('per_frame_dice', {}).get('p_value'))}", _signed(diff["iou"], False),
-                      _signed(diff["ap50"], False)]
+            cells += [signed_cell(diff["dice"]), f"{p_text(diff['dice'].get('p_value'))} / "
+                      f"{p_text(diff.get('per_frame_dice', {}).get('p_value'))}", _signed_mean(diff["iou"]),
+                      _signed_mean(diff["ap50"])]
         else:
             cells += ["—"] * 4
         cells += ["–" if not fp else f"{fp['mean']:.2f}", f"{min(minutes):.1f}–{max(minutes):.1f}"]
