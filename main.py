@@ -162,6 +162,10 @@ def _add_batch_options(group) -> None:
                        help="a bundle trained with attributes: guide the asked attributes this hard, apart from "
                        "--guidance (e.g. 5; three U-Net predictions a step instead of two; default: as hard as "
                        "--guidance)")
+    group.add_argument("--attribute-guidance-until", type=float,
+                       help="with --attribute-guidance: guide the attributes apart on this share of the steps, the "
+                       "noisiest (0-1; the rest as one guided pair, two predictions a step; default: the model's, "
+                       "see docs/batch-job.md)")
     group.add_argument("--formats", help="comma list of coco, yolo, yolo-seg (default all)")
     group.add_argument("--batch-size", type=int, help="variants per U-Net call (GPU)")
     group.add_argument("--inpaint-area", choices=("frame", "region"),

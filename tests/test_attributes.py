@@ -178,8 +178,9 @@ def test_the_pipeline_feeds_the_attributes_asked_and_records_them(exported):
 
 
 def test_attribute_guidance_is_the_guided_pair_at_the_labels_scale_and_the_label_alone_at_zero(exported):
-    """u + G·(c₀ − u) + A·(c_a − c₀): at A = G the one guided pair of the asked attributes, at A = 0 the label
-    without them, between and beyond a move along the attributes' own direction; recorded when it ran."""
+    """u + G·(c₀ − u) + A·(c_a − c₀) on every step (attribute_guidance_until 1): at A = G the one guided pair of the
+    asked attributes, at A = 0 the label without them, between and beyond a move along the attributes' own
+    direction; recorded when it ran."""
     from engine.pipelines.compact import CompactInpaintPipeline
 
     _, _, bundle = exported
@@ -189,7 +190,8 @@ def test_attribute_guidance_is_the_guided_pair_at_the_labels_scale_and_the_label
 
     def paint(attributes=None, attribute_guidance=None, **more):
         return pipe.generate_variants(prepared, [0], latents=[noise], steps=4, guidance_scale=2.0,
-                                      attributes=attributes, attribute_guidance=attribute_guidance, **more)[0]
+                                      attributes=attributes, attribute_guidance=attribute_guidance,
+                                      attribute_guidance_until=1.0, **more)[0]
 
     pair = paint(asked)
     assert "attribute_guidance" not in pair.settings
@@ -209,10 +211,64 @@ def test_attribute_guidance_is_the_guided_pair_at_the_labels_scale_and_the_label
     assert "attribute_guidance" not in removed.settings
     # three predictions a step: a batch of two variants still equals each painted alone
     two = pipe.generate_variants(prepared, [0, 1], latents=[noise, noise[:, :, ::-1].copy()], steps=4,
-                                 guidance_scale=2.0, attributes=asked, attribute_guidance=6.0, batch_size=2)
+                                 guidance_scale=2.0, attributes=asked, attribute_guidance=6.0, batch_size=2,
+                                 attribute_guidance_until=1.0)
     assert np.abs(two[0].raw - stronger.raw).max() < 1e-4
     with pytest.raises(InputError, match="attribute guidance must be between 0 and 50"):
         paint(asked, 60.0)
+
+
+def test_attribute_guidance_in_an_interval_runs_three_predictions_on_the_noisiest_steps_then_the_pair(exported,
+                                                                                                     monkeypatch):
+    """attribute_guidance_until u: [u, c₀, c_a] on the first ceil(u · steps) steps, then the pair [u, c_a] — so at
+    A = G (where both rules are u + G·(c_a − u)) it is still the pair exactly, which it is not if the pair after the
+    interval took the wrong blocks; at A ≠ G it lies apart from both the pair and the whole-run guidance."""
+    from engine.pipelines.compact import ATTRIBUTE_GUIDANCE_UNTIL, CompactInpaintPipeline
+
+    _, _, bundle = exported
+    pipe = CompactInpaintPipeline.from_bundle(bundle)
+    prepared, noise = _prepared(pipe)
+    asked = {"colour": "red", "surface": "lobulated"}
+    fed = []  # per U-Net call: rows, class labels and the colour column fed
+    real_run = pipe.timed_run
+
+    def counting_run(stage, part, outputs, feeds):
+        if stage == "unet":
+            fed.append((feeds["sample"].shape[0], feeds["class_labels"].tolist(), feeds["attributes"][:, 0].tolist()))
+        return real_run(stage, part, outputs, feeds)
+
+    monkeypatch.setattr(pipe, "timed_run", counting_run)
+
+    def paint(attribute_guidance=None, until=None):
+        fed.clear()
+        return pipe.generate_variants(prepared, [0], latents=[noise], steps=4, guidance_scale=2.0, attributes=asked,
+                                      attribute_guidance=attribute_guidance, attribute_guidance_until=until)[0]
+
+    pair = paint()
+    red = pair.settings["attribute_indices"][0]
+    assert [rows for rows, _, _ in fed] == [2] * 4
+    half = paint(6.0, 0.5)
+    assert half.settings["attribute_guidance"] == 6.0 and half.settings["attribute_guidance_until"] == 0.5
+    label = fed[0][1][-1]
+    assert fed[:2] == [(3, [0, label, label], [0, 0, red])] * 2  # u, c₀, c_a on the two noisiest steps
+    assert fed[2:] == [(2, [0, label], [0, red])] * 2  # then the guided pair u, c_a
+    whole = paint(6.0, 1.0)
+    assert [rows for rows, _, _ in fed] == [3] * 4
+    assert np.abs(half.raw - whole.raw).max() > 1e-3 and np.abs(half.raw - pair.raw).max() > 1e-3
+    assert np.abs(paint(2.0, 0.5).raw - pair.raw).max() < 1e-4  # A = G: the pair whatever the interval
+    assert [rows for rows, _, _ in fed] == [3, 3, 2, 2]
+    fed.clear()
+    two = pipe.generate_variants(prepared, [0, 1], latents=[noise, noise[:, :, ::-1].copy()], steps=4,
+                                 guidance_scale=2.0, attributes=asked, attribute_guidance=6.0,
+                                 attribute_guidance_until=0.5, batch_size=2)
+    assert [rows for rows, _, _ in fed] == [6, 6, 4, 4]  # two variants: each block holds both
+    assert np.abs(two[0].raw - half.raw).max() < 1e-4  # and a variant in a batch is the variant alone
+    paint(6.0, 0.3)  # a share is rounded up to whole steps: 0.3 of 4 is 2
+    assert [rows for rows, _, _ in fed] == [3, 3, 2, 2]
+    assert paint(6.0).settings["attribute_guidance_until"] == ATTRIBUTE_GUIDANCE_UNTIL  # the default, recorded
+    assert "attribute_guidance_until" not in paint(None, 0.5).settings  # nothing guided apart: nothing recorded
+    with pytest.raises(InputError, match="share of the steps must be in"):
+        paint(6.0, 0.0)
 
 
 def test_a_bundle_without_attributes_runs_as_before_and_refuses_to_be_asked_any():
@@ -423,6 +479,8 @@ def test_asked_attributes_reach_the_model_the_manifest_and_coco(exported, frames
 
 def test_attribute_guidance_reaches_the_manifest_and_is_refused_where_it_guides_nothing(exported, frames_with_masks,
                                                                                        tmp_path, capsys):
+    from engine.pipelines.compact import ATTRIBUTE_GUIDANCE_UNTIL
+
     _, _, bundle = exported
     output = tmp_path / "guided"
     assert _batch("--input", frames_with_masks, "--output", output, "--model", bundle, "--attributes", "red",
@@ -431,6 +489,18 @@ def test_attribute_guidance_reaches_the_manifest_and_is_refused_where_it_guides_
     assert len(ok) == 3 and all(r["attribute_guidance"] == 5.0 and r["guidance"] == 2.0 for r in ok)
     job = json.loads((output / "job.json").read_text())
     assert job["settings"]["attribute_guidance"] == 5.0
+    assert all(r["attribute_guidance_until"] == ATTRIBUTE_GUIDANCE_UNTIL for r in ok)  # the default, recorded
+    interval = tmp_path / "interval"
+    assert _batch("--input", frames_with_masks, "--output", interval, "--model", bundle, "--attributes", "red",
+                  "--attribute-guidance", 5, "--attribute-guidance-until", 0.4) == 0
+    assert {r.get("attribute_guidance_until") for r in _records(interval) if r["status"] == "ok"} == {0.4}
+    assert json.loads((interval / "job.json").read_text())["settings"]["attribute_guidance_until"] == 0.4
+    assert _batch("--input", frames_with_masks, "--output", tmp_path / "alone", "--model", bundle, "--attributes",
+                  "red", "--attribute-guidance-until", 0.4) == 2
+    assert "attribute_guidance_until says on which steps attribute guidance runs" in capsys.readouterr().err
+    assert _batch("--input", frames_with_masks, "--output", tmp_path / "beyond", "--model", bundle, "--attributes",
+                  "red", "--attribute-guidance", 5, "--attribute-guidance-until", 1.5) == 2
+    assert "attribute_guidance_until is a share of the sampling steps, in (0, 1]; got 1.5" in capsys.readouterr().err
     plain = tmp_path / "plain"  # without it, nothing recorded (and a job written before it existed resumes)
     assert _batch("--input", frames_with_masks, "--output", plain, "--model", bundle, "--attributes", "red") == 0
     assert not any("attribute_guidance" in r for r in _records(plain))

@@ -230,6 +230,7 @@ class FrameWork:
                         guidance_scale=spec.guidance, scheduler=spec.scheduler, progress=_step, cancel=cancelled,
                         blend=spec.blend or default_blend(spec.mode == "remove"), attributes=_asked,
                         attribute_guidance=spec.attribute_guidance,
+                        attribute_guidance_until=spec.attribute_guidance_until,
                     )
                     return generated
 
@@ -326,8 +327,8 @@ class FrameWork:
             "steps": result.settings["steps"],
             "scheduler": result.settings["scheduler"],
             "guidance": result.settings["guidance_scale"],
-            **({"attribute_guidance": result.settings["attribute_guidance"]}
-               if "attribute_guidance" in result.settings else {}),
+            **({key: result.settings[key] for key in ("attribute_guidance", "attribute_guidance_until")
+                if key in result.settings}),
             "working_size": result.settings["working_size"],
             "feather_px": result.settings["feather_px"],
             "blend": result.settings.get("blend", "feather"),

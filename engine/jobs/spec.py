@@ -72,6 +72,9 @@ class JobSpec:
     # A bundle trained with attributes: the asked attributes' own guidance, apart from the label's (three U-Net
     # predictions a step instead of two; engine.pipelines.compact). None: guided with `guidance`, as one pair.
     attribute_guidance: float | None = None
+    # ... on this share of the sampling steps, the noisiest (then one guided pair); None: the pipeline's default
+    # (engine.pipelines.compact.ATTRIBUTE_GUIDANCE_UNTIL)
+    attribute_guidance_until: float | None = None
     formats: list[str] = field(default_factory=lambda: ["coco", "yolo", "yolo-seg"])
     resume: bool = True
     batch_size: int = 1
@@ -139,6 +142,13 @@ class JobSpec:
             if self.mode != "add":
                 raise InputError("attribute_guidance applies to mode add only (removal stays a prompt; a transplant "
                                  "moves real polyps)")
+        if self.attribute_guidance_until is not None:
+            if self.attribute_guidance is None:
+                raise InputError("attribute_guidance_until says on which steps attribute guidance runs: give "
+                                 "attribute_guidance too")
+            if not 0.0 < self.attribute_guidance_until <= 1.0:
+                raise InputError(f"attribute_guidance_until is a share of the sampling steps, in (0, 1]; got "
+                                 f"{self.attribute_guidance_until}")
         if self.mode == "remove" and self.mask_source == "random":
             raise InputError("mode remove needs to know where the polyp is: use mask_source user or box, not random")
         _at_least("top_k", self.top_k, 1)
@@ -202,7 +212,7 @@ class JobSpec:
                     "workers", "gpus_per_worker", "break_lock"):
             data.pop(key)
         for key in ("captions", "inpaint_area", "region_padding", "working_size", "blend", "harmonize", "strength",
-                    "attribute_guidance"):
+                    "attribute_guidance", "attribute_guidance_until"):
             if data[key] is None:  # absent, as in jobs written before these existed: they still resume
                 data.pop(key)
         if not data["include_synthetic"]:  # likewise for jobs written before it existed

@@ -12,6 +12,7 @@ and how a decoded image becomes the result (``finish``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -46,10 +47,20 @@ NoisePredictor = Callable[[np.ndarray, int], np.ndarray]
 class Guide:
     """A guidance rule of the sampling loop: ``copies`` of the latents per prediction, and how ``combine`` makes one
     prediction of the stacked outputs (the classifier-free pair, ``classifier_free``; engine.pipelines.compact's
-    attribute guidance: three copies)."""
+    attribute guidance: three copies). With ``then``, the rule holds for the first ``until`` share of the steps run
+    (the noisiest; rounded up) and ``then`` for the rest — guidance in a limited interval, as in Kynkäänniemi et al.
+    2024."""
 
     copies: int
     combine: Callable[[np.ndarray], np.ndarray]
+    until: float = 1.0
+    then: "Guide | None" = None
+
+    def at(self, step_index: int, total: int) -> "Guide":
+        """The rule of step ``step_index`` (0 = the noisiest) of ``total``."""
+        if self.then is None or step_index < math.ceil(self.until * total - 1e-9):
+            return self
+        return self.then.at(step_index, total)
 
 
 def classifier_free(guidance_scale: float) -> Guide:
@@ -168,6 +179,7 @@ class OnnxDiffusionPipeline:
         strength: float | None = None,
         attributes: Mapping[str, str] | None = None,
         attribute_guidance: float | None = None,
+        attribute_guidance_until: float | None = None,
     ) -> list[VariantResult]:
         """Variants of one prepared frame (``prepare_frame``), one per seed, ``batch_size`` of them per model call.
 
@@ -183,7 +195,9 @@ class OnnxDiffusionPipeline:
         redrawn — the model-harmonized transplant. ``attributes`` ({name: value}, e.g. {"colour": "red"}): what a
         bundle trained with attributes is asked for (``attribute_settings``); InputError from any other bundle.
         ``attribute_guidance`` (a bundle trained with attributes): how hard the asked attributes are guided, apart
-        from the label's ``guidance_scale`` (None: as hard as the label, one guided pair).
+        from the label's ``guidance_scale`` (None: as hard as the label, one guided pair);
+        ``attribute_guidance_until`` (0 < u ≤ 1) on the first u of the steps, the noisiest, where a polyp's colour
+        and surface are decided, and as one guided pair after (None: the bundle's kind's default).
         """
         prompt = self.prompts.get("add", "") if prompt is None else prompt
         negative_prompt = self.default_negative_prompt() if negative_prompt is None else negative_prompt
@@ -204,7 +218,7 @@ class OnnxDiffusionPipeline:
             "guidance_scale": guidance_scale,
             "scheduler": scheduler,
             **self.variant_settings(prepared, prompt, feather_px, blend, conditioning_scale),
-            **self.attribute_settings(prompt, attributes, attribute_guidance),
+            **self.attribute_settings(prompt, attributes, attribute_guidance, attribute_guidance_until),
             **({"strength": float(strength)} if strength is not None else {}),
         }
         given = {"latents": latents, "masked_image_noise": masked_image_noise}
@@ -245,12 +259,13 @@ class OnnxDiffusionPipeline:
         raise NotImplementedError
 
     def attribute_settings(self, prompt: str, attributes: Mapping[str, str] | None,
-                           attribute_guidance: float | None = None) -> dict:
+                           attribute_guidance: float | None = None,
+                           attribute_guidance_until: float | None = None) -> dict:
         """What a variant's settings say of the attributes asked: nothing here, where no bundle takes any (a bundle
         trained with attributes: engine.pipelines.compact); InputError when some are asked all the same, or an
-        attribute guidance is given."""
+        attribute guidance (or its interval) is given."""
         check_asked_attributes(self.bundle, None, attributes)
-        if attribute_guidance is not None:
+        if attribute_guidance is not None or attribute_guidance_until is not None:
             raise InputError(f"the bundle {self.bundle.name!r} was not trained with attributes: attribute guidance "
                              "applies to a bundle that was")
         return {}
@@ -300,10 +315,9 @@ class OnnxDiffusionPipeline:
         only the last min(int(steps · strength), steps) timesteps run, from ``start`` noised to the first of them
         with ``latents`` as the noise. ``guide`` replaces the guided pair's rule (``classifier_free``): its ``copies``
         of the latents go to ``predict`` and its ``combine`` makes one prediction of them (compact attribute guidance:
-        three copies)."""
+        three copies), step by step (``Guide.at``: a rule may hold for the noisiest steps only)."""
         if guide is None and guided:
             guide = classifier_free(guidance_scale)
-        copies = guide.copies if guide is not None else 1
         scheduler = make_scheduler(scheduler_name, self.scheduler_config)
         scheduler.set_timesteps(steps)
         timesteps = scheduler.timesteps
@@ -322,10 +336,12 @@ class OnnxDiffusionPipeline:
         for step_index, t in enumerate(timesteps):
             if cancel is not None and cancel():
                 raise Cancelled(f"cancelled at step {step_index} of {total}")
+            rule = guide.at(step_index, total) if guide is not None else None
+            copies = rule.copies if rule is not None else 1
             model_input = scheduler.scale_model_input(np.concatenate([latents] * copies), t).astype(np.float32)
             noise_pred = predict(model_input, t).astype(np.float32)
-            if guide is not None:
-                noise_pred = guide.combine(noise_pred)
+            if rule is not None:
+                noise_pred = rule.combine(noise_pred)
             latents = scheduler.step(noise_pred, t, latents).astype(np.float32)
             if progress is not None:
                 progress(step_index + 1, total)
@@ -411,9 +427,12 @@ class InpaintingPipeline(OnnxDiffusionPipeline):
         region_padding: int | None = None,
         blend: str | None = None,
         attributes: Mapping[str, str] | None = None,
+        attribute_guidance: float | None = None,
+        attribute_guidance_until: float | None = None,
     ) -> VariantResult:
         """One image. ``latents`` / ``masked_image_noise`` (float32, latent shape) replace the noise drawn
-        from ``seed`` for the initial latents / the VAE posterior sample (sd-inpaint), to reproduce a reference."""
+        from ``seed`` for the initial latents / the VAE posterior sample (sd-inpaint), to reproduce a reference;
+        the attributes' keywords are ``generate_variants``'."""
         prepared = self.prepare_frame(frame, mask, working_size, inpaint_area, region_padding)
         return self.generate_variants(
             prepared,
@@ -430,6 +449,8 @@ class InpaintingPipeline(OnnxDiffusionPipeline):
             cancel=cancel,
             blend=blend,
             attributes=attributes,
+            attribute_guidance=attribute_guidance,
+            attribute_guidance_until=attribute_guidance_until,
         )[0]
 
     def variant_settings(self, prepared: PreparedFrame, prompt: str, feather_px: int, blend: str | None,
