@@ -52,7 +52,8 @@ ATTRIBUTES_TOOLTIP = (
 ATTRIBUTE_GUIDANCE_TOOLTIP = (
     "How hard a model trained with attributes is pushed towards the asked attributes, apart from Guidance\n"
     "(which stays on the polyp itself). \"as guidance\": as hard as the polyp. Higher (e.g. 5) makes the asked\n"
-    "colour and surface more frequent; each step then runs the model three times instead of two (about 1.5x the time).\n"
+    "colour and surface more frequent; the noisiest half of the steps then runs the model three times instead of\n"
+    "two (about 1.25x the time).\n"
     "A model trained without attributes refuses it."
 )
 
