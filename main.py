@@ -158,6 +158,9 @@ def _add_batch_options(group) -> None:
     group.add_argument("--steps", type=int)
     group.add_argument("--scheduler", choices=("ddim", "dpm++"))
     group.add_argument("--guidance", type=float)
+    group.add_argument("--guidance-interval", metavar="A-B",
+                       help="a compact bundle: guide only from the A to the B share of the steps (0 = the noisiest; "
+                       "e.g. 0.3-1), one U-Net prediction a step on the others (default: every step)")
     group.add_argument("--attribute-guidance", type=float,
                        help="a bundle trained with attributes: guide the asked attributes this hard, apart from "
                        "--guidance (e.g. 5; three U-Net predictions a step instead of two; default: as hard as "

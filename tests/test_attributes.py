@@ -263,6 +263,10 @@ def test_attribute_guidance_in_an_interval_runs_three_predictions_on_the_noisies
                                  attribute_guidance_until=0.5, batch_size=2)
     assert [rows for rows, _, _ in fed] == [6, 6, 4, 4]  # two variants: each block holds both
     assert np.abs(two[0].raw - half.raw).max() < 1e-4  # and a variant in a batch is the variant alone
+    fed.clear()  # within a guidance interval (the label's, 0.5-1): outside it c_a alone; the attributes on its first half
+    pipe.generate_variants(prepared, [0], latents=[noise], steps=4, guidance_scale=2.0, attributes=asked,
+                           attribute_guidance=6.0, attribute_guidance_until=0.5, guidance_interval="0.5-1")
+    assert fed == [(1, [label], [red])] * 2 + [(3, [0, label, label], [0, 0, red]), (2, [0, label], [0, red])]
     paint(6.0, 0.3)  # a share is rounded up to whole steps: 0.3 of 4 is 2
     assert [rows for rows, _, _ in fed] == [3, 3, 2, 2]
     assert paint(6.0).settings["attribute_guidance_until"] == ATTRIBUTE_GUIDANCE_UNTIL  # the default, recorded

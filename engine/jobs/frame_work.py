@@ -231,6 +231,7 @@ class FrameWork:
                         blend=spec.blend or default_blend(spec.mode == "remove"), attributes=_asked,
                         attribute_guidance=spec.attribute_guidance,
                         attribute_guidance_until=spec.attribute_guidance_until,
+                        guidance_interval=spec.guidance_interval,
                     )
                     return generated
 
@@ -327,8 +328,8 @@ class FrameWork:
             "steps": result.settings["steps"],
             "scheduler": result.settings["scheduler"],
             "guidance": result.settings["guidance_scale"],
-            **({key: result.settings[key] for key in ("attribute_guidance", "attribute_guidance_until")
-                if key in result.settings}),
+            **({key: result.settings[key] for key in ("guidance_interval", "attribute_guidance",
+                                                      "attribute_guidance_until") if key in result.settings}),
             "working_size": result.settings["working_size"],
             "feather_px": result.settings["feather_px"],
             "blend": result.settings.get("blend", "feather"),

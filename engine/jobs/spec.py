@@ -18,6 +18,7 @@ from engine.masks.size_prior import parse_sizes
 from engine.masks.sources import MASK_SOURCES, MODES
 from engine.pipelines.blending import BLEND_MODES
 from engine.pipelines.framing import INPAINT_AREAS
+from engine.pipelines.guidance import parse_guidance_interval
 from engine.schedulers import SCHEDULER_NAMES
 from engine.transplant import DEFAULT_HARMONIZE, DEFAULT_STRENGTH, HARMONIZE_MODES
 
@@ -69,6 +70,9 @@ class JobSpec:
     steps: int | None = None
     scheduler: str | None = None
     guidance: float | None = None
+    # "A-B": guide only from the A to the B share of the sampling steps (0 = the noisiest), the conditional prediction
+    # alone on the others (engine.pipelines.guidance; compact bundles). None: every step.
+    guidance_interval: str | None = None
     # A bundle trained with attributes: the asked attributes' own guidance, apart from the label's (three U-Net
     # predictions a step instead of two; engine.pipelines.compact). None: guided with `guidance`, as one pair.
     attribute_guidance: float | None = None
@@ -142,6 +146,10 @@ class JobSpec:
             if self.mode != "add":
                 raise InputError("attribute_guidance applies to mode add only (removal stays a prompt; a transplant "
                                  "moves real polyps)")
+        if self.guidance_interval is not None:
+            parse_guidance_interval(self.guidance_interval)
+            if self.mode == "transplant":
+                raise InputError("guidance_interval shapes what the model paints: a transplant moves real polyps")
         if self.attribute_guidance_until is not None:
             if self.attribute_guidance is None:
                 raise InputError("attribute_guidance_until says on which steps attribute guidance runs: give "
@@ -212,7 +220,7 @@ class JobSpec:
                     "workers", "gpus_per_worker", "break_lock"):
             data.pop(key)
         for key in ("captions", "inpaint_area", "region_padding", "working_size", "blend", "harmonize", "strength",
-                    "attribute_guidance", "attribute_guidance_until"):
+                    "attribute_guidance", "attribute_guidance_until", "guidance_interval"):
             if data[key] is None:  # absent, as in jobs written before these existed: they still resume
                 data.pop(key)
         if not data["include_synthetic"]:  # likewise for jobs written before it existed

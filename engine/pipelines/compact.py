@@ -47,12 +47,11 @@ from engine.errors import BundleError, InputError
 from engine.masks.geometry import resize_mask
 from engine.pipelines.diffusion_base import (
     CancelCheck,
-    Guide,
     InpaintingPipeline,
     PreparedFrame,
     ProgressCallback,
-    classifier_free,
 )
+from engine.pipelines.guidance import Guide, classifier_free, unguided
 from engine.pipelines.attribute_inputs import (
     ATTRIBUTES,
     attribute_indices,
@@ -97,6 +96,7 @@ class CompactInpaintPipeline(InpaintingPipeline):
     REFUSAL = "a pixel-inpaint bundle"
     STAGES = STAGES
     STARTS_FROM_FRAME = True
+    GUIDANCE_INTERVALS = True
     DEFAULT_INPAINT_AREA = "region"
 
     def __init__(self, bundle: Bundle, parts: dict[str, OnnxPart]):
@@ -191,15 +191,26 @@ class CompactInpaintPipeline(InpaintingPipeline):
         return {ATTRIBUTES: np.concatenate([np.zeros_like(asked), asked]) if guided else asked}
 
     @staticmethod
-    def attribute_guide(guidance_scale: float, attribute_guidance: float, until: float = 1.0) -> Guide:
-        """Three predictions [u, c₀, c_a] (stacked in that order) → u + G·(c₀ − u) + A·(c_a − c₀) on the first
-        ``until`` of the steps; then two, [u, c_a] (the first and last of the three) → u + G·(c_a − u)."""
+    def guide_of(guidance_scale: float, attribute_guidance: float | None = None, until: float = 1.0,
+                 interval: tuple[float, float] | None = None) -> Guide:
+        """The sampling's rule step by step. With attribute guidance, three predictions [u, c₀, c_a] (stacked in
+        that order) → u + G·(c₀ − u) + A·(c_a − c₀) on the first ``until`` of the steps, then two, [u, c_a] (the
+        first and last of the three) → u + G·(c_a − u); else that pair [u, c]. With ``interval`` (A, B) either
+        guides from the A to the B share of the steps only (the attributes on the first ``until`` of those), and
+        the last, fully conditioned prediction alone runs on the others (``unguided``)."""
+        start, end = interval if interval is not None else (0.0, 1.0)
+        rule = classifier_free(guidance_scale)
+        if interval is not None:
+            rule = Guide(2, rule.combine, start, end, unguided())
+        if attribute_guidance is None:
+            return rule
 
         def combine(predictions: np.ndarray) -> np.ndarray:
             uncond, label_only, asked = np.split(predictions, 3)
             return uncond + guidance_scale * (label_only - uncond) + attribute_guidance * (asked - label_only)
 
-        return Guide(3, combine, until, classifier_free(guidance_scale) if until < 1.0 else None)
+        whole = until >= 1.0 and interval is None
+        return Guide(3, combine, start, start + until * (end - start), None if whole else rule)
 
     # ------------------------------------------------------------------ generation
     def decode(self, latents: np.ndarray) -> np.ndarray:
@@ -221,19 +232,26 @@ class CompactInpaintPipeline(InpaintingPipeline):
                  cancel: CancelCheck | None) -> np.ndarray:
         latents = noise["latents"]
         guide = None
+        interval = settings.get("guidance_interval")
         if "attribute_guidance" in settings:  # [u, c₀, c_a]: the label's pair, then the label again with attributes
             labels = np.array([0, labels[-1], labels[-1]], dtype=np.int64)
-            guide = self.attribute_guide(guidance_scale, settings["attribute_guidance"],
-                                         settings.get("attribute_guidance_until", 1.0))
+            guide = self.guide_of(guidance_scale, settings["attribute_guidance"],
+                                  settings.get("attribute_guidance_until", 1.0), interval)
+        elif interval is not None and labels.shape[0] > 1:
+            guide = self.guide_of(guidance_scale, interval=interval)
         count = latents.shape[0]
         guided, condition, class_labels = self._batch_condition(prepared, labels, count)
         attributes = self._attribute_feed(settings, count, guided)
-        # by the number of copies a step feeds: all of them, or (attribute guidance's steps after its interval) the
-        # guided pair [u, c_a], the first and last blocks of the three
-        inputs = {class_labels.shape[0]: {"class_labels": class_labels, **attributes}}
-        if guide is not None and guide.then is not None:
-            pair = np.r_[0:count, 2 * count:3 * count]
-            inputs[2 * count] = {"class_labels": class_labels[pair], **{k: v[pair] for k, v in attributes.items()}}
+        # by the number of copies a step feeds: all the blocks; the first and last (the guided pair [u, c_a] after
+        # attribute guidance's steps); the last alone (outside a guidance interval)
+        blocks = labels.shape[0]
+        chosen = {blocks: list(range(blocks)), 2: [0, blocks - 1], 1: [blocks - 1]}
+        inputs = {}
+        for copies, which in chosen.items():
+            if copies <= blocks:
+                rows = np.concatenate([np.arange(b * count, (b + 1) * count) for b in which])
+                inputs[copies * count] = {"class_labels": class_labels[rows],
+                                          **{k: v[rows] for k, v in attributes.items()}}
         unet = self.parts["unet"]
 
         def predict(model_input: np.ndarray, t) -> np.ndarray:

@@ -12,7 +12,6 @@ and how a decoded image becomes the result (``finish``).
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from engine.bundle import Bundle
 from engine.errors import BundleError, Cancelled, InputError
 from engine.masks.geometry import resize_mask
 from engine.pipelines.attribute_inputs import check_asked_attributes
+from engine.pipelines.guidance import Guide, classifier_free, parse_guidance_interval
 from engine.pipelines.framing import (
     blend_for_prompt,
     check_frame_and_mask,
@@ -43,36 +43,6 @@ CancelCheck = Callable[[], bool]
 NoisePredictor = Callable[[np.ndarray, int], np.ndarray]
 
 
-@dataclass(frozen=True)
-class Guide:
-    """A guidance rule of the sampling loop: ``copies`` of the latents per prediction, and how ``combine`` makes one
-    prediction of the stacked outputs (the classifier-free pair, ``classifier_free``; engine.pipelines.compact's
-    attribute guidance: three copies). With ``then``, the rule holds for the first ``until`` share of the steps run
-    (the noisiest; rounded up) and ``then`` for the rest — guidance in a limited interval, as in Kynkäänniemi et al.
-    2024."""
-
-    copies: int
-    combine: Callable[[np.ndarray], np.ndarray]
-    until: float = 1.0
-    then: "Guide | None" = None
-
-    def at(self, step_index: int, total: int) -> "Guide":
-        """The rule of step ``step_index`` (0 = the noisiest) of ``total``."""
-        if self.then is None or step_index < math.ceil(self.until * total - 1e-9):
-            return self
-        return self.then.at(step_index, total)
-
-
-def classifier_free(guidance_scale: float) -> Guide:
-    """The classifier-free pair: [unconditional, conditional] → u + G·(c − u)."""
-
-    def combine(noise_pred: np.ndarray) -> np.ndarray:
-        uncond, cond = np.split(noise_pred, 2)
-        return uncond + guidance_scale * (cond - uncond)
-
-    return Guide(2, combine)
-
-
 @dataclass
 class VariantResult:
     """One generated variant."""
@@ -90,6 +60,7 @@ class OnnxDiffusionPipeline:
     REFUSAL = ""  # what a bundle of another kind is told it is not ("an inpainting bundle")
     STAGES: tuple[str, ...] = ()
     STARTS_FROM_FRAME = False  # can start from the prepared frame partly noised (``strength``): SDEdit
+    GUIDANCE_INTERVALS = False  # its _denoise takes a guidance interval (one prediction a step outside it)
     PROMPT_CACHE_SIZE = 16
     # Noise drawn per variant after its initial latents, from the same seed (replaceable like them, by the
     # generate_variants keyword of that name)
@@ -180,6 +151,7 @@ class OnnxDiffusionPipeline:
         attributes: Mapping[str, str] | None = None,
         attribute_guidance: float | None = None,
         attribute_guidance_until: float | None = None,
+        guidance_interval: str | tuple[float, float] | None = None,
     ) -> list[VariantResult]:
         """Variants of one prepared frame (``prepare_frame``), one per seed, ``batch_size`` of them per model call.
 
@@ -198,6 +170,8 @@ class OnnxDiffusionPipeline:
         from the label's ``guidance_scale`` (None: as hard as the label, one guided pair);
         ``attribute_guidance_until`` (0 < u ≤ 1) on the first u of the steps, the noisiest, where a polyp's colour
         and surface are decided, and as one guided pair after (None: the bundle's kind's default).
+        ``guidance_interval`` ("A-B" or (A, B); pipelines with GUIDANCE_INTERVALS): guidance only from the A to the B
+        share of the steps, the conditional prediction alone on the others (one U-Net prediction instead of two).
         """
         prompt = self.prompts.get("add", "") if prompt is None else prompt
         negative_prompt = self.default_negative_prompt() if negative_prompt is None else negative_prompt
@@ -208,6 +182,10 @@ class OnnxDiffusionPipeline:
         if feather_px is None:
             feather_px = default_feather_px(width, height)
         guided = guidance_scale > 1.0
+        interval = parse_guidance_interval(guidance_interval)
+        if interval is not None and not self.GUIDANCE_INTERVALS:
+            raise InputError(f"{self.bundle.name}: a guidance interval needs a pixel-inpaint (compact) bundle; this "
+                             f"one is {self.bundle.kind}")
         embeddings = self.encode_prompt(prompt, negative_prompt, guided)
         work_w, work_h = prepared.working_size
         noise_shape = (1, self.latent_channels, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
@@ -218,6 +196,7 @@ class OnnxDiffusionPipeline:
             "guidance_scale": guidance_scale,
             "scheduler": scheduler,
             **self.variant_settings(prepared, prompt, feather_px, blend, conditioning_scale),
+            **({"guidance_interval": list(interval)} if interval is not None and guided else {}),
             **self.attribute_settings(prompt, attributes, attribute_guidance, attribute_guidance_until),
             **({"strength": float(strength)} if strength is not None else {}),
         }
@@ -429,6 +408,7 @@ class InpaintingPipeline(OnnxDiffusionPipeline):
         attributes: Mapping[str, str] | None = None,
         attribute_guidance: float | None = None,
         attribute_guidance_until: float | None = None,
+        guidance_interval: str | tuple[float, float] | None = None,
     ) -> VariantResult:
         """One image. ``latents`` / ``masked_image_noise`` (float32, latent shape) replace the noise drawn
         from ``seed`` for the initial latents / the VAE posterior sample (sd-inpaint), to reproduce a reference;
@@ -451,6 +431,7 @@ class InpaintingPipeline(OnnxDiffusionPipeline):
             attributes=attributes,
             attribute_guidance=attribute_guidance,
             attribute_guidance_until=attribute_guidance_until,
+            guidance_interval=guidance_interval,
         )[0]
 
     def variant_settings(self, prepared: PreparedFrame, prompt: str, feather_px: int, blend: str | None,
