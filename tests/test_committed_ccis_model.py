@@ -56,3 +56,7 @@ def test_it_exports_parity_checked_and_runs_torch_free(bundle):
         assert np.array_equal(result.image[~mask], frame[~mask])
         assert not np.array_equal(result.image[mask], frame[mask])
     assert np.abs(pale.raw - red.raw).max() > 1e-3  # the caption's words reach the image
+    from engine.errors import InputError
+
+    with pytest.raises(InputError, match="a guidance interval needs a pixel-inpaint"):  # its sampling guides every step
+        pipe(frame, mask, prompt="The polyp is pale.", steps=4, seed=0, guidance_interval="0.3-1")

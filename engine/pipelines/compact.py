@@ -32,6 +32,10 @@ the model was trained with each attribute dropped on its own, so c₀ is a predi
 guided pair's u + G·(c_a − u); at A = 0 the label alone. It runs on the first ``attribute_guidance_until`` share
 of the steps (the noisiest, where colour and surface are decided; ATTRIBUTE_GUIDANCE_UNTIL unless given, recorded
 beside A) and the guided pair [u, c_a] on the rest, so it costs half again the U-Net's time on those steps only.
+
+A guidance interval (``guidance_interval`` (A, B), engine.pipelines.guidance): the guidance above runs from the A to
+the B share of the steps only (attribute guidance on the first ``attribute_guidance_until`` of those), and the
+fully conditioned prediction alone on the others — one U-Net prediction a step there.
 """
 
 from __future__ import annotations
@@ -245,7 +249,7 @@ class CompactInpaintPipeline(InpaintingPipeline):
         # by the number of copies a step feeds: all the blocks; the first and last (the guided pair [u, c_a] after
         # attribute guidance's steps); the last alone (outside a guidance interval)
         blocks = labels.shape[0]
-        chosen = {blocks: list(range(blocks)), 2: [0, blocks - 1], 1: [blocks - 1]}
+        chosen = {1: [blocks - 1], 2: [0, blocks - 1], blocks: list(range(blocks))}  # all blocks win for 2 of 2
         inputs = {}
         for copies, which in chosen.items():
             if copies <= blocks:

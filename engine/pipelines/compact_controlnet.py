@@ -38,6 +38,7 @@ class CompactControlNetPipeline(CompactInpaintPipeline):
     REFUSAL = f"a {KIND} bundle"
     STAGES = STAGES
     STARTS_FROM_FRAME = False  # its _denoise draws from pure noise only
+    GUIDANCE_INTERVALS = False  # and guides every step
     PROMPT_CACHE_SIZE = 64  # captions: a prompt per frame
 
     def __init__(self, bundle: Bundle, parts: dict[str, OnnxPart], tokenizer: WordTokenizer):
