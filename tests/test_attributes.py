@@ -12,6 +12,7 @@ import torch
 
 from engine.captioning.conditioning import MODEL_ATTRIBUTES
 from engine.errors import InputError
+from pipeline_helpers import prepared_random_frame, record_unet_feeds
 
 TINY = dict(widths=(8, 16), blocks=1, stem=2, attention_levels=(1,))
 
@@ -137,13 +138,7 @@ def test_the_bundle_says_its_attributes_and_its_onnx_takes_them_like_torch(expor
 
 
 def _prepared(pipe):
-    rng = np.random.default_rng(4)
-    frame = rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)
-    mask = np.zeros((80, 100), bool)
-    mask[30:50, 40:66] = True
-    prepared = pipe.prepare_frame(frame, mask)
-    w, h = prepared.working_size
-    return prepared, rng.standard_normal((1, 3, h, w)).astype(np.float32)
+    return prepared_random_frame(pipe)
 
 
 def test_the_pipeline_feeds_the_attributes_asked_and_records_them(exported):
@@ -229,15 +224,8 @@ def test_attribute_guidance_in_an_interval_runs_three_predictions_on_the_noisies
     pipe = CompactInpaintPipeline.from_bundle(bundle)
     prepared, noise = _prepared(pipe)
     asked = {"colour": "red", "surface": "lobulated"}
-    fed = []  # per U-Net call: rows, class labels and the colour column fed
-    real_run = pipe.timed_run
-
-    def counting_run(stage, part, outputs, feeds):
-        if stage == "unet":
-            fed.append((feeds["sample"].shape[0], feeds["class_labels"].tolist(), feeds["attributes"][:, 0].tolist()))
-        return real_run(stage, part, outputs, feeds)
-
-    monkeypatch.setattr(pipe, "timed_run", counting_run)
+    fed = record_unet_feeds(monkeypatch, pipe, lambda feeds: (  # rows, class labels and the colour column fed
+        feeds["sample"].shape[0], feeds["class_labels"].tolist(), feeds["attributes"][:, 0].tolist()))
 
     def paint(attribute_guidance=None, until=None):
         fed.clear()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine.errors import InputError
+from pipeline_helpers import prepared_random_frame, record_unet_feeds
 
 
 def test_a_rule_holds_on_its_share_of_the_steps_rounded_up_and_hands_over_outside():
@@ -40,21 +41,8 @@ def test_the_default_model_guides_only_inside_the_interval(monkeypatch):
     from engine.pipelines.compact import CompactInpaintPipeline
 
     pipe = CompactInpaintPipeline.from_bundle(DEFAULT_MODEL, provider="cpu", threads=1)
-    rng = np.random.default_rng(2)
-    frame = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
-    mask = np.zeros((90, 120), bool)
-    mask[30:60, 40:80] = True
-    prepared = pipe.prepare_frame(frame, mask)
-    w, h = prepared.working_size
-    noise = rng.standard_normal((1, 3, h, w)).astype(np.float32)
-    fed = []  # per U-Net call: the class labels fed
-    real_run = pipe.timed_run
-
-    def counting_run(stage, part, outputs, feeds):
-        fed.append(feeds["class_labels"].tolist())
-        return real_run(stage, part, outputs, feeds)
-
-    monkeypatch.setattr(pipe, "timed_run", counting_run)
+    prepared, noise = prepared_random_frame(pipe, seed=2, size=(90, 120), box=(30, 60, 40, 80))
+    fed = record_unet_feeds(monkeypatch, pipe, lambda feeds: feeds["class_labels"].tolist())
 
     def paint(interval=None, guidance=3.0, count=1):
         fed.clear()
@@ -77,7 +65,7 @@ def test_the_default_model_guides_only_inside_the_interval(monkeypatch):
     assert fed == [[polyp] * 2] * 2 + [[0, 0, polyp, polyp]] * 2
     assert np.abs(two[0].raw - late.raw).max() < 1e-4
     outside = ~prepared.mask
-    assert np.array_equal(late.image[outside], frame[outside])  # the frame outside the mask keeps its bytes
+    assert np.array_equal(late.image[outside], prepared.frame[outside])  # the frame outside the mask keeps its bytes
 
 
 def test_the_batch_job_records_the_interval_and_refuses_a_bad_one(tmp_path):
