@@ -60,3 +60,18 @@ def test_it_exports_parity_checked_and_runs_torch_free(bundle):
 
     with pytest.raises(InputError, match="a guidance interval needs a pixel-inpaint"):  # its sampling guides every step
         pipe(frame, mask, prompt="The polyp is pale.", steps=4, seed=0, guidance_interval="0.3-1")
+
+
+def test_a_batch_job_asking_it_for_a_guidance_interval_is_refused_before_it_starts(bundle, tmp_path):
+    from cli_helpers import run_main
+    from engine.samples.frames import generate_sample_set
+
+    frames = tmp_path / "frames"
+    generate_sample_set(frames, count=1, seed=1, with_polyps_every=1)
+    out = tmp_path / "out"
+    refused = run_main(["--batch", "--input", str(frames), "--output", str(out), "--model", str(bundle),
+                        "--mask-source", "random", "--guidance-interval", "0.3-1", "--quiet", "--no-judge"])
+    assert refused.returncode == 2, refused.stderr
+    assert "a guidance interval (--guidance-interval) needs a pixel-inpaint (compact) bundle; this one is " \
+           "pixel-controlnet" in refused.stderr
+    assert not (out / "manifest.jsonl").exists()  # nothing started
