@@ -29,6 +29,7 @@ from engine.captioning.conditioning import AttributePlan, derived_attributes
 from engine.jobs.attributes import check_attributes_fit, variant_attributes
 from engine.judge.rejection import attempts_of, generate_judged, open_gate, open_mucosa_check
 from engine.fileio import save_png_atomic
+from engine.pipelines import pipeline_class
 from engine.pipelines.guidance import parse_guidance_interval
 from engine.masks.instances import Instance, instance_from_mask, instances_from_mask
 from engine.masks.placement import NoPlace
@@ -142,7 +143,8 @@ def check_bundle_fits(spec, bundle) -> str:
     if kind not in CAPTIONED_KINDS and getattr(spec, "captions", None) is not None:
         raise InputError(f"{spec.captions}: per-frame captions need an sd-controlnet or pixel-controlnet bundle; "
                          f"{spec.model} is {kind}")
-    if parse_guidance_interval(getattr(spec, "guidance_interval", None)) is not None and kind != "pixel-inpaint":
+    if (parse_guidance_interval(getattr(spec, "guidance_interval", None)) is not None
+            and not pipeline_class(kind).GUIDANCE_INTERVALS):  # the pipeline's own flag: one source of truth
         raise InputError(f"{spec.model}: a guidance interval (--guidance-interval) needs a pixel-inpaint (compact) "
                          f"bundle; this one is {kind}")
     check_attributes_fit(spec, bundle)
