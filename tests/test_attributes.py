@@ -259,7 +259,7 @@ def test_attribute_guidance_in_an_interval_runs_three_predictions_on_the_noisies
     assert [rows for rows, _, _ in fed] == [3, 3, 2, 2]
     assert paint(6.0).settings["attribute_guidance_until"] == ATTRIBUTE_GUIDANCE_UNTIL  # the default, recorded
     assert "attribute_guidance_until" not in paint(None, 0.5).settings  # nothing guided apart: nothing recorded
-    with pytest.raises(InputError, match="share of the steps must be in"):
+    with pytest.raises(InputError, match=r"attribute_guidance_until is a share of the sampling steps, in \(0, 1\]; got"):
         paint(6.0, 0.0)
 
 

@@ -61,6 +61,10 @@ def test_the_default_model_guides_only_inside_the_interval(monkeypatch):
     assert "guidance_interval" not in every.settings
     (unguided_run,) = paint("0.5-1", guidance=1.0)  # nothing to guide: one prediction a step, nothing recorded
     assert fed == [[polyp]] * 4 and "guidance_interval" not in unguided_run.settings
+    with pytest.raises(InputError, match="guidance interval 0.9-0.95 covers none of the 4 sampling steps"):
+        paint("0.9-0.95")  # ceil(3.6) = ceil(3.8) = 4: no step; it would run unguided, recorded as guided
+    assert fed == []
+    assert paint("0.9-0.95", guidance=1.0)  # unguided anyway: nothing to refuse
     two = paint("0.5-1", count=2)  # a batch: each block holds both variants, and a variant is the variant alone
     assert fed == [[polyp] * 2] * 2 + [[0, 0, polyp, polyp]] * 2
     assert np.abs(two[0].raw - late.raw).max() < 1e-4
@@ -87,6 +91,9 @@ def test_the_batch_job_records_the_interval_and_refuses_a_bad_one(tmp_path):
     assert other.returncode != 0 and "guidance_interval" in other.stderr
     bad = run_main([*base, "--output", str(tmp_path / "bad"), "--guidance-interval", "0.9-0.2"])
     assert bad.returncode == 2 and "guidance interval '0.9-0.2': needs 0 <= A < B <= 1" in bad.stderr
+    empty = run_main([*base, "--output", str(tmp_path / "empty"), "--guidance-interval", "0.9-0.95"])
+    assert empty.returncode == 2 and "covers none of the 4 sampling steps" in empty.stderr  # before any frame
+    assert not (tmp_path / "empty" / "manifest.jsonl").exists()
     moved = run_main([*base, "--output", str(tmp_path / "moved"), "--mode", "transplant", "--mask-source", "user",
                       "--guidance-interval", "0.3-1"])
     assert moved.returncode == 2 and "guidance_interval shapes what the model paints" in moved.stderr

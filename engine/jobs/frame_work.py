@@ -30,7 +30,7 @@ from engine.jobs.attributes import check_attributes_fit, variant_attributes
 from engine.judge.rejection import attempts_of, generate_judged, open_gate, open_mucosa_check
 from engine.fileio import save_png_atomic
 from engine.pipelines import pipeline_class
-from engine.pipelines.guidance import parse_guidance_interval
+from engine.pipelines.guidance import check_interval_has_steps, parse_guidance_interval
 from engine.masks.instances import Instance, instance_from_mask, instances_from_mask
 from engine.masks.placement import NoPlace
 from engine.masks.size_prior import SizeDistribution
@@ -143,10 +143,13 @@ def check_bundle_fits(spec, bundle) -> str:
     if kind not in CAPTIONED_KINDS and getattr(spec, "captions", None) is not None:
         raise InputError(f"{spec.captions}: per-frame captions need an sd-controlnet or pixel-controlnet bundle; "
                          f"{spec.model} is {kind}")
-    if (parse_guidance_interval(getattr(spec, "guidance_interval", None)) is not None
-            and not pipeline_class(kind).GUIDANCE_INTERVALS):  # the pipeline's own flag: one source of truth
+    interval = parse_guidance_interval(getattr(spec, "guidance_interval", None))
+    if interval is not None and not pipeline_class(kind).GUIDANCE_INTERVALS:  # the pipeline's own flag
         raise InputError(f"{spec.model}: a guidance interval (--guidance-interval) needs a pixel-inpaint (compact) "
                          f"bundle; this one is {kind}")
+    sampling = bundle.manifest["sampling"]
+    if float(sampling["guidance_scale"] if spec.guidance is None else spec.guidance) > 1.0:
+        check_interval_has_steps(interval, int(sampling["steps"] if spec.steps is None else spec.steps))
     check_attributes_fit(spec, bundle)
     return kind
 

@@ -18,7 +18,7 @@ from engine.masks.size_prior import parse_sizes
 from engine.masks.sources import MASK_SOURCES, MODES
 from engine.pipelines.blending import BLEND_MODES
 from engine.pipelines.framing import INPAINT_AREAS
-from engine.pipelines.guidance import parse_guidance_interval
+from engine.pipelines.guidance import attribute_guidance_share, parse_guidance_interval
 from engine.schedulers import SCHEDULER_NAMES
 from engine.transplant import DEFAULT_HARMONIZE, DEFAULT_STRENGTH, HARMONIZE_MODES
 
@@ -154,9 +154,7 @@ class JobSpec:
             if self.attribute_guidance is None:
                 raise InputError("attribute_guidance_until says on which steps attribute guidance runs: give "
                                  "attribute_guidance too")
-            if not 0.0 < self.attribute_guidance_until <= 1.0:
-                raise InputError(f"attribute_guidance_until is a share of the sampling steps, in (0, 1]; got "
-                                 f"{self.attribute_guidance_until}")
+            attribute_guidance_share(self.attribute_guidance_until)
         if self.mode == "remove" and self.mask_source == "random":
             raise InputError("mode remove needs to know where the polyp is: use mask_source user or box, not random")
         _at_least("top_k", self.top_k, 1)

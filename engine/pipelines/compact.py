@@ -55,7 +55,7 @@ from engine.pipelines.diffusion_base import (
     PreparedFrame,
     ProgressCallback,
 )
-from engine.pipelines.guidance import Guide, classifier_free, unguided
+from engine.pipelines.guidance import Guide, attribute_guidance_share, classifier_free, unguided
 from engine.pipelines.attribute_inputs import (
     ATTRIBUTES,
     attribute_indices,
@@ -170,10 +170,8 @@ class CompactInpaintPipeline(InpaintingPipeline):
         check_asked_attributes(self.bundle, self.attribute_values, asked)
         if attribute_guidance is not None and not 0.0 <= float(attribute_guidance) <= 50.0:
             raise InputError(f"attribute guidance must be between 0 and 50, got {attribute_guidance}")
-        until = ATTRIBUTE_GUIDANCE_UNTIL if attribute_guidance_until is None else float(attribute_guidance_until)
-        if not 0.0 < until <= 1.0:
-            raise InputError(f"attribute guidance's share of the steps must be in (0, 1], got "
-                             f"{attribute_guidance_until}")
+        until = attribute_guidance_share(
+            ATTRIBUTE_GUIDANCE_UNTIL if attribute_guidance_until is None else attribute_guidance_until)
         if REMOVAL_CLASS in self.classes and self.class_of(prompt) == self.classes.index(REMOVAL_CLASS):
             asked = {}  # removal stays a prompt: "Normal" is asked no attributes
         indices = attribute_indices(self.attribute_values.items(), asked)

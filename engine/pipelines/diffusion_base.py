@@ -23,7 +23,7 @@ from engine.bundle import Bundle
 from engine.errors import BundleError, Cancelled, InputError
 from engine.masks.geometry import resize_mask
 from engine.pipelines.attribute_inputs import check_asked_attributes
-from engine.pipelines.guidance import Guide, classifier_free, parse_guidance_interval
+from engine.pipelines.guidance import Guide, classifier_free, check_interval_has_steps, parse_guidance_interval
 from engine.pipelines.framing import (
     blend_for_prompt,
     check_frame_and_mask,
@@ -186,6 +186,8 @@ class OnnxDiffusionPipeline:
         if interval is not None and not self.GUIDANCE_INTERVALS:
             raise InputError(f"{self.bundle.name}: a guidance interval needs a pixel-inpaint (compact) bundle; this "
                              f"one is {self.bundle.kind}")
+        if guided:
+            check_interval_has_steps(interval, steps)
         embeddings = self.encode_prompt(prompt, negative_prompt, guided)
         work_w, work_h = prepared.working_size
         noise_shape = (1, self.latent_channels, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)

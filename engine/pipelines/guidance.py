@@ -30,10 +30,25 @@ class Guide:
 
     def at(self, step_index: int, total: int) -> "Guide":
         """The rule of step ``step_index`` (0 = the noisiest) of ``total``."""
-        first, end = (math.ceil(share * total - 1e-9) for share in (self.start, self.until))
-        if self.then is None or first <= step_index < end:
+        if self.then is None or step_index in steps_of_share(self.start, self.until, total):
             return self
         return self.then.at(step_index, total)
+
+
+def steps_of_share(start: float, until: float, total: int) -> range:
+    """The steps (0 = the noisiest) of ``total`` from the ``start`` to the ``until`` share, each rounded up to a whole
+    step: where a rule of a limited interval holds."""
+    first, end = (math.ceil(share * total - 1e-9) for share in (start, until))
+    return range(first, end)
+
+
+def check_interval_has_steps(interval: tuple[float, float] | None, total: int) -> None:
+    """InputError when a guidance interval (A, B) holds on none of ``total`` sampling steps: it would run unguided
+    while recorded as guided."""
+    if interval is not None and not steps_of_share(*interval, total):
+        start, end = interval
+        raise InputError(f"guidance interval {start:g}-{end:g} covers none of the {total} sampling steps (each share "
+                         "is rounded up to a whole step): widen it or raise the steps")
 
 
 def unguided() -> Guide:
@@ -54,6 +69,18 @@ def parse_guidance_interval(value) -> tuple[float, float] | None:
     if not 0.0 <= start < end <= 1.0:
         raise InputError(f"guidance interval {value!r}: needs 0 <= A < B <= 1 (shares of the steps, 0 = the noisiest)")
     return None if (start, end) == (0.0, 1.0) else (start, end)
+
+
+def attribute_guidance_share(value) -> float:
+    """``attribute_guidance_until`` (the share of the sampling steps, the noisiest, that attribute guidance runs on) as
+    a float in (0, 1]; InputError naming the value otherwise. Job files and direct pipeline calls both ask here."""
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        share = math.nan
+    if not 0.0 < share <= 1.0:
+        raise InputError(f"attribute_guidance_until is a share of the sampling steps, in (0, 1]; got {value}")
+    return share
 
 
 def classifier_free(guidance_scale: float) -> Guide:
