@@ -135,8 +135,9 @@ def test_the_form_becomes_the_engines_settings_and_the_arms_job_files(window, fr
     form_draws = app_settings.EvaluationForm(tests=str(frames / "test"), synthetic_arm=False, copy_paste_arm=False,
                                              subset_draws=3)
     drawn = vm.curve_settings(form_draws, frames / "train", {})
-    from engine.evaluation.subset_draws import draw_settings
+    from engine.evaluation.subset_draws import SUMMARY_NAMES, draw_settings
 
+    assert vm.DRAWS_REPORT_NAME in SUMMARY_NAMES  # the app names the page the engine writes (kept apart: no torch)
     assert drawn.subset_draws == 3 and draw_settings(drawn, 1).seeds == 1  # the engine's one seed a draw
     assert drawn.out == frames / "train-evaluation-draws"
     assert vm.report_path(form_draws, frames / "train") == frames / "train-evaluation-draws" / "draws.html"
