@@ -35,8 +35,9 @@ def draw_settings(root: Path, draws: int, fraction: float, arms: dict[str, Path]
                          fractions=(float(fraction),), seeds=seeds, subset_draws=draws)
 
 
-def summary(settings, held_out: set[str]) -> str:
-    """The engine's summary (markdown), then the seen/unseen split of every comparison it makes."""
+def summary(settings, held_out: set[str], versus: tuple[tuple[str, str], ...] = ()) -> str:
+    """The engine's summary (markdown), then the seen/unseen split of every comparison it makes, and of each (base,
+    arm) in ``versus``: comparisons the engine does not make (a generated arm against another, paired by draw)."""
     from engine.evaluation.subset_draws import draw_runs, read_results, summarize
     from engine.evaluation.subset_draws import markdown as engine_markdown
 
@@ -51,6 +52,14 @@ def summary(settings, held_out: set[str]) -> str:
             lines += ["", f"## {arm} − {base}: test frames the generator never trained on, and the others "
                       f"(fraction {point['fraction']:g}, test set {point['test']})", "",
                       markdown(compare_runs(only, base, [arm], held_out), base, over="draws")]
+        for base, arm in versus:
+            draws = set(runs[base]) & set(runs[arm])
+            if len(draws) < 2:
+                continue  # nothing to pair yet
+            only = lambda name: {d: r for d, r in runs[name].items() if d in draws}  # noqa: E731
+            lines += ["", f"## {arm} − {base}, paired by draw: all test frames, those the generator never trained on, "
+                      f"and the others (fraction {point['fraction']:g}, test set {point['test']})", "",
+                      markdown(compare_runs(only, base, [arm], held_out), base, over="draws")]
     return "\n".join(lines) + "\n"
 
 
@@ -59,6 +68,13 @@ def _arm(text: str) -> tuple[str, Path]:
     if not name or not job:
         raise argparse.ArgumentTypeError(f"{text!r}: give NAME=JOB.toml")
     return name, Path(job)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    base, _, arm = text.partition("=")
+    if not base or not arm:
+        raise argparse.ArgumentTypeError(f"{text!r}: give BASE=ARM")
+    return base, arm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,9 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-out", type=Path, required=True,
                         help="the generator's held-out frames (its model folder's held_out_frames.txt)")
     parser.add_argument("--test", default="kvasir", help="the test set's name in the results (default kvasir)")
+    parser.add_argument("--versus", type=_pair, action="append", default=[], metavar="BASE=ARM",
+                        help="also ARM against BASE (two of the arms), paired by draw (repeatable)")
     args = parser.parse_args(argv)
     settings = draw_settings(args.root, args.draws, args.fraction, dict(args.arm), args.test, args.seeds)
-    print(summary(settings, read_held_out(args.held_out)), end="")
+    unknown = {name for pair in args.versus for name in pair} - set(settings.arm_names())
+    if unknown:
+        parser.error(f"--versus names {', '.join(sorted(unknown))}, not among the arms")
+    print(summary(settings, read_held_out(args.held_out), tuple(args.versus)), end="")
     return 0
 
 

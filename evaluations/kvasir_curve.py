@@ -83,6 +83,16 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    (evaluations/curve_draws.py, written to kvasir-curve-draws/summary.md after every draw); secondary: each against
    `real`, the unseen test frames, the Wilcoxon test over frames. Draw 0 (phases 12/15) is not among them. The
    answer is whatever the 10 draws say; no draws are added to this comparison.
+30–39. `own-mask-judged-x4` at 0.05 on subset draws 1–10 (one phase each, into the draw's group beside phases
+   20–29's arms, the same real and copy-paste runs), one seed (0) per draw, 2 synthetic per real frame. Every
+   generated arm so far painted new polyps at random masks beside the real ones; the batch job's headline use paints
+   at the frames' OWN masks: the real polyp's outline repainted with a generated polyp (the real one gone from that
+   frame), a new look inside a real outline where copy-paste moves a real look to a new place. Never measured on
+   the curve until now. Registered 2026-12-07, with its count of 10 draws and its test, before any run of it: the
+   primary result is `own-mask-judged-x4` − `copy-paste-x2` in mean Dice on the 97 test frames, paired by draw, its
+   95 % CI and two-sided paired t-test over the 10 draws (kvasir-curve-draws/own-mask-summary.md, rewritten after
+   every draw); secondary: against `default-judged-x4` (random masks) and `real`, the unseen test frames, the Wilcoxon
+   test over frames. No draws are added.
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report per group (GROUPS) of every arm and fraction of its phases (an
@@ -120,6 +130,7 @@ GROUPS = {"curve": ("out", COMMITTED, FRACTIONS, RATIOS),
 # Phases 20–29: the smallest set's generator-vs-copy-paste comparison on independent subset draws, a group each.
 DRAWS = range(1, 11)
 DRAW_ARMS = ("copy-paste-x2", "default-judged-x4")
+OWN_MASK_ARM = "own-mask-judged-x4"  # phases 30–39, on the same draws
 DRAWS_COMMITTED = HERE / "kvasir-curve-draws"
 GROUPS |= {f"draw-{draw}": (f"out-draw-{draw}", DRAWS_COMMITTED / f"draw-{draw}", SMALLEST, "") for draw in DRAWS}
 # (arms, fractions, further flags[, group]), in the order they train: the issue's default evaluation is complete
@@ -145,6 +156,7 @@ PHASES = (
     (("rare128-judged-x4",), SMALLEST, ("--seeds", "5"), "smallest"),
     (("rare128-attribute-guided-x4",), SMALLEST, ("--seeds", "5"), "smallest"),
     *((DRAW_ARMS, SMALLEST, ("--seeds", "1", "--subset-draw", str(draw)), f"draw-{draw}") for draw in DRAWS),
+    *(((OWN_MASK_ARM,), SMALLEST, ("--seeds", "1", "--subset-draw", str(draw)), f"draw-{draw}") for draw in DRAWS),
 )
 
 
@@ -164,7 +176,7 @@ ARM_RATIOS = {"copy-paste-x2": 2.0, "judged-and-copy-paste": 2.0, "synthetic-jud
               "compact128-judged-x4": 2.0, "attributes-judged-x4": 2.0,
               "lift128-judged-x4": 2.0, "default-judged-x4": 2.0, "guided-judged-x4": 2.0,
               "removal-judged-1in8": 0.125, "copy-paste-x2-and-judged-x2": 4.0,
-              "rare128-judged-x4": 2.0, "rare128-attribute-guided-x4": 2.0}
+              "rare128-judged-x4": 2.0, "rare128-attribute-guided-x4": 2.0, OWN_MASK_ARM: 2.0}
 MIXES = {"judged-and-copy-paste": ("copy-paste", "synthetic-judged-x4"),
          "copy-paste-x2-and-judged-x2": ("copy-paste-x2", "default-judged-x4")}
 # Arms that run another arm's job file under a name of their own (their own ratio, their own pool and results).
@@ -312,19 +324,32 @@ def collect(group: str, work: Path) -> None:
 
 
 def write_draws_summary() -> Path:
-    """kvasir-curve-draws/summary.md: phases 20–29's comparison over the draws finished so far (curve_draws.py)."""
+    """kvasir-curve-draws/summary.md: phases 20–29's comparison over the draws finished so far (curve_draws.py); and
+    own-mask-summary.md: phases 30–39's, once two draws have its arm."""
     from curve_draws import draw_settings, summary
     from curve_seen_unseen import read_held_out
 
     from engine.fileio import atomic_write_bytes
 
+    held_out = read_held_out(GENERATOR_HELD_OUT)
+    own = (*DRAW_ARMS, OWN_MASK_ARM)
+    settings = draw_settings(DRAWS_COMMITTED, len(DRAWS), float(SMALLEST), {arm: job_file(arm) for arm in own})
+    if len(list(DRAWS_COMMITTED.glob(f"draw-*/results/{SMALLEST}/{OWN_MASK_ARM}-seed*.json"))) >= 2:
+        text = ("Phases 30–39 of evaluations/kvasir_curve.py, rewritten after every draw (evaluations/curve_draws.py "
+                f"--versus default-judged-x4={OWN_MASK_ARM}): the batch job's own-mask synthetic (new polyps painted "
+                "at the frames' own masks, judge-kept, 2 per real frame) on phases 20–29's 10 subset draws, one seed "
+                f"each. Registered before any run: the primary result is {OWN_MASK_ARM} − copy-paste-x2 over the "
+                f"{len(DRAWS)} draws (paired t-test over draws); secondary: against default-judged-x4 (random masks) "
+                "and real. The default-judged-x4 − copy-paste-x2 rows are phases 20–29's (summary.md).\n\n"
+                + summary(settings, held_out, (("default-judged-x4", OWN_MASK_ARM),)))
+        atomic_write_bytes(DRAWS_COMMITTED / "own-mask-summary.md", text.encode("utf-8"))
     settings = draw_settings(DRAWS_COMMITTED, len(DRAWS), float(SMALLEST), {arm: job_file(arm) for arm in DRAW_ARMS})
     text = ("Phases 20–29 of evaluations/kvasir_curve.py, rewritten after every draw (evaluations/curve_draws.py): "
             f"phase 15's comparison at fraction {SMALLEST} on {len(DRAWS)} other hash-drawn subsets of 36 training + 9 "
             "validation frames, one seed each. Registered before any run: the primary result is default-judged-x4 − "
             f"copy-paste-x2 over the {len(DRAWS)} draws (paired t-test over draws); the generator never trained on "
             f"the 'unseen' test frames ({GENERATOR_HELD_OUT.relative_to(REPO)}).\n\n"
-            + summary(settings, read_held_out(GENERATOR_HELD_OUT)))
+            + summary(settings, held_out))
     target = DRAWS_COMMITTED / "summary.md"
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(target, text.encode("utf-8"))

@@ -50,6 +50,16 @@ def test_arms_are_paired_by_draw_split_by_the_held_out_frames_and_a_draw_without
     # and split by the held-out list: nothing on the unseen frames
     assert "## generated − copy-paste-x2: test frames the generator never trained on" in text
     assert "| generated | unseen (5) | 4 | +0.000" in text and "| generated | seen (5) | 4 | +0.080" in text
+    # a comparison the engine does not make (one generated arm against another), asked by --versus
+    for draw, gain in gains.items():
+        _write_run(root, draw, "own-mask", lambda i, d=draw, g=gain: 0.6 + 0.01 * d + (2 * g if i >= 5 else 0.0)
+                   + (0.1 if i < 5 else 0.0))
+    jobs = {**_jobs(tmp_path), "own-mask": tmp_path / "add.toml"}
+    versus = script.summary(script.draw_settings(root, 10, 0.05, jobs), {"f0", "f1", "f2", "f3", "f4"},
+                            (("generated", "own-mask"),))
+    assert "## own-mask − generated, paired by draw" in versus
+    assert "| own-mask | all (10) | 4 | +0.050 [" in versus and "| own-mask | unseen (5) | 4 | +0.100" in versus
+    assert "## own-mask − generated" not in text
     lonely = tmp_path / "lonely"
     _write_run(lonely, 1, "copy-paste-x2", lambda i: 0.5)
     _write_run(lonely, 1, "generated", lambda i: 0.6)
@@ -61,10 +71,13 @@ def test_each_draw_is_a_phase_and_a_report_group_with_its_own_draw_and_seeds():
     wrapper = load_script("evaluations/kvasir_curve.py")
     draws = [(number, phase) for number, phase in enumerate(wrapper.PHASES, 1)
              if wrapper.group_of(phase).startswith("draw-")]
-    assert [number for number, _ in draws] == list(range(20, 30))
-    for draw, (_, phase) in enumerate(draws, 1):
+    assert [number for number, _ in draws] == list(range(20, 40))  # phases 20–29, then 30–39 on the same draws
+    for draw, ((_, phase), (_, own_mask)) in enumerate(zip(draws[:10], draws[10:]), 1):
         assert phase[0] == ("copy-paste-x2", "default-judged-x4") and phase[1] == "0.05"
+        assert own_mask[0] == ("own-mask-judged-x4",) and own_mask[1:] == phase[1:]  # the same draw and group
         assert wrapper.report_flags(f"draw-{draw}") == ["--seeds", "1", "--subset-draw", str(draw)]
         assert wrapper.GROUPS[f"draw-{draw}"][0] == f"out-draw-{draw}"
+        assert wrapper.arms_of(f"draw-{draw}") == ("copy-paste-x2", "default-judged-x4", "own-mask-judged-x4")
+    assert wrapper.ARM_RATIOS["own-mask-judged-x4"] == 2.0
     # the earlier groups' reports are asked as they always were
     assert wrapper.report_flags("curve") == [] and wrapper.report_flags("smallest") == ["--seeds", "8"]
