@@ -190,6 +190,10 @@ def test_job_api_cancel_then_resume(kvasir_like, tmp_path):
     assert len(json.loads((tmp_path / "out" / "annotations" / "instances.json").read_text())["images"]) == 3
     resumed = run_job(spec)
     assert resumed.status == "ok" and resumed.reused == 3 and resumed.ok == 12
+    assert not any("paint over a real polyp" in note for note in resumed.notes)  # beside the real polyps
+    over = run_job(build_spec({"input": kvasir_like, "output": tmp_path / "own", "steps": 2}))  # the own masks
+    with_masks = len(list((kvasir_like / "masks").glob("*.png")))
+    assert f"{with_masks} of {with_masks} variants paint over a real polyp" in "\n".join(over.notes)
 
 
 def test_retrieved_masks_from_a_database(kvasir_like, tmp_path):

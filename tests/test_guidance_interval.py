@@ -65,6 +65,9 @@ def test_the_default_model_guides_only_inside_the_interval(monkeypatch):
         paint("0.9-0.95")  # ceil(3.6) = ceil(3.8) = 4: no step; it would run unguided, recorded as guided
     assert fed == []
     assert paint("0.9-0.95", guidance=1.0)  # unguided anyway: nothing to refuse
+    with pytest.raises(InputError, match="covers none of the 2 sampling steps"):  # from the frame: 2 of 4 run
+        pipe.generate_variants(prepared, [0], latents=[noise], steps=4, guidance_scale=3.0, strength=0.5,
+                               guidance_interval="0.6-0.9")
     two = paint("0.5-1", count=2)  # a batch: each block holds both variants, and a variant is the variant alone
     assert fed == [[polyp] * 2] * 2 + [[0, 0, polyp, polyp]] * 2
     assert np.abs(two[0].raw - late.raw).max() < 1e-4

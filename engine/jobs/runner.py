@@ -323,6 +323,10 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
             lines = [kept_by_size(manifest.records()) if spec.judge is not None else None,
                      mucosa_tally(manifest.records()) if spec.checks_removals else None]
             summary.notes.extend(line for line in lines if line is not None)
+        if spec.mode == "add" and spec.mask_source != "random":
+            line = replaced_polyps_note(manifest.records())
+            if line is not None:
+                summary.notes.append(line)
         summary.failures = tally.failures
         summary.stage_seconds = {k: round(v, 3) for k, v in backend.stage_seconds().items()}
         backend.finish(summary)
@@ -468,6 +472,22 @@ class LocalBackend:
 
     def finish(self, summary: "JobSummary") -> None:
         """Nothing to release: the pipeline goes with this object."""
+
+
+def replaced_polyps_note(records) -> str | None:
+    """One line when variants of an add job were painted over a real polyp (its own mask or box: the manifest's
+    "removed"), so that the real polyp is not in them; None when none was. The learning curve's word on them goes
+    with it (docs/evaluation.md, phases 30–39)."""
+    ok = replaced = 0
+    for record in records:
+        if record.get("status") == "ok":
+            ok += 1
+            replaced += bool(record.get("removed"))
+    if not replaced:
+        return None
+    return (f"{replaced} of {ok} variants paint over a real polyp (at its own mask or box), which is then not in the "
+            "variant: on the Kvasir-SEG learning curve such variants have so far taught a segmenter about what the real "
+            "frames alone do, new polyps beside the real ones (--mask-source random) +0.2 Dice (docs/evaluation.md)")
 
 
 def _finish(spec, manifest: Manifest, items: list[WorkItem], sources):

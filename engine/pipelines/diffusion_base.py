@@ -186,8 +186,9 @@ class OnnxDiffusionPipeline:
         if interval is not None and not self.GUIDANCE_INTERVALS:
             raise InputError(f"{self.bundle.name}: a guidance interval needs a pixel-inpaint (compact) bundle; this "
                              f"one is {self.bundle.kind}")
-        if guided:
-            check_interval_has_steps(interval, steps)
+        run = steps if strength is None else min(int(steps * float(strength)), steps)  # the steps denoise runs
+        if guided and run:
+            check_interval_has_steps(interval, run)
         embeddings = self.encode_prompt(prompt, negative_prompt, guided)
         work_w, work_h = prepared.working_size
         noise_shape = (1, self.latent_channels, work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
