@@ -48,19 +48,23 @@ def summary(settings, held_out: set[str], versus: tuple[tuple[str, str], ...] = 
         runs = {arm: draw_runs(results, point["fraction"], arm, point["test"]) for arm in data["arms"]}
         for comparison in point["comparisons"]:
             base, arm, draws = comparison["base"], comparison["arm"], set(comparison["draws"])
-            only = lambda name: {d: r for d, r in runs[name].items() if d in draws}  # noqa: E731
-            lines += ["", f"## {arm} − {base}: test frames the generator never trained on, and the others "
-                      f"(fraction {point['fraction']:g}, test set {point['test']})", "",
-                      markdown(compare_runs(only, base, [arm], held_out), base, over="draws")]
+            lines += split_section(runs, base, arm, draws, held_out, f"## {arm} − {base}: test frames the generator "
+                                   f"never trained on, and the others (fraction {point['fraction']:g}, test set "
+                                   f"{point['test']})")
         for base, arm in versus:
             draws = set(runs[base]) & set(runs[arm])
-            if len(draws) < 2:
-                continue  # nothing to pair yet
-            only = lambda name: {d: r for d, r in runs[name].items() if d in draws}  # noqa: E731
-            lines += ["", f"## {arm} − {base}, paired by draw: all test frames, those the generator never trained on, "
-                      f"and the others (fraction {point['fraction']:g}, test set {point['test']})", "",
-                      markdown(compare_runs(only, base, [arm], held_out), base, over="draws")]
+            if len(draws) >= 2:  # fewer: nothing to pair yet
+                lines += split_section(runs, base, arm, draws, held_out, f"## {arm} − {base}, paired by draw: all test "
+                                       "frames, those the generator never trained on, and the others (fraction "
+                                       f"{point['fraction']:g}, test set {point['test']})")
     return "\n".join(lines) + "\n"
+
+
+def split_section(runs: dict, base: str, arm: str, draws: set[int], held_out: set[str], title: str) -> list[str]:
+    """The lines of one comparison's section: ``arm`` against ``base`` over ``draws``, on all test frames and split
+    by the generator's held-out frames."""
+    only = lambda name: {d: r for d, r in runs[name].items() if d in draws}  # noqa: E731
+    return ["", title, "", markdown(compare_runs(only, base, [arm], held_out), base, over="draws")]
 
 
 def _arm(text: str) -> tuple[str, Path]:

@@ -332,27 +332,29 @@ def write_draws_summary() -> Path:
     from engine.fileio import atomic_write_bytes
 
     held_out = read_held_out(GENERATOR_HELD_OUT)
-    own = (*DRAW_ARMS, OWN_MASK_ARM)
-    settings = draw_settings(DRAWS_COMMITTED, len(DRAWS), float(SMALLEST), {arm: job_file(arm) for arm in own})
+
+    def write(name: str, arms: tuple[str, ...], header: str, versus: tuple = ()) -> Path:
+        settings = draw_settings(DRAWS_COMMITTED, len(DRAWS), float(SMALLEST), {arm: job_file(arm) for arm in arms})
+        target = DRAWS_COMMITTED / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, (header + "\n\n" + summary(settings, held_out, versus)).encode("utf-8"))
+        return target
+
     if len(list(DRAWS_COMMITTED.glob(f"draw-*/results/{SMALLEST}/{OWN_MASK_ARM}-seed*.json"))) >= 2:
-        text = ("Phases 30–39 of evaluations/kvasir_curve.py, rewritten after every draw (evaluations/curve_draws.py "
-                f"--versus default-judged-x4={OWN_MASK_ARM}): the batch job's own-mask synthetic (new polyps painted "
-                "at the frames' own masks, judge-kept, 2 per real frame) on phases 20–29's 10 subset draws, one seed "
-                f"each. Registered before any run: the primary result is {OWN_MASK_ARM} − copy-paste-x2 over the "
-                f"{len(DRAWS)} draws (paired t-test over draws); secondary: against default-judged-x4 (random masks) "
-                "and real. The default-judged-x4 − copy-paste-x2 rows are phases 20–29's (summary.md).\n\n"
-                + summary(settings, held_out, (("default-judged-x4", OWN_MASK_ARM),)))
-        atomic_write_bytes(DRAWS_COMMITTED / "own-mask-summary.md", text.encode("utf-8"))
-    settings = draw_settings(DRAWS_COMMITTED, len(DRAWS), float(SMALLEST), {arm: job_file(arm) for arm in DRAW_ARMS})
-    text = ("Phases 20–29 of evaluations/kvasir_curve.py, rewritten after every draw (evaluations/curve_draws.py): "
-            f"phase 15's comparison at fraction {SMALLEST} on {len(DRAWS)} other hash-drawn subsets of 36 training + 9 "
-            "validation frames, one seed each. Registered before any run: the primary result is default-judged-x4 − "
-            f"copy-paste-x2 over the {len(DRAWS)} draws (paired t-test over draws); the generator never trained on "
-            f"the 'unseen' test frames ({GENERATOR_HELD_OUT.relative_to(REPO)}).\n\n"
-            + summary(settings, held_out))
-    target = DRAWS_COMMITTED / "summary.md"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, text.encode("utf-8"))
+        write("own-mask-summary.md", (*DRAW_ARMS, OWN_MASK_ARM),
+              "Phases 30–39 of evaluations/kvasir_curve.py, rewritten after every draw (evaluations/curve_draws.py "
+              f"--versus default-judged-x4={OWN_MASK_ARM}): the batch job's own-mask synthetic (new polyps painted "
+              "at the frames' own masks, judge-kept, 2 per real frame) on phases 20–29's 10 subset draws, one seed "
+              f"each. Registered before any run: the primary result is {OWN_MASK_ARM} − copy-paste-x2 over the "
+              f"{len(DRAWS)} draws (paired t-test over draws); secondary: against default-judged-x4 (random masks) "
+              "and real. The default-judged-x4 − copy-paste-x2 rows are phases 20–29's (summary.md).",
+              (("default-judged-x4", OWN_MASK_ARM),))
+    target = write("summary.md", DRAW_ARMS,
+                   "Phases 20–29 of evaluations/kvasir_curve.py, rewritten after every draw (evaluations/curve_draws.py): "
+                   f"phase 15's comparison at fraction {SMALLEST} on {len(DRAWS)} other hash-drawn subsets of 36 "
+                   "training + 9 validation frames, one seed each. Registered before any run: the primary result is "
+                   f"default-judged-x4 − copy-paste-x2 over the {len(DRAWS)} draws (paired t-test over draws); the "
+                   f"generator never trained on the 'unseen' test frames ({GENERATOR_HELD_OUT.relative_to(REPO)}).")
     return target
 
 

@@ -55,6 +55,12 @@ class VariantResult:
     seconds: float = 0.0
 
 
+def steps_run(steps: int, strength: float) -> int:
+    """How many of ``steps`` timesteps the sampling loop runs from a frame noised to ``strength`` (the last ones, as
+    diffusers' img2img pipelines): all of them at strength 1."""
+    return min(int(steps * strength), steps)
+
+
 class OnnxDiffusionPipeline:
     KIND = ""  # the bundle kind it runs
     REFUSAL = ""  # what a bundle of another kind is told it is not ("an inpainting bundle")
@@ -186,7 +192,7 @@ class OnnxDiffusionPipeline:
         if interval is not None and not self.GUIDANCE_INTERVALS:
             raise InputError(f"{self.bundle.name}: a guidance interval needs a pixel-inpaint (compact) bundle; this "
                              f"one is {self.bundle.kind}")
-        run = steps if strength is None else min(int(steps * float(strength)), steps)  # the steps denoise runs
+        run = steps_run(steps, 1.0 if strength is None else float(strength))
         if guided and run:
             check_interval_has_steps(interval, run)
         embeddings = self.encode_prompt(prompt, negative_prompt, guided)
@@ -307,7 +313,7 @@ class OnnxDiffusionPipeline:
             scheduler.set_begin_index(0)  # as diffusers' pipelines do at strength 1 (matters for repeated timesteps)
             latents = (latents * scheduler.init_noise_sigma).astype(np.float32)
         else:
-            begin = max(steps - min(int(steps * strength), steps), 0)
+            begin = max(steps - steps_run(steps, strength), 0)
             timesteps = timesteps[begin:]
             if len(timesteps) == 0:
                 return np.repeat(start, latents.shape[0] // start.shape[0], axis=0).astype(np.float32)
