@@ -196,6 +196,31 @@ def test_job_api_cancel_then_resume(kvasir_like, tmp_path):
     assert f"{with_masks} of {with_masks} variants paint over a real polyp" in "\n".join(over.notes)
 
 
+def test_temp_files_of_killed_writers_are_swept_at_start_and_end(kvasir_like, tmp_path):
+    """A writer killed between the temp file and its rename (a Ray worker SIGKILLed mid-PNG) leaves
+    `.NAME.<random>.tmp` beside the target; the job removes such files when it ends and when it starts again."""
+    from engine.jobs import build_spec, run_job
+
+    output = tmp_path / "out"
+    spec = build_spec({"input": kvasir_like, "output": output, "mask_source": "random", "steps": 2, "variants": 1})
+    left_mid_run = output / "images" / "train" / ".sample_000__killed.png.abc123.tmp"
+
+    def a_writer_dies(event):
+        if event.kind == "variant" and not left_mid_run.exists():
+            left_mid_run.write_bytes(b"half a png")
+
+    summary = run_job(spec, on_event=a_writer_dies)
+    assert summary.status == "ok" and summary.ok == 6
+    assert not left_mid_run.exists() and not list(output.rglob("*.tmp"))
+    assert any(note.startswith("1 half-written file(s)") for note in summary.notes)
+    left_before = output / "annotations" / ".instances.json.x1y2.tmp"
+    left_before.write_bytes(b"{")
+    assert run_job(spec).reused == 6 and not left_before.exists()
+    (output / "images" / "train" / "keep.tmp").write_bytes(b"not ours: no leading dot")
+    run_job(spec)
+    assert (output / "images" / "train" / "keep.tmp").exists()
+
+
 def test_retrieved_masks_from_a_database(kvasir_like, tmp_path):
     db = tmp_path / "polyps.db"
     assert main.main(["db", "build", "--polyps", str(kvasir_like), "--to", str(db)]) == 0

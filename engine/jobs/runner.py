@@ -169,10 +169,24 @@ def _prepare_output(spec, settings: dict, judge_from_model: bool = False) -> Non
             shutil.rmtree(output / name, ignore_errors=True)
         for name in ("manifest.jsonl", "data.yaml", "contact_sheet.jpg", JOB_RECORD, "summary.json"):
             (output / name).unlink(missing_ok=True)
-    for leftover in output.rglob(".*.tmp"):  # temp files of a run killed mid-write
-        leftover.unlink(missing_ok=True)
+    sweep_temp_files(output)
     record = {"settings": settings, "formats": list(spec.formats)}
     atomic_write_bytes(record_path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def sweep_temp_files(output: Path) -> int:
+    """Remove the temp files of atomic writes (engine.fileio: ``.NAME.<random>.tmp`` beside their target) that
+    a process killed mid-write left in the output: at a job's start (an earlier run was killed) and at its end
+    (a worker killed during this run). Called only under the output lock, with no writer of this job alive.
+    Returns how many were removed."""
+    removed = 0
+    for leftover in output.rglob(".*.tmp"):
+        try:
+            leftover.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def run_job(spec, on_event: Callable[[JobEvent], None] | None = None, cancel: Callable[[], bool] | None = None) -> JobSummary:
@@ -311,6 +325,10 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
     except Cancelled:
         summary.status = "cancelled"
     finally:
+        half_written = sweep_temp_files(spec.output)  # what a worker killed mid-write left behind
+        if half_written:
+            summary.notes.append(f"{half_written} half-written file(s) of a writer killed mid-write were removed "
+                                 "(its variants were made again or are listed as failed)")
         tally = _finish(spec, manifest, items, sources)
         summary.ok = tally.counts.get("ok", 0)
         summary.failed = tally.counts.get("failed", 0)
