@@ -31,6 +31,7 @@ from engine.judge.rejection import attempts_of, generate_judged, open_gate, open
 from engine.fileio import save_png_atomic
 from engine.pipelines import pipeline_class
 from engine.pipelines.guidance import check_interval_has_steps, parse_guidance_interval
+from engine.pipelines.sampling_settings import resolve_sampling
 from engine.masks.instances import Instance, instance_from_mask, instances_from_mask
 from engine.masks.placement import NoPlace
 from engine.masks.size_prior import SizeDistribution
@@ -147,9 +148,10 @@ def check_bundle_fits(spec, bundle) -> str:
     if interval is not None and not pipeline_class(kind).GUIDANCE_INTERVALS:  # the pipeline's own flag
         raise InputError(f"{spec.model}: a guidance interval (--guidance-interval) needs a pixel-inpaint (compact) "
                          f"bundle; this one is {kind}")
-    sampling = bundle.manifest["sampling"]
-    if float(sampling["guidance_scale"] if spec.guidance is None else spec.guidance) > 1.0:
-        check_interval_has_steps(interval, int(sampling["steps"] if spec.steps is None else spec.steps))
+    steps, guidance_scale, _ = resolve_sampling(bundle.manifest["sampling"], spec.steps, spec.guidance,
+                                                spec.scheduler)
+    if guidance_scale > 1.0:
+        check_interval_has_steps(interval, steps)
     check_attributes_fit(spec, bundle)
     return kind
 

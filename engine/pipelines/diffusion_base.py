@@ -33,9 +33,10 @@ from engine.pipelines.framing import (
     model_view,
     paste_back_in_crop,
 )
+from engine.pipelines.sampling_settings import resolve_sampling
 from engine.runtime.opening import BundleSource, bundle_of_kind
 from engine.runtime.session import OnnxPart
-from engine.schedulers import SCHEDULER_NAMES, make_scheduler
+from engine.schedulers import make_scheduler
 from engine.text.clip_tokenizer import PromptTokenizer
 
 ProgressCallback = Callable[[int, int], None]  # (steps done, steps in total)
@@ -271,16 +272,7 @@ class OnnxDiffusionPipeline:
     # ------------------------------------------------------------------ sampling
     def sampling_settings(self, steps, guidance_scale, scheduler, batch_size) -> tuple[int, float, str]:
         """Steps, guidance and scheduler with the bundle's defaults filled in, checked."""
-        steps = int(self.defaults["steps"] if steps is None else steps)
-        guidance_scale = float(self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
-        scheduler = self.defaults["scheduler"] if scheduler is None else scheduler
-        if scheduler not in SCHEDULER_NAMES:
-            raise InputError(f"scheduler {scheduler!r} is not one of {', '.join(SCHEDULER_NAMES)}")
-        if steps < 1:
-            raise InputError(f"steps must be at least 1, got {steps}")
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        return steps, guidance_scale, scheduler
+        return resolve_sampling(self.defaults, steps, guidance_scale, scheduler, batch_size)
 
     def denoise(
         self,
