@@ -128,7 +128,11 @@ def _add_batch_options(group) -> None:
     group.add_argument("--labels", type=Path, help="labels file (COCO json or kavsir_bboxes.json)")
     group.add_argument("--split-file", type=Path, help="lines 'PATH_OR_STEM SPLIT'; unlisted frames are left out")
     group.add_argument("--from-splits", help="splits to derive variants from (default train; written to their own split)")
-    group.add_argument("--mask-source", choices=("user", "box", "random", "retrieved"))
+    group.add_argument("--mask-source", choices=("user", "box", "random", "retrieved"),
+                       help="where each variant is painted: random (new polyps on free mucosa beside the frame's own, "
+                       "whose labels are kept), user (the frame's own masks: an add paints over the real polyp), box "
+                       "(the box around each polyp), retrieved (--db) (default: random to add, user to remove or "
+                       "transplant)")
     group.add_argument("--sizes", help="new polyps' sizes (random masks, transplants): all (default: the input's own polyps', else the "
                        "Kvasir-SEG prior), small (< 5 %% of the frame), large (> 20 %%) or a range of percent "
                        "of the frame such as 2-10")

@@ -191,9 +191,27 @@ def test_job_api_cancel_then_resume(kvasir_like, tmp_path):
     resumed = run_job(spec)
     assert resumed.status == "ok" and resumed.reused == 3 and resumed.ok == 12
     assert not any("paint over a real polyp" in note for note in resumed.notes)  # beside the real polyps
-    over = run_job(build_spec({"input": kvasir_like, "output": tmp_path / "own", "steps": 2}))  # the own masks
+    over = run_job(build_spec({"input": kvasir_like, "output": tmp_path / "own", "steps": 2, "mask_source": "user"}))
     with_masks = len(list((kvasir_like / "masks").glob("*.png")))
     assert f"{with_masks} of {with_masks} variants paint over a real polyp" in "\n".join(over.notes)
+
+
+def test_the_mask_source_default_follows_the_mode_and_an_old_own_mask_job_says_how_to_resume(kvasir_like, tmp_path):
+    """Add paints new polyps at random masks unless asked (what the learning curve supports); remove and transplant
+    work at the frames' own masks. A folder written when add's default was the own masks names the flag that
+    resumes it."""
+    from engine.jobs import JobCannotStart, build_spec, run_job
+
+    paths = {"input": kvasir_like, "output": tmp_path / "o"}
+    assert build_spec(paths).mask_source == "random"
+    assert build_spec({**paths, "mode": "remove"}).mask_source == "user"
+    assert build_spec({**paths, "mode": "transplant"}).mask_source == "user"
+    assert build_spec({**paths, "mask_source": "user"}).mask_source == "user"
+    old = {**paths, "steps": 2, "variants": 1}
+    run_job(build_spec({**old, "mask_source": "user"}))
+    with pytest.raises(JobCannotStart, match=r"mask_source.*--mask-source user resumes it as it was"):
+        run_job(build_spec(old))
+    assert run_job(build_spec({**old, "mask_source": "user"})).status == "ok"
 
 
 def test_temp_files_of_killed_writers_are_swept_at_start_and_end(kvasir_like, tmp_path):

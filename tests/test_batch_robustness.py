@@ -82,7 +82,8 @@ def build_corpus(root: Path) -> dict[str, tuple[str, str]]:
 def test_malformed_corpus_each_item_gets_its_outcome(tmp_path, capsys):
     expected = build_corpus(tmp_path / "in")
     output = tmp_path / "out"
-    code = main.main(["--batch", "--quiet", "--input", str(tmp_path / "in"), "--output", str(output), "--steps", "2"])
+    code = main.main(["--batch", "--quiet", "--input", str(tmp_path / "in"), "--output", str(output), "--steps", "2",
+                      "--mask-source", "user"])  # at each frame's own mask: a bad mask is an item's failure
     assert code == 1  # finished, with failures
     records = {Path(r["source_frame"]).stem: r for r in map(json.loads, (output / "manifest.jsonl").read_text().splitlines())}
     assert set(records) == set(expected)

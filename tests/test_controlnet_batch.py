@@ -50,7 +50,7 @@ def test_batch_job_with_captions_writes_a_valid_dataset(controlnet_bundle, frame
     captions.write_text(f"frame,text\nsample_000.png,\"{CAPTION}\"\n", encoding="utf-8")
     output = tmp_path / "out"
     summary = run_job(_spec(input=frames, output=output, model=controlnet_bundle, captions=captions,
-                            prompt="a polyp", variants=2))
+                            prompt="a polyp", variants=2, mask_source="user"))
     assert summary.status == "ok" and summary.ok == 4 and summary.skipped == 4  # frames 1, 3 have no mask
     check_dataset(output)
     records = [json.loads(line) for line in (output / "manifest.jsonl").read_text().splitlines()]
@@ -73,7 +73,7 @@ def test_batch_job_with_captions_writes_a_valid_dataset(controlnet_bundle, frame
     assert all(i["label_shape"] != "box" for i in record["instances"] if "label_shape" in i)
     # a second run resumes (same settings incl. the captions' hash): nothing redone
     again = run_job(_spec(input=frames, output=output, model=controlnet_bundle, captions=captions,
-                          prompt="a polyp", variants=2))
+                          prompt="a polyp", variants=2, mask_source="user"))
     assert again.reused == 8 and again.ok == 4
 
 
@@ -132,7 +132,8 @@ def test_batch_job_reads_the_caption_commands_output_unchanged(controlnet_bundle
     assert main.main(["caption", "--input", str(frames), "--out", str(captions), "--quiet"]) == 0
     texts = read_captions(captions)
     assert {"sample_000", "sample_002"} <= set(texts) and texts["sample_000"].startswith(("The polyp is", "2 polyps."))
-    summary = run_job(_spec(input=frames, output=tmp_path / "out", model=controlnet_bundle, captions=captions))
+    summary = run_job(_spec(input=frames, output=tmp_path / "out", model=controlnet_bundle, captions=captions,
+                            mask_source="user"))
     assert summary.status == "ok" and summary.ok == 2
     records = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
     for record in (r for r in records if r["status"] == "ok"):

@@ -156,7 +156,9 @@ def test_the_form_becomes_the_engines_settings_and_the_arms_job_files(window, fr
     with pytest.raises(InputError, match="fractions: 1.5 must be in"):
         vm.curve_settings(app_settings.EvaluationForm(tests=str(frames / "test"), fractions="1.5"),
                           frames / "train", {})
-    panel.mode.setCurrentIndex(panel.mode.findData("transplant"))  # transplant with random masks: refused
+    panel.mode.setCurrentIndex(panel.mode.findData("transplant"))  # the mask source follows to the frames' own
+    assert panel.mask_source.currentData() == "user"
+    panel.mask_source.setCurrentIndex(panel.mask_source.findData("random"))  # set back by hand: refused
     with pytest.raises(InputError, match=r"synthetic\.toml: .*mask_source user, not 'random'") as refused:
         vm.curve_settings(form, frames / "train", window.job_values())
     assert str(out / "jobs" / "synthetic.toml") in str(refused.value)

@@ -214,7 +214,7 @@ def test_detectability_of_a_real_job_has_before_and_ceiling(tiny_judge, tmp_path
 
     generate_sample_set(tmp_path / "frames", count=4, seed=21, width=128, height=96, with_polyps_every=1)
     summary = run_job(build_spec({"input": tmp_path / "frames", "output": tmp_path / "out", "steps": 2,
-                                  "threads": 1, "variants": 2}))
+                                  "threads": 1, "variants": 2, "mask_source": "user"}))  # over the real polyps
     assert summary.ok == 8
     det = compute_detectability(list_images(tmp_path / "out"), Judge.from_bundle(tiny_judge[0], provider="cpu"))
     ceiling, overall = det["ceiling"], det["overall"]

@@ -117,7 +117,8 @@ def test_add_at_real_masks_labels_follow_the_mask(tmp_path):
 
     subset, picked = _kvasir_subset(tmp_path, 2)
     output = tmp_path / "out"
-    assert main.main(["--batch", "--quiet", "--no-judge", "--input", str(subset), "--output", str(output), "--steps", "2"]) == 0
+    assert main.main(["--batch", "--quiet", "--no-judge", "--input", str(subset), "--output", str(output), "--steps", "2",
+                      "--mask-source", "user"]) == 0
     data = check_dataset(output)
     coco = data["coco"]
     for image in coco.loadImgs(coco.getImgIds()):

@@ -94,7 +94,8 @@ class EditorPage(QWidget):
         self.help_label = QLabel(
             "Brush/eraser: drag. Rectangle: drag. Polygon: click the corners, then double-click, press Enter "
             "or click the first corner; Backspace removes a corner, Esc cancels.\nThe mask is saved beside the "
-            "frames, where the job reads it (mask source “user”).")
+            "frames, where the job reads it: mask source “Drawn / mask file” paints (or removes) there; “Random "
+            "place” takes it as the outline of a real polyp, keeps its label and paints new polyps elsewhere.")
         self.help_label.setWordWrap(True)
         self.help_label.setStyleSheet("color: #666;")
         side = QVBoxLayout()

@@ -156,6 +156,9 @@ def _prepare_output(spec, settings: dict, judge_from_model: bool = False) -> Non
             # a job written without a judge, resumed now that the model's judge is on by default
             hint = (" (it ran without a judge: --no-judge resumes it as it was)"
                     if judge_from_model and "judge" not in previous else "")
+            if (spec.mode == "add" and previous.get("mask_source") == "user" and spec.mask_source == "random"
+                    and previous.get("mode", "add") == "add"):  # mode add's default mask source was user until 2026-12
+                hint += " (it painted at the frames' own masks: --mask-source user resumes it as it was)"
             if spec.checks_removals and "mucosa_check" not in previous:  # a removal job from before the check
                 hint += " (it ran without the mucosa check: --no-mucosa-check resumes it as it was)"
             raise JobCannotStart(

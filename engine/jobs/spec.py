@@ -45,7 +45,10 @@ class JobSpec:
     labels: Path | None = None
     split_file: Path | None = None
     from_splits: list[str] = field(default_factory=lambda: ["train"])
-    mask_source: str = "user"
+    # Where each variant is painted: "random" (new polyps on free mucosa beside the frame's own, whose labels are
+    # kept), "user" (the frame's own masks: an add paints over the real polyp there), "box", "retrieved". None: random
+    # to add (what the learning curve supports, docs/evaluation.md), the frame's own masks to remove or transplant.
+    mask_source: str | None = None
     db: Path | None = None  # retrieval database, for mask_source "retrieved"
     top_k: int = 5  # retrieval candidates per frame
     box_pad: int = 15
@@ -112,6 +115,8 @@ class JobSpec:
 
     def validate(self) -> "JobSpec":
         _choice("mode", self.mode, JOB_MODES)
+        if self.mask_source is None:
+            self.mask_source = default_mask_source(self.mode)
         _choice("mask_source", self.mask_source, MASK_SOURCES)
         parse_sizes(self.sizes)
         if self.sizes != "all" and self.mask_source != "random" and self.mode != "transplant":
@@ -234,6 +239,14 @@ class JobSpec:
             for key in ("judge", "min_judge_score") + (() if self.checks_removals else ("max_attempts",)):
                 data.pop(key)
         return {k: (str(v.resolve()) if isinstance(v, Path) else v) for k, v in data.items()}
+
+
+def default_mask_source(mode: str) -> str:
+    """The mask source a job of this mode gets when none is asked: new polyps at random places beside the real ones
+    to add (over 10 subset draws of 36 real frames they teach a segmenter what pasting the real polyps twice does,
+    where repainting the real polyps' own outlines teaches less: docs/evaluation.md, phases 20-39); the frame's own
+    masks to remove a polyp or move it."""
+    return "random" if mode == "add" else "user"
 
 
 def _choice(name: str, value, allowed) -> None:
