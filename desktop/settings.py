@@ -14,6 +14,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QSettings
 
+from engine.errors import InputError
+from engine.pipelines.guidance import parse_guidance_interval
 from engine.transplant import DEFAULT_STRENGTH
 
 ORGANISATION = "PolypForge"
@@ -42,7 +44,8 @@ class JobSettings:
     output: str = ""
     model: str = ""
     provider: str = "auto"
-    mask_source: str = "user"
+    # random to add (engine.jobs.spec.default_mask_source); the panel switches to "user" for remove and transplant
+    mask_source: str = "random"
     box_pad: int = 15
     mode: str = "add"
     harmonize: str = "model"  # mode transplant: model (the default), poisson or none (copy-paste)
@@ -58,6 +61,10 @@ class JobSettings:
     attributes: str = "auto"
     # mode add, a bundle trained with attributes: the asked attributes' own guidance (None: as hard as `guidance`)
     attribute_guidance: float | None = None
+    # ... on this share of the steps, the noisiest (None: the model's default; engine ATTRIBUTE_GUIDANCE_UNTIL)
+    attribute_guidance_until: float | None = None
+    # mode add or remove: guide only on this share of the steps, "A-B" (0 = the noisiest); "" = every step
+    guidance_interval: str = ""
     formats: list[str] = field(default_factory=lambda: list(FORMATS))
     resume: bool = True
     inpaint_area: str = ""  # "" = the bundle's default; "frame" | "region"
@@ -101,6 +108,10 @@ class JobSettings:
         if self.mode == "add":  # removal stays a prompt; a transplant moves real polyps
             values["attributes"] = self.attributes.strip() or "auto"
             values["attribute_guidance"] = self.attribute_guidance
+            if self.attribute_guidance is not None:
+                values["attribute_guidance_until"] = self.attribute_guidance_until
+        if self.mode != "transplant" and self.guidance_interval.strip():  # a transplant moves real polyps
+            values["guidance_interval"] = self.guidance_interval.strip()
         if self.mode == "remove":
             values["mucosa_check"] = self.mucosa_check
         if self.mode == "transplant":
@@ -146,7 +157,7 @@ class JobSettings:
                 default = getattr(result, f.name)
                 try:
                     setattr(result, f.name, _parse(f.name, raw, default))
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, InputError):
                     pass
         finally:
             settings.endGroup()
@@ -167,6 +178,12 @@ def _parse(name: str, raw, default):
     if name in ("guidance", "attribute_guidance"):
         value = float(text)
         return value if 0.0 <= value <= 50.0 else None
+    if name == "attribute_guidance_until":
+        value = float(text)
+        return value if 0.0 < value <= 1.0 else None
+    if name == "guidance_interval":  # checked as the engine checks it; unreadable: every step
+        parse_guidance_interval(text.strip() or None)
+        return text.strip()
     if name in ("variants", "seed", "box_pad"):
         value = int(text)
         if value < (1 if name == "variants" else 0):

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("PySide6")
 pytest.importorskip("pytestqt")
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSettings, Qt
 
 from desktop.testing import temporary_settings, wait_until
 from engine.jobs.spec import DEFAULT_MODEL
@@ -392,3 +392,58 @@ def test_attributes_in_the_settings_panel_reach_the_job_and_are_remembered(windo
     panel.mode.setCurrentIndex(panel.mode.findData("remove"))  # removal stays a prompt: nothing asked
     assert not panel.attributes.isEnabled() and "attributes" not in window.job_values()
     assert not panel.attribute_guidance.isEnabled() and "attribute_guidance" not in window.job_values()
+
+
+def test_the_mask_source_follows_the_mode_as_the_engines_default_does(window):
+    """Add starts at random masks (the engine's default for add); remove and transplant need the frames' own
+    masks, so choosing them moves random to the drawn / file masks, and add brings random back, while a
+    source the curator picked by hand stays."""
+    from desktop.settings import JobSettings
+    from engine.jobs.spec import default_mask_source
+
+    assert JobSettings().mask_source == default_mask_source(JobSettings().mode) == "random"
+    panel = window.panel
+    panel.mode.setCurrentIndex(panel.mode.findData("remove"))
+    assert panel.mask_source.currentData() == "user" and panel.settings().mask_source == "user"
+    panel.mode.setCurrentIndex(panel.mode.findData("add"))
+    assert panel.mask_source.currentData() == "random"
+    panel.mode.setCurrentIndex(panel.mode.findData("transplant"))
+    panel.mask_source.setCurrentIndex(panel.mask_source.findData("box"))  # by hand
+    panel.mode.setCurrentIndex(panel.mode.findData("add"))
+    assert panel.mask_source.currentData() == "box"
+
+
+def test_the_guidance_interval_and_the_attribute_share_reach_the_job_and_are_remembered(window, qtbot, tmp_path,
+                                                                                       messages):
+    """The app's fields for --guidance-interval and --attribute-guidance-until: empty / "model default" send
+    nothing; set, they reach the job (the interval into every manifest line) and are remembered; an interval that
+    covers no step of the run is refused before anything starts, in one line."""
+    from desktop.settings import JobSettings
+
+    panel = window.panel
+    assert "guidance_interval" not in window.job_values() and "attribute_guidance_until" not in window.job_values()
+    assert not panel.attribute_guidance_until.isEnabled()  # only with the attributes' own guidance
+    panel.attribute_guidance.setValue(5.0)
+    panel.attribute_guidance_until.setValue(0.3)
+    assert panel.attribute_guidance_until.isEnabled() and window.job_values()["attribute_guidance_until"] == 0.3
+    assert JobSettings.load(window.settings).attribute_guidance_until == 0.3
+    panel.attribute_guidance.setValue(-0.5)  # back to "as guidance": the share goes with it
+    assert "attribute_guidance_until" not in window.job_values()
+    panel.guidance_interval.setText("0.9-1")  # 2 steps start at shares 0 and 0.5: none inside
+    panel.guidance_interval.editingFinished.emit()
+    with qtbot.waitSignal(window.job.cannotStart, timeout=JOB_TIMEOUT_MS):
+        assert window.run_job()
+    assert "guidance interval" in messages.texts()[-1]
+    panel.guidance_interval.setText("0.2-0.8")
+    panel.guidance_interval.editingFinished.emit()
+    assert window.job_values()["guidance_interval"] == "0.2-0.8"
+    assert JobSettings.load(window.settings).guidance_interval == "0.2-0.8"
+    with qtbot.waitSignal(window.job.jobDone, timeout=JOB_TIMEOUT_MS) as done:
+        assert window.run_job()
+    assert done.args[0].status == "ok", messages.texts()
+    assert {tuple(r["guidance_interval"]) for r in manifest(tmp_path / "out")} == {(0.2, 0.8)}
+    panel.mode.setCurrentIndex(panel.mode.findData("transplant"))  # moves real polyps: nothing to guide
+    assert not panel.guidance_interval.isEnabled() and "guidance_interval" not in window.job_values()
+    settings = QSettings(str(tmp_path / "bad.ini"), QSettings.Format.IniFormat)
+    settings.setValue("job/guidance_interval", "0.8-0.2")  # unreadable on load: every step
+    assert JobSettings.load(settings).guidance_interval == ""

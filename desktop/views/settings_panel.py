@@ -151,6 +151,19 @@ class SettingsPanel(QWidget):
         self.attribute_guidance.setDecimals(1)
         self.attribute_guidance.setSpecialValueText("as guidance")
         self.attribute_guidance.setToolTip(ATTRIBUTE_GUIDANCE_TOOLTIP)
+        self.attribute_guidance_until = QDoubleSpinBox()
+        self.attribute_guidance_until.setRange(0.0, 1.0)
+        self.attribute_guidance_until.setSingleStep(0.05)
+        self.attribute_guidance_until.setDecimals(2)
+        self.attribute_guidance_until.setSpecialValueText("model default")  # 0: no share of its own
+        self.attribute_guidance_until.setToolTip(
+            "On which share of the steps, the noisiest first, the asked attributes get their own guidance (then\n"
+            "one guided pair a step). \"model default\": the model's own share (0.5 for the compact models).")
+        self.guidance_interval = QLineEdit()
+        self.guidance_interval.setPlaceholderText("every step (e.g. 0.2-0.8)")
+        self.guidance_interval.setToolTip(
+            "Guide only on this share of the sampling steps, A-B (0 = the noisiest), the model's plain prediction\n"
+            "on the others: fewer U-Net calls a step outside it. Empty: every step. Compact models only.")
         self.seed = QSpinBox()
         self.seed.setRange(0, 2**31 - 1)
         self.inpaint_area = QComboBox()
@@ -260,6 +273,8 @@ class SettingsPanel(QWidget):
         form.addRow("Captions file", self.captions)
         form.addRow("Attributes", self.attributes)
         form.addRow("Attribute guidance", self.attribute_guidance)
+        form.addRow("… on the first share", self.attribute_guidance_until)
+        form.addRow("Guidance interval", self.guidance_interval)
 
         layout = QVBoxLayout(self)
         layout.addWidget(job_box)
@@ -268,10 +283,12 @@ class SettingsPanel(QWidget):
         layout.addWidget(output_box)
         layout.addStretch(1)
 
+        self._random_before_mode = False  # mask source random, set aside while the mode is remove or transplant
+        self.mode.currentIndexChanged.connect(self._mode_changed)  # first: the mask source follows the mode
         for widget in (self.mask_source, self.mode, self.harmonize, self.scheduler, self.provider, self.inpaint_area):
             widget.currentIndexChanged.connect(self._changed)
         for widget in (self.box_pad, self.variants, self.steps, self.seed, self.guidance, self.attribute_guidance,
-                       self.region_padding,
+                       self.region_padding, self.attribute_guidance_until,
                        self.working_size, self.min_judge_score, self.max_attempts, self.strength):
             widget.valueChanged.connect(self._changed)
         for box in (self.resume, self.use_judge, self.model_judge, self.mucosa_check, *self.formats.values()):
@@ -280,12 +297,14 @@ class SettingsPanel(QWidget):
         self.output.editingFinished.connect(self._changed)
         self.prompt.editingFinished.connect(self._changed)
         self.captions.editingFinished.connect(self._changed)
+        self.guidance_interval.editingFinished.connect(self._changed)
         self.attributes.currentIndexChanged.connect(self._changed)
         self.attributes.lineEdit().editingFinished.connect(self._changed)
 
     # ------------------------------------------------------------------ JobSettings
     def set_settings(self, s: JobSettings) -> None:
         blockers = [w.blockSignals(True) for w in self._inputs()]
+        self._random_before_mode = False
         try:
             _select(self.mask_source, s.mask_source)
             _select(self.mode, s.mode)
@@ -305,6 +324,8 @@ class SettingsPanel(QWidget):
             self.captions.setText(s.captions)
             self.attributes.setCurrentText(s.attributes)
             self.attribute_guidance.setValue(-0.5 if s.attribute_guidance is None else s.attribute_guidance)
+            self.attribute_guidance_until.setValue(s.attribute_guidance_until or 0.0)
+            self.guidance_interval.setText(s.guidance_interval)
             self.output.setText(s.output)
             self.resume.setChecked(s.resume)
             self.use_judge.setChecked(s.use_judge)
@@ -343,6 +364,8 @@ class SettingsPanel(QWidget):
             captions=self.captions.text(),
             attributes=self.attributes.currentText().strip() or "auto",
             attribute_guidance=None if self.attribute_guidance.value() < 0 else self.attribute_guidance.value(),
+            attribute_guidance_until=self.attribute_guidance_until.value() or None,
+            guidance_interval=self.guidance_interval.text().strip(),
             inpaint_area=self.inpaint_area.currentData(),
             region_padding=None if self.region_padding.value() < 0 else self.region_padding.value(),
             working_size=self.working_size.value() or None,
@@ -381,7 +404,7 @@ class SettingsPanel(QWidget):
         return [self.mask_source, self.mode, self.harmonize, self.strength, self.scheduler, self.provider, self.box_pad, self.variants, self.steps,
                 self.guidance, self.seed, self.inpaint_area, self.region_padding, self.working_size, self.prompt,
                 self.captions,
-                self.attributes, self.attribute_guidance,
+                self.attributes, self.attribute_guidance, self.attribute_guidance_until, self.guidance_interval,
                 self.output, self.resume, self.model_judge, self.mucosa_check, self.use_judge, self.judge, self.min_judge_score, self.max_attempts,
                 *self.formats.values()]
 
@@ -410,7 +433,22 @@ class SettingsPanel(QWidget):
         self.region_padding.setEnabled(self.inpaint_area.currentData() != "frame")
         self.attributes.setEnabled(self.mode.currentData() == "add")
         self.attribute_guidance.setEnabled(self.mode.currentData() == "add")
+        self.attribute_guidance_until.setEnabled(self.mode.currentData() == "add"
+                                                 and self.attribute_guidance.value() >= 0)
+        self.guidance_interval.setEnabled(self.mode.currentData() != "transplant")
         self.mucosa_check.setEnabled(self.mode.currentData() == "remove")
+
+    def _mode_changed(self, *args) -> None:
+        """Random masks place new polyps: a removal or a transplant works at the frames' own masks, so choosing one
+        of those modes switches mask source random to the drawn / file masks, and choosing add again brings it back."""
+        mode = self.mode.currentData()
+        if mode != "add" and self.mask_source.currentData() == "random":
+            self._random_before_mode = True
+            _select(self.mask_source, "user")
+        elif mode == "add" and self._random_before_mode:
+            self._random_before_mode = False
+            if self.mask_source.currentData() == "user":
+                _select(self.mask_source, "random")
 
     def _changed(self, *args) -> None:
         self._update_enabled()
