@@ -337,17 +337,7 @@ def _run_job_locked(spec, on_event, cancel, lock_notes: list[str]) -> JobSummary
         summary.failed = tally.counts.get("failed", 0)
         summary.skipped = tally.counts.get("skipped", 0)
         summary.rejected = tally.counts.get("rejected", 0)
-        if spec.judge is not None or spec.checks_removals:
-            from engine.judge.rejection import kept_by_size, mucosa_tally
-
-            # each a streamed pass over the manifest (both only for a judged removal job)
-            lines = [kept_by_size(manifest.records()) if spec.judge is not None else None,
-                     mucosa_tally(manifest.records()) if spec.checks_removals else None]
-            summary.notes.extend(line for line in lines if line is not None)
-        if spec.mode == "add" and spec.mask_source != "random":
-            line = replaced_polyps_note(manifest.records())
-            if line is not None:
-                summary.notes.append(line)
+        summary.notes.extend(closing_notes(spec, manifest))
         summary.failures = tally.failures
         summary.stage_seconds = {k: round(v, 3) for k, v in backend.stage_seconds().items()}
         backend.finish(summary)
@@ -495,20 +485,44 @@ class LocalBackend:
         """Nothing to release: the pipeline goes with this object."""
 
 
-def replaced_polyps_note(records) -> str | None:
-    """One line when variants of an add job were painted over a real polyp (its own mask or box: the manifest's
-    "removed"), so that the real polyp is not in them; None when none was. The learning curve's word on them goes
-    with it (docs/evaluation.md, phases 30–39)."""
-    ok = replaced = 0
-    for record in records:
+class ReplacedPolyps:
+    """A job summary's line, tallied one manifest record at a time: how many variants of an add job were painted over
+    a real polyp (its own mask or box: the manifest's "removed"), so that the real polyp is not in them. The learning
+    curve's word on them goes with it (docs/evaluation.md, phases 30-39)."""
+
+    def __init__(self):
+        self.ok = self.replaced = 0
+
+    def add(self, record: dict) -> None:
         if record.get("status") == "ok":
-            ok += 1
-            replaced += bool(record.get("removed"))
-    if not replaced:
-        return None
-    return (f"{replaced} of {ok} variants paint over a real polyp (at its own mask or box), which is then not in the "
-            "variant: on the Kvasir-SEG learning curve such variants have so far taught a segmenter about what the real "
-            "frames alone do, new polyps beside the real ones (--mask-source random) +0.2 Dice (docs/evaluation.md)")
+            self.ok += 1
+            self.replaced += bool(record.get("removed"))
+
+    def line(self) -> str | None:
+        """None when no variant was."""
+        if not self.replaced:
+            return None
+        return (f"{self.replaced} of {self.ok} variants paint over a real polyp (at its own mask or box), which is then "
+                "not in the variant: on the Kvasir-SEG learning curve such variants have so far taught a segmenter "
+                "about what the real frames alone do, new polyps beside the real ones (--mask-source random) +0.2 "
+                "Dice (docs/evaluation.md)")
+
+
+def closing_notes(spec, manifest: Manifest) -> list[str]:
+    """The summary's tallies of the finished manifest, in one streamed pass: kept by the judge per size (a judged
+    job), the mucosa check's outcomes (a checked removal job), variants painted over a real polyp (add not at random
+    masks)."""
+    from engine.judge.rejection import KeptBySize, MucosaTally
+
+    wanted = ((spec.judge is not None, KeptBySize), (spec.checks_removals, MucosaTally),
+              (spec.mode == "add" and spec.mask_source != "random", ReplacedPolyps))
+    tallies = [make() for asked, make in wanted if asked]
+    if not tallies:
+        return []
+    for record in manifest.records():
+        for tally in tallies:
+            tally.add(record)
+    return [line for line in (tally.line() for tally in tallies) if line is not None]
 
 
 def _finish(spec, manifest: Manifest, items: list[WorkItem], sources):

@@ -174,45 +174,78 @@ def open_gate(spec, threads: int | None = None) -> JudgeGate | None:
     return JudgeGate.open(spec.judge, spec.min_judge_score, attempts_of(spec), spec.provider, threads or spec.threads)
 
 
-def kept_by_size(records) -> str | None:
-    """One line for the job summary: per size bin of the polyp drawn (``size_drawn``, share of the frame), how many
-    of the judged variants were kept. The judge keeps fewer of the largest polyps, so a checked set leans smaller
-    than the sizes it was drawn from; None when no judged variant has a drawn size."""
-    from engine.judge.detectability import SIZE_BINS, size_bin
+class KeptBySize:
+    """A job summary's line, tallied one manifest record at a time (``add``, then ``line``): per size bin of the
+    polyp drawn (``size_drawn``, share of the frame), how many of the judged variants were kept. The judge keeps
+    fewer of the largest polyps, so a checked set leans smaller than the sizes it was drawn from."""
 
-    kept = [0] * len(SIZE_BINS)
-    judged = [0] * len(SIZE_BINS)
-    for record in records:
+    def __init__(self):
+        from engine.judge.detectability import SIZE_BINS
+
+        self.bins = SIZE_BINS
+        self.kept = [0] * len(SIZE_BINS)
+        self.judged = [0] * len(SIZE_BINS)
+
+    def add(self, record: dict) -> None:
+        from engine.judge.detectability import size_bin
+
         if "judge" not in record or record.get("status") not in ("ok", "rejected"):
-            continue
+            return
         index = size_bin(record.get("size_drawn"))
         if index is not None:
-            judged[index] += 1
-            kept[index] += record["status"] == "ok"
-    if not any(judged):
-        return None
-    parts = [f"{_bin_label(low, high)} {kept[i]} of {judged[i]}" for i, (low, high) in enumerate(SIZE_BINS) if judged[i]]
-    return "kept by the judge, by the polyp size drawn (share of the frame): " + ", ".join(parts)
+            self.judged[index] += 1
+            self.kept[index] += record["status"] == "ok"
+
+    def line(self) -> str | None:
+        """None when no judged variant has a drawn size."""
+        if not any(self.judged):
+            return None
+        parts = [f"{_bin_label(low, high)} {self.kept[i]} of {self.judged[i]}"
+                 for i, (low, high) in enumerate(self.bins) if self.judged[i]]
+        return "kept by the judge, by the polyp size drawn (share of the frame): " + ", ".join(parts)
+
+
+class MucosaTally:
+    """A job summary's line, tallied one manifest record at a time: how many removals the mucosa check passed at the
+    first painting, after painting again, and how many stayed dark (rejected)."""
+
+    def __init__(self):
+        self.first = self.later = self.dark = 0
+
+    def add(self, record: dict) -> None:
+        check = record.get("mucosa_check")
+        if not check or record.get("status") not in ("ok", "rejected"):
+            return
+        if not check.get("passed", True):
+            self.dark += 1
+        elif len(check.get("attempts", [])) > 1:
+            self.later += 1
+        else:
+            self.first += 1
+
+    def line(self) -> str | None:
+        """None when no removal was checked."""
+        if self.first + self.later + self.dark == 0:
+            return None
+        return (f"mucosa check: {self.first} removal(s) as light as their mucosa at the first painting, {self.later} "
+                f"after painting again, {self.dark} still dark (in rejected/)")
+
+
+def tally_line(tally, records) -> str | None:
+    """A tally's line over these records (one pass)."""
+    for record in records:
+        tally.add(record)
+    return tally.line()
+
+
+def kept_by_size(records) -> str | None:
+    """KeptBySize's line over these records."""
+    return tally_line(KeptBySize(), records)
 
 
 def mucosa_tally(records) -> str | None:
-    """One line for the job summary: how many removals the mucosa check passed at the first painting, after
-    painting again, and how many stayed dark (rejected); None when no removal was checked."""
-    first = later = dark = 0
-    for record in records:
-        check = record.get("mucosa_check")
-        if not check or record.get("status") not in ("ok", "rejected"):
-            continue
-        if not check.get("passed", True):
-            dark += 1
-        elif len(check.get("attempts", [])) > 1:
-            later += 1
-        else:
-            first += 1
-    if first + later + dark == 0:
-        return None
-    return (f"mucosa check: {first} removal(s) as light as their mucosa at the first painting, {later} after painting "
-            f"again, {dark} still dark (in rejected/)")
+    """MucosaTally's line over these records."""
+    return tally_line(MucosaTally(), records)
 
 
 def _bin_label(low: float, high: float) -> str:
