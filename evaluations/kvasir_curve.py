@@ -92,7 +92,8 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    primary result is `own-mask-judged-x4` − `copy-paste-x2` in mean Dice on the 97 test frames, paired by draw, its
    95 % CI and two-sided paired t-test over the 10 draws (kvasir-curve-draws/own-mask-summary.md, rewritten after
    every draw); secondary: against `default-judged-x4` (random masks) and `real`, the unseen test frames, the Wilcoxon
-   test over frames. No draws are added.
+   test over frames. No draws are added. Run 2026-12-07: −0.162 Dice to `copy-paste-x2` [−0.226, −0.099] (p = 0.0003,
+   won 0 of 10), −0.161 to `default-judged-x4` (p = 0.0008), +0.035 to `real` (p = 0.37).
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report per group (GROUPS) of every arm and fraction of its phases (an
