@@ -94,6 +94,17 @@ Arms (job files in kvasir-curve-jobs/), against `real`, in phases (PHASES, in th
    every draw); secondary: against `default-judged-x4` (random masks) and `real`, the unseen test frames, the Wilcoxon
    test over frames. No draws are added. Run 2026-12-07: −0.162 Dice to `copy-paste-x2` [−0.226, −0.099] (p = 0.0003,
    won 0 of 10), −0.161 to `default-judged-x4` (p = 0.0008), +0.035 to `real` (p = 0.37).
+40–49. `real` and `copy-paste-x2` trained to the step cap, without early stopping (`--patience 15`: 15 validations
+   of 100 steps fit in the 1500-step cap, so no run stops before it), on subset draws 1–10 (one phase each, a group of
+   its own per draw: WORK/out-draw-K-full, committed in kvasir-curve-draws-full/draw-K/), one seed (0) per draw.
+   Phases 20–39 stop real alone at a median best step of 300 and the arms at 700–1500, and in the three draws where
+   real trained to the cap the arms' lead over it was +0.12 where elsewhere +0.23: how much of the +0.2 over real is
+   early stopping's? Registered 2026-12-07, with its count of 10 draws and its test, before any run of it: the
+   primary result is `copy-paste-x2` − `real`, both trained to the cap, in mean Dice on the 97 test frames, paired by
+   draw, its 95 % CI and two-sided paired t-test over the 10 draws (kvasir-curve-draws-full/summary.md, rewritten
+   after every draw); secondary: real trained to the cap against real stopped early (phases 20–29's), paired by draw.
+   No draws are added. (The judge-kept arm is level with copy-paste ×2 over phases 20–29; its pools would be made
+   again in the new folders, so it is left out.)
 
 Each phase is one `main.py evaluate` call that reuses every finished run (`--phase N` runs only phase N, numbered as
 here); then `evaluate --report-only` writes one report per group (GROUPS) of every arm and fraction of its phases (an
@@ -134,6 +145,11 @@ DRAW_ARMS = ("copy-paste-x2", "default-judged-x4")
 OWN_MASK_ARM = "own-mask-judged-x4"  # phases 30–39, on the same draws
 DRAWS_COMMITTED = HERE / "kvasir-curve-draws"
 GROUPS |= {f"draw-{draw}": (f"out-draw-{draw}", DRAWS_COMMITTED / f"draw-{draw}", SMALLEST, "") for draw in DRAWS}
+# Phases 40–49: the draws' real and copy-paste ×2 trained to the step cap (no early stopping), a group each.
+DRAWS_FULL = HERE / "kvasir-curve-draws-full"
+FULL_LENGTH = ("--patience", "15")  # 15 validations every 100 steps: none stops before the 1500-step cap
+FULL_ARMS = ("copy-paste-x2",)
+GROUPS |= {f"full-{draw}": (f"out-draw-{draw}-full", DRAWS_FULL / f"draw-{draw}", SMALLEST, "") for draw in DRAWS}
 # (arms, fractions, further flags[, group]), in the order they train: the issue's default evaluation is complete
 # first. A phase without a group is in "curve".
 PHASES = (
@@ -158,6 +174,8 @@ PHASES = (
     (("rare128-attribute-guided-x4",), SMALLEST, ("--seeds", "5"), "smallest"),
     *((DRAW_ARMS, SMALLEST, ("--seeds", "1", "--subset-draw", str(draw)), f"draw-{draw}") for draw in DRAWS),
     *(((OWN_MASK_ARM,), SMALLEST, ("--seeds", "1", "--subset-draw", str(draw)), f"draw-{draw}") for draw in DRAWS),
+    *((FULL_ARMS, SMALLEST, ("--seeds", "1", "--subset-draw", str(draw), *FULL_LENGTH), f"full-{draw}")
+      for draw in DRAWS),
 )
 
 
@@ -281,13 +299,16 @@ def main() -> int:
 def report_flags(group: str) -> list[str]:
     """A group's report flags from its phases: ``--seeds N`` when its phases' most seeds is not evaluate's default
     (phase 15's 8; a draw's 1), else nothing (the report as it always was; an arm run on fewer seeds is reported over
-    those it has); ``--subset-draw K`` for a draw's group."""
+    those it has); ``--subset-draw K`` for a draw's group; ``--patience N`` where its phases train with their own
+    (the runs' settings must match for the report to take them)."""
     flags = [phase[2] for phase in PHASES if group_of(phase) == group]
     counts = [int(f[f.index("--seeds") + 1]) for f in flags if "--seeds" in f]
     most = max(counts, default=DEFAULT_SEEDS)
     draws = {f[f.index("--subset-draw") + 1] for f in flags if "--subset-draw" in f}
+    patience = {f[f.index("--patience") + 1] for f in flags if "--patience" in f}
     return (["--seeds", str(most)] if most != DEFAULT_SEEDS else []) + [
-        flag for draw in sorted(draws) for flag in ("--subset-draw", draw)]
+        flag for draw in sorted(draws) for flag in ("--subset-draw", draw)] + [
+        flag for value in sorted(patience) for flag in ("--patience", value)]
 
 
 def missing_model(arm: str) -> str:
@@ -322,6 +343,8 @@ def collect(group: str, work: Path) -> None:
     write_seen_unseen(group, committed)
     if group.startswith("draw-"):
         write_draws_summary()
+    if group.startswith("full-"):
+        write_full_length_summary()
 
 
 def write_draws_summary() -> Path:
@@ -356,6 +379,26 @@ def write_draws_summary() -> Path:
                    "training + 9 validation frames, one seed each. Registered before any run: the primary result is "
                    f"default-judged-x4 − copy-paste-x2 over the {len(DRAWS)} draws (paired t-test over draws); the "
                    f"generator never trained on the 'unseen' test frames ({GENERATOR_HELD_OUT.relative_to(REPO)}).")
+    return target
+
+
+def write_full_length_summary() -> Path:
+    """kvasir-curve-draws-full/summary.md: phases 40–49's real and copy-paste ×2 trained to the step cap, over the
+    draws finished so far (curve_draws.py)."""
+    from curve_draws import draw_settings, summary
+    from curve_seen_unseen import read_held_out
+
+    from engine.fileio import atomic_write_bytes
+
+    settings = draw_settings(DRAWS_FULL, len(DRAWS), float(SMALLEST), {arm: job_file(arm) for arm in FULL_ARMS})
+    header = ("Phases 40–49 of evaluations/kvasir_curve.py, rewritten after every draw (evaluations/curve_draws.py): "
+              f"real and copy-paste-x2 on phases 20–29's {len(DRAWS)} subset draws, one seed each, both trained to the "
+              "1500-step cap without early stopping (--patience 15). Registered before any run: the primary result is "
+              f"copy-paste-x2 − real over the {len(DRAWS)} draws (paired t-test over draws); secondary: real here "
+              "against phases 20–29's real, stopped early (kvasir-curve-draws/draw-K).")
+    target = DRAWS_FULL / "summary.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, (header + "\n\n" + summary(settings, read_held_out(GENERATOR_HELD_OUT))).encode("utf-8"))
     return target
 
 

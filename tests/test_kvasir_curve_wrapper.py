@@ -56,3 +56,17 @@ def test_an_arm_whose_candidate_model_is_missing_is_skipped_and_named(tmp_path):
     assert wrapper.missing_model("copy-paste") == ""  # needs no trained candidate
     (tmp_path / ".bench" / "no-such-bundle").mkdir(parents=True)
     assert wrapper.missing_model("candidate") == ""  # runs once the bundle is there
+
+
+def test_the_full_length_draws_report_with_their_own_patience_and_draw():
+    """Phases 40–49 train real and copy-paste ×2 without early stopping, a group per draw: the report-only call must
+    name the same patience and draw as the phase, or it would plan other runs than those that finished."""
+    wrapper = load_wrapper()
+    numbered = dict(enumerate(wrapper.PHASES, 1))
+    for draw in wrapper.DRAWS:
+        phase = numbered[39 + draw]
+        assert wrapper.group_of(phase) == f"full-{draw}" and phase[0] == wrapper.FULL_ARMS
+        assert wrapper.report_flags(f"full-{draw}") == ["--seeds", "1", "--subset-draw", str(draw), "--patience", "15"]
+        assert wrapper.GROUPS[f"full-{draw}"][1] == wrapper.DRAWS_FULL / f"draw-{draw}"
+    assert "--patience" not in wrapper.report_flags("draw-3")  # the early-stopped draws as they were
+    assert len(wrapper.PHASES) == 49
