@@ -15,6 +15,7 @@ from pathlib import Path
 from PySide6.QtCore import QSettings
 
 from engine.errors import InputError
+from engine.jobs.spec import default_mask_source
 from engine.pipelines.guidance import parse_guidance_interval
 from engine.transplant import DEFAULT_STRENGTH
 
@@ -44,8 +45,8 @@ class JobSettings:
     output: str = ""
     model: str = ""
     provider: str = "auto"
-    # random to add (engine.jobs.spec.default_mask_source); the panel switches to "user" for remove and transplant
-    mask_source: str = "random"
+    # the engine's default for the default mode (random to add); the panel switches to "user" for remove and transplant
+    mask_source: str = default_mask_source("add")
     box_pad: int = 15
     mode: str = "add"
     harmonize: str = "model"  # mode transplant: model (the default), poisson or none (copy-paste)

@@ -350,55 +350,49 @@ def collect(group: str, work: Path) -> None:
 def write_draws_summary() -> Path:
     """kvasir-curve-draws/summary.md: phases 20–29's comparison over the draws finished so far (curve_draws.py); and
     own-mask-summary.md: phases 30–39's, once two draws have its arm."""
-    from curve_draws import draw_settings, summary
-    from curve_seen_unseen import read_held_out
-
-    from engine.fileio import atomic_write_bytes
-
-    held_out = read_held_out(GENERATOR_HELD_OUT)
-
-    def write(name: str, arms: tuple[str, ...], header: str, versus: tuple = ()) -> Path:
-        settings = draw_settings(DRAWS_COMMITTED, len(DRAWS), float(SMALLEST), {arm: job_file(arm) for arm in arms})
-        target = DRAWS_COMMITTED / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(target, (header + "\n\n" + summary(settings, held_out, versus)).encode("utf-8"))
-        return target
-
     if len(list(DRAWS_COMMITTED.glob(f"draw-*/results/{SMALLEST}/{OWN_MASK_ARM}-seed*.json"))) >= 2:
-        write("own-mask-summary.md", (*DRAW_ARMS, OWN_MASK_ARM),
-              "Phases 30–39 of evaluations/kvasir_curve.py, rewritten after every draw (evaluations/curve_draws.py "
-              f"--versus default-judged-x4={OWN_MASK_ARM}): the batch job's own-mask synthetic (new polyps painted "
-              "at the frames' own masks, judge-kept, 2 per real frame) on phases 20–29's 10 subset draws, one seed "
-              f"each. Registered before any run: the primary result is {OWN_MASK_ARM} − copy-paste-x2 over the "
-              f"{len(DRAWS)} draws (paired t-test over draws); secondary: against default-judged-x4 (random masks) "
-              "and real. The default-judged-x4 − copy-paste-x2 rows are phases 20–29's (summary.md).",
-              (("default-judged-x4", OWN_MASK_ARM),))
-    target = write("summary.md", DRAW_ARMS,
-                   "Phases 20–29 of evaluations/kvasir_curve.py, rewritten after every draw (evaluations/curve_draws.py): "
-                   f"phase 15's comparison at fraction {SMALLEST} on {len(DRAWS)} other hash-drawn subsets of 36 "
-                   "training + 9 validation frames, one seed each. Registered before any run: the primary result is "
-                   f"default-judged-x4 − copy-paste-x2 over the {len(DRAWS)} draws (paired t-test over draws); the "
-                   f"generator never trained on the 'unseen' test frames ({GENERATOR_HELD_OUT.relative_to(REPO)}).")
-    return target
+        write_summary(
+            DRAWS_COMMITTED / "own-mask-summary.md", (*DRAW_ARMS, OWN_MASK_ARM),
+            "Phases 30–39 of evaluations/kvasir_curve.py, rewritten after every draw (evaluations/curve_draws.py "
+            f"--versus default-judged-x4={OWN_MASK_ARM}): the batch job's own-mask synthetic (new polyps painted at "
+            "the frames' own masks, judge-kept, 2 per real frame) on phases 20–29's 10 subset draws, one seed each. "
+            f"Registered before any run: the primary result is {OWN_MASK_ARM} − copy-paste-x2 over the {len(DRAWS)} "
+            "draws (paired t-test over draws); secondary: against default-judged-x4 (random masks) and real. The "
+            "default-judged-x4 − copy-paste-x2 rows are phases 20–29's (summary.md).",
+            (("default-judged-x4", OWN_MASK_ARM),))
+    return write_summary(
+        DRAWS_COMMITTED / "summary.md", DRAW_ARMS,
+        "Phases 20–29 of evaluations/kvasir_curve.py, rewritten after every draw (evaluations/curve_draws.py): phase "
+        f"15's comparison at fraction {SMALLEST} on {len(DRAWS)} other hash-drawn subsets of 36 training + 9 validation "
+        "frames, one seed each. Registered before any run: the primary result is default-judged-x4 − copy-paste-x2 "
+        f"over the {len(DRAWS)} draws (paired t-test over draws); the generator never trained on the 'unseen' test "
+        f"frames ({GENERATOR_HELD_OUT.relative_to(REPO)}).")
 
 
 def write_full_length_summary() -> Path:
     """kvasir-curve-draws-full/summary.md: phases 40–49's real and copy-paste ×2 trained to the step cap, over the
     draws finished so far (curve_draws.py)."""
+    return write_summary(
+        DRAWS_FULL / "summary.md", FULL_ARMS,
+        "Phases 40–49 of evaluations/kvasir_curve.py, rewritten after every draw (evaluations/curve_draws.py): real and "
+        f"copy-paste-x2 on phases 20–29's {len(DRAWS)} subset draws, one seed each, both trained to the 1500-step cap "
+        "without early stopping (--patience 15). Registered before any run: the primary result is copy-paste-x2 − real "
+        f"over the {len(DRAWS)} draws (paired t-test over draws); secondary: real here against phases 20–29's real, "
+        "stopped early (kvasir-curve-draws/draw-K).")
+
+
+def write_summary(target: Path, arms: tuple[str, ...], header: str, versus: tuple = ()) -> Path:
+    """target (a draws summary beside the draw-K folders): the header, then curve_draws.py's summary of these arms
+    over the draws finished so far (and of each (base, arm) in ``versus``)."""
     from curve_draws import draw_settings, summary
     from curve_seen_unseen import read_held_out
 
     from engine.fileio import atomic_write_bytes
 
-    settings = draw_settings(DRAWS_FULL, len(DRAWS), float(SMALLEST), {arm: job_file(arm) for arm in FULL_ARMS})
-    header = ("Phases 40–49 of evaluations/kvasir_curve.py, rewritten after every draw (evaluations/curve_draws.py): "
-              f"real and copy-paste-x2 on phases 20–29's {len(DRAWS)} subset draws, one seed each, both trained to the "
-              "1500-step cap without early stopping (--patience 15). Registered before any run: the primary result is "
-              f"copy-paste-x2 − real over the {len(DRAWS)} draws (paired t-test over draws); secondary: real here "
-              "against phases 20–29's real, stopped early (kvasir-curve-draws/draw-K).")
-    target = DRAWS_FULL / "summary.md"
+    settings = draw_settings(target.parent, len(DRAWS), float(SMALLEST), {arm: job_file(arm) for arm in arms})
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, (header + "\n\n" + summary(settings, read_held_out(GENERATOR_HELD_OUT))).encode("utf-8"))
+    text = header + "\n\n" + summary(settings, read_held_out(GENERATOR_HELD_OUT), versus)
+    atomic_write_bytes(target, text.encode("utf-8"))
     return target
 
 

@@ -512,17 +512,14 @@ def closing_notes(spec, manifest: Manifest) -> list[str]:
     """The summary's tallies of the finished manifest, in one streamed pass: kept by the judge per size (a judged
     job), the mucosa check's outcomes (a checked removal job), variants painted over a real polyp (add not at random
     masks)."""
-    from engine.judge.rejection import KeptBySize, MucosaTally
+    from engine.judge.rejection import KeptBySize, MucosaTally, tally_lines
 
     wanted = ((spec.judge is not None, KeptBySize), (spec.checks_removals, MucosaTally),
               (spec.mode == "add" and spec.mask_source != "random", ReplacedPolyps))
     tallies = [make() for asked, make in wanted if asked]
     if not tallies:
         return []
-    for record in manifest.records():
-        for tally in tallies:
-            tally.add(record)
-    return [line for line in (tally.line() for tally in tallies) if line is not None]
+    return [line for line in tally_lines(tallies, manifest.records()) if line is not None]
 
 
 def _finish(spec, manifest: Manifest, items: list[WorkItem], sources):

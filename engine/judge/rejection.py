@@ -180,18 +180,16 @@ class KeptBySize:
     fewer of the largest polyps, so a checked set leans smaller than the sizes it was drawn from."""
 
     def __init__(self):
-        from engine.judge.detectability import SIZE_BINS
+        from engine.judge.detectability import SIZE_BINS, size_bin
 
-        self.bins = SIZE_BINS
+        self.bins, self.size_bin = SIZE_BINS, size_bin  # imported once, not per record
         self.kept = [0] * len(SIZE_BINS)
         self.judged = [0] * len(SIZE_BINS)
 
     def add(self, record: dict) -> None:
-        from engine.judge.detectability import size_bin
-
         if "judge" not in record or record.get("status") not in ("ok", "rejected"):
             return
-        index = size_bin(record.get("size_drawn"))
+        index = self.size_bin(record.get("size_drawn"))
         if index is not None:
             self.judged[index] += 1
             self.kept[index] += record["status"] == "ok"
@@ -231,21 +229,22 @@ class MucosaTally:
                 f"after painting again, {self.dark} still dark (in rejected/)")
 
 
-def tally_line(tally, records) -> str | None:
-    """A tally's line over these records (one pass)."""
+def tally_lines(tallies: list, records) -> list[str | None]:
+    """Each tally's line (None: nothing to say) over these records, read in one pass (a streamed manifest)."""
     for record in records:
-        tally.add(record)
-    return tally.line()
+        for tally in tallies:
+            tally.add(record)
+    return [tally.line() for tally in tallies]
 
 
 def kept_by_size(records) -> str | None:
     """KeptBySize's line over these records."""
-    return tally_line(KeptBySize(), records)
+    return tally_lines([KeptBySize()], records)[0]
 
 
 def mucosa_tally(records) -> str | None:
     """MucosaTally's line over these records."""
-    return tally_line(MucosaTally(), records)
+    return tally_lines([MucosaTally()], records)[0]
 
 
 def _bin_label(low: float, high: float) -> str:
